@@ -1,0 +1,308 @@
+"""Integer arithmetic of the quantized program, in plain numpy: the papers' equations, once.
+
+Everything the graph passes turn into integer constants is computed here, and the same
+functions evaluate the integer program in numpy, so the tests hold the compiled TVM code to
+this module bit for bit. No TVM import.
+
+Conventions (S2 = ``002_...`` hybrid asymmetric quantization, S1 = ``001_...`` USPIQ):
+
+* An activation tensor ``r`` is stored as int8 ``Q`` with per-tensor scale ``s`` and integer
+  zero point ``zp``: ``r = s * (Q - zp)``. S2 writes ``r = s*Q + D`` (Eq. 1) with a real-valued
+  offset; its Eq. 19 chooses ``D = -s*zp`` with ``zp`` an integer, so real 0 is exactly
+  representable (zero padding stays exact). :func:`activation_qparams` implements Eqs. 18-21.
+* A weight tensor is symmetric per output channel: ``w = sw[c] * Qw``, ``sw = thw / 127``
+  (Eq. 22), ``Qw`` in [-127, 127].
+* A requantization (S1's unified scale; S2 Eqs. 6, 11-14) maps an int32 accumulator to int8 as
+  ``Q = clip((acc * MUL + ADD) >> S)`` with one ``MUL``, ``ADD``, ``S`` per output channel,
+  evaluated in int64. ``MUL = round(m * 2**S)`` for the real multiplier ``m``; ``ADD`` holds
+  the real offset (bias, output zero point) times ``2**S``, the input zero-point correction
+  ``-MUL * zp_in * sum(Qw)`` and the rounding constant ``2**(S-1)``, so the arithmetic shift
+  rounds half up. Constants are rounded half to even (numpy's ``rint``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+QMIN, QMAX = -128, 127  # int8 activations
+WMAX = 127  # symmetric int8 weights use [-127, 127] (Eq. 22: 2^(b-1) - 1)
+MUL_BITS = 31  # MUL < 2**31: the widest multiplier whose product with an int32 stays in int64
+INT64_HEADROOM = 2**62  # |acc * MUL + ADD| must stay below this
+
+
+# ---------------------------------------------------------------------------------------------
+# Quantization parameters
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class QParams:
+    """Per-tensor activation parameters: ``r = scale * (Q - zero_point)``."""
+
+    scale: float
+    zero_point: int
+
+    def quantize(self, r: np.ndarray) -> np.ndarray:
+        return quantize(r, self.scale, self.zero_point)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        return dequantize(q, self.scale, self.zero_point)
+
+
+def activation_qparams(lo: float, hi: float, symmetric: bool = False) -> QParams:
+    """Scale and zero point for the clipping range [lo, hi] (S2 Eqs. 18-21).
+
+    Asymmetric: ``s = (hi - lo) / (2^b - 1)`` (Eq. 18) and the zero point of Eq. 19,
+    ``zp = -round(((2^(b-1) - 1) lo + 2^(b-1) hi) / (hi - lo))``, which maps lo to -128 and hi
+    to 127 up to rounding. Symmetric (the papers' baseline): ``s = max(|lo|, |hi|) / 127``,
+    ``zp = 0``. The range is widened to contain 0 so that zero (padding, ReLU) is exact.
+    """
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if not np.isfinite(lo) or not np.isfinite(hi):
+        raise ValueError(f"clipping range [{lo}, {hi}] is not finite")
+    if symmetric:
+        t = max(-lo, hi)
+        return QParams(scale=_positive(t / WMAX), zero_point=0)
+    scale = _positive((hi - lo) / (QMAX - QMIN))
+    if hi - lo <= 0:
+        return QParams(scale=scale, zero_point=0)
+    zp = -int(np.rint(((-QMIN - 1) * lo + (-QMIN) * hi) / (hi - lo)))
+    return QParams(scale=scale, zero_point=int(np.clip(zp, QMIN, QMAX)))
+
+
+def _positive(scale: float) -> float:
+    # An all-zero tensor has no range; any positive scale represents it exactly.
+    return float(scale) if scale > 0 else 1.0
+
+
+def weight_qparams(w: np.ndarray, axis: int, threshold: np.ndarray | None = None):
+    """Symmetric per-output-channel weight quantization (S2 Eq. 22).
+
+    Returns ``(Qw int8, sw float64[C])`` with ``sw = thw / 127``; ``thw`` defaults to the
+    channel's max |w|. ``axis`` is the output-channel axis of ``w``.
+    """
+    w = np.asarray(w, dtype=np.float64)
+    other = tuple(i for i in range(w.ndim) if i != axis % w.ndim)
+    th = np.max(np.abs(w), axis=other) if threshold is None else np.asarray(threshold, np.float64)
+    sw = np.where(th > 0, th / WMAX, 1.0)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    qw = np.clip(np.rint(w / sw.reshape(shape)), -WMAX, WMAX).astype(np.int8)
+    return qw, sw
+
+
+def quantize(r: np.ndarray, scale, zero_point) -> np.ndarray:
+    """``Q = clip(round(r / s) + zp)`` (S2 Eq. 2), round half to even like ``relax.quantize``."""
+    q = np.rint(np.asarray(r, np.float64) / scale) + zero_point
+    return np.clip(q, QMIN, QMAX).astype(np.int8)
+
+
+def dequantize(q: np.ndarray, scale, zero_point) -> np.ndarray:
+    """``r = s * (Q - zp)`` (S2 Eq. 1)."""
+    return (scale * (np.asarray(q, np.float64) - zero_point)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Requantization: one MUL, ADD, S per output channel
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Requant:
+    """``Q = clip((acc * mul + add) >> shift, lo, hi)``; arrays broadcast against ``acc``."""
+
+    mul: np.ndarray  # int64
+    add: np.ndarray  # int64
+    shift: np.ndarray  # int64
+    lo: int = QMIN
+    hi: int = QMAX
+
+    def apply(self, acc: np.ndarray) -> np.ndarray:
+        """The numpy reference of the compiled requantize: int64 multiply, add, arithmetic shift."""
+        acc = np.asarray(acc).astype(np.int64)
+        y = (acc * self.mul + self.add) >> self.shift
+        return np.clip(y, self.lo, self.hi).astype(np.int8)
+
+
+def fixed_point(real: np.ndarray, offset: np.ndarray, acc_bound: np.ndarray,
+                integer_offset: np.ndarray | None = None):
+    """Choose ``S`` and ``MUL = round(real * 2^S)``, ``ADD = round(offset * 2^S) + 2^(S-1)``.
+
+    Approximates ``round(real * acc + offset)`` by ``(acc * MUL + ADD) >> S``. ``S`` is the
+    largest shift with ``|MUL| < 2^31`` for which ``acc_bound * |MUL| + |ADD|`` stays below
+    ``2^62`` (so int64 never overflows for any accumulator with ``|acc| <= acc_bound``).
+    ``integer_offset`` (times ``MUL``) is added exactly, in integers: it carries the input
+    zero-point correction ``-zp_in * sum(Qw)`` so that it costs no rounding.
+
+    Returns ``(MUL, ADD, S)`` as int64 arrays of the broadcast shape.
+    """
+    real, offset, acc_bound = np.broadcast_arrays(
+        np.asarray(real, np.float64), np.asarray(offset, np.float64),
+        np.asarray(acc_bound, np.float64))
+    int_off = np.zeros(real.shape, np.int64) if integer_offset is None else np.broadcast_to(
+        np.asarray(integer_offset, np.int64), real.shape)
+    if np.any(real < 0) or not np.all(np.isfinite(real)) or not np.all(np.isfinite(offset)):
+        raise ValueError("requantization multiplier must be finite and non-negative")
+    mag = np.where(real > 0, real, 1.0)
+    shift = np.floor(MUL_BITS - 1 - np.log2(mag)).astype(np.int64)  # MUL in [2^30, 2^31)
+    shift = np.clip(shift, 0, 62)
+    while True:
+        mul = np.rint(real * np.exp2(shift)).astype(np.int64)
+        add_real = offset * np.exp2(shift) + mul.astype(np.float64) * int_off
+        worst = acc_bound * np.abs(mul) + np.abs(add_real) + np.exp2(shift)
+        over = worst >= INT64_HEADROOM
+        if not over.any():
+            break
+        if np.any(shift[over] == 0):
+            raise ValueError("requantization cannot be represented in int64: "
+                             "accumulator or offset too large")
+        shift = np.where(over, shift - 1, shift)
+    rounding = np.where(shift > 0, np.left_shift(np.int64(1), np.maximum(shift - 1, 0)), 0)
+    add = np.rint(offset * np.exp2(shift)).astype(np.int64) + mul * int_off + rounding
+    return mul, add, shift
+
+
+def conv_requant(s_in: float, zp_in: int, sw: np.ndarray, qw: np.ndarray, w_axis: int,
+                 bias: np.ndarray | None, out: QParams, lo: int = QMIN, hi: int = QMAX,
+                 acc_shape_axis: int = 1, acc_ndim: int = 4) -> Requant:
+    """Requantization of a conv/dense layer (S2 Eq. 6 and Eqs. 11-14).
+
+    With ``acc = sum(Q_in * Qw)`` over the reduction (input zero-padded with ``zp_in``)::
+
+        Q_out = round(s_in*sw/s_out * (acc - zp_in*sum(Qw)) + bias/s_out + zp_out)
+
+    so ``MUL = round(2^S s_in sw / s_out)`` and ``ADD = round(2^S (bias/s_out + zp_out))
+    - MUL zp_in sum(Qw) + 2^(S-1)`` per output channel. ``lo``/``hi`` are the clip bounds (a
+    following ReLU/ReLU6/clip is folded into them). ``acc_shape_axis``/``acc_ndim`` say where the
+    output channel sits in the accumulator so the constants broadcast against it.
+    """
+    sw = np.asarray(sw, np.float64)
+    other = tuple(i for i in range(qw.ndim) if i != w_axis % qw.ndim)
+    wsum = np.sum(qw.astype(np.int64), axis=other)
+    k = int(np.prod([qw.shape[i] for i in other]))
+    real = s_in * sw / out.scale
+    b = np.zeros_like(sw) if bias is None else np.asarray(bias, np.float64)
+    offset = b / out.scale + out.zero_point
+    acc_bound = k * 128 * np.max(np.abs(qw.astype(np.int64)), axis=other) + np.abs(zp_in * wsum)
+    mul, add, shift = fixed_point(real, offset, acc_bound, integer_offset=-zp_in * wsum)
+    shape = [1] * acc_ndim
+    shape[acc_shape_axis] = -1
+    return Requant(mul.reshape(shape), add.reshape(shape), shift.reshape(shape), lo, hi)
+
+
+def rescale_requant(s_in: np.ndarray, zp_in: int, out: QParams, count: np.ndarray | int = 1,
+                    lo: int = QMIN, hi: int = QMAX) -> Requant:
+    """Requantize a sum of ``count`` int8 values of params (s_in, zp_in) to ``out``.
+
+    ``Q_out = round(s_in / (s_out * count) * (acc - zp_in * count) + zp_out)``: ``count`` 1 is a
+    plain requantize (a quantize/dequantize pair merged into one scale-shift, S1's unified
+    scale); ``count`` k is an average pool over k values (may be a per-position array).
+    """
+    count = np.asarray(count, np.float64)
+    real = np.asarray(s_in, np.float64) / (out.scale * count)
+    acc_bound = 128.0 * count
+    mul, add, shift = fixed_point(real, out.zero_point, acc_bound,
+                                  integer_offset=-zp_in * count.astype(np.int64))
+    return Requant(mul, add, shift, lo, hi)
+
+
+@dataclass(frozen=True)
+class AddRequant:
+    """Elementwise add of two int8 tensors: ``(Qa*mul_a + Qb*mul_b + add) >> shift``."""
+
+    mul_a: int
+    mul_b: int
+    add: int
+    shift: int
+    lo: int = QMIN
+    hi: int = QMAX
+
+    def apply(self, qa: np.ndarray, qb: np.ndarray) -> np.ndarray:
+        y = (qa.astype(np.int64) * self.mul_a + qb.astype(np.int64) * self.mul_b + self.add)
+        return np.clip(y >> self.shift, self.lo, self.hi).astype(np.int8)
+
+
+def add_requant(a: QParams, b: QParams, out: QParams, lo: int = QMIN, hi: int = QMAX) -> AddRequant:
+    """``Q_out = round(sa/so (Qa - za) + sb/so (Qb - zb) + zo)`` with one shared shift."""
+    big = max(a.scale, b.scale)
+    _, _, shift = fixed_point(big / out.scale, 0.0, 256.0)
+    s = int(shift)
+    mul_a = int(np.rint(a.scale / out.scale * 2.0**s))
+    mul_b = int(np.rint(b.scale / out.scale * 2.0**s))
+    add = int(np.rint(out.zero_point * 2.0**s)) - mul_a * a.zero_point - mul_b * b.zero_point
+    add += (1 << (s - 1)) if s > 0 else 0
+    return AddRequant(mul_a, mul_b, add, s, lo, hi)
+
+
+def relu_bounds(out: QParams, lo_real: float = 0.0, hi_real: float = np.inf) -> tuple[int, int]:
+    """Integer clip bounds for a ReLU / ReLU6 / clip(lo, hi) folded into a requantize."""
+    lo = QMIN if not np.isfinite(lo_real) else int(np.clip(quantize(lo_real, out.scale, out.zero_point), QMIN, QMAX))
+    hi = QMAX if not np.isfinite(hi_real) else int(np.clip(quantize(hi_real, out.scale, out.zero_point), QMIN, QMAX))
+    return max(lo, QMIN), min(hi, QMAX)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lookup tables for nonlinear layers (S2 Eq. 16, Table 1)
+# ---------------------------------------------------------------------------------------------
+def lut(fn, inp: QParams, out: QParams, channel_values: int | None = None) -> np.ndarray:
+    """The 256-entry table ``T[q + 128] = round(f^-1(F(f(q))))`` of S2 Eq. 16.
+
+    ``fn`` maps real inputs to real outputs. When ``channel_values`` is given, ``fn`` takes
+    ``(r, c)`` and one table per channel ``c`` is built: shape ``(channels, 256)``; this covers
+    elementwise functions with per-channel constants (e.g. a BatchNorm not preceded by a conv).
+    """
+    q = np.arange(QMIN, QMAX + 1, dtype=np.int64)
+    r = inp.dequantize(q).astype(np.float64)
+    if channel_values is None:
+        return out.quantize(fn(r))
+    return np.stack([out.quantize(fn(r, c)) for c in range(channel_values)])
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+# Table 1 of S2 plus the activations users meet today. Each maps real -> real.
+ACTIVATIONS = {
+    "relu": lambda x: np.maximum(x, 0.0),
+    "relu6": lambda x: np.clip(x, 0.0, 6.0),
+    "leaky_relu": lambda x, alpha=0.01: np.where(x >= 0, x, alpha * x),
+    "sigmoid": sigmoid,
+    "tanh": np.tanh,
+    "hardsigmoid": lambda x, alpha=0.2, beta=0.5: np.clip(alpha * x + beta, 0.0, 1.0),
+    "hardswish": lambda x: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0,
+    "silu": lambda x: x * sigmoid(x),
+}
+
+
+def apply_lut(q: np.ndarray, table: np.ndarray, channel_axis: int | None = None) -> np.ndarray:
+    """Gather ``table[q + 128]`` (per channel when ``table`` is 2-D)."""
+    idx = q.astype(np.int64) - QMIN
+    if table.ndim == 1:
+        return table[idx]
+    shape = [1] * q.ndim
+    shape[channel_axis] = -1
+    ch = np.arange(table.shape[0]).reshape(shape)
+    return table[ch, idx]
+
+
+# ---------------------------------------------------------------------------------------------
+# Softmax in integers
+# ---------------------------------------------------------------------------------------------
+SOFTMAX_OUT = QParams(scale=1.0 / 256.0, zero_point=-128)  # [0, 1) in int8, as TFLite does
+EXP_BITS = 16
+
+
+def softmax_exp_table(inp: QParams) -> np.ndarray:
+    """``E[d] = round(2^16 exp(-s_in d))`` for ``d = max(Q) - Q`` in [0, 255] (int32)."""
+    d = np.arange(0, QMAX - QMIN + 1, dtype=np.float64)
+    return np.rint(np.exp(-inp.scale * d) * 2**EXP_BITS).astype(np.int32)
+
+
+def softmax_int(q: np.ndarray, table: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Integer softmax: ``Q_out = floor((2*256*E + sum E) / (2 sum E)) - 128`` (round half up of
+    ``256 E / sum E``), with ``E = table[max(Q) - Q]``; output params :data:`SOFTMAX_OUT`."""
+    q = q.astype(np.int32)
+    d = np.max(q, axis=axis, keepdims=True) - q
+    e = table[d].astype(np.int64)
+    total = np.sum(e, axis=axis, keepdims=True)
+    y = (e * 512 + total) // (2 * total) - 128
+    return np.clip(y, QMIN, QMAX).astype(np.int8)
