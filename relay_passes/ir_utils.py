@@ -1,0 +1,66 @@
+"""Small helpers for reading Relax IR that several passes share."""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+
+def op_name(expr) -> str | None:
+    """``"relax.nn.conv2d"`` for a call of a Relax operator, else None."""
+    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+        return expr.op.name
+    return None
+
+
+def const_value(expr) -> np.ndarray | None:
+    """The numpy value of a Relax tensor constant (None for anything else)."""
+    if isinstance(expr, tvm.ir.GenericConst) and isinstance(expr.ty, relax.TensorType):
+        return expr.value.numpy()
+    return None
+
+
+def tensor_type(expr):
+    ty = expr.ty if hasattr(expr, "ty") else None
+    return ty if isinstance(ty, relax.TensorType) else None
+
+
+def dtype_of(expr) -> str | None:
+    ty = tensor_type(expr)
+    return None if ty is None else str(ty.dtype)
+
+
+def shape_of(expr) -> tuple[int, ...] | None:
+    ty = tensor_type(expr)
+    if ty is None or ty.shape is None:
+        return None
+    try:
+        return tuple(int(d) for d in ty.shape.values)
+    except (TypeError, AttributeError):
+        return None
+
+
+def is_float(expr) -> bool:
+    dt = dtype_of(expr)
+    return dt is not None and dt.startswith(("float", "bfloat"))
+
+
+def channel_axis_of(value: np.ndarray, ndim: int) -> int | None | bool:
+    """Where a constant varies when broadcast against an ``ndim``-D tensor.
+
+    Returns None for a scalar-like constant, the (non-negative) axis when it varies along
+    exactly one axis, and False when it varies along several (not a per-channel constant).
+    """
+    shape = (1,) * (ndim - value.ndim) + tuple(value.shape)
+    if len(shape) > ndim:
+        return False
+    axes = [i for i, d in enumerate(shape) if d != 1]
+    if not axes:
+        return None
+    return axes[0] if len(axes) == 1 else False
+
+
+def main_function(mod):
+    """The module's ``main`` Relax function (the one the ONNX frontend produces)."""
+    return mod["main"]

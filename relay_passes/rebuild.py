@@ -1,0 +1,58 @@
+"""Rebuild ``main`` binding by binding: the one traversal the rewriting passes share.
+
+The ONNX frontend produces a ``main`` whose body is one dataflow block; the passes that insert
+bindings (naming, annotation, exposing tensors) walk it in order and emit a new one.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+
+from ..errors import IntqError
+
+
+def substitute(expr, vmap: dict):
+    """``expr`` with every Var in ``vmap`` replaced (through calls, tuples, tuple items)."""
+    if isinstance(expr, relax.Var):
+        return vmap.get(expr, expr)
+    if isinstance(expr, relax.Call):
+        args = [substitute(a, vmap) for a in expr.args]
+        return relax.Call(expr.op, args, expr.attrs, expr.ty_args)
+    if isinstance(expr, relax.Tuple):
+        return relax.Tuple([substitute(f, vmap) for f in expr.fields])
+    if isinstance(expr, relax.TupleGetItem):
+        return relax.TupleGetItem(substitute(expr.tuple_value, vmap), expr.index)
+    return expr
+
+
+def bindings_of(func: relax.Function):
+    blocks = func.body.blocks
+    if any(not isinstance(b, relax.DataflowBlock) for b in blocks):
+        raise IntqError("the model's main function has side effects outside a dataflow block; "
+                        "only pure dataflow graphs can be quantized")
+    return [b for block in blocks for b in block.bindings]
+
+
+def rewrite_main(mod: tvm.IRModule, on_binding=None, on_output=None) -> tvm.IRModule:
+    """Emit ``main`` anew. ``on_binding(bb, binding, value)`` gets each binding with its value
+    already rewritten to the new vars and returns the new Var (default: emit it under its
+    name); ``on_output(bb, expr)`` may replace the returned expression."""
+    func = mod["main"]
+    params = [relax.Var(p.name, p.ty) for p in func.params]
+    vmap = dict(zip(func.params, params))
+    bb = relax.BlockBuilder()
+    with bb.function("main", params, attrs=dict(func.attrs) if func.attrs else None):
+        with bb.dataflow():
+            for b in bindings_of(func):
+                value = substitute(b.value, vmap)
+                vmap[b.var] = (on_binding(bb, b, value) if on_binding
+                               else bb.emit(value, b.var.name))
+            out = substitute(func.body.body, vmap)
+            if on_output is not None:
+                out = on_output(bb, out)
+            gv = bb.emit_output(out)
+        bb.emit_func_output(gv)
+    new = tvm.IRModule({gv: f for gv, f in mod.functions_items() if gv.name_hint != "main"})
+    new["main"] = bb.get()["main"]
+    return new
