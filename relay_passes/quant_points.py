@@ -85,7 +85,8 @@ def _scalar_const(e) -> bool:
     return v is not None and v.size == 1
 
 
-def _passthrough(call) -> bool:
+def is_passthrough(call) -> bool:
+    """Does ``call`` only move int8 values (so it keeps its input's scale and zero point)?"""
     name = op_name(call)
     if name == "relax.image.resize2d":
         return str(call.attrs.method) == "nearest_neighbor"
@@ -136,7 +137,7 @@ def analyze(func: relax.Function) -> QuantPlan:
                         for a in call.args if isinstance(a.ty, relax.TensorType))
         if name is None:
             node = Node(b.var, call, "float", next_group)
-        elif _passthrough(call) and first is not None:
+        elif is_passthrough(call) and first is not None:
             node = Node(b.var, call, "passthrough", -1)
         elif _is_epilogue(call, name, first, nodes, users):
             node = Node(b.var, call, "epilogue", first.group)

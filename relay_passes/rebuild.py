@@ -34,16 +34,19 @@ def bindings_of(func: relax.Function):
     return [b for block in blocks for b in block.bindings]
 
 
-def rewrite_main(mod: tvm.IRModule, on_binding=None, on_output=None) -> tvm.IRModule:
-    """Emit ``main`` anew. ``on_binding(bb, binding, value)`` gets each binding with its value
-    already rewritten to the new vars and returns the new Var (default: emit it under its
-    name); ``on_output(bb, expr)`` may replace the returned expression."""
+def rewrite_main(mod: tvm.IRModule, on_binding=None, on_output=None, on_start=None) -> tvm.IRModule:
+    """Emit ``main`` anew. ``on_start(bb, {old param: new param})`` may emit bindings first;
+    ``on_binding(bb, binding, value)`` gets each binding with its value already rewritten to
+    the new vars and returns the new Var (default: emit it under its name);
+    ``on_output(bb, expr)`` may replace the returned expression."""
     func = mod["main"]
     params = [relax.Var(p.name, p.ty) for p in func.params]
     vmap = dict(zip(func.params, params))
     bb = relax.BlockBuilder()
     with bb.function("main", params, attrs=dict(func.attrs) if func.attrs else None):
         with bb.dataflow():
+            if on_start is not None:
+                on_start(bb, dict(vmap))
             for b in bindings_of(func):
                 value = substitute(b.value, vmap)
                 vmap[b.var] = (on_binding(bb, b, value) if on_binding

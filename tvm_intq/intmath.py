@@ -188,19 +188,21 @@ def conv_requant(s_in: float, zp_in: int, sw: np.ndarray, qw: np.ndarray, w_axis
     return Requant(mul.reshape(shape), add.reshape(shape), shift.reshape(shape), lo, hi)
 
 
-def rescale_requant(s_in: np.ndarray, zp_in: int, out: QParams, count: np.ndarray | int = 1,
+def rescale_requant(s_in: float, zp_in: int, out: QParams, count: int = 1,
+                    divisor: np.ndarray | int | None = None,
                     lo: int = QMIN, hi: int = QMAX) -> Requant:
-    """Requantize a sum of ``count`` int8 values of params (s_in, zp_in) to ``out``.
+    """Requantize a sum of ``count`` int8 values with params (s_in, zp_in) to ``out``.
 
-    ``Q_out = round(s_in / (s_out * count) * (acc - zp_in * count) + zp_out)``: ``count`` 1 is a
-    plain requantize (a quantize/dequantize pair merged into one scale-shift, S1's unified
-    scale); ``count`` k is an average pool over k values (may be a per-position array).
+    ``Q_out = round(s_in / (s_out * divisor) * (acc - zp_in * count) + zp_out)``. ``count`` 1
+    is a plain requantize: a dequantize/quantize pair merged into one scale-shift (S1's unified
+    scale). ``count`` k is an average over a window of k values (padding holds ``zp_in``);
+    ``divisor`` (default ``count``) may be a per-position array when padded values are not
+    counted.
     """
-    count = np.asarray(count, np.float64)
-    real = np.asarray(s_in, np.float64) / (out.scale * count)
-    acc_bound = 128.0 * count
-    mul, add, shift = fixed_point(real, out.zero_point, acc_bound,
-                                  integer_offset=-zp_in * count.astype(np.int64))
+    divisor = np.asarray(count if divisor is None else divisor, np.float64)
+    real = float(s_in) / (out.scale * divisor)
+    acc_bound = 256.0 * count
+    mul, add, shift = fixed_point(real, out.zero_point, acc_bound, integer_offset=-zp_in * count)
     return Requant(mul, add, shift, lo, hi)
 
 
@@ -242,18 +244,20 @@ def relu_bounds(out: QParams, lo_real: float = 0.0, hi_real: float = np.inf) -> 
 # ---------------------------------------------------------------------------------------------
 # Lookup tables for nonlinear layers (S2 Eq. 16, Table 1)
 # ---------------------------------------------------------------------------------------------
-def lut(fn, inp: QParams, out: QParams, channel_values: int | None = None) -> np.ndarray:
-    """The 256-entry table ``T[q + 128] = round(f^-1(F(f(q))))`` of S2 Eq. 16.
+def lut(fn, inp: QParams, out: QParams) -> np.ndarray:
+    """The table ``T[q + 128] = round(f^-1(F(f(q))))`` of S2 Eq. 16, for all 256 int8 ``q``.
 
-    ``fn`` maps real inputs to real outputs. When ``channel_values`` is given, ``fn`` takes
-    ``(r, c)`` and one table per channel ``c`` is built: shape ``(channels, 256)``; this covers
-    elementwise functions with per-channel constants (e.g. a BatchNorm not preceded by a conv).
+    ``fn`` maps the 256 dequantized inputs, as an array of shape ``(256, 1, ..., 1)``, to real
+    outputs whose first axis is the input; further axes of size > 1 give one table per
+    channel (elementwise functions with per-channel constants, e.g. a BatchNorm affine that
+    no conv precedes). Returns int8 of shape ``(256, ...)``.
     """
     q = np.arange(QMIN, QMAX + 1, dtype=np.int64)
     r = inp.dequantize(q).astype(np.float64)
-    if channel_values is None:
-        return out.quantize(fn(r))
-    return np.stack([out.quantize(fn(r, c)) for c in range(channel_values)])
+    y = np.asarray(fn(r), np.float64)
+    # log(0), x/0 and the like: saturate instead of producing NaN codes.
+    y = np.nan_to_num(y, nan=0.0, posinf=np.finfo(np.float32).max, neginf=np.finfo(np.float32).min)
+    return out.quantize(y)
 
 
 def sigmoid(x):
@@ -274,14 +278,13 @@ ACTIVATIONS = {
 
 
 def apply_lut(q: np.ndarray, table: np.ndarray, channel_axis: int | None = None) -> np.ndarray:
-    """Gather ``table[q + 128]`` (per channel when ``table`` is 2-D)."""
+    """Gather ``table[q + 128]``; a ``(256, C)`` table is indexed per channel on ``channel_axis``."""
     idx = q.astype(np.int64) - QMIN
     if table.ndim == 1:
         return table[idx]
     shape = [1] * q.ndim
     shape[channel_axis] = -1
-    ch = np.arange(table.shape[0]).reshape(shape)
-    return table[ch, idx]
+    return table[idx, np.arange(table.shape[1]).reshape(shape)]
 
 
 # ---------------------------------------------------------------------------------------------

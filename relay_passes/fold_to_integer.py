@@ -1,0 +1,286 @@
+"""Fold every quantize/dequantize pair of a QDQ graph into integer arithmetic."""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .. import intmath
+from . import integer_kernels as K
+from .ir_utils import const_value, op_name, shape_of
+from .lookup_tables import build_table, region_function
+from .quant_points import CLAMPS, is_passthrough
+from .rebuild import rewrite_main
+
+
+def _scalar(expr) -> float | None:
+    v = const_value(expr)
+    return None if v is None or v.size != 1 else float(v.reshape(()))
+
+
+def _prim(e) -> float:
+    return float(e.value.value if hasattr(e.value, "value") else e.value)
+
+
+class _State:
+    """What the rewrite knows about the new program while it walks it."""
+
+    def __init__(self):
+        self.defs = {}  # new var -> bound value
+        self.dq = {}  # new var -> (int8 var, QParams) for per-tensor dequantize results
+        self.weights = {}  # new var -> (Qw int8, sw) for per-channel weight dequantize
+
+    def lookup(self, var):
+        value = self.defs.get(var)
+        while isinstance(value, relax.Var):
+            var, value = value, self.defs.get(value)
+        return value
+
+    def resolve(self, var):
+        while isinstance(self.defs.get(var), relax.Var):
+            var = self.defs[var]
+        return var
+
+    def dequantized(self, var):
+        return self.dq.get(self.resolve(var)) if isinstance(var, relax.Var) else None
+
+
+def _qparams(call) -> intmath.QParams | None:
+    """Per-tensor int8 parameters of a quantize/dequantize call (None: per-channel or not int8)."""
+    scale, zp = _scalar(call.args[1]), _scalar(call.args[2])
+    int_side = call.attrs.out_dtype if op_name(call) == "relax.quantize" else call.args[0].ty.dtype
+    if scale is None or zp is None or str(int_side) != "int8":
+        return None
+    return intmath.QParams(scale, int(zp))
+
+
+def _clamp_bounds(call) -> tuple[float, float]:
+    name = op_name(call)
+    if name == "relax.nn.relu":
+        return 0.0, np.inf
+    if name == "relax.nn.relu6":
+        return 0.0, 6.0
+    if name == "relax.clip":
+        return _prim(call.args[1]), _prim(call.args[2])
+    c = _scalar(call.args[1])
+    return (c, np.inf) if name == "relax.maximum" else (-np.inf, c)
+
+
+def _fold_linear(bb, st: _State, v, out: intmath.QParams, name: str):
+    """conv2d/matmul [+ bias] [relu|clip|max|min]* -> int8 layer with one requantize."""
+    lo_real, hi_real, bias, call = -np.inf, np.inf, None, st.lookup(v)
+    while op_name(call) in CLAMPS:
+        lo, hi = _clamp_bounds(call)
+        lo_real, hi_real = max(lo_real, lo), min(hi_real, hi)
+        call = st.lookup(call.args[0])
+    if op_name(call) in ("relax.add", "relax.subtract") and const_value(call.args[1]) is not None:
+        bias = const_value(call.args[1]).astype(np.float64)
+        bias = -bias if op_name(call) == "relax.subtract" else bias
+        call = st.lookup(call.args[0])
+    name_op = op_name(call)
+    if name_op in ("relax.add", "relax.subtract") and bias is None:
+        a, b = st.dequantized(call.args[0]), st.dequantized(call.args[1])
+        if a is None or b is None:
+            return None
+        lo, hi = intmath.relu_bounds(out, lo_real, hi_real)
+        ar = intmath.add_requant(a[1], b[1], out, lo, hi)
+        return K.add(bb, a[0], b[0], ar, name, subtract=name_op == "relax.subtract")
+    if name_op not in ("relax.nn.conv2d", "relax.matmul"):
+        return None
+    x = st.dequantized(call.args[0])
+    w = st.weights.get(st.resolve(call.args[1]))
+    if x is None or w is None:
+        return None
+    qw, sw = w
+    lo, hi = intmath.relu_bounds(out, lo_real, hi_real)
+    if name_op == "relax.nn.conv2d":
+        channels = qw.shape[0]
+        b = None if bias is None else np.broadcast_to(bias.reshape(-1), (channels,))
+        rq = intmath.conv_requant(x[1].scale, x[1].zero_point, sw, qw, 0, b, out, lo, hi,
+                                  acc_shape_axis=1, acc_ndim=4)
+        return K.conv2d(bb, x[0], x[1], call.attrs, qw, rq, name)
+    channels = qw.shape[1]
+    b = None if bias is None else np.broadcast_to(bias.reshape(-1), (channels,))
+    rq = intmath.conv_requant(x[1].scale, x[1].zero_point, sw, qw, 1, b, out, lo, hi,
+                              acc_shape_axis=0, acc_ndim=1)
+    return K.matmul(bb, x[0], qw, rq, name)
+
+
+def _fold_concat(bb, st, v, out, name):
+    call = st.lookup(v)
+    if op_name(call) != "relax.concat":
+        return None
+    parts = [st.dequantized(f) for f in call.args[0].fields]
+    if any(p is None for p in parts):
+        return None
+    ints = [x if p == out else K.requantize(bb, x, intmath.rescale_requant(p.scale, p.zero_point, out),
+                                            f"{name}_in{i}")
+            for i, (x, p) in enumerate(parts)]
+    return bb.emit(relax.op.concat(ints, axis=int(call.attrs.axis)), name)
+
+
+def _window_counts(in_hw, attrs) -> np.ndarray:
+    """How many non-padded input positions each output window of a 2-D pool covers."""
+    ones = np.ones(in_hw, np.int64)
+    t, l, b, r = (int(p) for p in attrs.padding)
+    ones = np.pad(ones, ((t, b), (l, r)))
+    (kh, kw), (sh, sw), (dh, dw) = ([int(p) for p in attrs.pool_size], [int(s) for s in attrs.strides],
+                                     [int(d) for d in attrs.dilation])
+    oh = (ones.shape[0] - (kh - 1) * dh - 1) // sh + 1
+    ow = (ones.shape[1] - (kw - 1) * dw - 1) // sw + 1
+    counts = np.zeros((oh, ow), np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            counts += ones[i * dh: i * dh + (oh - 1) * sh + 1: sh, j * dw: j * dw + (ow - 1) * sw + 1: sw]
+    return counts
+
+
+def _fold_pool(bb, st, v, out, name):
+    call = st.lookup(v)
+    x = st.dequantized(call.args[0]) if op_name(call) in ("relax.nn.avg_pool2d", "relax.mean") else None
+    if x is None:
+        return None
+    xq, p = x
+    if op_name(call) == "relax.mean":
+        shape = shape_of(call.args[0])
+        axes = [int(a) % len(shape) for a in call.attrs.axis]
+        count = int(np.prod([shape[a] for a in axes]))
+        rq = intmath.rescale_requant(p.scale, p.zero_point, out, count=count)
+        return K.mean(bb, xq, axes, bool(call.attrs.keepdims), rq, name)
+    k = int(np.prod([int(s) for s in call.attrs.pool_size]))
+    divisor = k
+    if not call.attrs.count_include_pad and any(int(q) for q in call.attrs.padding):
+        divisor = _window_counts(shape_of(call.args[0])[2:], call.attrs)
+    rq = intmath.rescale_requant(p.scale, p.zero_point, out, count=k, divisor=divisor)
+    return K.avg_pool2d(bb, xq, p, call.attrs, rq, name)
+
+
+def _fold_softmax(bb, st, v, out, name):
+    call = st.lookup(v)
+    x = st.dequantized(call.args[0]) if op_name(call) == "relax.nn.softmax" else None
+    if x is None or out != intmath.SOFTMAX_OUT:
+        return None
+    axis = int(call.attrs.axis) % len(shape_of(call.args[0]))
+    return K.softmax(bb, x[0], axis, intmath.softmax_exp_table(x[1]), name)
+
+
+def _fold_lut(bb, st, v, out, name):
+    """An elementwise region on one dequantized tensor -> one lookup table (S2 Eq. 16)."""
+    sources = set()
+
+    def find(var):
+        if st.dequantized(var) is not None:
+            sources.add(st.resolve(var))
+            return
+        call = st.lookup(var)
+        for a in call.args if call is not None else []:
+            if isinstance(a, relax.Var):
+                find(a)
+
+    find(v)
+    if len(sources) != 1:
+        return None
+    src = sources.pop()
+    fn = region_function(v, src, st.lookup)
+    if fn is None:
+        return None
+    xq, p = st.dq[src]
+    table, axis = build_table(fn, p, out, len(shape_of(src)))
+    if table is None:
+        return None
+    return K.lookup(bb, xq, table, axis, name)
+
+
+def _fold_requantize(bb, st, v, out, name):
+    x = st.dequantized(v)
+    if x is None:
+        return None
+    if x[1] == out:
+        return x[0]
+    return K.requantize(bb, x[0], intmath.rescale_requant(x[1].scale, x[1].zero_point, out), name)
+
+
+# Tried in order on the tensor each quantize reads; the first that applies emits the layer.
+FOLDERS = (_fold_requantize, _fold_linear, _fold_concat, _fold_pool, _fold_softmax, _fold_lut)
+
+
+def _passthrough_int(call, xq, p: intmath.QParams):
+    """The same data movement on the int8 tensor (pads hold the zero point)."""
+    args = [xq] + list(call.args[1:])
+    if op_name(call) == "relax.nn.pad":
+        return relax.op.nn.pad(xq, [int(w) for w in call.attrs.pad_width],
+                               pad_mode="constant", pad_value=float(p.zero_point))
+    return relax.Call(call.op, args, call.attrs, call.ty_args)
+
+
+@tvm.transform.module_pass(opt_level=0, name="FoldToInteger")
+class FoldToInteger:
+    """Turn a QDQ graph (from :class:`Annotate`, or imported) into integer arithmetic.
+
+    Walking ``main`` in order:
+
+    * a data-movement op on a dequantized tensor moves below the dequantize::
+
+          op(dequantize(q, s, zp))  ->  dequantize(op_int8(q), s, zp)
+
+      (reshape, transpose, max pool, pad with ``zp``, nearest resize, slices);
+    * each ``quantize(t, s_out, zp_out)`` becomes the integer form of what computes ``t``
+      from dequantized inputs (S1's unified scale, S2 Eqs. 6 and 11-14)::
+
+          quantize(clip(conv2d(dq(x), dq(Qw)) + b))   ->  clip((conv2d_i32(x, Qw)*MUL + ADD) >> S)
+          quantize(dq(x, s1, z1), s2, z2)             ->  x, or (x*MUL + ADD) >> S
+          quantize(dq(a) + dq(b))                     ->  (a*MA + b*MB + ADD) >> S
+          quantize(concat(dq(x_i)))                   ->  concat(requantized x_i)
+          quantize(avg_pool(dq(x))), quantize(mean)   ->  (window_sum(x)*MUL + ADD) >> S
+          quantize(softmax(dq(x)))                    ->  integer softmax (exp table + division)
+          quantize(f(dq(x))), f elementwise           ->  take(T, x + 128), T[i] = Q(f(R(i)))
+
+      with MUL/ADD/S per output channel from :mod:`tvm_intq.intmath`.
+
+    What matches none of these stays float between its dequantize and quantize; the float
+    ops left are what :class:`CheckIntegerOnly` reports. Dead float code is removed.
+    """
+
+    def transform_module(self, mod, ctx):
+        st = _State()
+
+        def binding(bb, b, value):
+            name = op_name(value)
+            if name == "relax.dequantize":
+                p = _qparams(value)
+                w = const_value(value.args[0])
+                if w is not None and p is None:
+                    new = bb.emit(value, b.var.name)
+                    st.weights[new] = (w, const_value(value.args[1]).astype(np.float64))
+                    st.defs[new] = value
+                    return new
+                new = bb.emit(value, b.var.name)
+                if p is not None:
+                    st.dq[new] = (value.args[0], p)
+                st.defs[new] = value
+                return new
+            if is_passthrough(value) and st.dequantized(value.args[0]) is not None:
+                xq, p = st.dequantized(value.args[0])
+                moved = bb.emit(_passthrough_int(value, xq, p), b.var.name + "_i8")
+                new = bb.emit(relax.op.dequantize(moved, relax.const(np.float32(p.scale)),
+                                                  relax.const(np.int8(p.zero_point)),
+                                                  axis=-1, out_dtype="float32"), b.var.name)
+                st.dq[new] = (moved, p)
+                st.defs[new] = value
+                return new
+            if name == "relax.quantize" and _qparams(value) is not None:
+                out = _qparams(value)
+                for fold in FOLDERS:
+                    result = fold(bb, st, value.args[0], out, b.var.name)
+                    if result is not None:
+                        return result
+            new = bb.emit(value, b.var.name)
+            st.defs[new] = value
+            return new
+
+        mod = rewrite_main(mod, binding)
+        return tvm.transform.Sequential([
+            relax.transform.CanonicalizeBindings(),
+            relax.transform.DeadCodeElimination(),
+        ])(mod)

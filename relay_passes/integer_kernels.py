@@ -1,0 +1,110 @@
+"""Emit the integer form of each quantized layer as Relax operators.
+
+Each function takes int8 input vars and the constants that :mod:`tvm_intq.intmath` computed,
+and emits the integer computation into a BlockBuilder. Kept as plain Relax operators (int8
+conv/matmul with int32 accumulation, int64 multiply/add/shift, clip, cast, take) so that
+legalization and FuseOps turn a layer into one kernel and any target can compile it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax
+from tvm.relax import op as R
+
+from .. import intmath
+
+
+def _const(value, dtype):
+    return relax.const(np.asarray(value).astype(dtype), dtype)
+
+
+def requantize(bb, acc, rq: intmath.Requant, name: str):
+    """``clip((acc * MUL + ADD) >> S, lo, hi)`` in int64, cast to int8 (S2 Eqs. 11-14)."""
+    x = bb.emit(R.astype(acc, "int64"))
+    x = bb.emit(R.multiply(x, _const(rq.mul, "int64")))
+    x = bb.emit(R.add(x, _const(rq.add, "int64")))
+    x = bb.emit(R.right_shift(x, _const(rq.shift, "int64")))
+    x = bb.emit(R.clip(x, rq.lo, rq.hi))
+    return bb.emit(R.astype(x, "int8"), name)
+
+
+def pad_with(bb, x, pads_nchw_hw: list[int], value: int):
+    """Pad the two spatial axes of an NCHW tensor with an integer (the input zero point)."""
+    top, left, bottom, right = pads_nchw_hw
+    if not any(pads_nchw_hw):
+        return x
+    return bb.emit(R.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(value)))
+
+
+def conv2d(bb, x, inp: intmath.QParams, attrs, qw: np.ndarray, rq: intmath.Requant, name: str):
+    """int8 conv2d (any groups) with int32 accumulation; padding holds ``zp_in`` so the
+    zero-point correction folded into ``ADD`` is exact at the borders too."""
+    x = pad_with(bb, x, [int(p) for p in attrs.padding], inp.zero_point)
+    acc = bb.emit(R.nn.conv2d(x, relax.const(qw), strides=attrs.strides, padding=[0, 0, 0, 0],
+                              dilation=attrs.dilation, groups=int(attrs.groups),
+                              data_layout="NCHW", kernel_layout="OIHW", out_dtype="int32"))
+    return requantize(bb, acc, rq, name)
+
+
+def matmul(bb, x, qw: np.ndarray, rq: intmath.Requant, name: str):
+    acc = bb.emit(R.matmul(x, relax.const(qw), out_dtype="int32"))
+    return requantize(bb, acc, rq, name)
+
+
+def add(bb, a, b, ar: intmath.AddRequant, name: str, subtract: bool = False):
+    """``(Qa*MA ± Qb*MB + ADD) >> S`` for an elementwise add/subtract of two int8 tensors."""
+    xa = bb.emit(R.multiply(bb.emit(R.astype(a, "int64")), _const(ar.mul_a, "int64")))
+    xb = bb.emit(R.multiply(bb.emit(R.astype(b, "int64")), _const(ar.mul_b, "int64")))
+    x = bb.emit((R.subtract if subtract else R.add)(xa, xb))
+    x = bb.emit(R.add(x, _const(ar.add, "int64")))
+    x = bb.emit(R.right_shift(x, _const(ar.shift, "int64")))
+    x = bb.emit(R.clip(x, ar.lo, ar.hi))
+    return bb.emit(R.astype(x, "int8"), name)
+
+
+def avg_pool2d(bb, x, inp: intmath.QParams, attrs, rq: intmath.Requant, name: str):
+    """Window sums of int8 values, then one requantize (per output position when padded
+    values are not counted). The sum is computed exactly as ``avg_pool(k * x)`` over an
+    explicitly padded input: every window is full, so the pool divides ``k * sum`` by ``k``."""
+    k = int(np.prod([int(p) for p in attrs.pool_size]))
+    x = pad_with(bb, x, [int(p) for p in attrs.padding], inp.zero_point)
+    x = bb.emit(R.multiply(bb.emit(R.astype(x, "int32")), _const(k, "int32")))
+    acc = bb.emit(R.nn.avg_pool2d(x, pool_size=attrs.pool_size, strides=attrs.strides,
+                                  padding=[0, 0, 0, 0], dilation=attrs.dilation,
+                                  count_include_pad=True, layout="NCHW"))
+    return requantize(bb, acc, rq, name)
+
+
+def mean(bb, x, axes, keepdims: bool, rq: intmath.Requant, name: str):
+    acc = bb.emit(R.sum(bb.emit(R.astype(x, "int32")), axis=axes, keepdims=keepdims))
+    return requantize(bb, acc, rq, name)
+
+
+def softmax(bb, x, axis: int, exp_table: np.ndarray, name: str):
+    """Integer softmax (see :func:`tvm_intq.intmath.softmax_int`)."""
+    xi = bb.emit(R.astype(x, "int32"))
+    d = bb.emit(R.subtract(bb.emit(R.max(xi, axis=[axis], keepdims=True)), xi))
+    e = bb.emit(R.astype(bb.emit(R.take(relax.const(exp_table), d, axis=0)), "int64"))
+    total = bb.emit(R.sum(e, axis=[axis], keepdims=True))
+    num = bb.emit(R.add(bb.emit(R.multiply(e, _const(512, "int64"))), total))
+    y = bb.emit(R.floor_divide(num, bb.emit(R.multiply(total, _const(2, "int64")))))
+    y = bb.emit(R.subtract(y, _const(-intmath.SOFTMAX_OUT.zero_point, "int64")))
+    y = bb.emit(R.clip(y, intmath.QMIN, intmath.QMAX))
+    return bb.emit(R.astype(y, "int8"), name)
+
+
+def lookup(bb, x, table: np.ndarray, channel_axis: int | None, name: str):
+    """``table[q + 128]`` gathered in the graph; a ``(256, C)`` table is per channel: the
+    index is ``q + 128 + 256 c`` into the channel-major flattened table."""
+    idx = bb.emit(R.add(bb.emit(R.astype(x, "int32")), _const(-intmath.QMIN, "int32")))
+    if table.ndim == 1:
+        flat = table
+    else:
+        channels = table.shape[1]
+        shape = [1] * len(x.ty.shape)
+        shape[channel_axis] = channels
+        offsets = (256 * np.arange(channels, dtype=np.int32)).reshape(shape)
+        idx = bb.emit(R.add(idx, relax.const(offsets)))
+        flat = np.ascontiguousarray(table.T).reshape(-1)
+    return bb.emit(R.take(relax.const(flat.astype(np.int8)), idx, axis=0, mode="clip"), name)
