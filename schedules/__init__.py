@@ -1,0 +1,5 @@
+"""Kernel schedules, tuning and tuning databases (TIR / MetaSchedule)."""
+
+from .pipeline import build_pipeline
+
+__all__ = ["build_pipeline"]

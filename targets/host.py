@@ -1,0 +1,34 @@
+"""The machine we run on: LLVM tuned for the host CPU, linked with the host compiler."""
+
+from __future__ import annotations
+
+import os
+
+from .spec import TargetSpec
+
+
+def _host_cores() -> int:
+    # The CPUs this process may use (a container or taskset may allow fewer than exist).
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def host_target_dict() -> dict:
+    """The host's Target dict. ``"mcpu": "native"`` fails at codegen with the TVM wheel
+    (its LLVM triple is x86_64-conda-linux-gnu), so ask LLVM for the CPU name instead:
+    that is what -mcpu=native resolves to."""
+    import tvm
+
+    return {
+        "kind": "llvm",
+        "mcpu": tvm.target.codegen.llvm_get_system_cpu(),
+        "num-cores": _host_cores(),
+    }
+
+
+HOST = TargetSpec(
+    name="host",
+    description="this machine (x86-64), LLVM for the host CPU, host compiler",
+    tvm_target=host_target_dict,
+)

@@ -1,0 +1,323 @@
+"""The Python API: one function per user verb, data flowing one way.
+
+    import -> prepare -> calibrate -> annotate -> fold to integer -> build -> run/evaluate
+
+A user with a Relax module of their own calls :func:`prepare`, :func:`calibrate` and then our
+passes in their own ``tvm.transform.Sequential`` (see the README); :func:`quantize` does the
+same in one call, and :func:`compile_onnx` is the whole ``tvm-intq compile`` job.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from . import metrics
+from .calibration import SampleSet, collect_ranges, get_calibrator, load_npz
+from .errors import IntqError
+from .frontend import ModelInfo, import_onnx
+from .relay_passes import (Annotate, CanonicalizeForQuantization, CheckIntegerOnly, ExposeTensors,
+                           FoldToInteger, analyze, float_ops)
+from .relay_passes.ir_utils import const_value, op_name, shape_of
+from .relay_passes.quant_points import tensor_args
+from .relay_passes.rebuild import bindings_of
+from .runner import Runner, check_inputs, run_all
+from .schedules import build_pipeline
+from .schemes import get_scheme
+from .targets import get_target
+
+DEFAULT_CALIBRATOR = "kl"
+
+
+@dataclass
+class QuantConfig:
+    """How to quantize: scheme (policy), calibrator and its options, strictness."""
+
+    scheme: str = "hybrid-asym"
+    calibrator: str = DEFAULT_CALIBRATOR
+    calibrator_options: dict = field(default_factory=dict)
+    integer_only: bool = False
+    progress: bool = True
+
+
+def prepare(mod: tvm.IRModule) -> tvm.IRModule:
+    """The canonical float module that calibration and annotation both read."""
+    return CanonicalizeForQuantization()(mod)
+
+
+def build(mod: tvm.IRModule, target="host"):
+    """Compile with TVM for a target name (``host``, ``aarch64``, ``riscv64``) or TargetSpec.
+
+    Each integer layer (conv + requantize + clip + cast) fuses into one kernel
+    (:func:`~tvm_intq.schedules.build_pipeline`).
+    """
+    spec = get_target(target) if isinstance(target, str) else target
+    return tvm.compile(mod, spec.target(), relax_pipeline=build_pipeline())
+
+
+def input_names(mod: tvm.IRModule) -> list[str]:
+    return [p.name for p in mod["main"].params]
+
+
+def batch_size(mod: tvm.IRModule) -> int:
+    shape = shape_of(mod["main"].params[0])
+    return shape[0] if shape else 1
+
+
+def _num_outputs(mod: tvm.IRModule) -> int:
+    def leaves(ty):
+        return sum(leaves(f) for f in ty.fields) if isinstance(ty, relax.TupleType) else 1
+
+    return leaves(mod["main"].ret_ty if hasattr(mod["main"], "ret_ty") else mod["main"].body.ty)
+
+
+def _run_exposed(mod, names, samples, batch, progress=False, desc="run"):
+    """Run ``mod`` with the named tensors exposed; returns (outputs, {name: array})."""
+    exposed = ExposeTensors(names)(mod)
+    runner = Runner(build(exposed, "host"), input_names(mod))
+    outs = run_all(runner, samples, batch, progress, desc)
+    n = _num_outputs(mod)
+    return outs[:n], dict(zip(names, outs[n:]))
+
+
+def calibrate(mod: tvm.IRModule, samples: SampleSet, calibrator: str = DEFAULT_CALIBRATOR,
+              scheme: str = "hybrid-asym", progress: bool = True, **options) -> dict:
+    """Clipping ranges ``{tensor name: (lo, hi)}`` of every quantization point of a prepared
+    module, from the float model built by TVM on the host and run on ``samples``."""
+    check_inputs(samples, {p.name: shape_of(p) for p in mod["main"].params}, "calibration data")
+    points = [v.name for v in analyze(mod["main"]).points]
+    exposed = ExposeTensors(points)(mod)
+    runner = Runner(build(exposed, "host"), input_names(mod))
+    n = _num_outputs(mod)
+
+    def run(feeds):
+        return dict(zip(points, runner(feeds)[n:]))
+
+    return collect_ranges(run, samples, batch_size(mod), get_calibrator(calibrator, **options),
+                          symmetric=get_scheme(scheme).symmetric_activations, progress=progress)
+
+
+def lower(prepared: tvm.IRModule, ranges: dict, config: QuantConfig | None = None):
+    """``(qdq module, integer module)`` from a prepared module and its calibration ranges."""
+    config = config or QuantConfig()
+    qdq = Annotate(ranges, config.scheme)(prepared)
+    integer = FoldToInteger()(qdq)
+    if config.integer_only:
+        CheckIntegerOnly()(integer)
+    return qdq, integer
+
+
+def quantize(mod: tvm.IRModule, samples: SampleSet, config: QuantConfig | None = None) -> tvm.IRModule:
+    """Float Relax module + calibration samples -> integer Relax module."""
+    config = config or QuantConfig()
+    prepared = prepare(mod)
+    ranges = calibrate(prepared, samples, config.calibrator, config.scheme, config.progress,
+                       **config.calibrator_options)
+    return lower(prepared, ranges, config)[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# The compile job and its evaluation
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Compiled:
+    """Everything ``tvm-intq compile`` produces, as plain data for the report."""
+
+    info: ModelInfo
+    prepared: tvm.IRModule
+    qdq: tvm.IRModule
+    integer: tvm.IRModule
+    report: dict
+
+
+def load_samples(path, info: ModelInfo, what: str) -> SampleSet:
+    samples = load_npz(path, info.inputs, info.input_dtypes)
+    check_inputs(samples, info.inputs, f"{what} {path}")
+    return samples
+
+
+def split_holdout(samples: SampleSet, fraction: float = 0.1) -> tuple[SampleSet, SampleSet]:
+    """Calibration and evaluation parts of one sample set (the last ``fraction``, at least one
+    sample, is kept out of calibration so the reported error is measured on unseen data)."""
+    n = samples.num_samples
+    if n < 2:
+        return samples, samples
+    k = max(1, int(round(n * fraction)))
+    head = SampleSet({a: v[: n - k] for a, v in samples.arrays.items()})
+    tail = SampleSet({a: v[n - k:] for a, v in samples.arrays.items()},
+                     {e: v[n - k:] for e, v in samples.extras.items()
+                      if isinstance(v, np.ndarray) and len(v) == n})
+    return head, tail
+
+
+def compile_onnx(model_path, calib: SampleSet, config: QuantConfig, target="host",
+                 input_shapes: dict | None = None, eval_samples: SampleSet | None = None) -> Compiled:
+    """Import, calibrate, quantize to integers and evaluate an ONNX model (the report's data)."""
+    mod, info = import_onnx(model_path, input_shapes)
+    check_inputs(calib, info.inputs, "calibration data")
+    if eval_samples is None:
+        calib, eval_samples = split_holdout(calib)
+    prepared = prepare(mod)
+    ranges = calibrate(prepared, calib, config.calibrator, config.scheme, config.progress,
+                       **config.calibrator_options)
+    qdq, integer = lower(prepared, ranges, config)
+    report = evaluate(prepared, qdq, integer, eval_samples, progress=config.progress)
+    report.update(model=str(model_path), target=target if isinstance(target, str) else target.name,
+                  scheme=config.scheme, calibrator=config.calibrator)
+    return Compiled(info, prepared, qdq, integer, report)
+
+
+def _qparams_of(qdq: tvm.IRModule) -> dict:
+    """``{quantization point: (scale, zero point)}`` read from Annotate's quantize calls."""
+    out = {}
+    for b in bindings_of(qdq["main"]):
+        if op_name(b.value) == "relax.quantize" and b.var.name.endswith("_q"):
+            out[b.var.name[:-2]] = (float(const_value(b.value.args[1])),
+                                    int(const_value(b.value.args[2])))
+    return out
+
+
+def _describe(plan, var) -> str:
+    node = plan.nodes[var]
+    if node.role == "elementwise":
+        region = []  # the cluster ops this tensor depends on, in program order
+
+        def walk(v):
+            n = plan.nodes.get(v)
+            if n is not None and n.role == "elementwise" and n.group == node.group and v not in region:
+                for a in tensor_args(n.call):
+                    walk(a)
+                region.append(v)
+
+        walk(var)
+        return "lut(" + ",".join(op_name(plan.nodes[v].call).split(".")[-1] for v in region) + ")"
+    parts = []
+    while node.role == "epilogue":
+        parts.append(op_name(node.call).split(".")[-1])
+        node = plan.nodes[node.call.args[0]]
+    name = op_name(node.call) if node.call is not None else "input"
+    return "+".join([(name or "call").split(".")[-1]] + parts[::-1])
+
+
+def _input_point(plan, var):
+    """The quantization point a layer reads first (through its group and data movement)."""
+    node = plan.nodes[var]
+    while node.role == "epilogue":
+        node = plan.nodes[tensor_args(node.call)[0]]
+    if node.role == "elementwise":
+        arg = node.source
+    else:
+        args = tensor_args(node.call)
+        arg = args[0] if args else None
+    while arg in plan.nodes and plan.nodes[arg].role == "passthrough":
+        arg = tensor_args(plan.nodes[arg].call)[0]
+    return arg if arg in plan.points else None
+
+
+def evaluate(prepared, qdq, integer, samples: SampleSet, progress: bool = False) -> dict:
+    """Integer program vs float on ``samples``: output and per-layer SQNR, top-1 when the
+    samples carry ``labels``, weight bytes, and the float ops left."""
+    plan = analyze(prepared["main"])
+    points = [v for v in plan.points]
+    names = [v.name for v in points]
+    available = {b.var.name for b in bindings_of(integer["main"])}
+    int_names = [f"{n}_q" for n in names if f"{n}_q" in available]
+    batch = batch_size(prepared)
+    f_out, f_t = _run_exposed(prepared, names, samples, batch, progress, "evaluate float")
+    i_out, i_t = _run_exposed(integer, int_names, samples, batch, progress, "evaluate int8")
+    qparams = _qparams_of(qdq)
+    still_float = {b.var.name for b in bindings_of(integer["main"]) if op_name(b.value) == "relax.quantize"}
+    layers = []
+    for var in points:
+        if plan.nodes[var].role == "input":
+            continue
+        name = var.name
+        src = _input_point(plan, var)
+        s_in, zp_in = qparams.get(src.name, (None, None)) if src is not None else (None, None)
+        sqnr = None
+        if f"{name}_q" in i_t:
+            s, zp = qparams[name]
+            sqnr = metrics.sqnr_db(f_t[name], s * (i_t[f"{name}_q"].astype(np.float64) - zp))
+        layers.append({
+            "name": name, "op": _describe(plan, var),
+            "precision": "float" if f"{name}_q" in still_float else "int8",
+            "input_scale": s_in, "input_zero_point": zp_in,
+            "sqnr_db": None if sqnr is None else _finite(sqnr),
+        })
+    left = float_ops(integer)
+    report = {
+        "integer_only": not left,
+        "float_ops": left,
+        "layers": layers,
+        "output_sqnr_db": _finite(metrics.sqnr_db(f_out[0], i_out[0])),
+        "weights_bytes": {"fp32": constant_bytes(prepared), "int8": constant_bytes(integer)},
+        "num_eval_samples": samples.num_samples,
+    }
+    labels = samples.extras.get("labels")
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1)
+        report["top1"] = {"fp32": top1(f_out[0], labels), "int8": top1(i_out[0], labels)}
+    return report
+
+
+def _finite(x: float) -> float:
+    # JSON has no inf: report an exact match as a large finite number of decibels.
+    return float(min(max(x, -999.0), 999.0))
+
+
+def top1(logits: np.ndarray, labels: np.ndarray) -> float:
+    pred = logits.reshape(len(labels), -1).argmax(axis=1)
+    return float(np.mean(pred == labels))
+
+
+def constant_bytes(mod: tvm.IRModule) -> int:
+    """Bytes of the tensor constants ``main`` holds (weights, biases, requantize constants,
+    lookup tables): what the compiled model stores besides code."""
+    total = 0
+    seen = set()
+
+    def visit(expr):
+        value = const_value(expr)
+        if value is not None and expr not in seen:
+            seen.add(expr)
+            nonlocal total
+            total += value.nbytes
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiled libraries on the host
+# ---------------------------------------------------------------------------------------------
+def sidecar_path(library) -> Path:
+    """Where ``compile`` writes a library's inputs, outputs and target (``model.so.json``)."""
+    return Path(str(library) + ".json")
+
+
+def read_sidecar(library) -> dict:
+    library = Path(library)
+    if not library.is_file():
+        raise IntqError(f"{library}: no such library")
+    meta = sidecar_path(library)
+    if not meta.is_file():
+        raise IntqError(f"{library}: {meta.name} is missing; compile the model with 'tvm-intq compile'")
+    return json.loads(meta.read_text())
+
+
+def run_library(library, inputs_path) -> dict:
+    """Run a host library on every sample of an .npz: ``{output name: array}``, samples on axis 0."""
+    meta = read_sidecar(library)
+    if meta["target"] != "host":
+        raise IntqError(f"{library} was built for {meta['target']}; run it on such a board")
+    shapes = {k: tuple(v) for k, v in meta["inputs"].items()}
+    samples = load_npz(inputs_path, shapes, meta["input_dtypes"])
+    check_inputs(samples, shapes, f"--input {inputs_path}")
+    runner = Runner(tvm.runtime.load_module(str(library)), list(shapes))
+    outputs = run_all(runner, samples, next(iter(shapes.values()))[0])
+    return dict(zip(meta["outputs"], outputs))

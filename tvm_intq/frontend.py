@@ -1,0 +1,119 @@
+"""ONNX model file -> float Relax module with static input shapes.
+
+Everything that can be wrong with the user's model file is found here and reported as one
+line naming the file, the input or the operator, before TVM sees it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import tvm
+from onnx import TensorProto
+
+from .errors import IntqError
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the rest of the flow needs to know about the imported model."""
+
+    path: str
+    inputs: dict  # name -> static shape tuple (batch on axis 0)
+    input_dtypes: dict  # name -> numpy dtype name
+    outputs: list  # output names
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return int(next(iter(self.inputs.values()))[0]) if self.inputs else 1
+
+
+def parse_input_shapes(specs: list[str] | None) -> dict:
+    """``["x:1x3x224x224", ...]`` (the CLI's ``--input-shape``) -> ``{"x": (1, 3, 224, 224)}``."""
+    shapes = {}
+    for spec in specs or []:
+        m = re.fullmatch(r"(.+):(\d+(?:x\d+)*)", spec.strip())
+        if not m:
+            raise IntqError(f"--input-shape '{spec}' is not NAME:D1xD2x... (e.g. input:1x3x224x224)")
+        shapes[m.group(1)] = tuple(int(d) for d in m.group(2).split("x"))
+    return shapes
+
+
+def load_onnx(path: str | Path) -> onnx.ModelProto:
+    path = Path(path)
+    if not path.is_file():
+        raise IntqError(f"{path}: no such model file")
+    try:
+        model = onnx.load(str(path))
+    except Exception as err:  # protobuf raises DecodeError, truncated files other errors
+        raise IntqError(f"{path}: not a readable ONNX model ({_first_line(err)})") from None
+    if not model.graph.node:
+        raise IntqError(f"{path}: not a readable ONNX model (the graph has no nodes)")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as err:
+        raise IntqError(f"{path}: malformed ONNX model ({_first_line(err)})") from None
+    return model
+
+
+def model_info(model: onnx.ModelProto, path: str, input_shapes: dict | None = None) -> ModelInfo:
+    """Static shapes of the model's inputs, with dynamic dims fixed by ``input_shapes``."""
+    input_shapes = dict(input_shapes or {})
+    initializers = {i.name for i in model.graph.initializer}
+    graph_inputs = [i for i in model.graph.input if i.name not in initializers]
+    unknown = set(input_shapes) - {i.name for i in graph_inputs}
+    if unknown:
+        raise IntqError(f"{path}: --input-shape names {', '.join(sorted(unknown))}, but the model's "
+                        f"inputs are {', '.join(i.name for i in graph_inputs)}")
+    shapes, dtypes = {}, {}
+    for inp in graph_inputs:
+        ttype = inp.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
+                for d in ttype.shape.dim]
+        given = input_shapes.get(inp.name)
+        if given is not None:
+            if len(given) != len(dims) or any(isinstance(d, int) and d != g for d, g in zip(dims, given)):
+                raise IntqError(f"{path}: --input-shape {inp.name}:{'x'.join(map(str, given))} does not "
+                                f"match the model's input shape {_fmt(dims)}")
+            dims = list(given)
+        missing = [d for d in dims if not isinstance(d, int)]
+        if missing:
+            raise IntqError(f"{path}: input '{inp.name}' has dynamic shape {_fmt(dims)}; fix it with "
+                            f"--input-shape {inp.name}:" + "x".join(str(d) if isinstance(d, int) else "N"
+                                                                    for d in dims))
+        shapes[inp.name] = tuple(dims)
+        dtypes[inp.name] = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type)).name \
+            if ttype.elem_type != TensorProto.UNDEFINED else "float32"
+    meta = {p.key: p.value for p in model.metadata_props}
+    return ModelInfo(path=str(path), inputs=shapes, input_dtypes=dtypes,
+                     outputs=[o.name for o in model.graph.output], metadata=meta)
+
+
+def import_onnx(path: str | Path, input_shapes: dict | None = None):
+    """Read, check and import an ONNX model: ``(float Relax IRModule, ModelInfo)``."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    model = load_onnx(path)
+    info = model_info(model, str(path), input_shapes)
+    try:
+        mod = from_onnx(model, shape_dict={k: list(v) for k, v in info.inputs.items()},
+                        dtype_dict=info.input_dtypes)
+    except tvm.error.OpNotImplemented as err:
+        raise IntqError(f"{path}: {_first_line(err)}") from None
+    except Exception as err:  # the frontend raises many kinds; the message is what matters
+        raise IntqError(f"{path}: TVM's ONNX frontend cannot import this model: {_first_line(err)}") from None
+    return mod, info
+
+
+def _fmt(dims) -> str:
+    return "[" + ", ".join(str(d) for d in dims) + "]"
+
+
+def _first_line(err: Exception) -> str:
+    lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+    return lines[0] if lines else type(err).__name__
