@@ -70,7 +70,8 @@ class QuantPlan:
         return self.nodes[var].role
 
 
-def _tensor_args(call):
+def tensor_args(call) -> list:
+    """The Var arguments of a call, with the fields of a tuple argument (concat) spread out."""
     out = []
     for a in call.args:
         if isinstance(a, relax.Tuple):
@@ -105,7 +106,7 @@ def _anchor(call) -> bool:
         w = const_value(call.args[1])
         return w is not None and w.ndim == 2
     if name in ("relax.add", "relax.subtract"):
-        return len(_tensor_args(call)) == 2 and const_value(call.args[0]) is None \
+        return len(tensor_args(call)) == 2 and const_value(call.args[0]) is None \
             and const_value(call.args[1]) is None
     if name == "relax.nn.avg_pool2d":
         return str(call.attrs.layout) == "NCHW" and not call.attrs.ceil_mode
@@ -121,7 +122,7 @@ def analyze(func: relax.Function) -> QuantPlan:
     bindings = [b for block in func.body.blocks for b in block.bindings]
     users: dict = {}
     for b in bindings:
-        for a in _tensor_args(b.value) if isinstance(b.value, relax.Call) else []:
+        for a in tensor_args(b.value) if isinstance(b.value, relax.Call) else []:
             users.setdefault(a, []).append(b.var)
     next_group = 0
     clusters = {}  # cluster root var -> group id: one lookup-table cluster per root
@@ -130,7 +131,7 @@ def analyze(func: relax.Function) -> QuantPlan:
         if not isinstance(call, relax.Call) or not is_float(b.var):
             continue
         name = op_name(call)
-        args = _tensor_args(call)
+        args = tensor_args(call)
         first = nodes.get(args[0]) if args else None
         # Non-tensor arguments (clip bounds, shapes) are attributes, not inputs.
         consts_ok = all(isinstance(a, relax.Var) or const_value(a) is not None
@@ -196,7 +197,7 @@ def _is_epilogue(call, name, first, nodes, users) -> bool:
 
 def _anchor_of(node, nodes):
     while node.role == "epilogue":
-        node = nodes[_tensor_args(node.call)[0]]
+        node = nodes[tensor_args(node.call)[0]]
     return node
 
 
