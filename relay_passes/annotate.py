@@ -10,8 +10,8 @@ from .. import intmath
 from ..errors import IntqError
 from ..schemes import Scheme, get_scheme
 from .fold_batch_norm import linear_layer_axes
-from .ir_utils import const_value, op_name
-from .quant_points import analyze
+from .ir_utils import const_value
+from .quant_points import analyze, tensor_args
 from .rebuild import rewrite_main, substitute
 
 
@@ -42,8 +42,7 @@ class Annotate:
 
         t                 ->      dequantize(quantize(t, s, zp), s, zp)
 
-    with ``(s, zp) = scheme.activation(*ranges[t])`` (softmax outputs use the fixed
-    ``[0, 1)`` parameters of the integer softmax), and each conv2d/dense constant weight
+    with ``(s, zp) = scheme.activation(*ranges[t])``, and each conv2d/dense constant weight
     ``W -> dequantize(Qw, sw, 0, axis=out_channel)`` with per-channel symmetric ``Qw``.
     The result still runs in float (a fake-quantized model); :class:`FoldToInteger` turns it
     into integer arithmetic.
@@ -61,9 +60,7 @@ class Annotate:
         self.ranges = dict(ranges)
         self.scheme = get_scheme(scheme) if isinstance(scheme, str) else scheme
 
-    def params_for(self, var, node) -> intmath.QParams:
-        if node.call is not None and op_name(node.call) == "relax.nn.softmax":
-            return intmath.SOFTMAX_OUT
+    def params_for(self, var) -> intmath.QParams:
         if var.name not in self.ranges:
             raise IntqError(f"no calibration range for tensor '{var.name}': calibrate the module "
                             "returned by CanonicalizeForQuantization, then annotate that module")
@@ -79,11 +76,12 @@ class Annotate:
             for old, new in params.items():
                 new_of[old] = new
                 if old in points:
-                    dq_of[new] = qdq(bb, new, self.params_for(old, plan.nodes[old]), old.name)
+                    dq_of[new] = qdq(bb, new, self.params_for(old), old.name)
 
         def binding(bb, b, value):
             node = plan.nodes.get(b.var)
-            outside = {new_of[a]: dq_of[new_of[a]] for a in plan.nodes
+            reads = tensor_args(b.value) if isinstance(b.value, relax.Call) else []
+            outside = {new_of[a]: dq_of[new_of[a]] for a in reads
                        if a in new_of and new_of[a] in dq_of and not plan.in_same_group(a, b.var)}
             value = substitute(value, outside)
             if node is not None and node.role == "anchor" and linear_layer_axes(node.call):
@@ -93,7 +91,7 @@ class Annotate:
             new = bb.emit(value, b.var.name)
             new_of[b.var] = new
             if b.var in points:
-                dq_of[new] = qdq(bb, new, self.params_for(b.var, node), b.var.name)
+                dq_of[new] = qdq(bb, new, self.params_for(b.var), b.var.name)
             return new
 
         def output(bb, out):

@@ -7,8 +7,9 @@ from tvm import relax
 from tvm.relax import PyExprMutator, expr_functor
 
 from .fold_batch_norm import FoldBatchNorm
-from .ir_utils import const_value
+from .ir_utils import const_value, op_name
 from .name_tensors import NameTensors
+from .rebuild import rewrite_main
 
 # The ONNX frontend lowers Clip (opset >= 11) straight to TE ``maximum``/``minimum`` kernels;
 # these are the PrimFunc names it emits, turned back into Relax operators here.
@@ -48,6 +49,27 @@ class ClipKernelsToOps:
         return relax.transform.DeadCodeElimination()(mutator.builder_.get())
 
 
+@tvm.transform.module_pass(opt_level=0, name="RemoveDropout")
+class RemoveDropout:
+    """``dropout(x)[0] -> x``: dropout is the identity at inference, and the ONNX frontend
+    keeps it as a tuple-valued call that would otherwise cut the integer graph in two."""
+
+    def transform_module(self, mod, ctx):
+        inputs = {}  # new dropout var -> its (new) input
+
+        def binding(bb, b, value):
+            if op_name(value) == "relax.nn.dropout":
+                new = bb.emit(value, b.var.name)
+                inputs[new] = value.args[0]
+                return new
+            if isinstance(value, relax.TupleGetItem) and value.index == 0 \
+                    and value.tuple_value in inputs:
+                return inputs[value.tuple_value]
+            return bb.emit(value, b.var.name)
+
+        return relax.transform.DeadCodeElimination()(rewrite_main(mod, binding))
+
+
 def CanonicalizeForQuantization() -> tvm.transform.Pass:
     """Inference form of a float module, ready for calibration and annotation.
 
@@ -59,6 +81,7 @@ def CanonicalizeForQuantization() -> tvm.transform.Pass:
     return tvm.transform.Sequential(
         [
             relax.transform.DecomposeOpsForInference(),
+            RemoveDropout(),
             relax.transform.FoldConstant(),
             ClipKernelsToOps(),
             FoldBatchNorm(),

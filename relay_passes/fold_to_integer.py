@@ -159,10 +159,10 @@ def _fold_pool(bb, st, v, out, name):
 def _fold_softmax(bb, st, v, out, name):
     call = st.lookup(v)
     x = st.dequantized(call.args[0]) if op_name(call) == "relax.nn.softmax" else None
-    if x is None or out != intmath.SOFTMAX_OUT:
+    if x is None:
         return None
     axis = int(call.attrs.axis) % len(shape_of(call.args[0]))
-    return K.softmax(bb, x[0], axis, intmath.softmax_exp_table(x[1]), name)
+    return K.softmax(bb, x[0], axis, intmath.softmax_int(x[1], out), name)
 
 
 def _fold_lut(bb, st, v, out, name):
@@ -174,12 +174,15 @@ def _fold_lut(bb, st, v, out, name):
             sources.add(st.resolve(var))
             return
         call = st.lookup(var)
-        for a in call.args if call is not None else []:
+        if op_name(call) is None:  # a function input, tuple item, ...: not an elementwise region
+            sources.add(None)
+            return
+        for a in call.args:
             if isinstance(a, relax.Var):
                 find(a)
 
     find(v)
-    if len(sources) != 1:
+    if len(sources) != 1 or None in sources:
         return None
     src = sources.pop()
     fn = region_function(v, src, st.lookup)

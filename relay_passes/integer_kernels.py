@@ -81,15 +81,16 @@ def mean(bb, x, axes, keepdims: bool, rq: intmath.Requant, name: str):
     return requantize(bb, acc, rq, name)
 
 
-def softmax(bb, x, axis: int, exp_table: np.ndarray, name: str):
-    """Integer softmax (see :func:`tvm_intq.intmath.softmax_int`)."""
+def softmax(bb, x, axis: int, sm: intmath.SoftmaxInt, name: str):
+    """Integer softmax (see :class:`tvm_intq.intmath.SoftmaxInt`)."""
     xi = bb.emit(R.astype(x, "int32"))
     d = bb.emit(R.subtract(bb.emit(R.max(xi, axis=[axis], keepdims=True)), xi))
-    e = bb.emit(R.astype(bb.emit(R.take(relax.const(exp_table), d, axis=0)), "int64"))
+    e = bb.emit(R.astype(bb.emit(R.take(relax.const(sm.table), d, axis=0, mode="clip")), "int64"))
     total = bb.emit(R.sum(e, axis=[axis], keepdims=True))
-    num = bb.emit(R.add(bb.emit(R.multiply(e, _const(512, "int64"))), total))
-    y = bb.emit(R.floor_divide(num, bb.emit(R.multiply(total, _const(2, "int64")))))
-    y = bb.emit(R.subtract(y, _const(-intmath.SOFTMAX_OUT.zero_point, "int64")))
+    num = bb.emit(R.add(bb.emit(R.multiply(e, _const(2 * sm.mul, "int64"))),
+                        bb.emit(R.multiply(total, _const(1 << sm.shift, "int64")))))
+    den = bb.emit(R.multiply(total, _const(1 << (sm.shift + 1), "int64")))
+    y = bb.emit(R.add(bb.emit(R.floor_divide(num, den)), _const(sm.zero_point, "int64")))
     y = bb.emit(R.clip(y, intmath.QMIN, intmath.QMAX))
     return bb.emit(R.astype(y, "int8"), name)
 

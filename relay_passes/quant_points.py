@@ -29,7 +29,7 @@ from .ir_utils import channel_axis_of, const_value, is_float, op_name
 PASSTHROUGH = {
     "relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
     "relax.strided_slice", "relax.nn.max_pool1d", "relax.nn.max_pool2d", "relax.nn.max_pool3d",
-    "relax.image.resize2d", "relax.nn.pad", "relax.flatten",
+    "relax.image.resize2d", "relax.nn.pad", "relax.flatten", "relax.broadcast_to",
 }
 UNARY = {
     "relax.sigmoid", "relax.tanh", "relax.exp", "relax.log", "relax.sqrt", "relax.rsqrt",

@@ -16,7 +16,7 @@ def _add_quant_args(p):
     p.add_argument("--scheme", default="hybrid-asym", choices=sorted(SCHEMES),
                    help="activation/weight quantization scheme (default: hybrid-asym)")
     p.add_argument("--calibrator", default=None, choices=sorted(CALIBRATORS),
-                   help="how clipping ranges are chosen (default: kl)")
+                   help="how clipping ranges are chosen (default: percentile)")
     p.add_argument("--percentile", type=float, default=None,
                    help="percentile for --calibrator percentile (default 99.99)")
     p.add_argument("--integer-only", action="store_true",
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the bundled model, float vs int8, side by side")
     d.add_argument("--out", default="out/demo", help="folder for the libraries and the report")
-    d.add_argument("--calibrator", default=None, help="calibrator (default: kl)")
+    d.add_argument("--calibrator", default=None, help="calibrator (default: percentile)")
     return parser
 
 

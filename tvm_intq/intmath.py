@@ -290,22 +290,33 @@ def apply_lut(q: np.ndarray, table: np.ndarray, channel_axis: int | None = None)
 # ---------------------------------------------------------------------------------------------
 # Softmax in integers
 # ---------------------------------------------------------------------------------------------
-SOFTMAX_OUT = QParams(scale=1.0 / 256.0, zero_point=-128)  # [0, 1) in int8, as TFLite does
 EXP_BITS = 16
 
 
-def softmax_exp_table(inp: QParams) -> np.ndarray:
-    """``E[d] = round(2^16 exp(-s_in d))`` for ``d = max(Q) - Q`` in [0, 255] (int32)."""
+@dataclass(frozen=True)
+class SoftmaxInt:
+    """Integer softmax: ``E = table[max(Q) - Q]`` with ``table[d] = round(2^16 exp(-s_in d))``,
+    then ``Q_out = round(E / sum(E) / s_out) + zp_out`` as the integer division
+    ``floor((2 E MUL + sum(E) 2^S) / (sum(E) 2^(S+1))) + zp_out`` with ``MUL = round(2^S / s_out)``.
+    """
+
+    table: np.ndarray  # int32[256]
+    mul: int
+    shift: int
+    zero_point: int
+
+    def apply(self, q: np.ndarray, axis: int = -1) -> np.ndarray:
+        q = q.astype(np.int64)
+        e = self.table[np.max(q, axis=axis, keepdims=True) - q].astype(np.int64)
+        total = np.sum(e, axis=axis, keepdims=True)
+        y = (e * (2 * self.mul) + total * (1 << self.shift)) // (total * (1 << (self.shift + 1)))
+        return np.clip(y + self.zero_point, QMIN, QMAX).astype(np.int8)
+
+
+def softmax_int(inp: QParams, out: QParams) -> SoftmaxInt:
+    """Constants of the integer softmax from input and (calibrated) output parameters."""
     d = np.arange(0, QMAX - QMIN + 1, dtype=np.float64)
-    return np.rint(np.exp(-inp.scale * d) * 2**EXP_BITS).astype(np.int32)
-
-
-def softmax_int(q: np.ndarray, table: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Integer softmax: ``Q_out = floor((2*256*E + sum E) / (2 sum E)) - 128`` (round half up of
-    ``256 E / sum E``), with ``E = table[max(Q) - Q]``; output params :data:`SOFTMAX_OUT`."""
-    q = q.astype(np.int32)
-    d = np.max(q, axis=axis, keepdims=True) - q
-    e = table[d].astype(np.int64)
-    total = np.sum(e, axis=axis, keepdims=True)
-    y = (e * 512 + total) // (2 * total) - 128
-    return np.clip(y, QMIN, QMAX).astype(np.int8)
+    table = np.rint(np.exp(-inp.scale * d) * 2**EXP_BITS).astype(np.int32)
+    # MUL < 2^31 keeps 2*E*MUL below 2^48; the sum of up to 2^14 exps times 2^S stays in int64.
+    shift = int(np.clip(np.floor(MUL_BITS - 1 - np.log2(1.0 / out.scale)), 0, 30))
+    return SoftmaxInt(table, int(np.rint(2.0**shift / out.scale)), shift, out.zero_point)
