@@ -50,8 +50,12 @@ class CheckIntegerOnly:
     when there is none. Use :func:`float_ops` to list them without failing."""
 
     def transform_module(self, mod, ctx):
-        left = float_ops(mod)
-        if left:
-            raise IntqError(f"{len(left)} float op(s) left in the integer program: "
-                            + "; ".join(left))
+        check_integer_only(mod)
         return mod
+
+
+def check_integer_only(mod: tvm.IRModule):
+    """Raise :class:`IntqError` listing the float ops left inside (see :func:`float_ops`)."""
+    left = float_ops(mod)
+    if left:
+        raise IntqError(f"{len(left)} float op(s) left in the integer program: " + "; ".join(left))

@@ -49,6 +49,9 @@ def rewrite_main(mod: tvm.IRModule, on_binding=None, on_output=None, on_start=No
                 on_start(bb, dict(vmap))
             for b in bindings_of(func):
                 value = substitute(b.value, vmap)
+                if isinstance(value, relax.Var):  # an alias: no binding of its own
+                    vmap[b.var] = value
+                    continue
                 vmap[b.var] = (on_binding(bb, b, value) if on_binding
                                else bb.emit(value, b.var.name))
             out = substitute(func.body.body, vmap)

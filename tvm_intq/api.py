@@ -21,8 +21,9 @@ from . import metrics
 from .calibration import SampleSet, collect_ranges, get_calibrator, load_npz
 from .errors import IntqError
 from .frontend import ModelInfo, import_onnx
-from .relay_passes import (Annotate, CanonicalizeForQuantization, CheckIntegerOnly, ExposeTensors,
-                           FoldToInteger, analyze, float_ops)
+from .relay_passes import (Annotate, CanonicalizeForQuantization, ExposeTensors, FoldToInteger,
+                           analyze, float_ops)
+from .relay_passes.check_integer import check_integer_only
 from .relay_passes.ir_utils import const_value, op_name, shape_of
 from .relay_passes.quant_points import tensor_args
 from .relay_passes.rebuild import bindings_of
@@ -110,7 +111,7 @@ def lower(prepared: tvm.IRModule, ranges: dict, config: QuantConfig | None = Non
     qdq = Annotate(ranges, config.scheme)(prepared)
     integer = FoldToInteger()(qdq)
     if config.integer_only:
-        CheckIntegerOnly()(integer)
+        check_integer_only(integer)  # directly, not as a pass: TVM would re-wrap the IntqError
     return qdq, integer
 
 
