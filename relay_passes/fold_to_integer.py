@@ -9,7 +9,7 @@ from tvm import relax
 from .. import intmath
 from . import integer_kernels as K
 from .ir_utils import const_value, op_name, shape_of
-from .lookup_tables import build_table, region_function
+from .lookup_tables import NUMPY_OPS, build_table, region_function
 from .quant_points import CLAMPS, is_passthrough
 from .rebuild import rewrite_main
 
@@ -120,25 +120,26 @@ def _fold_concat(bb, st, v, out, name):
     return bb.emit(relax.op.concat(ints, axis=int(call.attrs.axis)), name)
 
 
-def _window_counts(in_hw, attrs) -> np.ndarray:
-    """How many non-padded input positions each output window of a 2-D pool covers."""
-    ones = np.ones(in_hw, np.int64)
-    t, l, b, r = (int(p) for p in attrs.padding)
-    ones = np.pad(ones, ((t, b), (l, r)))
-    (kh, kw), (sh, sw), (dh, dw) = ([int(p) for p in attrs.pool_size], [int(s) for s in attrs.strides],
-                                     [int(d) for d in attrs.dilation])
-    oh = (ones.shape[0] - (kh - 1) * dh - 1) // sh + 1
-    ow = (ones.shape[1] - (kw - 1) * dw - 1) // sw + 1
-    counts = np.zeros((oh, ow), np.int64)
-    for i in range(kh):
-        for j in range(kw):
-            counts += ones[i * dh: i * dh + (oh - 1) * sh + 1: sh, j * dw: j * dw + (ow - 1) * sw + 1: sw]
-    return counts
+def _window_counts(in_shape, attrs) -> np.ndarray:
+    """How many non-padded input positions each output window of a pool covers."""
+    n = len(in_shape)
+    pad = [int(p) for p in attrs.padding]
+    k, strides, dil = ([int(v) for v in attrs.pool_size], [int(v) for v in attrs.strides],
+                       [int(v) for v in attrs.dilation])
+    ones = np.pad(np.ones(in_shape, np.int64), [(pad[i], pad[i + n]) for i in range(n)])
+    span = [(k[i] - 1) * dil[i] + 1 for i in range(n)]
+    win = np.lib.stride_tricks.sliding_window_view(ones, span)
+    win = win[tuple(slice(None, None, s) for s in strides)]
+    win = win[(Ellipsis,) + tuple(slice(None, None, d) for d in dil)]
+    return win.sum(axis=tuple(range(n, 2 * n)))
+
+
+_AVG_POOLS = ("relax.nn.avg_pool2d", "relax.nn.avg_pool3d")
 
 
 def _fold_pool(bb, st, v, out, name):
     call = st.lookup(v)
-    x = st.dequantized(call.args[0]) if op_name(call) in ("relax.nn.avg_pool2d", "relax.mean") else None
+    x = st.dequantized(call.args[0]) if op_name(call) in _AVG_POOLS + ("relax.mean",) else None
     if x is None:
         return None
     xq, p = x
@@ -153,7 +154,20 @@ def _fold_pool(bb, st, v, out, name):
     if not call.attrs.count_include_pad and any(int(q) for q in call.attrs.padding):
         divisor = _window_counts(shape_of(call.args[0])[2:], call.attrs)
     rq = intmath.rescale_requant(p.scale, p.zero_point, out, count=k, divisor=divisor)
-    return K.avg_pool2d(bb, xq, p, call.attrs, rq, name)
+    return K.avg_pool(bb, xq, p, call.attrs, rq, name)
+
+
+def _fold_binary(bb, st, v, out, name):
+    """An elementwise op of two dequantized tensors -> one 256x256 table (the 2-D form of
+    S2 Eq. 16): multiply, divide, maximum, power, ... of two activations."""
+    call = st.lookup(v)
+    if op_name(call) not in NUMPY_OPS or len(call.args) != 2:
+        return None
+    a, b = st.dequantized(call.args[0]), st.dequantized(call.args[1])
+    if a is None or b is None:
+        return None
+    table = intmath.lut2(lambda ra, rb: NUMPY_OPS[op_name(call)](call, ra, rb), a[1], b[1], out)
+    return K.lookup2(bb, a[0], b[0], table, name)
 
 
 def _fold_softmax(bb, st, v, out, name):
@@ -205,7 +219,8 @@ def _fold_requantize(bb, st, v, out, name):
 
 
 # Tried in order on the tensor each quantize reads; the first that applies emits the layer.
-FOLDERS = (_fold_requantize, _fold_linear, _fold_concat, _fold_pool, _fold_softmax, _fold_lut)
+FOLDERS = (_fold_requantize, _fold_linear, _fold_concat, _fold_pool, _fold_softmax, _fold_lut,
+           _fold_binary)
 
 
 def _passthrough_int(call, xq, p: intmath.QParams):

@@ -29,12 +29,14 @@ def requantize(bb, acc, rq: intmath.Requant, name: str):
     return bb.emit(R.astype(x, "int8"), name)
 
 
-def pad_with(bb, x, pads_nchw_hw: list[int], value: int):
-    """Pad the two spatial axes of an NCHW tensor with an integer (the input zero point)."""
-    top, left, bottom, right = pads_nchw_hw
-    if not any(pads_nchw_hw):
+def pad_with(bb, x, padding: list[int], value: int):
+    """Pad the spatial axes of an NC... tensor with an integer (the input zero point).
+    ``padding`` is Relax's ``[before_1, ..., before_n, after_1, ..., after_n]``."""
+    if not any(padding):
         return x
-    return bb.emit(R.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(value)))
+    n = len(padding) // 2
+    width = [0, 0, 0, 0] + [p for i in range(n) for p in (padding[i], padding[i + n])]
+    return bb.emit(R.nn.pad(x, width, pad_value=float(value)))
 
 
 def conv2d(bb, x, inp: intmath.QParams, attrs, qw: np.ndarray, rq: intmath.Requant, name: str):
@@ -63,16 +65,20 @@ def add(bb, a, b, ar: intmath.AddRequant, name: str, subtract: bool = False):
     return bb.emit(R.astype(x, "int8"), name)
 
 
-def avg_pool2d(bb, x, inp: intmath.QParams, attrs, rq: intmath.Requant, name: str):
+_AVG_POOLS = {2: R.nn.avg_pool2d, 3: R.nn.avg_pool3d}
+
+
+def avg_pool(bb, x, inp: intmath.QParams, attrs, rq: intmath.Requant, name: str):
     """Window sums of int8 values, then one requantize (per output position when padded
     values are not counted). The sum is computed exactly as ``avg_pool(k * x)`` over an
     explicitly padded input: every window is full, so the pool divides ``k * sum`` by ``k``."""
-    k = int(np.prod([int(p) for p in attrs.pool_size]))
+    pool_size = [int(p) for p in attrs.pool_size]
+    k = int(np.prod(pool_size))
     x = pad_with(bb, x, [int(p) for p in attrs.padding], inp.zero_point)
     x = bb.emit(R.multiply(bb.emit(R.astype(x, "int32")), _const(k, "int32")))
-    acc = bb.emit(R.nn.avg_pool2d(x, pool_size=attrs.pool_size, strides=attrs.strides,
-                                  padding=[0, 0, 0, 0], dilation=attrs.dilation,
-                                  count_include_pad=True, layout="NCHW"))
+    acc = bb.emit(_AVG_POOLS[len(pool_size)](
+        x, pool_size=pool_size, strides=attrs.strides, padding=[0] * (2 * len(pool_size)),
+        dilation=attrs.dilation, count_include_pad=True, layout=attrs.layout))
     return requantize(bb, acc, rq, name)
 
 
@@ -93,6 +99,15 @@ def softmax(bb, x, axis: int, sm: intmath.SoftmaxInt, name: str):
     y = bb.emit(R.add(bb.emit(R.floor_divide(num, den)), _const(sm.zero_point, "int64")))
     y = bb.emit(R.clip(y, intmath.QMIN, intmath.QMAX))
     return bb.emit(R.astype(y, "int8"), name)
+
+
+def lookup2(bb, a, b, table: np.ndarray, name: str):
+    """``table[(a + 128) * 256 + (b + 128)]``: any elementwise function of two int8 tensors."""
+    ia = bb.emit(R.add(bb.emit(R.astype(a, "int32")), _const(-intmath.QMIN, "int32")))
+    ib = bb.emit(R.add(bb.emit(R.astype(b, "int32")), _const(-intmath.QMIN, "int32")))
+    idx = bb.emit(R.add(bb.emit(R.multiply(ia, _const(256, "int32"))), ib))
+    return bb.emit(R.take(relax.const(table.reshape(-1).astype(np.int8)), idx, axis=0, mode="clip"),
+                   name)
 
 
 def lookup(bb, x, table: np.ndarray, channel_axis: int | None, name: str):

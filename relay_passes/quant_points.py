@@ -108,8 +108,10 @@ def _anchor(call) -> bool:
     if name in ("relax.add", "relax.subtract"):
         return len(tensor_args(call)) == 2 and const_value(call.args[0]) is None \
             and const_value(call.args[1]) is None
-    if name == "relax.nn.avg_pool2d":
-        return str(call.attrs.layout) == "NCHW" and not call.attrs.ceil_mode
+    if name in ("relax.nn.avg_pool2d", "relax.nn.avg_pool3d"):
+        return str(call.attrs.layout) in ("NCHW", "NCDHW") and not call.attrs.ceil_mode
+    if name in BINARY:  # of two activations: a 256x256 lookup table
+        return len(call.args) == 2 and all(isinstance(a, relax.Var) for a in call.args)
     return name in ("relax.concat", "relax.mean", "relax.nn.softmax")
 
 

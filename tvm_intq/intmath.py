@@ -253,11 +253,23 @@ def lut(fn, inp: QParams, out: QParams) -> np.ndarray:
     no conv precedes). Returns int8 of shape ``(256, ...)``.
     """
     q = np.arange(QMIN, QMAX + 1, dtype=np.int64)
-    r = inp.dequantize(q).astype(np.float64)
-    y = np.asarray(fn(r), np.float64)
+    return _table(fn(inp.dequantize(q).astype(np.float64)), out)
+
+
+def _table(y, out: QParams) -> np.ndarray:
     # log(0), x/0 and the like: saturate instead of producing NaN codes.
-    y = np.nan_to_num(y, nan=0.0, posinf=np.finfo(np.float32).max, neginf=np.finfo(np.float32).min)
+    y = np.nan_to_num(np.asarray(y, np.float64), nan=0.0, posinf=np.finfo(np.float32).max,
+                      neginf=np.finfo(np.float32).min)
     return out.quantize(y)
+
+
+def lut2(fn, a: QParams, b: QParams, out: QParams) -> np.ndarray:
+    """Eq. 16 for a function of two int8 tensors: ``T[i, j] = Q_out(F(R_a(i), R_b(j)))``,
+    a ``(256, 256)`` table indexed by ``(qa + 128, qb + 128)``."""
+    q = np.arange(QMIN, QMAX + 1, dtype=np.int64)
+    ra = a.dequantize(q).astype(np.float64)[:, None]
+    rb = b.dequantize(q).astype(np.float64)[None, :]
+    return _table(fn(ra, rb), out)
 
 
 def sigmoid(x):
