@@ -3,7 +3,8 @@
 Every tensor-valued binding of ``main`` gets a *role*:
 
 * ``anchor`` — an op with an integer kernel of its own: conv2d, dense/matmul with a constant
-  weight, add of two activations, concat, average pool, mean (global average pool), softmax;
+  weight, add of two activations, concat, average pool, mean (global average pool), softmax,
+  and any other elementwise op of two different activations (a 256x256 lookup table);
 * ``epilogue`` — folded into the requantize of the anchor before it: a bias add (after
   conv/dense), relu, clip, maximum/minimum with a scalar (ReLU6 after import);
 * ``elementwise`` — part of a lookup-table cluster: elementwise ops whose only non-constant
@@ -110,8 +111,6 @@ def _anchor(call) -> bool:
             and const_value(call.args[1]) is None
     if name in ("relax.nn.avg_pool2d", "relax.nn.avg_pool3d"):
         return str(call.attrs.layout) in ("NCHW", "NCDHW") and not call.attrs.ceil_mode
-    if name in BINARY:  # of two activations: a 256x256 lookup table
-        return len(call.args) == 2 and all(isinstance(a, relax.Var) for a in call.args)
     return name in ("relax.concat", "relax.mean", "relax.nn.softmax")
 
 
@@ -154,6 +153,9 @@ def analyze(func: relax.Function) -> QuantPlan:
             if root not in clusters:
                 clusters[root] = next_group
             node = Node(b.var, call, "elementwise", clusters[root], root)
+        elif name in BINARY and len(args) == 2 and len(call.args) == 2:
+            # Two different activations (LRN's x / norm, a gate): a 256x256 lookup table.
+            node = Node(b.var, call, "anchor", next_group)
         else:
             node = Node(b.var, call, "float", next_group)
         if node.group == next_group:
