@@ -85,12 +85,19 @@ class TensorStats:
     @property
     def hist_range(self) -> tuple[float, float]:
         """The histogram's range: ``(min, max)``, or ``(v - 0.5, v + 0.5)`` if min == max == v
-        (what ``np.histogram`` does with an empty range)."""
+        (what ``np.histogram`` does with an empty range). A range too narrow for ``num_bins``
+        distinct float64 edges (e.g. min 0, max a denormal) is widened to the narrowest that
+        has them."""
         if self.count == 0:
             raise RuntimeError(f"tensor '{self.name}': no values seen in pass 1")
-        if self.max > self.min:
-            return self.min, self.max
-        return self.min - 0.5, self.max + 0.5
+        if self.max <= self.min:
+            return self.min - 0.5, self.max + 0.5
+        lo, hi = float(self.min), float(self.max)
+        need = 4 * self.num_bins * max(np.spacing(max(abs(lo), abs(hi))), np.finfo(np.float64).tiny)
+        if hi - lo < need:
+            mid = lo + (hi - lo) / 2
+            return mid - need / 2, mid + need / 2
+        return lo, hi
 
     @property
     def bin_edges(self) -> np.ndarray:
@@ -104,7 +111,9 @@ class TensorStats:
             self.hist = np.zeros(self.num_bins, np.int64)
         if x.size == 0:
             return
-        counts, _ = np.histogram(x, bins=self.num_bins, range=self.hist_range)
+        # float64: float32 bin edges underflow for ranges near the denormals.
+        counts, _ = np.histogram(x.astype(np.float64, copy=False), bins=self.num_bins,
+                                 range=self.hist_range)
         self.hist += counts
 
     def abs_histogram(self) -> tuple[np.ndarray, np.ndarray]:
