@@ -69,7 +69,7 @@ def run_vm(vm, x) -> list:
 
 @dataclass
 class Case:
-    """A float model, how to compute its int8 output independently, and what to expect."""
+    """A float model and what to expect of it (its independent computation is in EXPECTED)."""
 
     nodes: list
     inits: dict = field(default_factory=dict)
@@ -175,12 +175,14 @@ def weights(w, axis=0):
     return qw, sw.astype(F32).astype(np.float64)
 
 
-def conv_acc(q, qw, zp_in, stride=1, pad=0, groups=1):
-    """int8 conv with int64 accumulation; the input is padded with its zero point (real 0)."""
-    qp = np.pad(q.astype(np.int64), [(0, 0), (0, 0), (pad, pad), (pad, pad)],
-                constant_values=zp_in)
-    kh, kw = qw.shape[2:]
-    win = sliding_window_view(qp, (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride]
+def conv_acc(q, qw, zp_in, stride=(1, 1), pads=(0, 0, 0, 0), groups=1, dilation=(1, 1)):
+    """int8 conv with int64 accumulation; the input is padded with its zero point (real 0).
+    ``pads`` is (top, left, bottom, right), as in ONNX and Relax."""
+    t, l, b, r = pads
+    qp = np.pad(q.astype(np.int64), [(0, 0), (0, 0), (t, b), (l, r)], constant_values=zp_in)
+    (kh, kw), (dh, dw), (sh, sw) = qw.shape[2:], dilation, stride
+    win = sliding_window_view(qp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+    win = win[:, :, ::sh, ::sw, ::dh, ::dw]
     n, c, oh, ow = win.shape[:4]
     o = qw.shape[0]
     win = win.reshape(n, groups, c // groups, oh, ow, kh, kw)
@@ -188,49 +190,73 @@ def conv_acc(q, qw, zp_in, stride=1, pad=0, groups=1):
     return np.einsum("ngchwij,gocij->ngohw", win, w).reshape(n, o, oh, ow)
 
 
-def conv_layer(q, pin: QParams, w, b, out: QParams, stride=1, pad=0, groups=1,
-               lo_real=-np.inf, hi_real=np.inf):
+def conv_layer(q, pin: QParams, w, b, out: QParams, lo_real=-np.inf, hi_real=np.inf, **geometry):
     qw, sw = weights(w)
     lo, hi = intmath.relu_bounds(out, lo_real, hi_real)
     rq = intmath.conv_requant(pin.scale, pin.zero_point, sw, qw, 0,
                               None if b is None else np.asarray(b, F32).astype(np.float64),
                               out, lo, hi)
-    return rq.apply(conv_acc(q, qw, pin.zero_point, stride, pad, groups))
+    return rq.apply(conv_acc(q, qw, pin.zero_point, **geometry))
 
 
-def window_sums(q, k, stride, pad, fill):
-    qp = np.pad(q.astype(np.int64), [(0, 0), (0, 0), (pad, pad), (pad, pad)], constant_values=fill)
-    return sliding_window_view(qp, (k, k), axis=(2, 3))[:, :, ::stride, ::stride]
+def pool_windows(q, k, stride, pads, fill):
+    """The pooling windows of an N, C, spatial... tensor, as trailing axes; ``pads`` is ONNX's
+    ``[begin_1..begin_n, end_1..end_n]``, filled with ``fill``."""
+    n = len(k)
+    qp = np.pad(q.astype(np.int64), [(0, 0), (0, 0)] + list(zip(pads[:n], pads[n:])),
+                constant_values=fill)
+    win = sliding_window_view(qp, k, axis=tuple(range(2, 2 + n)))
+    return win[(slice(None), slice(None)) + tuple(slice(None, None, st) for st in stride)]
 
 
-# Each maps (case inputs, Quantized, ranges) -> the int8 output, independently of the IR.
-def _conv(stride=1, pad=1, groups=1, lo_real=-np.inf, hi_real=np.inf):
-    def f(x, qz, r, c):
-        pin, out = qz.qp(r, "x"), qz.qp(r, _last(r))
-        return conv_layer(quantize_input(x, pin), pin, c.inits["W"], c.inits.get("B"), out,
-                          stride, pad, groups, lo_real, hi_real)
-    return f
+def window_counts(shape, k, stride, pads):
+    """How many real (unpadded) inputs each window holds: count_include_pad=0's divisor."""
+    ones = np.ones((1, 1) + tuple(shape))
+    return pool_windows(ones, k, stride, pads, 0).sum(axis=tuple(range(-len(k), 0)))[0, 0]
 
 
+# Each EXPECTED entry maps (x, Quantized, ranges, Case) -> the int8 output, without reading the
+# integer IR. ``ranges`` lists the quantization points in program order: input first, output last.
 def _last(ranges):
     return list(ranges)[-1]
 
 
-def _dense(x, qz, r, c):
-    pin, out = qz.qp(r, "x"), qz.qp(r, _last(r))
-    qw, sw = weights(c.inits["W"], 0)  # Gemm transB=1: W is (N, K)
-    acc = quantize_input(x, pin).astype(np.int64) @ qw.T.astype(np.int64)
+def _conv(lo_real=-np.inf, hi_real=np.inf, pads=(1, 1, 1, 1), **geometry):
+    def f(x, qz, r, c):
+        pin, out = qz.qp(r, "x"), qz.qp(r, _last(r))
+        return conv_layer(quantize_input(x, pin), pin, c.inits["W"], c.inits.get("B"), out,
+                          lo_real, hi_real, pads=pads, **geometry)
+    return f
+
+
+def dense_layer(q, pin: QParams, w, b, out: QParams):
+    qw, sw = weights(w, 0)  # Gemm transB=1: W is (N, K)
+    acc = q.astype(np.int64) @ qw.T.astype(np.int64)
     rq = intmath.conv_requant(pin.scale, pin.zero_point, sw, qw.T, 1,
-                              c.inits["B"].astype(F32).astype(np.float64), out,
+                              np.asarray(b, F32).astype(np.float64), out,
                               acc_shape_axis=1, acc_ndim=2)
     return rq.apply(acc)
+
+
+def _dense(x, qz, r, c):
+    pin, out = qz.qp(r, "x"), qz.qp(r, _last(r))
+    return dense_layer(quantize_input(x, pin), pin, c.inits["W"], c.inits["B"], out)
+
+
+def _data_movement_then_dense(x, qz, r, c):
+    """max pool (pad -128) -> nearest resize x2 (asymmetric, floor) -> flatten, all on the
+    int8 codes with the input's parameters, then the dense layer."""
+    pin, out = qz.qp(r, "x"), qz.qp(r, _last(r))
+    q = pool_windows(quantize_input(x, pin), (3, 3), (2, 2), (1,) * 4, QMIN).max(axis=(-1, -2))
+    q = np.repeat(np.repeat(q, 2, axis=2), 2, axis=3)  # out index o reads o * in / out = o // 2
+    return dense_layer(q.reshape(len(q), -1), pin, c.inits["W"], c.inits["B"], out)
 
 
 def _residual(x, qz, r, c):
     names = list(r)  # x, conv output (+bias), add+relu output
     px, pc, out = (qz.qp(r, n) for n in names)
     qx = quantize_input(x, px)
-    qc = conv_layer(qx, px, c.inits["W"], c.inits["B"], pc, pad=1)
+    qc = conv_layer(qx, px, c.inits["W"], c.inits["B"], pc, pads=(1, 1, 1, 1))
     lo, hi = intmath.relu_bounds(out)
     return intmath.add_requant(pc, px, out, lo, hi).apply(qc, qx)
 
@@ -238,7 +264,7 @@ def _residual(x, qz, r, c):
 def _concat(x, qz, r, c):
     px, p1, p2, out = (qz.qp(r, n) for n in r)
     qx = quantize_input(x, px)
-    parts = [conv_layer(qx, px, c.inits[w], c.inits[b], p, pad=1)
+    parts = [conv_layer(qx, px, c.inits[w], c.inits[b], p, pads=(1, 1, 1, 1))
              for w, b, p in (("W1", "B1", p1), ("W2", "B2", p2))]
     parts = [q if p == out else intmath.rescale_requant(p.scale, p.zero_point, out).apply(q)
              for q, p in zip(parts, (p1, p2))]
@@ -247,20 +273,29 @@ def _concat(x, qz, r, c):
 
 def _maxpool(x, qz, r, c):
     q = quantize_input(x, qz.qp(r, "x"))  # max commutes with the monotone dequantize
-    return window_sums(q, 2, 2, 0, QMIN).max(axis=(-1, -2)).astype(np.int8)
+    return pool_windows(q, (2, 2), (2, 2), (0,) * 4, QMIN).max(axis=(-1, -2)).astype(np.int8)
 
 
-def _avgpool(include_pad):
+def _avgpool(k, stride, pads, include_pad):
     def f(x, qz, r, c):
         pin, out = qz.qp(r, "x"), qz.qp(r, _last(r))
         q = quantize_input(x, pin)
-        sums = window_sums(q, 3, 2, 1, pin.zero_point).sum(axis=(-1, -2))
-        divisor = 9
-        if not include_pad:  # how many real (unpadded) inputs each window holds
-            divisor = window_sums(np.ones((1, 1) + q.shape[2:]), 3, 2, 1, 0).sum(axis=(-1, -2))[0, 0]
-        rq = intmath.rescale_requant(pin.scale, pin.zero_point, out, count=9, divisor=divisor)
+        axes = tuple(range(-len(k), 0))
+        sums = pool_windows(q, k, stride, pads, pin.zero_point).sum(axis=axes)
+        count = int(np.prod(k))
+        divisor = count if include_pad else window_counts(q.shape[2:], k, stride, pads)
+        rq = intmath.rescale_requant(pin.scale, pin.zero_point, out, count=count, divisor=divisor)
         return rq.apply(sums)
     return f
+
+
+def _product_of_two_activations(x, qz, r, c):
+    """conv(x) * x: one 256x256 table, the two-input form of Eq. 16."""
+    px, pc, out = (qz.qp(r, n) for n in r)
+    qx = quantize_input(x, px)
+    qc = conv_layer(qx, px, c.inits["W"], c.inits["B"], pc, pads=(1, 1, 1, 1))
+    table = intmath.lut2(lambda a, b: a * b, pc, px, out)
+    return table[qc.astype(int) + 128, qx.astype(int) + 128]
 
 
 def _gap(x, qz, r, c):
@@ -306,6 +341,8 @@ CASES = {
     "conv_s1": Case([conv_node(pads=[1, 1, 1, 1])], {"W": _w(6, 4, 3, 3), "B": _w(6, amp=1)}),
     "conv_s2": Case([conv_node(pads=[1, 1, 1, 1], strides=[2, 2])],
                     {"W": _w(6, 4, 3, 3), "B": _w(6, amp=1)}),
+    "conv_asym_pad_dilation": Case([conv_node(pads=[0, 1, 2, 0], strides=[1, 2], dilations=[2, 1])],
+                                   {"W": _w(6, 4, 3, 3), "B": _w(6, amp=1)}),
     "depthwise": Case([conv_node(pads=[1, 1, 1, 1], group=4)],
                       {"W": _w(4, 1, 3, 3), "B": _w(4, amp=1)}),
     "grouped": Case([conv_node(pads=[1, 1, 1, 1], group=2)],
@@ -318,6 +355,15 @@ CASES = {
                        {"W": _w(6, 4, 3, 3, amp=1.5), "B": _w(6, amp=1), "lo": F32(0), "hi": F32(6)}),
     "gemm": Case([helper.make_node("Gemm", ["x", "W", "B"], ["y"], transB=1)],
                  {"W": _w(10, 16), "B": _w(10, amp=1)}, in_shape=(3, 16), kind="dense"),
+    "pool_resize_flatten_gemm": Case(
+        [helper.make_node("MaxPool", ["x"], ["m"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                          strides=[2, 2]),
+         helper.make_node("Resize", ["m", "", "sc"], ["r"], mode="nearest",
+                          coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+         helper.make_node("Flatten", ["r"], ["f"]),
+         helper.make_node("Gemm", ["f", "W", "B"], ["y"], transB=1)],
+        {"sc": np.array([1, 1, 2, 2], F32), "W": _w(5, 4 * 6 * 6, amp=0.1), "B": _w(5, amp=1)},
+        kind="data_movement"),
     "residual_add_relu": Case([conv_node(out="c", pads=[1, 1, 1, 1]),
                                helper.make_node("Add", ["c", "x"], ["a"]),
                                helper.make_node("Relu", ["a"], ["y"])],
@@ -329,6 +375,10 @@ CASES = {
                     "W2": _w(5, 4, 3, 3, amp=1.0), "B2": _w(5, amp=1)}, kind="concat"),
     "maxpool": Case([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2])],
                     kind="maxpool"),
+    "avgpool3d_exclude_pad": Case(
+        [helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[2, 3, 3], strides=[2, 1, 2],
+                          pads=[0, 1, 1, 1, 0, 1], count_include_pad=0)],
+        in_shape=(1, 2, 4, 6, 6), kind="avgpool"),
     "avgpool_count_include_pad": Case(
         [helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
                           pads=[1, 1, 1, 1], count_include_pad=1)], kind="avgpool"),
@@ -336,6 +386,9 @@ CASES = {
         [helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
                           pads=[1, 1, 1, 1], count_include_pad=0)], kind="avgpool"),
     "global_avgpool": Case([helper.make_node("GlobalAveragePool", ["x"], ["y"])], kind="gap"),
+    "product_of_two_activations": Case(
+        [conv_node(out="c", pads=[1, 1, 1, 1]), helper.make_node("Mul", ["c", "x"], ["y"])],
+        {"W": _w(4, 4, 3, 3), "B": _w(4, amp=1)}, kind="lut2"),
     "softmax": Case([helper.make_node("Softmax", ["x"], ["y"], axis=1)], in_shape=(4, 10),
                     kind="softmax", scale=3.0),
     "sigmoid": Case([helper.make_node("Sigmoid", ["x"], ["y"])], kind="lut", sqnr=25, scale=3.0),
@@ -353,11 +406,16 @@ CASES = {
 }
 
 EXPECTED = {
-    "conv_s1": _conv(), "conv_s2": _conv(stride=2), "depthwise": _conv(groups=4),
+    "conv_s1": _conv(), "conv_s2": _conv(stride=(2, 2)),
+    "conv_asym_pad_dilation": _conv(pads=(0, 1, 2, 0), stride=(1, 2), dilation=(2, 1)),
+    "pool_resize_flatten_gemm": _data_movement_then_dense, "depthwise": _conv(groups=4),
     "grouped": _conv(groups=2), "conv_relu": _conv(lo_real=0.0),
     "conv_relu6": _conv(lo_real=0.0, hi_real=6.0), "gemm": _dense,
     "residual_add_relu": _residual, "concat": _concat, "maxpool": _maxpool,
-    "avgpool_count_include_pad": _avgpool(True), "avgpool_exclude_pad": _avgpool(False),
+    "avgpool_count_include_pad": _avgpool((3, 3), (2, 2), (1,) * 4, True),
+    "avgpool_exclude_pad": _avgpool((3, 3), (2, 2), (1,) * 4, False),
+    "avgpool3d_exclude_pad": _avgpool((2, 3, 3), (2, 1, 2), (0, 1, 1, 1, 0, 1), False),
+    "product_of_two_activations": _product_of_two_activations,
     "global_avgpool": _gap, "softmax": _softmax,
     "sigmoid": _lut(intmath.sigmoid), "tanh": _lut(np.tanh),
     "leaky_relu": _lut(lambda r: np.where(r >= 0, r, 0.1 * r)),
@@ -367,22 +425,7 @@ EXPECTED = {
     "batchnorm_affine": _lut(_bn_affine, per_channel=True),
 }
 
-TWO_TABLES = pytest.mark.xfail(strict=True, reason=(
-    "quant_points._anchor (commit 8f7078d) makes every binary op of two Vars an anchor, and "
-    "analyze tests _anchor before the elementwise-cluster branch: x*sigmoid(x) (SiLU) and "
-    "HardSwish's x*(clip(x+3,0,6)/6) become a sigmoid/clip table + a 256x256 table with an "
-    "extra int8 point between them, instead of the one 256-entry table of Eq. 16 the module "
-    "docstring promises. Fix: only make a binary op an anchor when _cluster_root(args) is None"))
-
-
-def params(xfail=None):
-    """(case, scheme) pairs; ``xfail`` marks the single-input activations built from a binary op."""
-    marks = {"silu": xfail, "hardswish": xfail} if xfail else {}
-    return [pytest.param(n, s, id=f"{n}-{s}", marks=[marks[n]] if n in marks else [])
-            for n in CASES for s in SCHEMES]
-
-
-PARAMS = params()
+PARAMS = [pytest.param(n, s, id=f"{n}-{s}") for n in CASES for s in SCHEMES]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,6 +454,14 @@ def check_dense_ir(imod):
     assert ops_of(imod)["relax.right_shift"] == 1
 
 
+def check_data_movement_ir(imod):
+    """max pool, resize and reshape move int8 codes; only the dense layer computes."""
+    for op in ("relax.nn.max_pool2d", "relax.image.resize2d", "relax.reshape"):
+        (call,) = calls_of(imod, op)
+        assert str(call.args[0].ty.dtype) == str(call.ty.dtype) == "int8", op
+    check_dense_ir(imod)
+
+
 def check_add_ir(imod):
     check_convs(imod, 1)
     assert ops_of(imod)["relax.right_shift"] == 2  # the conv's requantize, then the add's
@@ -431,9 +482,17 @@ def check_maxpool_ir(imod):
 
 def check_avgpool_ir(imod):
     # window sums as avg_pool(k * x) over an explicitly zp-padded int32 input, one requantize
-    (pool,) = calls_of(imod, "relax.nn.avg_pool2d")
-    assert str(pool.ty.dtype) == "int32" and [int(p) for p in pool.attrs.padding] == [0] * 4
+    (pool,) = calls_of(imod, "relax.nn.avg_pool2d") + calls_of(imod, "relax.nn.avg_pool3d")
+    assert str(pool.ty.dtype) == "int32" and not any(int(p) for p in pool.attrs.padding)
     assert ops_of(imod)["relax.right_shift"] == 1
+
+
+def check_lut2_ir(imod):
+    check_convs(imod, 1)
+    ops = ops_of(imod)
+    assert ops["relax.take"] == 1 and ops["relax.right_shift"] == 1, ops
+    table = const_value(calls_of(imod, "relax.take")[0].args[0])
+    assert table.dtype == np.int8 and table.shape == (256 * 256,)
 
 
 def check_gap_ir(imod):
@@ -458,13 +517,14 @@ def check_lut_ir(imod, channels=None):
 
 IR_CHECKS = {
     "conv": check_conv_ir, "dense": check_dense_ir, "add": check_add_ir,
+    "data_movement": check_data_movement_ir, "lut2": check_lut2_ir,
     "concat": check_concat_ir, "maxpool": check_maxpool_ir, "avgpool": check_avgpool_ir,
     "gap": check_gap_ir, "softmax": check_softmax_ir, "lut": check_lut_ir,
     "lut_channel": functools.partial(check_lut_ir, channels=4),
 }
 
 
-@pytest.mark.parametrize("name,scheme", params(xfail=TWO_TABLES))
+@pytest.mark.parametrize("name,scheme", PARAMS)
 def test_integer_only_with_expected_kernels(name, scheme):
     qz = quantized(name, scheme)
     assert float_ops(qz.imod) == []
@@ -485,7 +545,7 @@ def test_compiled_equals_reference_bit_for_bit(name, scheme):
     np.testing.assert_array_equal(y_deq, ref_deq)  # the float32 dequantize, too
 
 
-@pytest.mark.parametrize("name,scheme", params(xfail=TWO_TABLES))
+@pytest.mark.parametrize("name,scheme", PARAMS)
 def test_compiled_equals_intmath_equations_bit_for_bit(name, scheme):
     p, qz = prepared(name), quantized(name, scheme)
     want = EXPECTED[name](p.x, qz, p.ranges, CASES[name])

@@ -22,6 +22,8 @@ An operator missing from :data:`OPS` raises ``NotImplementedError`` naming it.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import tvm
 from tvm import relax
@@ -56,19 +58,20 @@ def _out_dtype(call) -> str:
 
 
 def _windows(x: np.ndarray, kernel, strides, dilation):
-    """Yield ``(i, j, view)``: for each kernel tap, the (strided) input the tap reads."""
-    (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilation
-    h, w = x.shape[-2:]
-    oh, ow = (h - (kh - 1) * dh - 1) // sh + 1, (w - (kw - 1) * dw - 1) // sw + 1
-    for i in range(kh):
-        for j in range(kw):
-            yield i, j, x[..., i * dh: i * dh + (oh - 1) * sh + 1: sh,
-                          j * dw: j * dw + (ow - 1) * sw + 1: sw]
+    """Yield ``(tap, view)``: for each kernel tap, the strided input it reads (trailing axes)."""
+    n = len(kernel)
+    out = [(size - (k - 1) * d - 1) // st + 1
+           for size, k, st, d in zip(x.shape[-n:], kernel, strides, dilation)]
+    for tap in itertools.product(*(range(k) for k in kernel)):
+        yield tap, x[(Ellipsis,) + tuple(slice(t * d, t * d + (o - 1) * st + 1, st)
+                                         for t, d, o, st in zip(tap, dilation, out, strides))]
 
 
-def _pad_hw(x: np.ndarray, padding, value) -> np.ndarray:
-    top, left, bottom, right = _ints(padding) if len(padding) == 4 else _ints(padding) * 2
-    return np.pad(x, [(0, 0)] * (x.ndim - 2) + [(top, bottom), (left, right)],
+def _pad_spatial(x: np.ndarray, padding, n: int, value) -> np.ndarray:
+    """Pad the trailing ``n`` axes; Relax writes ``[before_1..before_n, after_1..after_n]``."""
+    p = _ints(padding)
+    p = p * 2 if len(p) == n else p
+    return np.pad(x, [(0, 0)] * (x.ndim - n) + [(p[i], p[i + n]) for i in range(n)],
                   constant_values=value)
 
 
@@ -99,16 +102,13 @@ def _conv2d(call, x, w):
     a = call.attrs
     _require(str(a.data_layout) == "NCHW" and str(a.kernel_layout) == "OIHW"
              and str(a.out_layout) == "NCHW", "conv2d layouts other than NCHW/OIHW")
-    g = int(a.groups)
-    x = _pad_hw(x.astype(np.int64) if x.dtype.kind in "iu" else x, a.padding, 0)
     acc_t = np.int64 if x.dtype.kind in "iu" else np.float64
-    n, c = x.shape[:2]
-    o = w.shape[0]
-    xg = x.reshape(n, g, c // g, *x.shape[2:]).astype(acc_t)
+    x = _pad_spatial(x.astype(acc_t), a.padding, 2, 0)
+    g, (n, c), o = int(a.groups), x.shape[:2], w.shape[0]
+    xg = x.reshape(n, g, c // g, *x.shape[2:])
     wg = w.reshape(g, o // g, c // g, *w.shape[2:]).astype(acc_t)
-    acc = 0
-    for i, j, view in _windows(xg, w.shape[2:], _ints(a.strides), _ints(a.dilation)):
-        acc = acc + np.einsum("ngchw,goc->ngohw", view, wg[..., i, j])
+    acc = sum(np.einsum("ngchw,goc->ngohw", view, wg[(Ellipsis,) + tap])
+              for tap, view in _windows(xg, w.shape[2:], _ints(a.strides), _ints(a.dilation)))
     return acc.reshape(n, o, *acc.shape[-2:]).astype(_out_dtype(call))
 
 
@@ -117,29 +117,34 @@ def _matmul(call, a, b):
     return np.matmul(a.astype(acc_t), b.astype(acc_t)).astype(_out_dtype(call))
 
 
-def _max_pool2d(call, x):
+def _pool_geometry(call, x):
     a = call.attrs
-    _require(str(a.layout) == "NCHW" and not bool(a.ceil_mode), "max_pool2d with ceil_mode/layout")
-    low = np.iinfo(x.dtype).min if x.dtype.kind in "iu" else -np.inf
-    x = _pad_hw(x, a.padding, low)
-    return np.max(np.stack([v for _, _, v in _windows(x, _ints(a.pool_size), _ints(a.strides),
-                                                      _ints(a.dilation))]), axis=0)
+    k = _ints(a.pool_size)
+    _require(str(a.layout) == "NC" + "DHW"[3 - len(k):] and not bool(a.ceil_mode),
+             f"{call.op.name} with ceil_mode or layout {a.layout}")
+    return a, k, _ints(a.strides), _ints(a.dilation)
 
 
-def _avg_pool2d(call, x):
-    """count_include_pad form: window sum / k (integers: TVM's truncating division)."""
-    a = call.attrs
-    _require(str(a.layout) == "NCHW" and not bool(a.ceil_mode), "avg_pool2d with ceil_mode/layout")
-    padded = any(_ints(a.padding))
-    _require(not padded or bool(a.count_include_pad),
-             "avg_pool2d with padding and count_include_pad=False")
-    k = int(np.prod(_ints(a.pool_size)))
+def _max_pool(call, x):
+    """Padding holds the dtype's minimum, as topi pads a max pool."""
+    a, k, st, dil = _pool_geometry(call, x)
+    low = np.iinfo(x.dtype).min if x.dtype.kind in "iu" else np.finfo(x.dtype).min
+    x = _pad_spatial(x, a.padding, len(k), low)
+    return np.max(np.stack([v for _, v in _windows(x, k, st, dil)]), axis=0)
+
+
+def _avg_pool(call, x):
+    """The count_include_pad form FoldToInteger emits: window sum / k; on integers with TVM's
+    truncating division (FoldToInteger's sums are multiples of k, so it is exact)."""
+    a, k, st, dil = _pool_geometry(call, x)
+    _require(not any(_ints(a.padding)) or bool(a.count_include_pad),
+             f"{call.op.name} with padding and count_include_pad=False")
+    count = int(np.prod(k))
     wide = np.int64 if x.dtype.kind in "iu" else np.float64
-    x = _pad_hw(x.astype(wide), a.padding, 0)
-    s = sum(v for _, _, v in _windows(x, _ints(a.pool_size), _ints(a.strides), _ints(a.dilation)))
+    s = sum(v for _, v in _windows(_pad_spatial(x.astype(wide), a.padding, len(k), 0), k, st, dil))
     if x.dtype.kind in "iu":
-        return (np.sign(s) * (np.abs(s) // k)).astype(x.dtype.type).astype(_out_dtype(call))
-    return (s / k).astype(_out_dtype(call))
+        return (np.sign(s) * (np.abs(s) // count)).astype(_out_dtype(call))
+    return (s / count).astype(_out_dtype(call))
 
 
 def _resize2d(call, x, size):
@@ -245,11 +250,12 @@ OPS = {
     "relax.nn.pad": _pad,
     "relax.nn.conv2d": _conv2d,
     "relax.matmul": _matmul,
-    "relax.nn.max_pool2d": _max_pool2d,
-    "relax.nn.avg_pool2d": _avg_pool2d,
+    **{f"relax.nn.max_pool{n}d": _max_pool for n in (1, 2, 3)},
+    **{f"relax.nn.avg_pool{n}d": _avg_pool for n in (1, 2, 3)},
     "relax.image.resize2d": _resize2d,
     "relax.concat": lambda call, xs: np.concatenate(xs, axis=int(call.attrs.axis)),
     "relax.reshape": lambda call, x, shape: x.reshape(_ints(shape)),
+    "relax.broadcast_to": lambda call, x, shape: np.broadcast_to(x, _ints(shape)).copy(),
     "relax.flatten": lambda call, x: x.reshape(-1),
     "relax.permute_dims": lambda call, x: np.transpose(
         x, None if call.attrs.axes is None else _ints(call.attrs.axes)),
