@@ -84,8 +84,8 @@ def _fold_linear(bb, st: _State, v, out: intmath.QParams, name: str):
         if a is None or b is None:
             return None
         lo, hi = intmath.relu_bounds(out, lo_real, hi_real)
-        ar = intmath.add_requant(a[1], b[1], out, lo, hi)
-        return K.add(bb, a[0], b[0], ar, name, subtract=name_op == "relax.subtract")
+        ar = intmath.add_requant(a[1], b[1], out, lo, hi, subtract=name_op == "relax.subtract")
+        return K.add(bb, a[0], b[0], ar, name)
     if name_op not in ("relax.nn.conv2d", "relax.matmul"):
         return None
     x = st.dequantized(call.args[0])

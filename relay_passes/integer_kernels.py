@@ -54,11 +54,12 @@ def matmul(bb, x, qw: np.ndarray, rq: intmath.Requant, name: str):
     return requantize(bb, acc, rq, name)
 
 
-def add(bb, a, b, ar: intmath.AddRequant, name: str, subtract: bool = False):
-    """``(Qa*MA ± Qb*MB + ADD) >> S`` for an elementwise add/subtract of two int8 tensors."""
+def add(bb, a, b, ar: intmath.AddRequant, name: str):
+    """``(Qa*MA + Qb*MB + ADD) >> S`` for an elementwise add/subtract (``MB < 0``) of two int8
+    tensors."""
     xa = bb.emit(R.multiply(bb.emit(R.astype(a, "int64")), _const(ar.mul_a, "int64")))
     xb = bb.emit(R.multiply(bb.emit(R.astype(b, "int64")), _const(ar.mul_b, "int64")))
-    x = bb.emit((R.subtract if subtract else R.add)(xa, xb))
+    x = bb.emit(R.add(xa, xb))
     x = bb.emit(R.add(x, _const(ar.add, "int64")))
     x = bb.emit(R.right_shift(x, _const(ar.shift, "int64")))
     x = bb.emit(R.clip(x, ar.lo, ar.hi))

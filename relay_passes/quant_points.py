@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from tvm import relax
 
+from .fold_batch_norm import linear_layer_axes
 from .ir_utils import channel_axis_of, const_value, is_float, op_name
 
 PASSTHROUGH = {
@@ -191,9 +192,11 @@ def _is_epilogue(call, name, first, nodes, users) -> bool:
     anchor = _anchor_of(first, nodes)
     anchor_name = op_name(anchor.call)
     if name in ("relax.add", "relax.subtract") and anchor_name in LINEAR and first.role == "anchor":
-        bias = call.args[1]
-        value = const_value(bias)
-        return value is not None and channel_axis_of(value, len(call.ty.shape)) is not False
+        value = const_value(call.args[1])
+        if value is None:
+            return False
+        axis = channel_axis_of(value, len(call.ty.shape))  # a bias varies along channels only
+        return axis is None or axis == linear_layer_axes(anchor.call)[0]
     if name in CLAMPS and anchor_name in LINEAR | {"relax.add", "relax.subtract"}:
         return name in ("relax.nn.relu", "relax.nn.relu6", "relax.clip") or _scalar_const(call.args[1])
     return False

@@ -612,11 +612,6 @@ def _pipeline_on(nodes, inits, in_shape=IMG, scheme="hybrid-asym"):
     return x, out[0], run_vm(compile_vm(qdq), x)[0], run_vm(compile_vm(imod), x)[0], imod
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fold_to_integer._fold_linear folds a - b with intmath.add_requant(a, b, out), whose ADD "
-    "holds -MUL_b*zp_b (right for a + b); for a - b it must be +MUL_b*zp_b. Wrong whenever "
-    "zp_b != 0 (hybrid-asym). Fix: add a subtract flag to intmath.add_requant (sign of the "
-    "zp_b term), pass subtract=True from _fold_linear"))
 def test_subtract_of_two_activations_hybrid_asym():
     nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Sub", ["r", "x"], ["y"])]
     x, y_float, y_qdq, y_int, imod = _pipeline_on(nodes, {})
@@ -631,12 +626,6 @@ def test_subtract_of_two_activations_symmetric():
     assert float_ops(imod) == [] and sqnr_db(y_float, y_int) >= 30
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "quant_points._is_epilogue accepts a constant add after conv2d/matmul as its bias when the "
-    "constant varies along ANY one axis (channel_axis_of(...) is not False); _fold_linear then "
-    "reshapes it to (channels,) as a per-output-channel bias. A (C,)-shaped ONNX Add constant "
-    "broadcasts along W, not C: wrong numbers when W == C, a crash otherwise. Fix: accept only "
-    "axis None or the layer's output-channel axis (linear_layer_axes(anchor.call)[0])"))
 def test_conv_plus_constant_along_width_is_not_a_bias():
     w = _w(4, 4, 3, 3)
     nodes = [conv_node(b=None, out="c", pads=[1, 1, 1, 1]), helper.make_node("Add", ["c", "k"], ["y"])]

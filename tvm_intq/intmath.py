@@ -142,7 +142,8 @@ def fixed_point(real: np.ndarray, offset: np.ndarray, acc_bound: np.ndarray,
     if np.any(real < 0) or not np.all(np.isfinite(real)) or not np.all(np.isfinite(offset)):
         raise ValueError("requantization multiplier must be finite and non-negative")
     mag = np.where(real > 0, real, 1.0)
-    shift = np.floor(MUL_BITS - 1 - np.log2(mag)).astype(np.int64)  # MUL in [2^30, 2^31)
+    shift = (MUL_BITS - 1 - np.floor(np.log2(mag))).astype(np.int64)  # MUL in [2^30, 2^31)
+    shift = np.where(np.rint(mag * np.exp2(shift)) >= 2.0**MUL_BITS, shift - 1, shift)
     shift = np.clip(shift, 0, 62)
     while True:
         mul = np.rint(real * np.exp2(shift)).astype(np.int64)
@@ -208,7 +209,8 @@ def rescale_requant(s_in: float, zp_in: int, out: QParams, count: int = 1,
 
 @dataclass(frozen=True)
 class AddRequant:
-    """Elementwise add of two int8 tensors: ``(Qa*mul_a + Qb*mul_b + add) >> shift``."""
+    """Elementwise add (or subtract: ``mul_b < 0``) of two int8 tensors:
+    ``(Qa*mul_a + Qb*mul_b + add) >> shift``."""
 
     mul_a: int
     mul_b: int
@@ -222,13 +224,15 @@ class AddRequant:
         return np.clip(y >> self.shift, self.lo, self.hi).astype(np.int8)
 
 
-def add_requant(a: QParams, b: QParams, out: QParams, lo: int = QMIN, hi: int = QMAX) -> AddRequant:
-    """``Q_out = round(sa/so (Qa - za) + sb/so (Qb - zb) + zo)`` with one shared shift."""
+def add_requant(a: QParams, b: QParams, out: QParams, lo: int = QMIN, hi: int = QMAX,
+                subtract: bool = False) -> AddRequant:
+    """``Q_out = round(sa/so (Qa - za) ± sb/so (Qb - zb) + zo)`` with one shared shift
+    (``-`` when ``subtract``, carried by a negative ``mul_b``)."""
     big = max(a.scale, b.scale)
     _, _, shift = fixed_point(big / out.scale, 0.0, 256.0)
     s = int(shift)
     mul_a = int(np.rint(a.scale / out.scale * 2.0**s))
-    mul_b = int(np.rint(b.scale / out.scale * 2.0**s))
+    mul_b = (-1 if subtract else 1) * int(np.rint(b.scale / out.scale * 2.0**s))
     add = int(np.rint(out.zero_point * 2.0**s)) - mul_a * a.zero_point - mul_b * b.zero_point
     add += (1 << (s - 1)) if s > 0 else 0
     return AddRequant(mul_a, mul_b, add, s, lo, hi)
@@ -247,10 +251,10 @@ def relu_bounds(out: QParams, lo_real: float = 0.0, hi_real: float = np.inf) -> 
 def lut(fn, inp: QParams, out: QParams) -> np.ndarray:
     """The table ``T[q + 128] = round(f^-1(F(f(q))))`` of S2 Eq. 16, for all 256 int8 ``q``.
 
-    ``fn`` maps the 256 dequantized inputs, as an array of shape ``(256, 1, ..., 1)``, to real
-    outputs whose first axis is the input; further axes of size > 1 give one table per
-    channel (elementwise functions with per-channel constants, e.g. a BatchNorm affine that
-    no conv precedes). Returns int8 of shape ``(256, ...)``.
+    ``fn`` maps the 256 dequantized inputs (a ``(256,)`` vector) to real outputs whose first
+    axis is the input; a function that reshapes its input to broadcast against per-channel
+    constants returns further axes, one table per channel (e.g. a BatchNorm affine that no
+    conv precedes). Returns int8 of shape ``(256, ...)``.
     """
     q = np.arange(QMIN, QMAX + 1, dtype=np.int64)
     return _table(fn(inp.dequantize(q).astype(np.float64)), out)
