@@ -257,7 +257,8 @@ def lut(fn, inp: QParams, out: QParams) -> np.ndarray:
     conv precedes). Returns int8 of shape ``(256, ...)``.
     """
     q = np.arange(QMIN, QMAX + 1, dtype=np.int64)
-    return _table(fn(inp.dequantize(q).astype(np.float64)), out)
+    with np.errstate(all="ignore"):  # log(0), x/0: saturated by _table
+        return _table(fn(inp.dequantize(q).astype(np.float64)), out)
 
 
 def _table(y, out: QParams) -> np.ndarray:
@@ -273,7 +274,8 @@ def lut2(fn, a: QParams, b: QParams, out: QParams) -> np.ndarray:
     q = np.arange(QMIN, QMAX + 1, dtype=np.int64)
     ra = a.dequantize(q).astype(np.float64)[:, None]
     rb = b.dequantize(q).astype(np.float64)[None, :]
-    return _table(fn(ra, rb), out)
+    with np.errstate(all="ignore"):
+        return _table(fn(ra, rb), out)
 
 
 def sigmoid(x):
