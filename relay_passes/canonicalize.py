@@ -7,7 +7,7 @@ from tvm import relax
 from tvm.relax import PyExprMutator, expr_functor
 
 from .fold_batch_norm import FoldBatchNorm
-from .ir_utils import const_value, op_name, shape_of
+from .ir_utils import const_value, mutate_functions, op_name, shape_of
 from .name_tensors import NameTensors
 from .rebuild import rewrite_main
 
@@ -42,11 +42,7 @@ class ClipKernelsToOps:
     quantization passes can fold into a requantize or a lookup table."""
 
     def transform_module(self, mod, ctx):
-        mutator = _ClipKernelsToOps(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                mutator.builder_.update_func(gv, mutator.visit_expr(func))
-        return relax.transform.DeadCodeElimination()(mutator.builder_.get())
+        return mutate_functions(_ClipKernelsToOps(mod), mod)
 
 
 @tvm.transform.module_pass(opt_level=0, name="RemoveDropout")

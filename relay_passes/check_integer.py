@@ -6,7 +6,7 @@ import tvm
 from tvm import relax
 
 from ..errors import IntqError
-from .ir_utils import is_float, op_name
+from .ir_utils import is_float, op_name, returned_vars
 from .rebuild import bindings_of
 
 # Float values may enter only through the input quantize and leave through the output
@@ -18,7 +18,7 @@ def float_ops(mod: tvm.IRModule) -> list[str]:
     """``"<tensor> = <op>"`` for every float computation of ``main`` other than the
     quantize of a graph input and the dequantize of a graph output."""
     func = mod["main"]
-    outputs = _returned(func.body.body)
+    outputs = returned_vars(func.body.body)
     params = set(func.params)
     left = []
     for b in bindings_of(func):
@@ -33,14 +33,6 @@ def float_ops(mod: tvm.IRModule) -> list[str]:
         if touches_float and name not in ("Tuple", "TupleGetItem"):
             left.append(f"{b.var.name} = {name.replace('relax.', '')}")
     return left
-
-
-def _returned(expr) -> set:
-    if isinstance(expr, relax.Var):
-        return {expr}
-    if isinstance(expr, relax.Tuple):
-        return set().union(*(_returned(f) for f in expr.fields))
-    return set()
 
 
 @tvm.transform.module_pass(opt_level=0, name="CheckIntegerOnly")

@@ -7,7 +7,7 @@ import tvm
 from tvm import relax
 from tvm.relax import PyExprMutator, expr_functor
 
-from .ir_utils import channel_axis_of, const_value, op_name
+from .ir_utils import channel_axis_of, const_value, mutate_functions, op_name
 
 
 def linear_layer_axes(call) -> tuple[int, int] | None:
@@ -100,8 +100,4 @@ class FoldBatchNorm:
     """
 
     def transform_module(self, mod, ctx):
-        folder = _Folder(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                folder.builder_.update_func(gv, folder.visit_expr(func))
-        return relax.transform.DeadCodeElimination()(folder.builder_.get())
+        return mutate_functions(_Folder(mod), mod)

@@ -61,6 +61,18 @@ def channel_axis_of(value: np.ndarray, ndim: int) -> int | None | bool:
     return axes[0] if len(axes) == 1 else False
 
 
-def main_function(mod):
-    """The module's ``main`` Relax function (the one the ONNX frontend produces)."""
-    return mod["main"]
+def returned_vars(expr) -> set:
+    """The Vars a function body returns (through nested tuples)."""
+    if isinstance(expr, relax.Var):
+        return {expr}
+    if isinstance(expr, relax.Tuple):
+        return set().union(*(returned_vars(f) for f in expr.fields))
+    return set()
+
+
+def mutate_functions(mutator, mod: tvm.IRModule) -> tvm.IRModule:
+    """Run a ``PyExprMutator`` over every Relax function of ``mod``, then drop dead code."""
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gv, mutator.visit_expr(func))
+    return relax.transform.DeadCodeElimination()(mutator.builder_.get())

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from tvm import relax
 
 from .fold_batch_norm import linear_layer_axes
-from .ir_utils import channel_axis_of, const_value, is_float, op_name
+from .ir_utils import channel_axis_of, const_value, is_float, op_name, returned_vars
 
 PASSTHROUGH = {
     "relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims",
@@ -164,7 +164,7 @@ def analyze(func: relax.Function) -> QuantPlan:
         nodes[b.var] = node
     for var, node in nodes.items():
         node.users = users.get(var, [])
-    outputs = _outputs(func.body.body)
+    outputs = returned_vars(func.body.body)
     points = list(params)
     for var, node in nodes.items():
         if node.role in ("input", "passthrough"):
@@ -206,11 +206,3 @@ def _anchor_of(node, nodes):
     while node.role == "epilogue":
         node = nodes[tensor_args(node.call)[0]]
     return node
-
-
-def _outputs(expr) -> set:
-    if isinstance(expr, relax.Var):
-        return {expr}
-    if isinstance(expr, relax.Tuple):
-        return set().union(*(_outputs(f) for f in expr.fields))
-    return set()
