@@ -371,3 +371,12 @@ def test_collect_ranges_progress_bar_on_stderr(capsys):
     collect_ranges(lambda f: {"y": f["x"]}, SampleSet({"x": x}), 2, get_calibrator("kl"),
                    False, progress=False)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("values", [np.full(10, 1.19e21, np.float32),  # light vgg19: v +- 0.5 == v
+                                    np.array([0.0, 1e-44], np.float32)])  # a denormal maximum
+def test_histogram_of_extreme_near_constant_tensors(values):
+    stats = TensorStats.from_array(values, 2048, histogram=True)
+    assert stats.hist.sum() == values.size
+    lo, hi = get_calibrator("percentile").compute_range(stats, symmetric=False)
+    assert lo <= 0 <= hi and hi >= values.max() * (1 - 1e-6)

@@ -76,7 +76,7 @@ def _num_outputs(mod: tvm.IRModule) -> int:
     def leaves(ty):
         return sum(leaves(f) for f in ty.fields) if isinstance(ty, relax.TupleType) else 1
 
-    return leaves(mod["main"].ret_ty if hasattr(mod["main"], "ret_ty") else mod["main"].body.ty)
+    return leaves(mod["main"].ret_ty)
 
 
 def _run_exposed(mod, names, samples, batch, progress=False, desc="run"):
@@ -101,8 +101,10 @@ def calibrate(mod: tvm.IRModule, samples: SampleSet, calibrator: str = DEFAULT_C
     def run(feeds):
         return dict(zip(points, runner(feeds)[n:]))
 
-    return collect_ranges(run, samples, batch_size(mod), get_calibrator(calibrator, **options),
-                          symmetric=get_scheme(scheme).symmetric_activations, progress=progress)
+    scheme = get_scheme(scheme) if isinstance(scheme, str) else scheme
+    cal = scheme.wrap_calibrator(get_calibrator(calibrator, **options))  # pow2: exponent search
+    return collect_ranges(run, samples, batch_size(mod), cal,
+                          symmetric=scheme.symmetric_activations, progress=progress)
 
 
 def lower(prepared: tvm.IRModule, ranges: dict, config: QuantConfig | None = None):

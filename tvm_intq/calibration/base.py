@@ -84,16 +84,16 @@ class TensorStats:
 
     @property
     def hist_range(self) -> tuple[float, float]:
-        """The histogram's range: ``(min, max)``, or ``(v - 0.5, v + 0.5)`` if min == max == v
+        """The histogram's range: ``(min, max)``; ``(v - 0.5, v + 0.5)`` if min == max == v
         (what ``np.histogram`` does with an empty range). A range too narrow for ``num_bins``
-        distinct float64 edges (e.g. min 0, max a denormal) is widened to the narrowest that
-        has them."""
+        distinct float64 edges (min 0 and max a denormal; v = 1e21 where v +- 0.5 == v) is
+        widened around its middle to the narrowest that has them."""
         if self.count == 0:
             raise RuntimeError(f"tensor '{self.name}': no values seen in pass 1")
-        if self.max <= self.min:
-            return self.min - 0.5, self.max + 0.5
         lo, hi = float(self.min), float(self.max)
         need = 4 * self.num_bins * max(np.spacing(max(abs(lo), abs(hi))), np.finfo(np.float64).tiny)
+        if hi <= lo:
+            need = max(need, 1.0)
         if hi - lo < need:
             mid = lo + (hi - lo) / 2
             return mid - need / 2, mid + need / 2
