@@ -101,10 +101,8 @@ def calibrate(mod: tvm.IRModule, samples: SampleSet, calibrator: str = DEFAULT_C
     def run(feeds):
         return dict(zip(points, runner(feeds)[n:]))
 
-    scheme = get_scheme(scheme) if isinstance(scheme, str) else scheme
-    cal = scheme.wrap_calibrator(get_calibrator(calibrator, **options))  # pow2: exponent search
-    return collect_ranges(run, samples, batch_size(mod), cal,
-                          symmetric=scheme.symmetric_activations, progress=progress)
+    return collect_ranges(run, samples, batch_size(mod), get_calibrator(calibrator, **options),
+                          symmetric=get_scheme(scheme).symmetric_activations, progress=progress)
 
 
 def lower(prepared: tvm.IRModule, ranges: dict, config: QuantConfig | None = None):
