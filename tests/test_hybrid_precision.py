@@ -1,0 +1,147 @@
+"""Hybrid precision (S0's H-PTQ): Annotate's float_layers, the gated search model, and the
+automatic choice of float layers on the bundled model."""
+
+import numpy as np
+import pytest
+import tvm
+from onnx import TensorProto, helper, numpy_helper
+from tvm import relax
+from tvm.relax.frontend.onnx import from_onnx
+
+import tvm_intq
+from tvm_intq import api, hybrid
+from tvm_intq.calibration import SampleSet, load_npz
+from tvm_intq.demo import bundled
+from tvm_intq.errors import IntqError
+from tvm_intq.frontend import import_onnx
+from tvm_intq.metrics import sqnr_db
+from tvm_intq.relay_passes import Annotate, FoldToInteger, analyze, float_ops
+from tvm_intq.relay_passes.ir_utils import const_value
+from tvm_intq.relay_passes.rebuild import bindings_of
+
+pytestmark = pytest.mark.filterwarnings("ignore:Field 'shape' of 'type' is required")
+
+
+@pytest.fixture(scope="module")
+def small():
+    """conv+relu -> conv -> tanh -> conv, calibrated with KL (which clips hard)."""
+    rng = np.random.default_rng(0)
+    inits = {"w1": rng.normal(0, 0.4, (8, 3, 3, 3)), "b1": rng.normal(0, 0.3, 8),
+             "w2": rng.normal(0, 0.3, (8, 8, 1, 1)), "b2": rng.normal(0, 0.2, 8),
+             "w3": rng.normal(0, 0.3, (4, 8, 1, 1)), "b3": rng.normal(0, 0.2, 4)}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"]),
+             helper.make_node("Tanh", ["c2"], ["t2"]),
+             helper.make_node("Conv", ["t2", "w3", "b3"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+    prepared = tvm_intq.prepare(from_onnx(helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)])))
+    x = (rng.normal(0, 1, (32, 3, 6, 6)) * rng.uniform(0.2, 3.0, (32, 1, 1, 1))).astype(np.float32)
+    samples = SampleSet({"x": x})
+    ranges = tvm_intq.calibrate(prepared, samples, "kl", progress=False)
+    plan = analyze(prepared["main"])
+    relu = next(v.name for v in plan.points if v.name.startswith("relu"))
+    return prepared, ranges, samples, relu, [v.name for v in plan.points]
+
+
+def _run(mod, x, extra=()):
+    vm = relax.VirtualMachine(tvm_intq.build(mod), tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(e) for e in extra])
+    return out.numpy()
+
+
+def test_annotate_leaves_a_float_layer_unquantized(small):
+    prepared, ranges, _, relu, _ = small
+    qdq = Annotate(ranges, "hybrid-asym", float_layers=[relu])(prepared)
+    binds = {b.var.name: b.value for b in bindings_of(qdq["main"])}
+    assert f"{relu}_q" not in binds and f"{relu}_dq" not in binds
+    # The group computing it keeps its float weight: conv2d_0 reads a float constant.
+    conv0 = binds["conv2d_0"]
+    assert const_value(conv0.args[1]) is not None and const_value(conv0.args[1]).dtype == np.float32
+    # Its input and every other point are still quantized.
+    assert "x_q" in binds and sum(k.endswith("_q") for k in binds) == len(small[4]) - 1
+    integer = FoldToInteger()(qdq)
+    left = float_ops(integer)
+    assert any("conv2d_0" in f for f in left)  # the float layer
+    assert any("conv2d_1" in f for f in left)  # its reader computes from a float input
+    assert not any("conv2d_2" in f for f in left)  # the rest stays integer
+
+
+def test_annotate_rejects_unknown_float_layers(small):
+    prepared, ranges, *_ = small
+    with pytest.raises(Exception, match="nosuch.*not quantization points"):
+        Annotate(ranges, "hybrid-asym", float_layers=["nosuch"])(prepared)
+
+
+def test_gated_model_is_float_at_zero_and_qdq_at_one(small):
+    prepared, ranges, samples, relu, points = small
+    gated, names = hybrid.gated_module(prepared, ranges, "hybrid-asym")
+    assert names == points
+    x = samples.arrays["x"][:2]
+    zeros, ones = np.zeros(len(names), np.float32), np.ones(len(names), np.float32)
+    np.testing.assert_array_equal(_run(gated, x, [zeros]), _run(prepared, x))
+    qdq = Annotate(ranges, "hybrid-asym")(prepared)
+    np.testing.assert_allclose(_run(gated, x, [ones]), _run(qdq, x), rtol=1e-4, atol=1e-4)
+    one_float = ones.copy()
+    one_float[names.index(relu)] = 0.0
+    hyb = Annotate(ranges, "hybrid-asym", float_layers=[relu])(prepared)
+    np.testing.assert_allclose(_run(gated, x, [one_float]), _run(hyb, x), rtol=1e-4, atol=1e-4)
+
+
+def test_min_sqnr_target_on_the_small_model(small):
+    prepared, ranges, samples, _, points = small
+    target = hybrid.Target(min_sqnr=30.0)
+    sel = hybrid.select_float_layers(prepared, ranges, "hybrid-asym", samples, target)
+    assert sel.int8["sqnr_db"] < 30.0 <= sel.hybrid["sqnr_db"]
+    assert 1 <= len(sel.layers) < len(points)
+    assert all(layer["reason"].startswith("kept float alone") for layer in sel.layers)
+    # The integer program with those layers float reaches what the simulation said.
+    _, integer = api.lower(prepared, ranges, api.QuantConfig(float_layers=sel.names))
+    x = samples.arrays["x"][:8]
+    ref = np.concatenate([_run(prepared, x[i:i + 2]) for i in range(0, 8, 2)])
+    got = np.concatenate([_run(integer, x[i:i + 2]) for i in range(0, 8, 2)])
+    assert sqnr_db(ref, got) >= 29.0
+
+
+def test_targets_need_a_goal_and_labels(small):
+    prepared, ranges, samples, *_ = small
+    with pytest.raises(IntqError, match="--max-drop.*--min-sqnr"):
+        hybrid.Target()
+    with pytest.raises(IntqError, match="labels"):
+        hybrid.select_float_layers(prepared, ranges, "hybrid-asym", samples,
+                                   hybrid.Target(max_drop=1.0))
+    assert hybrid.parse_float_layers(" a, b ,") == ["a", "b"]
+    assert hybrid.parse_float_layers("AUTO") == "auto"
+
+
+# ---------------------------------------------------------------------------------------------
+# The bundled model with a bad calibrator
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def kl_auto():  # about a minute: calibration, the gated model, ~20 search runs, the int8 model
+    model = bundled("mnist_cnn.onnx")
+    _, info = import_onnx(model)
+    calib = load_npz(bundled("calib.npz"), info.inputs)
+    heldout = load_npz(bundled("heldout.npz"), info.inputs)
+    config = api.QuantConfig(calibrator="kl", float_layers="auto", max_drop=1.0, progress=False)
+    return api.compile_onnx(model, calib, config, "host", eval_samples=heldout).report
+
+
+@pytest.mark.slow
+def test_auto_float_layers_bring_kl_within_a_point_of_float(kl_auto):
+    report = kl_auto
+    sim = report["hybrid_precision"]["simulated_int8"]
+    assert sim["top1_fp32"] - sim["top1"] > 0.5  # KL alone loses most of the accuracy
+    assert report["top1"]["fp32"] - report["top1"]["int8"] <= 0.01
+    names = [f["name"] for f in report["float_layers"]]
+    assert 1 <= len(names) <= 5
+    for f in report["float_layers"]:
+        assert f["reason"].startswith("kept float alone") and "top1_gain" in f and f["op"]
+    by_name = {layer["name"]: layer for layer in report["layers"]}
+    assert all(by_name[n]["precision"] == "float" for n in names if n in by_name)
+    assert report["float_ops"]  # not integer-only any more, and says so
+    assert report["hybrid_precision"]["target"] == "top-1 within 1 points of float"
