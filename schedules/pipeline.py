@@ -1,18 +1,85 @@
-"""The Relax build pipeline tvm-intq compiles with."""
+"""The Relax build pipeline tvm-intq compiles with.
+
+    integer program
+      -> PackInt8ForDot        int8 conv2d/dense in the target's dot-product layout (if it has one)
+      -> legalize, fuse        (TVM's "zero" pipeline: one kernel per integer layer)
+      -> apply the database    tuned kernels (MetaSchedule records), when a database is given
+      -> DefaultDotSchedule    packed kernels without a record: a fixed tensorized schedule
+      -> VM lowering           (TVM's default build pipeline)
+
+:func:`tuning_pipeline` is the part before the database: the kernels it leaves are the tuning
+tasks, and the keys of the database records, so tuning and compiling see the same kernels.
+"""
 
 from __future__ import annotations
 
 import tvm
 from tvm import relax
 
+from .default_schedule import DefaultDotSchedule
+from .intrinsics import DotProduct, select
+from .pack_int8 import PackInt8ForDot
 
-def build_pipeline() -> tvm.transform.Pass:
-    """Legalize, fuse, then lower for the VM.
+#: ``int8_dot`` of a caller that names no target definition: whatever the target supports.
+ANY = None
 
-    TVM's default CPU pipeline legalizes without fusing, and ``"zero"`` fuses without the VM
-    lowering; together each integer layer (int8 conv + int64 requantize + clip + cast) becomes
-    one kernel.
-    """
-    return tvm.transform.Sequential(
-        [relax.get_pipeline("zero"), relax.pipeline.default_build_pipeline()],
-        name="intq_build")
+
+def dot_product_for(int8_dot, target) -> DotProduct | None:
+    """The intrinsic the packed layout is for: the first of ``int8_dot`` the ``target``
+    supports (``ANY``: every known intrinsic, in the registry's order)."""
+    from .intrinsics import INTRINSICS
+
+    return select(tuple(INTRINSICS) if int8_dot is ANY else int8_dot, target)
+
+
+@tvm.transform.module_pass(opt_level=0, name="IntqDotLayout")
+class _DotLayout:
+    def __init__(self, int8_dot):
+        self.int8_dot = int8_dot
+
+    def transform_module(self, mod, ctx):
+        intrin = dot_product_for(self.int8_dot, tvm.target.Target.current(allow_none=True))
+        return mod if intrin is None else PackInt8ForDot(intrin)(mod)
+
+
+@tvm.transform.module_pass(opt_level=0, name="IntqDefaultDotSchedule")
+class _DefaultSchedule:
+    def __init__(self, int8_dot):
+        self.int8_dot = int8_dot
+
+    def transform_module(self, mod, ctx):
+        intrin = dot_product_for(self.int8_dot, tvm.target.Target.current(allow_none=True))
+        return mod if intrin is None else DefaultDotSchedule(intrin)(mod)
+
+
+@tvm.transform.module_pass(opt_level=0, name="IntqApplyDatabase")
+class _ApplyDatabase:
+    def __init__(self, database):
+        self.database = database
+
+    def transform_module(self, mod, ctx):
+        with self.database:
+            return relax.transform.MetaScheduleApplyDatabase()(mod)
+
+
+def _fuse() -> tvm.transform.Pass:
+    # TVM's "zero" pipeline without its implicit Database.current() lookup (applied explicitly).
+    t = relax.transform
+    return tvm.transform.Sequential([t.LegalizeOps(), t.AnnotateTIROpPattern(), t.FoldConstant(),
+                                     t.FuseOps(), t.FuseTIR()], name="intq_fuse")
+
+
+def tuning_pipeline(int8_dot=ANY) -> tvm.transform.Pass:
+    """Integer program -> fused kernels (the tuning tasks). Runs under a target context."""
+    return tvm.transform.Sequential([_DotLayout(int8_dot), _fuse()], name="intq_tasks")
+
+
+def build_pipeline(int8_dot=ANY, database=None) -> tvm.transform.Pass:
+    """The whole build (module docstring). ``int8_dot``: the target definition's dot-product
+    intrinsics (``TargetSpec.int8_dot``); ``database``: a MetaSchedule database of tuned
+    kernels or None."""
+    passes = [tuning_pipeline(int8_dot)]
+    if database is not None:
+        passes.append(_ApplyDatabase(database))
+    passes += [_DefaultSchedule(int8_dot), relax.pipeline.default_build_pipeline()]
+    return tvm.transform.Sequential(passes, name="intq_build")

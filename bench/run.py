@@ -1,0 +1,215 @@
+"""``make bench``: ONNX Runtime fp32 / int8 vs TVM fp32 tuned vs tvm-intq int8 tuned.
+
+    python bench/run.py [--models bundled] [--trials 4] [--threads 1 2] [--out bench/results]
+
+Per model, batch 1, for each thread count:
+
+* ONNX Runtime fp32: the ONNX model as is;
+* ONNX Runtime int8: ``quantize_static`` (after ``quant_pre_process``), QDQ, per-channel int8
+  weights, int8 activations, calibrated on the same samples tvm-intq calibrates on;
+* TVM fp32: ``tvm-intq tune --fp32`` then ``tvm-intq compile --fp32 --db`` (same trial budget);
+* tvm-intq int8: ``tvm-intq tune`` then ``tvm-intq compile --db`` (the shipped database, if
+  any, is the starting point: tuning resumes from it up to the budget).
+
+Tuning databases are kept in ``bench/work/<model>/`` and resumed on the next run. Each
+configuration is timed in its own process (bench/measure.py). Results go to
+``bench/results/<model>/``: results.json (medians, ratios, memory, machine, command),
+results.md, results.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+CLI = [sys.executable, "-m", "tvm_intq.cli"]
+
+
+def models() -> dict:
+    from tvm_intq.demo import bundled
+
+    return {
+        "bundled": dict(name="mnist_cnn", onnx=bundled("mnist_cnn.onnx"), calib=bundled("calib.npz"),
+                        eval=bundled("heldout.npz")),
+    }
+
+
+def run(cmd, env=None, log=None) -> str:
+    print("$ " + " ".join(shlex.quote(str(c)) for c in cmd), flush=True)
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=ROOT)
+    if log is not None:
+        with open(log, "a") as f:
+            f.write(f"$ {' '.join(map(str, cmd))}\n{proc.stdout}\n{proc.stderr}\n")
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
+        raise SystemExit(f"failed: {' '.join(map(str, cmd))}")
+    return proc.stdout
+
+
+def calibration_part(calib: Path, work: Path) -> Path:
+    """The samples `tvm-intq compile --calib` calibrates on (all but its held-out 10%)."""
+    from tvm_intq.api import split_holdout
+    from tvm_intq.calibration import SampleSet
+
+    arrays = dict(np.load(calib))
+    head, _ = split_holdout(SampleSet(arrays))
+    out = work / "calib_used.npz"
+    np.savez(out, **head.arrays)
+    return out
+
+
+def ort_int8(model: Path, calib: Path, work: Path) -> Path:
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out = work / "ort_int8.onnx"
+    if out.exists():
+        return out
+    pre = work / "ort_pre.onnx"
+    quant_pre_process(str(model), str(pre))
+    data = np.load(calib)
+    name, x = data.files[0], data[data.files[0]]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.samples = iter(x[i:i + 1] for i in range(len(x)))
+
+        def get_next(self):
+            s = next(self.samples, None)
+            return None if s is None else {name: s}
+
+    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    return out
+
+
+def tvm_library(m: dict, work: Path, trials: int, fp32: bool, log: Path) -> Path:
+    from tvm_intq.schedules.database import shipped_databases
+
+    kind = "fp32" if fp32 else "int8"
+    db, lib = work / f"{kind}_db", work / f"{kind}.so"
+    shipped = [p for p in shipped_databases("host") if p.name == (m["name"] + ("_fp32" if fp32 else ""))]
+    if not db.exists() and shipped:
+        shutil.copytree(shipped[0], db, ignore=shutil.ignore_patterns("logs"))
+    data = ["--fp32"] if fp32 else ["--calib", m["calib"]]
+    run(CLI + ["tune", m["onnx"], *data, "--target", "host", "--trials", trials, "--db", db,
+               "--no-progress"], log=log)
+    out = run(CLI + ["compile", m["onnx"], *data, "--target", "host", "--db", db, "-o", lib,
+                     "--no-progress"], log=log)
+    coverage = [line for line in out.splitlines() if line.startswith(("tuned kernels", "no tuned"))]
+    return lib, coverage
+
+
+def memory(m: dict) -> dict:
+    from tvm_intq import api
+    from tvm_intq.calibration import load_npz
+    from tvm_intq.frontend import import_onnx
+    from tvm_intq.schedules.memory import constant_bytes, peak_activation_bytes
+    from tvm_intq.targets import get_target
+
+    spec = get_target("host")
+    mod, info = import_onnx(m["onnx"])
+    calib = load_npz(m["calib"], info.inputs)
+    compiled = api.compile_onnx(m["onnx"], calib, api.QuantConfig(progress=False), spec)
+    out = {}
+    for kind, module in (("fp32", compiled.prepared), ("int8", compiled.integer)):
+        out[kind] = {"weight_bytes": constant_bytes(module),
+                     "peak_activation_bytes": peak_activation_bytes(module, spec.target(), spec.int8_dot)}
+    return out
+
+
+def machine() -> dict:
+    import onnxruntime
+    import tvm
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                if line.startswith("model name")), platform.processor())
+    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo")
+                  if line.startswith("flags")), [])
+    return {"cpu": cpu, "llvm_cpu": tvm.target.codegen.llvm_get_system_cpu(),
+            "cores_available": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(),
+            "avx512_vnni": "avx512_vnni" in flags, "load_average": os.getloadavg(),
+            "python": platform.python_version(), "tvm": tvm.__version__,
+            "onnxruntime": onnxruntime.__version__, "platform": platform.platform(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+def measure(kind: str, path: Path, threads: int, inputs: Path, seconds: float) -> dict:
+    env = {"TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
+    out = run([sys.executable, HERE / "measure.py", kind, path, "--threads", threads,
+               "--input", inputs, "--seconds", seconds], env=env)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def bench_model(key: str, args) -> dict:
+    m = {k: (str(v) if isinstance(v, Path) else v) for k, v in models()[key].items()}
+    work = Path(args.work) / m["name"]
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / "commands.log"
+    calib_used = calibration_part(Path(m["calib"]), work)
+    configs = {
+        "onnxruntime fp32": ("ort", Path(m["onnx"]), []),
+        "onnxruntime int8": ("ort", ort_int8(Path(m["onnx"]), calib_used, work), []),
+    }
+    lib, cov = tvm_library(m, work, args.trials, fp32=True, log=log)
+    configs["tvm fp32 tuned"] = ("tvm", lib, cov)
+    lib, cov = tvm_library(m, work, args.trials, fp32=False, log=log)
+    configs["tvm-intq int8 tuned"] = ("tvm", lib, cov)
+    facts_before = machine()
+    results = {name: {} for name in configs}
+    for threads in args.threads:
+        for name, (kind, path, _) in configs.items():
+            results[name][str(threads)] = measure(kind, path, threads, Path(m["eval"]), args.seconds)
+    ours = results["tvm-intq int8 tuned"]
+    ratios = {name: {t: r["median_ms"] / ours[t]["median_ms"] for t, r in res.items()}
+              for name, res in results.items() if name != "tvm-intq int8 tuned"}
+    return {
+        "model": m["name"], "onnx": m["onnx"], "batch": 1, "threads": args.threads,
+        "trials_per_kernel": args.trials,
+        "latency": results,
+        "speedup_of_tvm_intq_int8": ratios,  # other median / tvm-intq int8 median
+        "tuning_coverage": {name: cov for name, (_, _, cov) in configs.items() if cov},
+        "memory": memory(m),
+        "machine": facts_before, "load_average_after": os.getloadavg(),
+        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "timing": "median of per-call wall times (Python loop, one batch-1 input, after 50 "
+                  "warm-up calls, >= %.0f s per configuration); top-1 on the held-out set"
+                  % args.seconds,
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["bundled"], choices=sorted(models()))
+    p.add_argument("--trials", type=int, default=4, help="tuning trials per kernel (fp32 and int8)")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--seconds", type=float, default=5.0, help="timing per configuration")
+    p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--work", default=str(HERE / "work"))
+    args = p.parse_args(argv)
+    from tvm_intq import report
+
+    for key in args.models:
+        data = bench_model(key, args)
+        written = report.write_bench(data, Path(args.out) / data["model"])
+        print("\n".join(report.bench_markdown(data).splitlines()[:20]))
+        print("wrote " + ", ".join(map(str, written)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

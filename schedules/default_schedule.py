@@ -1,0 +1,111 @@
+"""A fixed schedule for packed int8 kernels that no tuning record covers.
+
+Tuning (:mod:`.tune`, in the space of :mod:`.space`) tensorizes the packed conv
+(:mod:`.packed_kernels`) and the database keeps the result. A kernel without a record gets
+this schedule instead of TVM's untouched loop nest, so ``compile`` emits the dot-product
+instruction without any tuning::
+
+    parallel(n, o/16, oh) . ow/t . (ic/4, kh, kw) . unrolled ow%t . [16 lanes x 4 bytes] = intrinsic
+
+The epilogue blocks (requantize and whatever FuseOps fused after it) are inlined into the
+block that writes the kernel's output, which is parallelized over its outer loops. Anything
+the schedule cannot do leaves the function as it was (correct, just untensorized).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import tvm
+from tvm import s_tir, tirx
+
+from .intrinsics import DotProduct, register
+from .packed_kernels import CONV_BLOCK
+
+log = logging.getLogger(__name__)
+
+#: Output columns computed per intrinsic sweep (register blocking), largest that divides OW.
+_COLUMN_TILES = (8, 7, 6, 5, 4, 3, 2, 1)
+
+
+def _blocks(sch: s_tir.Schedule):
+    root = sch.get_sblock("root", func_name="main")
+    return list(sch.get_child_blocks(root))
+
+
+def _name(sch, block) -> str:
+    return sch.get(block).name_hint
+
+
+def has_packed_conv(func: tirx.PrimFunc) -> bool:
+    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+    return any(_name(sch, b) == CONV_BLOCK for b in _blocks(sch))
+
+
+def _extent(sch, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def apply_default(sch: s_tir.Schedule, intrin: DotProduct) -> None:
+    """Schedule the packed kernel ``main`` of ``sch`` in place (module docstring); raises on
+    what it cannot schedule. ``sch`` may be traced: the trace is a tuning record's."""
+    register()
+    conv = sch.get_sblock(CONV_BLOCK, func_name="main")
+    # Inline the elementwise epilogue into the block(s) writing the outputs.
+    for block in reversed(_blocks(sch)):
+        if _name(sch, block) == CONV_BLOCK:
+            continue
+        try:
+            sch.compute_inline(block)
+        except RuntimeError:
+            pass  # an output block, or not inlinable: stays a loop nest of its own
+    n, o, y, x, lane, rc, ry, rx, rk = sch.get_loops(conv)
+    if _extent(sch, lane) != intrin.lanes or _extent(sch, rk) != intrin.k:
+        raise ValueError("packed conv does not match the intrinsic's lanes x k")
+    width = _extent(sch, x)
+    tile = next(t for t in _COLUMN_TILES if width % t == 0)
+    xo, xi = sch.split(x, [None, tile])
+    sch.reorder(n, o, y, xo, rc, ry, rx, xi, lane, rk)
+    outer = sch.fuse(n, o, y)
+    sch.parallel(outer)
+    init = sch.decompose_reduction(conv, rc)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.tensorize(lane, intrin.tensor_intrin)
+    sch.unroll(xi)
+    for block in _blocks(sch):
+        if _name(sch, block).startswith(CONV_BLOCK):  # the conv, its init and its blockized body
+            continue
+        loops = sch.get_loops(block)
+        if len(loops) >= 2:
+            sch.parallel(sch.fuse(*loops[:2]))
+
+
+def schedule_packed_conv(func: tirx.PrimFunc, intrin: DotProduct) -> tirx.PrimFunc:
+    """``func`` scheduled by :func:`apply_default`."""
+    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+    apply_default(sch, intrin)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+@tvm.transform.module_pass(opt_level=0, name="DefaultDotSchedule")
+class DefaultDotSchedule:
+    """Schedule every packed int8 kernel of the module that is not scheduled yet (no tuning
+    record applied) with :func:`schedule_packed_conv`."""
+
+    def __init__(self, intrin: DotProduct):
+        self.intrin = intrin
+
+    def transform_module(self, mod, ctx):
+        updates = {}
+        for gv, func in mod.functions_items():
+            if (not isinstance(func, tirx.PrimFunc) or func.attrs is not None
+                    and func.attrs.get("tirx.is_scheduled", False) or not has_packed_conv(func)):
+                continue
+            try:
+                updates[gv] = schedule_packed_conv(func, self.intrin)
+            except (RuntimeError, ValueError) as err:  # fall back: untensorized, still exact
+                log.warning("%s: default %s schedule failed (%s); compiled untensorized",
+                            gv.name_hint, self.intrin.name, str(err).splitlines()[0])
+        for gv, func in updates.items():
+            mod[gv] = func
+        return mod

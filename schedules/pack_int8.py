@@ -1,0 +1,216 @@
+"""Lay int8 conv2d/dense out for a dot-product instruction: a Relax pass run at build time.
+
+The integer program (what :func:`tvm_intq.reference.run_reference` evaluates) stays as
+:class:`~tvm_intq.relay_passes.FoldToInteger` wrote it; only the module being compiled for a
+target whose definition names a dot-product intrinsic (``TargetSpec.int8_dot``) is rewritten::
+
+    pad(x, zp) -> conv2d_i32(., Qw) -> astype i64 -> *MUL -> +ADD -> >>S -> clip -> astype i8
+        ==>  xp = pack_int8(x, zp)                      N, C/4, H', W', 4   (uint8: x + 128)
+             y  = conv2d_packed_int8_requant(xp, Wp, MUL, ADD', S, lo, hi)        NCHW int8
+
+with ``Wp = Qw`` as ``O/16, I/4, KH, KW, 16, 4`` (packed here, at compile time) and
+``ADD' = ADD - MUL * 128 * sum(Qw)`` (:func:`tvm_intq.intmath.shifted_input_requant`), so the
+result is the same integers. A dense ``matmul(x, Qw)`` is the same kernel as a 1x1 conv over
+the rows of ``x``. A conv2d/matmul not followed by that requantize keeps an int32 result
+(``acc - 128 * sum(Qw)``). Grouped/depthwise convs, non-constant weights and other layouts are
+left as they are (compiled untensorized, still exact).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from ..intmath import Requant, shifted_input_requant
+from ..relay_passes.ir_utils import channel_axis_of, const_value, dtype_of, op_name, shape_of
+from ..relay_passes.rebuild import bindings_of, rewrite_main
+from . import packed_kernels as P
+from .intrinsics import DotProduct
+
+# The requantize FoldToInteger emits after an int8 conv/matmul (integer_kernels.requantize).
+_CHAIN = ("relax.astype", "relax.multiply", "relax.add", "relax.right_shift", "relax.clip",
+          "relax.astype")
+
+
+def _uses(func) -> dict:
+    """``{var: [bindings using it]}``; the function's output counts as a use (None)."""
+    users: dict = {}
+    for b in bindings_of(func):
+        for v in relax.analysis.free_vars(b.value):
+            users.setdefault(v, []).append(b)
+    for v in relax.analysis.free_vars(func.body.body):
+        users.setdefault(v, []).append(None)
+    return users
+
+
+def _per_channel(value: np.ndarray, ndim: int, axis: int, channels: int) -> np.ndarray | None:
+    """A constant broadcast against an ``ndim``-D accumulator as a vector over ``axis``."""
+    where = channel_axis_of(value, ndim)
+    if where is False or where not in (None, axis):
+        return None
+    return np.broadcast_to(value.reshape(-1) if where == axis else value.reshape(()),
+                           (channels,)).astype(np.int64)
+
+
+def _requant_chain(acc_var, users, ndim: int, axis: int, channels: int):
+    """``(bindings, Requant)`` of the requantize reading ``acc_var``, or None."""
+    chain, var = [], acc_var
+    for op in _CHAIN:
+        consumers = users.get(var, [])
+        if len(consumers) != 1 or consumers[0] is None:
+            return None
+        b = consumers[0]
+        if op_name(b.value) != op or not b.value.args[0].same_as(var):
+            return None
+        chain.append(b)
+        var = b.var
+    cast64, mul, add, shift, clip, cast8 = (b.value for b in chain)
+    if dtype_of(chain[0].var) != "int64" or dtype_of(chain[-1].var) != "int8":
+        return None
+    vectors = [_per_channel(const_value(c.args[1]), ndim, axis, channels)
+               if const_value(c.args[1]) is not None else None for c in (mul, add, shift)]
+    if any(v is None for v in vectors):
+        return None
+    lo, hi = (int(a.value.value if hasattr(a.value, "value") else a.value) for a in clip.args[1:3])
+    return chain, Requant(*vectors, lo=lo, hi=hi)
+
+
+def _spatial_pad(var, users, defs):
+    """``(input, (top, left, bottom, right), pad value)`` when ``var`` is a constant pad of the
+    spatial axes used only by the conv; None otherwise."""
+    value = defs.get(var)
+    if op_name(value) != "relax.nn.pad" or len(users.get(var, [])) != 1:
+        return None
+    a = value.attrs
+    w = [int(p) for p in a.pad_width]
+    if str(a.pad_mode) != "constant" or len(w) != 8 or any(w[:4]):
+        return None
+    return value.args[0], (w[4], w[6], w[5], w[7]), float(a.pad_value)
+
+
+class _Plan:
+    """What to emit for one conv/matmul: found before the rewrite, applied during it."""
+
+    def __init__(self, kind, weight, channels, chain=None, rq=None, pad=None):
+        self.kind, self.weight, self.channels = kind, weight, channels  # weight: OIHW int8
+        self.chain, self.rq, self.pad = chain, rq, pad
+
+
+def _plan(func, intrin: DotProduct) -> tuple[dict, set]:
+    users = _uses(func)
+    defs = {b.var: b.value for b in bindings_of(func)}
+    plans, skipped = {}, set()
+    for b in bindings_of(func):
+        call = b.value
+        name = op_name(call)
+        if name not in ("relax.nn.conv2d", "relax.matmul") or dtype_of(b.var) != "int32":
+            continue
+        x, w = call.args[0], const_value(call.args[1])
+        if w is None or w.dtype != np.int8 or dtype_of(x) != "int8" or shape_of(x) is None:
+            continue
+        if name == "relax.nn.conv2d":
+            a = call.attrs
+            if (int(a.groups) != 1 or str(a.data_layout) != "NCHW" or str(a.kernel_layout) != "OIHW"
+                    or str(a.out_layout) != "NCHW" or any(int(p) for p in a.padding)):
+                continue
+            kind, weight, ndim = "conv2d", w, 4
+        else:
+            if len(shape_of(x)) != 2 or w.ndim != 2:
+                continue
+            kind, weight, ndim = "dense", np.ascontiguousarray(w.T)[:, :, None, None], 2
+        channels = weight.shape[0]
+        found = _requant_chain(b.var, users, ndim, 1, channels)
+        pad = _spatial_pad(x, users, defs) if kind == "conv2d" else None
+        plan = _Plan(kind, weight, channels, pad=pad)
+        if found is not None:
+            plan.chain, rq = found
+            other = tuple(range(1, weight.ndim))
+            wsum = weight.astype(np.int64).sum(axis=other)
+            wabs = np.abs(weight.astype(np.int64)).sum(axis=other)
+            try:
+                plan.rq = shifted_input_requant(rq, wsum, wabs, intrin.input_offset)
+            except ValueError:
+                plan.chain = None  # keep the int32 accumulator; the requantize stays as it is
+        if plan.chain is not None:
+            skipped.update(c.var for c in plan.chain)
+        if pad is not None:
+            skipped.add(x)
+        plans[b.var] = plan
+    return plans, skipped
+
+
+def _const(v, dtype):
+    return relax.const(np.asarray(v).astype(dtype), dtype)
+
+
+def _emit(bb, b, value, plan: _Plan, intrin: DotProduct, padded: dict):
+    attrs = value.attrs if plan.kind == "conv2d" else None
+    x = value.args[0]
+    if plan.kind == "conv2d":
+        if plan.pad is not None:
+            x, padding, pad_value = padded[b.value.args[0]]
+        else:
+            padding, pad_value = (0, 0, 0, 0), 0.0
+        xp = bb.emit_te(P.pack_data, x, _const(int(pad_value), "int8"), padding=padding,
+                        k=intrin.k, offset=intrin.input_offset, dtype=intrin.data_dtype,
+                        primfunc_name_hint="pack_int8")
+        strides = tuple(int(s) for s in attrs.strides)
+        dilation = tuple(int(d) for d in attrs.dilation)
+        out_ndim = 4
+    else:
+        xp = bb.emit_te(P.pack_rows, x, k=intrin.k, offset=intrin.input_offset,
+                        dtype=intrin.data_dtype, primfunc_name_hint="pack_int8")
+        strides, dilation, out_ndim = (1, 1), (1, 1), 2
+    wp = relax.const(P.pack_weight(plan.weight, intrin.lanes, intrin.k))
+    o = plan.channels
+    if plan.chain is None:
+        corr = intrin.input_offset * plan.weight.astype(np.int64).sum(axis=(1, 2, 3))
+        return bb.emit(bb.call_te(P.conv2d_int32, xp, wp, _const(corr, "int32"), strides=strides,
+                                  dilation=dilation, channels=o, out_ndim=out_ndim,
+                                  primfunc_name_hint=f"{plan.kind}_packed_int8"), b.var.name)
+    rq = plan.rq
+    call = bb.call_te(P.conv2d_requant, xp, wp, _const(rq.mul, "int64"), _const(rq.add, "int64"),
+                      _const(rq.shift, "int64"), _const(np.full(o, rq.lo), "int64"),
+                      _const(np.full(o, rq.hi), "int64"), strides=strides, dilation=dilation,
+                      channels=o, out_ndim=out_ndim,
+                      primfunc_name_hint=f"{plan.kind}_packed_int8_requant")
+    return bb.emit(call, plan.chain[-1].var.name)
+
+
+@tvm.transform.module_pass(opt_level=0, name="PackInt8ForDot")
+class PackInt8ForDot:
+    """Rewrite int8 conv2d/dense of ``main`` into the packed kernels of ``intrin`` (module
+    docstring). A module without such layers comes back unchanged."""
+
+    def __init__(self, intrin: DotProduct):
+        self.intrin = intrin
+
+    def transform_module(self, mod, ctx):
+        if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
+            return mod
+        plans, skipped = _plan(mod["main"], self.intrin)
+        if not plans:
+            return mod
+        final = {p.chain[-1].var: None for p in plans.values() if p.chain is not None}
+        padded = {}
+
+        def binding(bb, b, value):
+            if b.var in plans:
+                plan = plans[b.var]
+                new = _emit(bb, b, value, plan, self.intrin, padded)
+                if plan.chain is not None:
+                    final[plan.chain[-1].var] = new
+                    return b.var  # the accumulator is not used any more
+                return new
+            if b.var in final:
+                return final[b.var]
+            if b.var in skipped:
+                if op_name(value) == "relax.nn.pad":
+                    pad = _spatial_pad(b.var, {b.var: [None]}, {b.var: value})
+                    padded[b.var] = pad
+                return b.var  # absorbed into a packed kernel; never emitted
+            return bb.emit(value, b.var.name)
+
+        mod = rewrite_main(mod, binding)
+        return relax.transform.DeadCodeElimination()(mod)

@@ -1,0 +1,52 @@
+"""The design space MetaSchedule searches for a target with an int8 dot-product instruction.
+
+TVM's default x86 space already holds a ``MultiLevelTilingWithIntrin`` rule, but for TVM's own
+``dot_16x4_vnni`` (which does not compile with the wheel's LLVM, see :mod:`.intrinsics`). This
+is the same rule list with our intrinsic in that slot: the packed conv's block is tiled so its
+innermost ``lanes x k`` loops map onto the instruction, and RewriteTensorize replaces them;
+blocks the intrinsic does not fit (the epilogue, depthwise convs, float ops) fall through to
+plain multi-level tiling. An ARM/RISC-V instruction plugs in the same way (its
+:class:`~.intrinsics.DotProduct` in the same slot).
+"""
+
+from __future__ import annotations
+
+from tvm.s_tir import meta_schedule as ms
+
+from .intrinsics import DotProduct
+
+_REUSE = ms.schedule_rule.ReuseType(req="may", levels=[1, 2], scope="global")
+
+
+def schedule_rules(intrin: DotProduct) -> list:
+    R = ms.schedule_rule
+    return [
+        R.ApplyCustomRule(),
+        R.InlineConstantScalars(),
+        R.AutoInline(into_producer=False, into_consumer=True, inline_const_tensor=True,
+                     disallow_if_then_else=True, require_injective=True, require_ordered=True,
+                     disallow_op=["tirx.exp"]),
+        R.AddRFactor(max_jobs_per_core=16, max_innermost_factor=64),
+        R.MultiLevelTilingWithIntrin(intrin.tensor_intrin, structure="SSRSRS",
+                                     max_innermost_factor=64, reuse_write=_REUSE),
+        R.MultiLevelTiling(structure="SSRSRS", max_innermost_factor=64, reuse_write=_REUSE),
+        R.ParallelizeVectorizeUnroll(max_jobs_per_core=16, max_vectorize_extent=64,
+                                     unroll_max_steps=[0, 16, 64, 512], unroll_explicit=True),
+        R.RandomComputeLocation(),
+    ]
+
+
+def postprocs() -> list:
+    P = ms.postproc
+    return [P.DisallowDynamicLoop(), P.RewriteParallelVectorizeUnroll(),
+            P.RewriteReductionBlock(), P.RewriteTensorize(vectorize_init_loop=True),
+            P.RewriteLayout()]
+
+
+def design_space(intrin: DotProduct | None):
+    """The space generator for tasks compiled for ``intrin`` (None: TVM's default for the
+    target)."""
+    if intrin is None:
+        return "post-order-apply"
+    return ms.space_generator.PostOrderApply(sch_rules=schedule_rules(intrin),
+                                             postprocs=postprocs(), mutator_probs="llvm")

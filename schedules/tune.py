@@ -1,0 +1,442 @@
+"""Tune a model's kernels with MetaSchedule, task by task, into a resumable JSON database.
+
+    tasks = the kernels the build compiles (tuning_pipeline), heaviest first (FLOPs x calls)
+    for each task with fewer than `trials` records in the database:
+        MetaSchedule (evolutionary search, XGBoost cost model) measures the missing trials;
+        every measured candidate is appended to the database file as it arrives
+
+Resuming (same command after Ctrl-C or a kill) relies on three things, because MetaSchedule
+alone would redo work: its evolutionary search seeds each round with the database's best
+records but remembers as "measured" only what *this* run measured, so a restarted search
+can send a candidate that is already in the database to be measured again, and its cost model
+starts untrained. Here
+
+* a task whose records reach the budget (or whose search already ended with this budget,
+  noted in ``tasks.json``) is skipped;
+* :class:`SkipMeasured` wraps the search strategy and drops every candidate whose scheduled
+  kernel is structurally equal to one a record of the database already holds;
+* the cost model is trained on the task's existing records before the search starts.
+
+Ctrl-C stops the tune after the batch being measured (which is not recorded: the terminal
+sends the signal to the build/run workers too); a second Ctrl-C exits at once. A SIGKILL
+loses at most the batch in flight and possibly a half-written last line, which
+:func:`~.database.open_database` drops.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import os
+import shutil
+import signal
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import tvm
+import tvm_ffi
+from tvm import s_tir
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+from tvm.s_tir.meta_schedule.search_strategy import PySearchStrategy
+
+from . import database as D
+from .default_schedule import apply_default, has_packed_conv
+from .pipeline import dot_product_for
+from .space import design_space
+
+log = logging.getLogger(__name__)
+INVALID_SECONDS = 1e9  # MetaSchedule stores failed candidates with run_secs 1e10
+_STOP = {"requested": False}  # set by the first Ctrl-C of a tune
+
+
+def _ignore_sigint() -> None:
+    """Build/run worker initializer: a Ctrl-C in the terminal reaches the whole process group;
+    the workers finish the batch in flight instead of dying with it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@contextmanager
+def _graceful_interrupt(echo):
+    """First Ctrl-C: stop when the batch being measured returns (not recording it: its workers
+    may have died of the same signal). Second: exit now.
+
+    (MetaSchedule's task scheduler catches a KeyboardInterrupt raised inside its Python
+    callbacks and just ends the current task, so the default handler would need one Ctrl-C
+    per task.)"""
+    _STOP["requested"] = False
+
+    def handler(signum, frame):
+        if _STOP["requested"]:
+            os._exit(130)  # the records on disk are complete lines; the next tune resumes
+        _STOP["requested"] = True
+        echo("\ninterrupted: stopping after the batch being measured, which is not recorded "
+             "(Ctrl-C again to quit now)")
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _mod_hash(mod: tvm.IRModule) -> int:
+    return tvm_ffi.structural_hash(mod)
+
+
+def measured_kernels(records) -> set[int]:
+    """Structural hashes of the kernels the records hold (their traces replayed)."""
+    out = set()
+    for r in records:
+        try:
+            sch = s_tir.Schedule(r.workload.mod)
+            r.trace.apply_to_schedule(sch, remove_postproc=False)
+            out.add(_mod_hash(sch.mod))
+        except Exception:  # noqa: BLE001  a record TVM can no longer replay is just not skipped
+            continue
+    return out
+
+
+@derived_object
+class SkipMeasured(PySearchStrategy):
+    """A search strategy that never sends a kernel the database already measured.
+
+    Wraps MetaSchedule's evolutionary search; before the search, trains the cost model on the
+    task's existing ``records`` (a resumed tune continues from what it learned).
+    """
+
+    def __init__(self, inner=None, measured=(), records=(), stats=None):
+        self.inner = inner if inner is not None else ms.search_strategy.EvolutionarySearch()
+        self.measured = set(measured)
+        self.records = list(records)
+        self.context = None
+        self.stats = stats if stats is not None else {"dropped": 0}  # shared with clones
+
+    def _initialize_with_tune_context(self, context) -> None:
+        self.context = context
+        self.inner._initialize_with_tune_context(context)
+
+    def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database=None,
+                   cost_model=None) -> None:
+        self.inner.pre_tuning(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
+        if cost_model is not None and self.records:
+            cands, results = [], []
+            for r in self.records:
+                try:
+                    cands.append(r.as_measure_candidate())
+                except Exception:  # noqa: BLE001
+                    continue
+                results.append(ms.runner.RunnerResult([float(s) for s in r.run_secs], None))
+            if cands:
+                cost_model.update(self.context, cands, results)
+
+    def post_tuning(self) -> None:
+        self.inner.post_tuning()
+
+    def generate_measure_candidates(self):
+        # The inner search never proposes the same kernel twice in one run, so only database
+        # kernels are dropped here; a few rounds of only-known kernels end the search.
+        for _ in range(8):
+            if _STOP["requested"]:
+                return None
+            cands = self.inner.generate_measure_candidates()
+            if cands is None:
+                return None
+            fresh = [c for c in cands if _mod_hash(c.sch.mod) not in self.measured]
+            self.stats["dropped"] += len(cands) - len(fresh)
+            if fresh or not cands:
+                for c in fresh:
+                    self.measured.add(_mod_hash(c.sch.mod))
+                return fresh if fresh else None
+        return None
+
+    def notify_runner_results(self, measure_candidates, results) -> None:
+        self.inner.notify_runner_results(measure_candidates, results)
+
+    def clone(self):
+        return SkipMeasured(self.inner.clone(), self.measured, self.records, self.stats)
+
+
+@derived_object
+class Progress(PyMeasureCallback):
+    """Counts measured trials and keeps the best latency of the current task."""
+
+    def __init__(self, on_update):
+        self.on_update = on_update
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+        secs = []
+        for res in runner_results:
+            if res.run_secs is not None and res.error_msg is None:
+                s = [float(x) for x in res.run_secs]
+                if s and max(s) < INVALID_SECONDS:
+                    secs.append(sum(s) / len(s))
+        self.on_update(len(runner_results), min(secs) if secs else None)
+
+
+@derived_object
+class CommitRecords(PyMeasureCallback):
+    """MetaSchedule's AddToDatabase, except after a Ctrl-C: that batch's build and run workers
+    got the signal too, so its results may be spurious failures and are not recorded."""
+
+    def __init__(self, database, mod, target):
+        self.database, self.mod, self.target = database, mod, target
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+        if _STOP["requested"]:
+            return
+        workload = self.database.commit_workload(self.mod)
+        for cand, res in zip(measure_candidates, runner_results):
+            secs = [float(x) for x in res.run_secs] if res.run_secs is not None else [1e10]
+            self.database.commit_tuning_record(ms.database.TuningRecord(
+                cand.sch.trace, workload, secs, self.target, cand.args_info))
+
+
+@dataclass
+class TaskResult:
+    name: str
+    weight: int
+    records_before: int
+    records_after: int
+    best_us: float | None
+    status: str  # "tuned", "skipped (already tuned)", "search ended early"
+    dropped: int = 0  # candidates the search proposed that the database already held
+
+
+def _flops(mod) -> float:
+    try:
+        return float(tvm.s_tir.analysis.estimate_tir_flops(mod))
+    except Exception:  # noqa: BLE001
+        return 0.0
+
+
+def tune(mod: tvm.IRModule, spec, folder, trials: int, *, trials_per_iter: int | None = None,
+         min_repeat_ms: int = 50, seed: int | None = None, progress: bool = True,
+         build_timeout: float = 120.0,
+         echo=print) -> list[TaskResult]:
+    """Tune every kernel of ``mod`` (integer or float Relax module) for the target definition
+    ``spec`` to ``trials`` measured candidates per kernel, in the database folder ``folder``
+    (created if missing; resumed if it holds records). Returns one :class:`TaskResult` per task.
+    """
+    if trials < 1:
+        raise ValueError("trials must be at least 1")
+    target = spec.target()
+    intrin = dot_product_for(spec.int8_dot, target)
+    folder = Path(folder)
+    db = D.open_database(folder)
+    tasks = D.extract_tasks(mod, target, spec.int8_dot)
+    tasks.sort(key=lambda t: -_flops(t.mod) * t.weight)
+    notes = D.read_task_notes(folder)
+    results, todo = [], []
+    for t in tasks:
+        recs = D.records_of(db, t.mod)
+        ended = notes.get(D.workload_key(t.mod), {}).get("budget", 0) >= trials
+        if len(recs) >= trials or ended:
+            best = D.best_seconds(db, t.mod, target)
+            results.append(TaskResult(t.name, t.weight, len(recs), len(recs), _us(best),
+                                      "skipped (already tuned)"))
+        else:
+            todo.append((t, recs))
+    skipped = len(results)
+    echo(f"{len(tasks)} tasks for {target.attrs.get('mcpu', target.kind.name)}: "
+         f"{skipped} already tuned in {folder}, {len(todo)} to tune ({trials} trials each)")
+    if not todo:
+        return results
+
+    # Generous timeouts: a busy 2-core machine takes tens of seconds to start a build worker.
+    builder = ms.builder.LocalBuilder(max_workers=1, timeout_sec=build_timeout,
+                                      f_build=build_kernel, initializer=_ignore_sigint)
+    runner = ms.runner.LocalRunner(timeout_sec=build_timeout, initializer=_ignore_sigint,
+                                   evaluator_config=ms.runner.EvaluatorConfig(
+                                       number=3, repeat=1, min_repeat_ms=min_repeat_ms,
+                                       enable_cpu_cache_flush=False))
+    cost_model = ms.cost_model.XGBModel(extractor=ms.feature_extractor.PerStoreFeature(),
+                                        adaptive_training=True, num_tuning_cores=1)
+    per_iter = min(trials_per_iter or 32, trials)
+    total = sum(trials - len(r) for _, r in todo)
+    bar = _bar(total, progress)
+    state = {"best": None}
+
+    def on_update(n, best):
+        if best is not None and (state["best"] is None or best < state["best"]):
+            state["best"] = best
+        bar.update(n)
+        bar.set_postfix_str(_postfix(state))
+
+    with _graceful_interrupt(echo):
+        try:
+            _tune_tasks(todo, trials, per_iter, skipped, len(tasks), target, intrin, folder, db,
+                        builder, runner, cost_model, seed, state, on_update, bar, results)
+        finally:
+            bar.close()
+    if _STOP["requested"]:
+        raise KeyboardInterrupt
+    return results
+
+
+def _tune_tasks(todo, trials, per_iter, skipped, count, target, intrin, folder, db, builder,
+                runner, cost_model, seed, state, on_update, bar, results) -> None:
+    for i, (t, recs) in enumerate(todo):
+        if _STOP["requested"]:
+            return
+        remaining, before_count = trials - len(recs), len(recs)
+        state.update(best=D.best_seconds(db, t.mod, target), task=t.name,
+                     index=skipped + i + 1, count=count)
+        bar.set_postfix_str(_postfix(state))
+        measured = measured_kernels(recs)
+        if intrin is not None and has_packed_conv(t.mod["main"]):
+            seconds = _measure_default(t, intrin, target, builder, runner, db, measured)
+            added = len(D.records_of(db, t.mod)) - len(recs)
+            if added:
+                on_update(added, seconds)
+                recs = D.records_of(db, t.mod)
+                remaining -= added
+        if remaining <= 0:
+            D.note_task(folder, t, trials, len(recs))
+            results.append(TaskResult(t.name, t.weight, before_count, len(recs),
+                                      _us(D.best_seconds(db, t.mod, target)), "tuned"))
+            continue
+        stats = {"dropped": 0}
+        strategy = SkipMeasured(_evolutionary(per_iter), measured, recs, stats)
+        # Console gets warnings only (each call re-reads this level); the logs/ files get all.
+        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+        (logger,) = ms.logging.get_loggers_from_work_dir(str(folder), [t.name])
+        with _only_needed_intrinsics():
+            ctx = ms.TuneContext(mod=t.mod, target=target, space_generator=design_space(intrin),
+                                 search_strategy=strategy, task_name=t.name, logger=logger,
+                                 rand_state=-1 if seed is None else seed + i, num_threads=1)
+        ms.tune.tune_tasks(
+            tasks=[ctx], task_weights=[1.0], work_dir=str(folder),
+            max_trials_global=remaining, max_trials_per_task=remaining,
+            num_trials_per_iter=min(per_iter, remaining),
+            builder=builder, runner=runner, database=db, cost_model=cost_model,
+            measure_callbacks=[CommitRecords(db, t.mod, target),
+                               ms.measure_callback.RemoveBuildArtifact(),
+                               ms.measure_callback.UpdateCostModel(), Progress(on_update)],
+            task_scheduler="round-robin")
+        after = D.records_of(db, t.mod)
+        if _STOP["requested"]:  # the search was cut short: not a finished task
+            results.append(TaskResult(t.name, t.weight, before_count, len(after),
+                                      _us(D.best_seconds(db, t.mod, target)), "interrupted",
+                                      stats["dropped"]))
+            return
+        D.note_task(folder, t, trials, len(after))
+        best = D.best_seconds(db, t.mod, target)
+        status = "tuned" if len(after) >= trials else "search ended early"
+        if len(after) < trials:
+            bar.update(trials - len(after))  # the budget this search could not use
+        results.append(TaskResult(t.name, t.weight, before_count, len(after), _us(best), status,
+                                  stats["dropped"]))
+
+
+def _us(seconds):
+    return None if seconds is None else seconds * 1e6
+
+
+def _measure_default(task, intrin, target, builder, runner, db, measured) -> float | None:
+    """Measure the fixed schedule of :mod:`.default_schedule` as the task's first candidate:
+    the database then never holds only worse kernels than compiling without it, and the
+    search starts from it. Returns its seconds (None if it is already measured or failed)."""
+    sch = s_tir.Schedule(task.mod)
+    try:
+        apply_default(sch, intrin)
+    except (RuntimeError, ValueError):
+        return None
+    key = _mod_hash(sch.mod)
+    if key in measured:
+        return None
+    measured.add(key)
+    args_info = ms.arg_info.ArgInfo.from_prim_func(task.mod["main"])
+    (built,) = builder.build([ms.builder.BuilderInput(sch.mod, target)])
+    secs = [1e10]
+    if built.error_msg is None:
+        device = "cpu" if target.kind.name == "llvm" else target.kind.name
+        (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, device, args_info)])
+        result = future.result()
+        if result.error_msg is None and result.run_secs:
+            secs = [float(x) for x in result.run_secs]
+        shutil.rmtree(Path(built.artifact_path).parent, ignore_errors=True)
+    if _STOP["requested"]:  # its worker may have died of the Ctrl-C: not a measurement
+        return None
+    db.commit_tuning_record(ms.database.TuningRecord(sch.trace, db.commit_workload(task.mod), secs,
+                                                     target, args_info))
+    mean = sum(secs) / len(secs)
+    return mean if mean < INVALID_SECONDS else None
+
+
+def build_kernel(mod, target, _params):
+    """MetaSchedule's default build without its ``import tvm.s_tir.tensor_intrin`` (tens of
+    seconds per build worker, and a new worker per batch): the candidates arrive tensorized."""
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
+@contextmanager
+def _only_needed_intrinsics():
+    """Let ``TuneContext()`` skip its ``import tvm.s_tir.tensor_intrin``.
+
+    That import parses every tensor intrinsic of every backend (CUDA's alone took ~55 s on the
+    busy 2-core machine) and we need none of them: ours are registered by
+    :func:`.intrinsics.register`. While the constructor runs, the package stands in
+    ``sys.modules`` un-executed (its submodules still import on demand); afterwards it is
+    removed again, so a real import later works as usual.
+    """
+    name = "tvm.s_tir.tensor_intrin"
+    if name in sys.modules:
+        yield
+        return
+    spec = importlib.util.find_spec(name)
+    stub = importlib.util.module_from_spec(spec)
+    sys.modules[name] = stub
+    try:
+        yield
+    finally:
+        if sys.modules.get(name) is stub:
+            del sys.modules[name]
+
+
+def _evolutionary(per_iter: int):
+    """MetaSchedule's evolutionary search with its population scaled to the batch: the
+    default 512 costs minutes of CPU per round, wasted when a round measures a few trials."""
+    population = max(64, min(512, 16 * per_iter))
+    return ms.search_strategy.EvolutionarySearch(
+        population_size=population, init_min_unmeasured=max(4, min(50, population // 8)))
+
+
+def _postfix(state) -> str:
+    best = state.get("best")
+    best_s = "-" if best is None else f"{best * 1e6:.1f} us"
+    name = state.get("task", "")
+    name = name if len(name) <= 40 else name[:37] + "..."
+    return f"task {state.get('index', '?')}/{state.get('count', '?')} {name} best {best_s}"
+
+
+def _bar(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="trial", desc="tuning", disable=not enabled, dynamic_ncols=True,
+                mininterval=0.5)
+
+
+def summary(results: list[TaskResult]) -> list[str]:
+    """One line per task, for the CLI."""
+    lines = []
+    for r in results:
+        best = "no valid record" if r.best_us is None or not math.isfinite(r.best_us) \
+            else f"{r.best_us:9.1f} us"
+        resumed = f", resumed from {r.records_before}" if r.records_before and r.status != \
+            "skipped (already tuned)" else ""
+        dropped = f", {r.dropped} already-measured candidates not re-measured" if r.dropped else ""
+        lines.append(f"  {r.name[:60]:60s} x{r.weight}  {r.records_after:4d} records  {best}  "
+                     f"{r.status}{resumed}{dropped}")
+    return lines

@@ -1,0 +1,153 @@
+"""Packed int8 kernels for a dot-product instruction (schedules/pack_int8, packed_kernels,
+default_schedule): the rewrite's structure, and bit-exactness with the numpy reference of
+the integer program for awkward shapes, extreme zero points, and the fallbacks."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from tvm_intq import intmath
+from tvm_intq.reference import run_reference
+from tvm_intq.relay_passes import integer_kernels as K
+from tvm_intq.schedules import build_pipeline
+from tvm_intq.schedules.default_schedule import DefaultDotSchedule
+from tvm_intq.schedules.intrinsics import INTRINSICS, supported
+from tvm_intq.schedules.pack_int8 import PackInt8ForDot
+from tvm_intq.targets import get_target
+
+VNNI = INTRINSICS["x86-vnni"]
+HOST = get_target("host")
+needs_vnni = pytest.mark.skipif(not supported(VNNI, HOST.target()),
+                                reason="this CPU has no AVX512-VNNI")
+
+
+def int8_layer(shape, out_channels, kernel=3, stride=1, pad=1, dilation=1, groups=1, zp_in=-5,
+               dense=False, seed=0, relu=False):
+    """``main(x int8) -> int8``: one conv2d (or dense) layer as FoldToInteger writes it."""
+    rng = np.random.default_rng(seed)
+    inp, out = intmath.QParams(0.05, zp_in), intmath.QParams(0.1, 3)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "int8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            if dense:
+                qw = rng.integers(-127, 128, size=(shape[1], out_channels)).astype(np.int8)
+                sw = rng.uniform(0.001, 0.02, out_channels)
+                rq = intmath.conv_requant(inp.scale, inp.zero_point, sw, qw, 1, None, out,
+                                          acc_shape_axis=0, acc_ndim=1)
+                y = K.matmul(bb, x, qw, rq, "y_q")
+            else:
+                qw = rng.integers(-127, 128, size=(out_channels, shape[1] // groups, kernel,
+                                                   kernel)).astype(np.int8)
+                sw = rng.uniform(0.001, 0.02, out_channels)
+                lo, hi = intmath.relu_bounds(out) if relu else (intmath.QMIN, intmath.QMAX)
+                rq = intmath.conv_requant(inp.scale, inp.zero_point, sw, qw, 0,
+                                          rng.normal(size=out_channels), out, lo, hi)
+                attrs = SimpleNamespace(padding=[pad] * 4, strides=[stride] * 2,
+                                        dilation=[dilation] * 2, groups=groups)
+                y = K.conv2d(bb, x, inp, attrs, qw, rq, "y_q")
+            gv = bb.emit_output(y)
+        bb.emit_func_output(gv)
+    return bb.get()
+
+
+def ops(mod) -> list[str]:
+    names = []
+    for b in mod["main"].body.blocks[0].bindings:
+        v = b.value
+        if isinstance(v, relax.Call):
+            call_tir = v.op.name == "relax.call_tir"
+            names.append(v.args[0].name_hint if call_tir else v.op.name)
+    return names
+
+
+def inputs(shape, seed=1):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-128, 128, size=shape).astype(np.int8)
+    x.flat[:8] = [-128, 127, -128, 127, 0, -1, 1, -128]  # the extremes, where u8 = x + 128 bites
+    return x
+
+
+def compile_and_compare(mod, shape, target=None, seeds=(1, 2)):
+    target = target or HOST.target()
+    ex = tvm.compile(mod, target, relax_pipeline=build_pipeline(HOST.int8_dot))
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    for seed in seeds:
+        x = inputs(shape, seed)
+        np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(),
+                                      run_reference(mod, {"x": x}))
+    return ex
+
+
+def test_shifted_input_requant_is_the_same_integers():
+    rng = np.random.default_rng(0)
+    qw = rng.integers(-127, 128, size=(5, 7)).astype(np.int64)  # 5 channels, 7 inputs
+    q = rng.integers(-128, 128, size=(100, 7)).astype(np.int64)
+    rq = intmath.Requant(np.full(5, 1_500_000_000), rng.integers(-2**40, 2**40, 5), np.full(5, 33))
+    acc = q @ qw.T
+    shifted = intmath.shifted_input_requant(rq, qw.sum(1), np.abs(qw).sum(1))
+    np.testing.assert_array_equal(shifted.apply((q + 128) @ qw.T), rq.apply(acc))
+
+
+def test_shifted_input_requant_refuses_int64_overflow():
+    rq = intmath.Requant(np.array([2**31 - 1]), np.array([2**61]), np.array([40]))
+    with pytest.raises(ValueError, match="int64"):
+        intmath.shifted_input_requant(rq, np.array([127 * 10**6]), np.array([127 * 10**6]))
+
+
+def test_rewrite_replaces_conv_pad_and_requantize():
+    mod = int8_layer((1, 8, 6, 6), 16)
+    assert "relax.nn.conv2d" in ops(mod) and "relax.nn.pad" in ops(mod)
+    packed = PackInt8ForDot(VNNI)(mod)
+    assert ops(packed) == ["pack_int8", "conv2d_packed_int8_requant"]
+    names = [b.var.name for b in packed["main"].body.blocks[0].bindings]
+    assert "y_q" in names  # the layer's tensor keeps its name (ExposeTensors, reports)
+
+
+def test_rewrite_leaves_depthwise_and_grouped_convs():
+    mod = int8_layer((1, 8, 6, 6), 8, groups=8)
+    assert ops(PackInt8ForDot(VNNI)(mod)) == ops(mod)
+
+
+@needs_vnni
+@pytest.mark.parametrize("case", [
+    dict(shape=(1, 8, 6, 6), out_channels=16),
+    dict(shape=(1, 3, 9, 7), out_channels=24, kernel=3, stride=2, pad=1, zp_in=-128),
+    dict(shape=(2, 5, 8, 8), out_channels=7, kernel=1, pad=0, zp_in=127),
+    dict(shape=(1, 17, 10, 10), out_channels=33, kernel=3, dilation=2, pad=2, relu=True),
+    dict(shape=(3, 37), out_channels=10, dense=True),
+], ids=["basic", "odd-channels-stride2", "batch2-1x1", "dilated-relu", "dense"])
+def test_packed_kernels_match_reference_bit_for_bit(case):
+    mod = int8_layer(**case)
+    ex = compile_and_compare(mod, case["shape"])
+    asm = ex.mod.imports[0].inspect_source("asm")
+    assert "vpdpbusd" in asm
+
+
+def test_target_without_vnni_is_untouched_and_exact():
+    mod = int8_layer((1, 8, 6, 6), 16)
+    haswell = tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})
+    assert not supported(VNNI, haswell)
+    ex = compile_and_compare(mod, (1, 8, 6, 6), target=haswell)
+    assert "vpdpbusd" not in ex.mod.imports[0].inspect_source("asm")
+
+
+@needs_vnni
+def test_default_schedule_failure_falls_back_untensorized(caplog):
+    """A packed kernel the fixed schedule cannot handle is compiled as it is, and warned about."""
+    mod = int8_layer((1, 8, 6, 6), 16)
+    broken = dataclasses.replace(VNNI, lanes=8)  # the packed kernel has 16 lanes: no fit
+    with HOST.target():
+        fused = relax.get_pipeline("zero")(PackInt8ForDot(VNNI)(mod))
+        scheduled = DefaultDotSchedule(broken)(fused)
+    assert "default" in caplog.text and "untensorized" in caplog.text
+    ex = tvm.compile(scheduled, HOST.target(), relax_pipeline=relax.pipeline.default_build_pipeline())
+    x = inputs((1, 8, 6, 6))
+    out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_array_equal(out, run_reference(mod, {"x": x}))

@@ -1,0 +1,153 @@
+"""Tuning (schedules/tune, schedules/database, `tvm-intq tune` / `compile --db`): tiny budgets on
+a tiny two-conv model. A tune killed after its first records resumes without measuring a
+kernel twice; the tuned library equals the numpy reference bit for bit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import tvm
+from onnx import TensorProto, helper, numpy_helper
+from tvm import relax
+
+from tvm_intq import api, cli
+from tvm_intq.calibration import load_npz
+from tvm_intq.reference import run_reference
+from tvm_intq.schedules import database as D
+from tvm_intq.schedules.tune import measured_kernels
+from tvm_intq.targets import get_target
+
+pytestmark = pytest.mark.slow
+HOST = get_target("host")
+SHAPE = (1, 3, 8, 8)
+
+
+def tiny_model(folder: Path) -> tuple[Path, Path]:
+    """conv3x3(3->8) + relu -> conv3x3/2(8->16): a model with a handful of kernels."""
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w1")
+    b1 = numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "b1")
+    w2 = numpy_helper.from_array(rng.normal(0, 0.2, (16, 8, 3, 3)).astype(np.float32), "w2")
+    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["out"], pads=[1, 1, 1, 1], strides=[2, 2])]
+    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, SHAPE)],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, (1, 16, 4, 4))],
+                              [w1, b1, w2])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path, calib = folder / "tiny.onnx", folder / "tiny_calib.npz"
+    onnx.save(model, path)
+    np.savez(calib, input=rng.normal(size=(24,) + SHAPE[1:]).astype(np.float32))
+    return path, calib
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    model, calib = tiny_model(folder)
+    samples = load_npz(calib, {"input": SHAPE})
+    compiled = api.compile_onnx(model, samples, api.QuantConfig(progress=False), "host")
+    return SimpleModel(folder, model, calib, compiled.integer)
+
+
+class SimpleModel:
+    def __init__(self, folder, model, calib, integer):
+        self.folder, self.model, self.calib, self.integer = folder, model, calib, integer
+
+    def tune_args(self, db, trials=2, per_iter=2):
+        return ["tune", str(self.model), "--calib", str(self.calib), "--target", "host",
+                "--trials", str(trials), "--trials-per-iter", str(per_iter), "--db", str(db),
+                "--no-progress"]
+
+
+def records_by_workload(folder) -> dict:
+    db = D.open_database(folder, create=False)
+    out: dict = {}
+    for r in db.get_all_tuning_records():
+        out.setdefault(D.workload_key(r.workload.mod), []).append(r)
+    return out
+
+
+def test_tune_then_compile_is_tuned_and_bit_exact(tiny, capsys):
+    db_path = tiny.folder / "db"
+    assert cli.main(tiny.tune_args(db_path)) == 0
+    out = capsys.readouterr().out
+    assert "to tune (2 trials each)" in out
+    db = D.open_database(db_path, create=False)
+    tasks = D.extract_tasks(tiny.integer, HOST.target(), HOST.int8_dot)
+    tuned, missing = D.coverage(db, tasks, HOST.target())
+    assert missing == [] and len(tuned) == len(tasks)
+    # Every record is complete JSON on disk (appended as measured).
+    lines = (db_path / D.RECORDS).read_text().splitlines()
+    assert len(lines) >= len(tasks) and all(json.loads(line) for line in lines)
+
+    # A second tune with the same budget measures nothing.
+    assert cli.main(tiny.tune_args(db_path)) == 0
+    assert f"{len(tasks)} already tuned" in capsys.readouterr().out
+    assert (db_path / D.RECORDS).read_text().splitlines() == lines
+
+    ex = api.build(tiny.integer, HOST, database=db)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    x = np.load(tiny.calib)["input"]
+    for i in range(6):
+        got = vm["main"](tvm.runtime.tensor(x[i:i + 1])).numpy()
+        np.testing.assert_array_equal(got, run_reference(tiny.integer, {"input": x[i:i + 1]}))
+
+
+def test_compile_says_which_kernels_have_no_record(tiny, capsys, tmp_path):
+    empty = tmp_path / "empty_db"
+    D.open_database(empty)
+    out = tmp_path / "tiny.so"
+    assert cli.main(["compile", str(tiny.model), "--calib", str(tiny.calib), "--db", str(empty),
+                     "-o", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "tuned kernels: 0 of" in text and "no tuned record for" in text
+
+
+def test_resume_after_kill_does_not_measure_twice(tiny):
+    db_path = tiny.folder / "killed_db"
+    trials = 4
+    cmd = [sys.executable, "-m", "tvm_intq.cli"] + tiny.tune_args(db_path, trials=trials)
+    records = db_path / D.RECORDS
+    first = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and first.poll() is None:
+            if records.is_file() and len(records.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.5)
+        assert first.poll() is None, "the tune finished before it could be killed"
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)  # the tune and its build/run workers
+        first.wait()
+    before = records_by_workload(db_path)
+    assert sum(len(v) for v in before.values()) >= 3
+
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert second.returncode == 0, second.stderr[-3000:]
+    after = records_by_workload(db_path)
+    notes = D.read_task_notes(db_path)
+    tasks = D.extract_tasks(tiny.integer, HOST.target(), HOST.int8_dot)
+    for t in tasks:
+        key = D.workload_key(t.mod)
+        recs = after.get(key, [])
+        # The budget is met exactly (or the search ran out of new kernels, and said so) ...
+        assert len(recs) == trials or notes[key]["records"] == len(recs) < trials, t.name
+        # ... nothing measured before the kill was measured again ...
+        assert len(measured_kernels(recs)) == len(recs), t.name
+        traces = Counter(str(r.trace) for r in recs)  # the script, sampling decisions included
+        assert max(traces.values()) == 1, t.name
+        # ... and what was there is still there.
+        assert len(recs) >= len(before.get(key, [])), t.name

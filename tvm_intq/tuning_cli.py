@@ -1,0 +1,118 @@
+"""``tvm-intq tune`` and ``tvm-intq inspect``, and the tuning database of ``compile``.
+
+    tvm-intq tune model.onnx --calib calib.npz --target host --trials 64 --db tuned/
+    tvm-intq compile model.onnx --calib calib.npz --db tuned/ -o model.so
+    tvm-intq inspect model.so
+
+``tune`` builds the same integer program ``compile`` builds from the same arguments, and tunes
+its kernels (:mod:`tvm_intq.schedules.tune`); ``compile`` applies ``--db`` (default: the
+databases shipped for the target) and says which kernels have no tuned record.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import IntqError
+
+
+def add_compile_args(c) -> None:
+    g = c.add_argument_group("tuned kernels")
+    g.add_argument("--db", action="append", metavar="PATH",
+                   help="tuning database folder (from 'tvm-intq tune'; repeat to combine); "
+                        "default: the databases shipped for the target")
+    g.add_argument("--no-db", action="store_true",
+                   help="ignore tuning databases (kernels get the default schedules)")
+
+
+def add_parsers(sub) -> None:
+    from . import cli
+
+    t = sub.add_parser("tune", help="tune the kernels of a model with MetaSchedule into a "
+                                    "resumable database")
+    cli._add_model_args(t)
+    cli._add_data_args(t)
+    cli._add_quant_args(t)
+    cli._add_hybrid_args(t)
+    t.add_argument("--fp32", action="store_true", help="tune the float model instead")
+    t.add_argument("--trials", type=int, required=True,
+                   help="measured candidates per kernel (tasks already holding that many records "
+                        "are skipped)")
+    t.add_argument("--db", required=True, metavar="PATH",
+                   help="database folder: created, or resumed (Ctrl-C and run again to continue)")
+    t.add_argument("--trials-per-iter", type=int, default=None,
+                   help="candidates measured per search round (default: min(32, --trials))")
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(report=None)
+
+    i = sub.add_parser("inspect", help="count the instructions that matter (vpdpbusd, zmm, sdot, "
+                                       "...) per kernel of a compiled library")
+    i.add_argument("library")
+
+
+def compile_database(args, spec, module):
+    """The database ``compile`` applies, after printing which kernels it covers."""
+    from .schedules import database as D
+
+    if getattr(args, "no_db", False):
+        print("tuning databases ignored (--no-db): kernels get the default schedules")
+        return None
+    folders = [Path(p) for p in args.db] if getattr(args, "db", None) else D.shipped_databases(spec.name)
+    for f in folders:
+        if not f.is_dir():
+            raise IntqError(f"--db {f}: no such tuning database folder")
+    if not folders:
+        print(f"no tuning database for target {spec.name}: kernels get the default schedules "
+              "(tvm-intq tune makes one)")
+        return None
+    target = spec.target()
+    tasks = D.extract_tasks(module, target, spec.int8_dot)
+    db = D.union(folders)
+    tuned, missing = D.coverage(db, tasks, target)
+    print(f"tuned kernels: {len(tuned)} of {len(tasks)} "
+          f"(databases: {', '.join(str(f) for f in folders)})")
+    if missing:
+        print(f"no tuned record for {len(missing)} kernel(s), default schedules used: "
+              + ", ".join(missing))
+    return db
+
+
+def cmd_tune(args) -> int:
+    from . import cli
+    from .schedules.tune import summary, tune
+    from .targets import get_target
+
+    spec = get_target(args.target)
+    if not spec.is_host:
+        raise IntqError(f"tune measures kernels on this machine; target {spec.name!r} runs "
+                        "elsewhere (tuning over RPC is not supported yet)")
+    if args.trials < 1:
+        raise IntqError("--trials must be at least 1")
+    module, _, precision = cli.quantized_module(args, spec)
+    print(f"tuning the {precision} kernels into {args.db}")
+    try:
+        results = tune(module, spec, args.db, args.trials, trials_per_iter=args.trials_per_iter,
+                       seed=args.seed, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"stopped: {args.db} keeps every record measured so far; the same command resumes")
+        raise
+    print("\n".join(summary(results)))
+    print(f"database: {args.db} (apply it with: tvm-intq compile ... --db {args.db})")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from . import report
+    from .inspect import inspect_library
+
+    result = inspect_library(args.library)
+    columns = [c for c in result["columns"]
+               if c == "total" or any(k[c] for k in result["kernels"].values())]
+    rows = [{"kernel": name, **counts} for name, counts in result["kernels"].items()]
+    print(f"{args.library}: {result['architecture']}, {len(rows)} kernels")
+    print(report.table(rows, ["kernel"] + columns))
+    return 0
+
+
+COMMANDS = {"tune": cmd_tune, "inspect": cmd_inspect}
