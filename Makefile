@@ -13,9 +13,9 @@ PYTEST_ARGS ?=
 
 # Debian packages the project needs (cross linkers for the ARM and RISC-V targets).
 # Add new system tools here (qemu-user, ...): system-deps installs whatever is missing.
-APT_PACKAGES := g++-aarch64-linux-gnu g++-riscv64-linux-gnu
+APT_PACKAGES := g++-aarch64-linux-gnu g++-riscv64-linux-gnu qemu-user
 
-.PHONY: all install system-deps demo test clean distclean
+.PHONY: all install system-deps boards demo test bench clean distclean
 
 all: test
 
@@ -54,10 +54,25 @@ $(VENV)/.system-deps: Makefile
 demo: install system-deps
 	$(VENV)/bin/tvm-intq demo
 
-test: install system-deps
+# Emulated boards (tvm-intq board up): Debian's qemu-user 10 from bookworm-backports (QEMU 7.2
+# aborts on RVV code), TVM's aarch64 runtime from its aarch64 wheels, and the TVM runtime
+# cross-built for riscv64 from the wheel's sources (~3-4 min on 2 cores the first time). Each
+# script is a no-op when its output is up to date, and reuses an identical earlier build from
+# ~/.cache/tvm-intq/boards (a fresh clone on the same machine builds nothing).
+boards: install system-deps
+	bash targets/boards/fetch_qemu.sh
+	bash targets/boards/build_aarch64_emu.sh
+	bash targets/boards/build_riscv64_emu.sh
+
+test: install system-deps boards
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
-# bench: (not yet: benchmarks go here)
+# Benchmark (not part of test): ONNX Runtime fp32/int8 vs TVM fp32 vs tvm-intq int8, batch 1,
+# 1 and 2 threads; tuning databases resume from bench/work/. Results: bench/results/<model>/.
+#   make bench BENCH_ARGS="--trials 64 --models bundled"
+BENCH_ARGS ?=
+bench: install
+	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
 
 # Build outputs only; the venv stays.
 clean:

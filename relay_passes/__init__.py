@@ -4,6 +4,7 @@ Relay is gone from TVM 0.27 and these are Relax passes).
 Each is an ordinary ``tvm.transform`` pass that drops into a ``tvm.transform.Sequential``::
 
     CanonicalizeForQuantization()  float module -> inference form with named tensors
+    CanonicalizeQDQ()              imported QDQ module -> the same, int8 weights kept
     ExposeTensors(names)           main also returns the named tensors (calibration)
     Annotate(ranges, scheme)       quantize/dequantize pairs at the quantization points
     FoldToInteger()                QDQ graph -> integer arithmetic (requantize, LUTs, ...)
@@ -12,6 +13,7 @@ Each is an ordinary ``tvm.transform`` pass that drops into a ``tvm.transform.Seq
 
 from .annotate import Annotate
 from .canonicalize import CanonicalizeForQuantization, ClipKernelsToOps
+from .canonicalize_qdq import CanonicalizeQDQ
 from .check_integer import CheckIntegerOnly, float_ops
 from .expose_tensors import ExposeTensors
 from .fold_batch_norm import FoldBatchNorm
@@ -20,6 +22,7 @@ from .name_tensors import NameTensors
 from .quant_points import analyze
 
 __all__ = [
-    "Annotate", "CanonicalizeForQuantization", "CheckIntegerOnly", "ClipKernelsToOps",
-    "ExposeTensors", "FoldBatchNorm", "FoldToInteger", "NameTensors", "analyze", "float_ops",
+    "Annotate", "CanonicalizeForQuantization", "CanonicalizeQDQ", "CheckIntegerOnly",
+    "ClipKernelsToOps", "ExposeTensors", "FoldBatchNorm", "FoldToInteger", "NameTensors",
+    "analyze", "float_ops",
 ]

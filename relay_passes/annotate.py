@@ -10,7 +10,7 @@ from .. import intmath
 from ..errors import IntqError
 from ..schemes import Scheme, get_scheme
 from .fold_batch_norm import linear_layer_axes
-from .ir_utils import const_value
+from .ir_utils import const_value, op_name
 from .quant_points import analyze, tensor_args
 from .rebuild import rewrite_main, substitute
 
@@ -53,22 +53,38 @@ class Annotate:
         Clipping range of every quantization point, by tensor name (from calibration on the
         same canonical module).
     scheme : str or Scheme
-        ``"hybrid-asym"`` (default) or ``"symmetric"``.
+        ``"hybrid-asym"`` (default), ``"symmetric"`` or ``"pow2"``. A scheme whose
+        :meth:`~tvm_intq.schemes.Scheme.bias` returns a value (pow2) also replaces each
+        conv/dense bias by the value the integer program will add.
+    float_layers : iterable of str
+        Quantization points to leave unquantized (hybrid precision, S0's H-PTQ): no
+        quantize/dequantize at the tensor, and the group computing it keeps its float weights.
+        The layers that read it then get a float input, so they compute in float too (their
+        own outputs are quantized again unless listed): :class:`FoldToInteger` leaves all of
+        them float and :func:`float_ops` lists them.
     """
 
-    def __init__(self, ranges: dict, scheme: str | Scheme = "hybrid-asym"):
+    def __init__(self, ranges: dict, scheme: str | Scheme = "hybrid-asym", float_layers=()):
         self.ranges = dict(ranges)
         self.scheme = get_scheme(scheme) if isinstance(scheme, str) else scheme
+        self.float_layers = set(float_layers)
 
     def params_for(self, var) -> intmath.QParams:
         if var.name not in self.ranges:
             raise IntqError(f"no calibration range for tensor '{var.name}': calibrate the module "
                             "returned by CanonicalizeForQuantization, then annotate that module")
-        return self.scheme.activation(*self.ranges[var.name])
+        return self.scheme.for_tensor(var.name).activation(*self.ranges[var.name])
 
     def transform_module(self, mod, ctx):
         plan = analyze(mod["main"])
-        points = set(plan.points)
+        unknown = self.float_layers - {v.name for v in plan.points}
+        if unknown:
+            raise IntqError(f"float layer(s) {', '.join(sorted(unknown))} are not quantization "
+                            f"points (known: {', '.join(v.name for v in plan.points)})")
+        points = {v for v in plan.points if v.name not in self.float_layers}
+        float_groups = {plan.nodes[v].group for v in plan.points if v.name in self.float_layers}
+        self._group_point = {plan.nodes[v].group: v.name for v in plan.points
+                             if plan.nodes[v].group >= 0}
         dq_of: dict = {}  # new var of a quantization point -> its dequantized var
         new_of: dict = {}  # old var -> new var
 
@@ -84,10 +100,13 @@ class Annotate:
             outside = {new_of[a]: dq_of[new_of[a]] for a in reads
                        if a in new_of and new_of[a] in dq_of and not plan.in_same_group(a, b.var)}
             value = substitute(value, outside)
-            if node is not None and node.role == "anchor" and linear_layer_axes(node.call):
+            if node is not None and node.role == "anchor" and linear_layer_axes(node.call) \
+                    and node.group not in float_groups:
                 args = list(value.args)
-                args[1] = quantized_weight(self.scheme, node.call)
+                args[1] = quantized_weight(self._scheme_of(node), node.call)
                 value = relax.Call(value.op, args, value.attrs, value.ty_args)
+            elif node is not None and node.role == "epilogue" and node.group not in float_groups:
+                value = self._scheme_bias(plan, points, node, value)
             new = bb.emit(value, b.var.name)
             new_of[b.var] = new
             if b.var in points:
@@ -98,3 +117,38 @@ class Annotate:
             return substitute(out, dq_of)
 
         return rewrite_main(mod, binding, output, start)
+
+    def _scheme_of(self, node) -> Scheme:
+        """The scheme of the quantization point that ends ``node``'s group."""
+        return self.scheme.for_tensor(self._group_point.get(node.group, ""))
+
+    def _scheme_bias(self, plan, points, node, value):
+        """``value`` (a bias add/subtract after a conv/dense) with the bias the scheme holds."""
+        if op_name(node.call) not in ("relax.add", "relax.subtract"):
+            return value
+        anchor = plan.nodes.get(node.call.args[0])
+        bias = const_value(node.call.args[1])
+        if anchor is None or anchor.role != "anchor" or bias is None \
+                or not linear_layer_axes(anchor.call):
+            return value
+        src = tensor_args(anchor.call)[0]
+        while src in plan.nodes and plan.nodes[src].role == "passthrough":
+            src = tensor_args(plan.nodes[src].call)[0]
+        if src not in points:
+            return value  # a float input: no accumulator scale
+        acc_axis, w_axis = linear_layer_axes(anchor.call)
+        scheme = self._scheme_of(node)
+        _, sw = scheme.weights(const_value(anchor.call.args[1]), w_axis)
+        shape = [1] * len(anchor.call.ty.shape)
+        shape[acc_axis] = -1
+        s_acc = self.params_for(src).scale * sw.reshape(shape)
+        sign = -1.0 if op_name(node.call) == "relax.subtract" else 1.0
+        b = np.broadcast_to(bias.astype(np.float64).reshape((1,) * (len(shape) - bias.ndim)
+                                                            + bias.shape), np.broadcast_shapes(
+            (1,) * (len(shape) - bias.ndim) + bias.shape, s_acc.shape))
+        held = scheme.bias(sign * b, np.broadcast_to(s_acc, b.shape))
+        if held is None:
+            return value
+        args = list(value.args)
+        args[1] = relax.const((sign * held).astype(bias.dtype))
+        return relax.Call(value.op, args, value.attrs, value.ty_args)

@@ -29,7 +29,7 @@ class _State:
     def __init__(self):
         self.defs = {}  # new var -> bound value
         self.dq = {}  # new var -> (int8 var, QParams) for per-tensor dequantize results
-        self.weights = {}  # new var -> (Qw int8, sw) for per-channel weight dequantize
+        self.weights = {}  # new var -> (Qw int8, sw, axis) of a constant weight's dequantize
 
     def lookup(self, var):
         value = self.defs.get(var)
@@ -53,6 +53,17 @@ def _qparams(call) -> intmath.QParams | None:
     if scale is None or zp is None or str(int_side) != "int8":
         return None
     return intmath.QParams(scale, int(zp))
+
+
+def _weight(call):
+    """``(Qw, sw, axis)`` of ``dequantize(Qw, sw, 0, axis)`` with a constant int8 ``Qw``
+    (``axis`` None for one scale); None for anything else, e.g. a non-zero weight zero point."""
+    qw, sw, zp = (const_value(a) for a in call.args)
+    if qw is None or sw is None or zp is None or qw.dtype != np.int8 or np.any(zp != 0):
+        return None
+    if sw.size == 1:
+        return qw, float(sw.reshape(())), None
+    return qw, sw.astype(np.float64).reshape(-1), int(call.attrs.axis) % qw.ndim
 
 
 def _clamp_bounds(call) -> tuple[float, float]:
@@ -88,11 +99,18 @@ def _fold_linear(bb, st: _State, v, out: intmath.QParams, name: str):
         return K.add(bb, a[0], b[0], ar, name)
     if name_op not in ("relax.nn.conv2d", "relax.matmul"):
         return None
+    if name_op == "relax.nn.conv2d" and (str(call.attrs.data_layout), str(call.attrs.kernel_layout),
+                                         str(call.attrs.out_layout)) != ("NCHW", "OIHW", "NCHW"):
+        return None  # the integer kernel is NCHW/OIHW
     x = st.dequantized(call.args[0])
     w = st.weights.get(st.resolve(call.args[1]))
     if x is None or w is None:
         return None
-    qw, sw = w
+    qw, sw, w_axis = w
+    axis = 0 if name_op == "relax.nn.conv2d" else 1  # the weight's output-channel axis
+    if w_axis not in (None, axis):  # scales along another axis: not one requantize per channel
+        return None
+    sw = np.broadcast_to(sw, (qw.shape[axis],))
     lo, hi = intmath.relu_bounds(out, lo_real, hi_real)
     if name_op == "relax.nn.conv2d":
         channels = qw.shape[0]
@@ -254,7 +272,9 @@ class FoldToInteger:
           quantize(softmax(dq(x)))                    ->  integer softmax (exp table + division)
           quantize(f(dq(x))), f elementwise           ->  take(T, x + 128), T[i] = Q(f(R(i)))
 
-      with MUL/ADD/S per output channel from :mod:`tvm_intq.intmath`.
+      with MUL/ADD/S per output channel from :mod:`tvm_intq.intmath`. A weight is
+      ``dequantize(Qw, sw, 0, axis)`` of a constant int8 ``Qw`` (OIHW for conv2d), with one
+      scale or one per output channel.
 
     What matches none of these stays float between its dequantize and quantize; the float
     ops left are what :class:`CheckIntegerOnly` reports. Dead float code is removed.
@@ -267,13 +287,9 @@ class FoldToInteger:
             name = op_name(value)
             if name == "relax.dequantize":
                 p = _qparams(value)
-                w = const_value(value.args[0])
-                if w is not None and p is None:
-                    new = bb.emit(value, b.var.name)
-                    st.weights[new] = (w, const_value(value.args[1]).astype(np.float64))
-                    st.defs[new] = value
-                    return new
                 new = bb.emit(value, b.var.name)
+                if _weight(value) is not None:
+                    st.weights[new] = _weight(value)
                 if p is not None:
                     st.dq[new] = (value.args[0], p)
                 st.defs[new] = value

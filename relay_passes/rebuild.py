@@ -59,6 +59,10 @@ def rewrite_main(mod: tvm.IRModule, on_binding=None, on_output=None, on_start=No
                 out = on_output(bb, out)
             gv = bb.emit_output(out)
         bb.emit_func_output(gv)
+    built = bb.get()
     new = tvm.IRModule({gv: f for gv, f in mod.functions_items() if gv.name_hint != "main"})
-    new["main"] = bb.get()["main"]
+    for gv, f in built.functions_items():  # functions the callbacks added (bb.call_te)
+        if gv.name_hint != "main":
+            new[gv] = f
+    new["main"] = built["main"]
     return new

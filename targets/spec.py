@@ -31,6 +31,10 @@ class TargetSpec:
     cross_compiler: str | None = None
     cross_options: tuple[str, ...] = ()
     apt_packages: tuple[str, ...] = field(default=())
+    #: Tensor intrinsics for int8 dot products, best first (names in
+    #: ``tvm_intq.schedules.intrinsics.INTRINSICS``); the build packs int8 conv2d/dense for the
+    #: first one the CPU features of the target support, and leaves them as they are if none.
+    int8_dot: tuple[str, ...] = ()
 
     def __hash__(self) -> int:  # the Target dict is unhashable; names identify targets
         return hash(self.name)

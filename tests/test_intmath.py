@@ -440,3 +440,14 @@ def test_metrics_on_known_vectors():
     # 1% uniform relative noise -> 40 dB
     assert metrics.sqnr_db(r, r * 1.01) == pytest.approx(40.0)
     assert metrics.manhattan(np.zeros((2, 2)), np.ones((2, 2))) == 4.0
+
+
+def test_add_requant_keeps_precision_when_only_one_ratio_is_a_power_of_two():
+    # sb/so == 1 exactly, sa/so == 0.6: one shared shift must still give MUL_a its 31 bits.
+    a, b, out = QParams(0.03, -128), QParams(0.05, -6), QParams(0.05, -128)
+    ar = intmath.add_requant(a, b, out)
+    assert ar.shift >= 30
+    qa, qb = np.meshgrid(np.arange(QMIN, QMAX + 1), np.arange(QMIN, QMAX + 1))
+    want = np.clip(np.floor(0.6 * (qa - a.zero_point) + (qb - b.zero_point) + out.zero_point + 0.5),
+                   QMIN, QMAX)
+    assert np.array_equal(ar.apply(qa, qb), want)

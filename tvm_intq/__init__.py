@@ -6,6 +6,7 @@ weights, one integer multiply/add/shift per output channel, lookup tables for no
 """
 
 from . import calibration, relay_passes, schedules, targets
+from . import relax_pipeline  # registers the "intq" pipeline of tvm.compile
 from .api import QuantConfig, build, calibrate, compile_onnx, lower, prepare, quantize
 from .errors import IntqError
 

@@ -10,19 +10,20 @@ same in one call, and :func:`compile_onnx` is the whole ``tvm-intq compile`` job
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import tvm
 from tvm import relax
 
-from . import metrics
+from . import hybrid, metrics
 from .calibration import SampleSet, collect_ranges, get_calibrator, load_npz
 from .errors import IntqError
 from .frontend import ModelInfo, import_onnx
 from .relay_passes import (Annotate, CanonicalizeForQuantization, ExposeTensors, FoldToInteger,
                            analyze, float_ops)
+from .relay_passes.accumulators import accumulator_report
 from .relay_passes.check_integer import check_integer_only
 from .relay_passes.ir_utils import const_value, op_name, shape_of
 from .relay_passes.quant_points import tensor_args
@@ -46,6 +47,11 @@ class QuantConfig:
     calibrator_options: dict = field(default_factory=dict)
     integer_only: bool = False
     progress: bool = True
+    #: Hybrid precision: quantization points kept float, or "auto" (see :mod:`tvm_intq.hybrid`)
+    #: with a target: top-1 within ``max_drop`` points of float and/or ``min_sqnr`` dB.
+    float_layers: list | str = field(default_factory=list)
+    max_drop: float | None = None
+    min_sqnr: float | None = None
 
 
 def prepare(mod: tvm.IRModule) -> tvm.IRModule:
@@ -53,14 +59,16 @@ def prepare(mod: tvm.IRModule) -> tvm.IRModule:
     return CanonicalizeForQuantization()(mod)
 
 
-def build(mod: tvm.IRModule, target="host"):
+def build(mod: tvm.IRModule, target="host", database=None):
     """Compile with TVM for a target name (``host``, ``aarch64``, ``riscv64``) or TargetSpec.
 
-    Each integer layer (conv + requantize + clip + cast) fuses into one kernel
+    Each integer layer (conv + requantize + clip + cast) fuses into one kernel; int8
+    conv/dense use the target's dot-product instruction when it has one; ``database`` (a
+    MetaSchedule database, see :mod:`tvm_intq.schedules`) supplies tuned kernels
     (:func:`~tvm_intq.schedules.build_pipeline`).
     """
     spec = get_target(target) if isinstance(target, str) else target
-    return tvm.compile(mod, spec.target(), relax_pipeline=build_pipeline())
+    return tvm.compile(mod, spec.target(), relax_pipeline=build_pipeline(spec.int8_dot, database))
 
 
 def input_names(mod: tvm.IRModule) -> list[str]:
@@ -101,14 +109,20 @@ def calibrate(mod: tvm.IRModule, samples: SampleSet, calibrator: str = DEFAULT_C
     def run(feeds):
         return dict(zip(points, runner(feeds)[n:]))
 
-    return collect_ranges(run, samples, batch_size(mod), get_calibrator(calibrator, **options),
-                          symmetric=get_scheme(scheme).symmetric_activations, progress=progress)
+    scheme = get_scheme(scheme) if isinstance(scheme, str) else scheme
+    cal = scheme.wrap_calibrator(get_calibrator(calibrator, **options))  # pow2: exponent search
+    return collect_ranges(run, samples, batch_size(mod), cal,
+                          symmetric=scheme.symmetric_activations, progress=progress)
 
 
 def lower(prepared: tvm.IRModule, ranges: dict, config: QuantConfig | None = None):
     """``(qdq module, integer module)`` from a prepared module and its calibration ranges."""
     config = config or QuantConfig()
-    qdq = Annotate(ranges, config.scheme)(prepared)
+    float_layers = hybrid.parse_float_layers(config.float_layers)
+    if float_layers == "auto":
+        raise IntqError("float_layers='auto' is chosen by compile_onnx (or "
+                        "tvm_intq.hybrid.select_float_layers); lower takes a list of names")
+    qdq = Annotate(ranges, config.scheme, float_layers)(prepared)
     integer = FoldToInteger()(qdq)
     if config.integer_only:
         check_integer_only(integer)  # directly, not as a pass: TVM would re-wrap the IntqError
@@ -166,13 +180,54 @@ def compile_onnx(model_path, calib: SampleSet, config: QuantConfig, target="host
     if eval_samples is None:
         calib, eval_samples = split_holdout(calib)
     prepared = prepare(mod)
-    ranges = calibrate(prepared, calib, config.calibrator, config.scheme, config.progress,
-                       **config.calibrator_options)
+    hybrid.check_float_layers(config, prepared)
+    scheme_choice = None
+    if config.scheme == "auto":  # a scheme per layer, by measured error (tvm_intq.auto_scheme)
+        from . import auto_scheme
+
+        by_scheme = auto_scheme.calibrate_all(prepared, calib, config.calibrator, config.progress,
+                                              **config.calibrator_options)
+        search = hybrid.search_module(model_path, input_shapes, info, prepared)
+        scheme, ranges, scheme_choice = auto_scheme.choose(search, by_scheme, calib)
+        config = replace(config, scheme=scheme)
+    else:
+        ranges = calibrate(prepared, calib, config.calibrator, config.scheme, config.progress,
+                           **config.calibrator_options)
+    selection = _float_layers(model_path, input_shapes, info, prepared, ranges, config,
+                              eval_samples)
+    if selection is not None:
+        config = replace(config, float_layers=selection.names)
     qdq, integer = lower(prepared, ranges, config)
-    report = evaluate(prepared, qdq, integer, eval_samples, progress=config.progress)
+    report = evaluate(prepared, qdq, integer, eval_samples, progress=config.progress,
+                      ranges=ranges)
     report.update(model=str(model_path), target=target if isinstance(target, str) else target.name,
-                  scheme=config.scheme, calibrator=config.calibrator)
+                  scheme=getattr(config.scheme, "name", config.scheme), calibrator=config.calibrator)
+    if scheme_choice is not None:
+        report["scheme_choice"] = scheme_choice
+    if selection is not None:
+        report["float_layers"] = selection.layers
+        report["hybrid_precision"] = selection.as_report()
     return Compiled(info, prepared, qdq, integer, report)
+
+
+def _float_layers(model_path, input_shapes, info, prepared, ranges, config, samples):
+    """The :class:`~tvm_intq.hybrid.Selection` of float layers ``config`` asks for (None: none)."""
+    wanted = hybrid.parse_float_layers(config.float_layers)
+    plan = analyze(prepared["main"])
+    by_name = {v.name: v for v in plan.points}
+
+    def describe(name):
+        v = by_name.get(name)
+        return None if v is None else ("input" if plan.nodes[v].role == "input" else _describe(plan, v))
+
+    if wanted == "auto":
+        target = hybrid.Target(config.max_drop, config.min_sqnr)
+        search = hybrid.search_module(model_path, input_shapes, info, prepared)
+        return hybrid.select_float_layers(search, ranges, config.scheme, samples, target,
+                                          describe=describe)
+    if wanted:
+        return hybrid.explicit_selection(wanted, describe)
+    return None
 
 
 def _qparams_of(qdq: tvm.IRModule) -> dict:
@@ -222,18 +277,24 @@ def _input_point(plan, var):
     return arg if arg in plan.points else None
 
 
-def evaluate(prepared, qdq, integer, samples: SampleSet, progress: bool = False) -> dict:
-    """Integer program vs float on ``samples``: output and per-layer SQNR, top-1 when the
-    samples carry ``labels``, weight bytes, and the float ops left."""
+def evaluate(prepared, qdq, integer, samples: SampleSet, progress: bool = False,
+             ranges: dict | None = None, histograms: int = 4) -> dict:
+    """Integer program vs float on ``samples``: output and per-layer error (S2 Eqs. 23-25:
+    Manhattan, Euclidean, SQNR of each layer's output against float), top-1 when the samples
+    carry ``labels``, weight bytes, the float ops left, each accumulator's worst case
+    (``accumulators``) and, for the ``histograms`` worst layers, the histogram of their float
+    values with the clipping range (``ranges``, else the representable one)."""
     plan = analyze(prepared["main"])
     points = [v for v in plan.points]
     names = [v.name for v in points]
     available = {b.var.name for b in bindings_of(integer["main"])}
-    int_names = [f"{n}_q" for n in names if f"{n}_q" in available]
+    qparams = _qparams_of(qdq)
+    float_points = {n for n in names if n not in qparams}  # hybrid precision: left float
+    int_names = [f"{n}_q" for n in names if f"{n}_q" in available] + \
+        [n for n in names if n in float_points and n in available]
     batch = batch_size(prepared)
     f_out, f_t = _run_exposed(prepared, names, samples, batch, progress, "evaluate float")
     i_out, i_t = _run_exposed(integer, int_names, samples, batch, progress, "evaluate int8")
-    qparams = _qparams_of(qdq)
     still_float = {b.var.name for b in bindings_of(integer["main"]) if op_name(b.value) == "relax.quantize"}
     layers = []
     for var in points:
@@ -242,15 +303,21 @@ def evaluate(prepared, qdq, integer, samples: SampleSet, progress: bool = False)
         name = var.name
         src = _input_point(plan, var)
         s_in, zp_in = qparams.get(src.name, (None, None)) if src is not None else (None, None)
-        sqnr = None
+        got = None
         if f"{name}_q" in i_t:
             s, zp = qparams[name]
-            sqnr = metrics.sqnr_db(f_t[name], s * (i_t[f"{name}_q"].astype(np.float64) - zp))
+            got = s * (i_t[f"{name}_q"].astype(np.float64) - zp)
+        elif name in float_points and name in i_t:
+            got = i_t[name].astype(np.float64)
+        elif name in float_points and not plan.nodes[var].users and len(i_out) == 1:
+            got = i_out[0].astype(np.float64)  # a float model output keeps no name of its own
         layers.append({
             "name": name, "op": _describe(plan, var),
-            "precision": "float" if f"{name}_q" in still_float else "int8",
+            "precision": "float" if f"{name}_q" in still_float or name in float_points else "int8",
             "input_scale": s_in, "input_zero_point": zp_in,
-            "sqnr_db": None if sqnr is None else _finite(sqnr),
+            "sqnr_db": None if got is None else _finite(metrics.sqnr_db(f_t[name], got)),
+            "manhattan": None if got is None else metrics.manhattan(f_t[name], got),
+            "euclidean": None if got is None else metrics.euclidean(f_t[name], got),
         })
     left = float_ops(integer)
     report = {
@@ -260,12 +327,35 @@ def evaluate(prepared, qdq, integer, samples: SampleSet, progress: bool = False)
         "output_sqnr_db": _finite(metrics.sqnr_db(f_out[0], i_out[0])),
         "weights_bytes": {"fp32": constant_bytes(prepared), "int8": constant_bytes(integer)},
         "num_eval_samples": samples.num_samples,
+        "accumulators": accumulator_report(integer),
+        "layer_histograms": _worst_histograms(layers, f_t, qparams, ranges, histograms),
     }
     labels = samples.extras.get("labels")
     if labels is not None:
         labels = np.asarray(labels).reshape(-1)
         report["top1"] = {"fp32": top1(f_out[0], labels), "int8": top1(i_out[0], labels)}
     return report
+
+
+def _worst_histograms(layers, f_t, qparams, ranges, count: int, bins: int = 128) -> list[dict]:
+    """For the ``count`` layers of lowest SQNR: a histogram of their float values with the
+    calibrated clipping range and the range int8 can represent (plain data for the plot)."""
+    scored = sorted((lay for lay in layers if lay["sqnr_db"] is not None and lay["name"] in qparams),
+                    key=lambda lay: lay["sqnr_db"])[:count]
+    out = []
+    for lay in scored:
+        x = np.asarray(f_t[lay["name"]], np.float64).ravel()
+        s, zp = qparams[lay["name"]]
+        representable = [s * (-128 - zp), s * (127 - zp)]
+        clip = list(ranges[lay["name"]]) if ranges and lay["name"] in ranges else representable
+        lo, hi = min(x.min(), clip[0]), max(x.max(), clip[1])
+        counts, edges = np.histogram(x, bins=bins, range=(lo, hi) if hi > lo else None)
+        out.append({"name": lay["name"], "op": lay["op"], "sqnr_db": lay["sqnr_db"],
+                    "counts": counts.tolist(), "edges": edges.tolist(),
+                    "clip_range": [float(v) for v in clip],
+                    "representable_range": [float(v) for v in representable],
+                    "min": float(x.min()), "max": float(x.max())})
+    return out
 
 
 def _finite(x: float) -> float:

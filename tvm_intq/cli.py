@@ -23,8 +23,30 @@ def _add_quant_args(p):
                    help="fail, naming them, if any float op is left inside the integer program")
 
 
+def _add_hybrid_args(p):
+    g = p.add_argument_group("hybrid precision (layers kept in float)")
+    g.add_argument("--float-layers", metavar="auto|NAME,NAME",
+                   help="quantization points to keep in float: 'auto' keeps the fewest that "
+                        "meet --max-drop/--min-sqnr, or a comma-separated list of names (see the "
+                        "report's layers)")
+    g.add_argument("--max-drop", type=float, help="with --float-layers auto: top-1 within this "
+                   "many points of float (--eval must hold labels)")
+    g.add_argument("--min-sqnr", type=float, help="with --float-layers auto: output SQNR of at "
+                   "least this many dB")
+
+
+def _config(args, api):
+    """The QuantConfig the quantization arguments describe."""
+    options = {} if args.percentile is None else {"percentile": args.percentile}
+    return api.QuantConfig(scheme=args.scheme, calibrator=args.calibrator or api.DEFAULT_CALIBRATOR,
+                           calibrator_options=options, integer_only=args.integer_only,
+                           progress=not args.no_progress, float_layers=args.float_layers or [],
+                           max_drop=args.max_drop, min_sqnr=args.min_sqnr)
+
+
 def _add_model_args(p):
-    p.add_argument("model", help="float ONNX model")
+    p.add_argument("model", help="float ONNX or .tflite model (or one already quantized: QDQ, "
+                                 "QOperator, fully-integer TFLite)")
     p.add_argument("--input-shape", action="append", metavar="NAME:D1xD2x...",
                    help="fix a dynamic input shape (repeat per input)")
     p.add_argument("--target", default="host", help="host, aarch64, aarch64-i8mm, riscv64")
@@ -53,19 +75,48 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(c)
     _add_data_args(c)
     _add_quant_args(c)
+    _add_hybrid_args(c)
     c.add_argument("-o", "--output", required=True, help="library to write (.so)")
     c.add_argument("--report", help="write the quantization report (JSON, and a PNG beside it)")
     c.add_argument("--fp32", action="store_true", help="build the float model through the same path instead")
     c.add_argument("--no-progress", action="store_true")
+
+    v = sub.add_parser("eval", help="quantize an ONNX model and measure it against float: top-1, "
+                                    "output SQNR, per-layer error")
+    _add_model_args(v)
+    _add_data_args(v)
+    _add_quant_args(v)
+    _add_hybrid_args(v)
+    v.add_argument("--per-layer", action="store_true",
+                   help="print every layer's Manhattan/Euclidean/SQNR error and plot SQNR bars and "
+                        "the worst layers' histograms with their clipping ranges")
+    v.add_argument("--out", help="folder for report.json (and per_layer.png with --per-layer)")
+    v.add_argument("--no-progress", action="store_true")
 
     r = sub.add_parser("run", help="run a compiled library on an .npz of inputs")
     r.add_argument("library")
     r.add_argument("--input", required=True, help=".npz, one array per model input, first axis = samples")
     r.add_argument("-o", "--output", required=True, help=".npz to write, one array per model output")
 
+    e = sub.add_parser("export-qdq", help="calibrate an ONNX model and write it as a QDQ ONNX model")
+    e.add_argument("model", help="float ONNX model")
+    e.add_argument("--input-shape", action="append", metavar="NAME:D1xD2x...",
+                   help="fix a dynamic input shape (repeat per input)")
+    _add_data_args(e)
+    _add_quant_args(e)
+    e.add_argument("-o", "--output", required=True, help="QDQ ONNX model to write")
+    e.add_argument("--no-progress", action="store_true")
+
     d = sub.add_parser("demo", help="the bundled model, float vs int8, side by side")
     d.add_argument("--out", default="out/demo", help="folder for the libraries and the report")
     d.add_argument("--calibrator", default=None, help="calibrator (default: percentile)")
+
+    from . import boards_cli  # boards, tracker, board up, bench
+    from . import tuning_cli  # tune, inspect; compile --db
+
+    boards_cli.add_parsers(sub)
+    tuning_cli.add_parsers(sub)
+    tuning_cli.add_compile_args(c)
     return parser
 
 
@@ -89,32 +140,52 @@ def _samples_for(args, info):
     return api.load_samples(path, info, "--calib")
 
 
-def cmd_compile(args) -> int:
+def quantized_module(args, spec):
+    """``(module, info, precision)``: the Relax module ``compile`` (and ``tune``) builds from
+    the model arguments (pre-quantized, ``--fp32``, or quantized with ``--calib``)."""
     from . import api, report
     from .frontend import import_onnx, parse_input_shapes
-    from .targets import get_target
+    from .prequantized import import_prequantized, is_prequantized_file
+    from .relay_passes import float_ops
+    from .relay_passes.check_integer import check_integer_only
 
-    spec = get_target(args.target)
     shapes = parse_input_shapes(args.input_shape)
-    out = Path(args.output)
-    if args.fp32:
+    if not args.fp32 and is_prequantized_file(args.model):
+        if args.calib:
+            raise IntqError(f"{args.model} is already quantized (QDQ/QOperator nodes): its own "
+                            "scales are used; drop --calib")
+        module, info = import_prequantized(args.model, shapes)
+        if args.integer_only:
+            check_integer_only(module)
+        precision, left = "int8", float_ops(module)
+        print("pre-quantized model, its own scales and zero points kept: "
+              + ("integer only" if not left else f"float ops left: {'; '.join(left)}"))
+    elif args.fp32:
         mod, info = import_onnx(args.model, shapes)
         module, precision = api.prepare(mod), "fp32"
     else:
         _, info = import_onnx(args.model, shapes)
         calib = _samples_for(args, info)
         eval_samples = api.load_samples(args.eval_data, info, "--eval") if args.eval_data else None
-        options = {} if args.percentile is None else {"percentile": args.percentile}
-        config = api.QuantConfig(scheme=args.scheme, calibrator=args.calibrator or api.DEFAULT_CALIBRATOR,
-                                 calibrator_options=options, integer_only=args.integer_only,
-                                 progress=not args.no_progress)
+        config = _config(args, api)
         compiled = api.compile_onnx(args.model, calib, config, spec, shapes, eval_samples)
         module, precision = compiled.integer, "int8"
         print(report.summary(compiled.report))
         if args.report:
             json_path, png = report.write_report(compiled.report, args.report)
             print(f"report: {json_path} and {png}")
-    spec.export(api.build(module, spec), out)
+    return module, info, precision
+
+
+def cmd_compile(args) -> int:
+    from . import api, report, tuning_cli
+    from .targets import get_target
+
+    spec = get_target(args.target)
+    out = Path(args.output)
+    module, info, precision = quantized_module(args, spec)
+    database = tuning_cli.compile_database(args, spec, module)
+    spec.export(api.build(module, spec, database=database), out)
     report.write_json({"model": str(args.model), "target": spec.name, "precision": precision,
                        "inputs": {k: list(v) for k, v in info.inputs.items()},
                        "input_dtypes": info.input_dtypes, "outputs": info.outputs},
@@ -146,13 +217,58 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"compile": cmd_compile, "run": cmd_run, "demo": cmd_demo}
+def cmd_export_qdq(args) -> int:
+    from . import api
+    from .export_qdq import export_qdq, save
+    from .frontend import import_onnx, parse_input_shapes
+
+    shapes = parse_input_shapes(args.input_shape)
+    _, info = import_onnx(args.model, shapes)
+    options = {} if args.percentile is None else {"percentile": args.percentile}
+    config = api.QuantConfig(scheme=args.scheme, calibrator=args.calibrator or api.DEFAULT_CALIBRATOR,
+                             calibrator_options=options, progress=not args.no_progress)
+    result = export_qdq(args.model, _samples_for(args, info), config, shapes)
+    save(result, args.output)
+    print(f"wrote {args.output}: {len(result.tensors)} int8 tensors ({args.scheme})")
+    if result.unmatched:
+        print(f"left float (no ONNX tensor holds them): {', '.join(result.unmatched)}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from . import api, report
+    from .frontend import import_onnx, parse_input_shapes
+
+    shapes = parse_input_shapes(args.input_shape)
+    _, info = import_onnx(args.model, shapes)
+    calib = _samples_for(args, info)
+    eval_samples = api.load_samples(args.eval_data, info, "--eval") if args.eval_data else None
+    compiled = api.compile_onnx(args.model, calib, _config(args, api), args.target, shapes,
+                                eval_samples)
+    print(report.summary(compiled.report))
+    if args.per_layer:
+        print()
+        print(report.layer_table(compiled.report))
+    if args.out:
+        out = Path(args.out)
+        written = [report.write_json(compiled.report, out / "report.json")]
+        if args.per_layer:
+            written.append(report.plot_per_layer(compiled.report, out / "per_layer.png"))
+        print("wrote " + ", ".join(map(str, written)))
+    return 0
+
+
+COMMANDS = {"compile": cmd_compile, "eval": cmd_eval, "export-qdq": cmd_export_qdq, "run": cmd_run,
+            "demo": cmd_demo}
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from .boards_cli import COMMANDS as BOARD_COMMANDS
+    from .tuning_cli import COMMANDS as TUNING_COMMANDS
+
     try:
-        return COMMANDS[args.command](args)
+        return {**COMMANDS, **BOARD_COMMANDS, **TUNING_COMMANDS}[args.command](args)
     except IntqError as err:
         print(f"tvm-intq: error: {err}", file=sys.stderr)
         return 2

@@ -95,10 +95,19 @@ def model_info(model: onnx.ModelProto, path: str, input_shapes: dict | None = No
 
 
 def import_onnx(path: str | Path, input_shapes: dict | None = None):
-    """Read, check and import an ONNX model: ``(float Relax IRModule, ModelInfo)``."""
+    """Read, check and import an ONNX model (or a ``.tflite`` one, :mod:`tvm_intq.tflite`):
+    ``(float Relax IRModule, ModelInfo)``."""
+    if Path(path).suffix == ".tflite":
+        from .tflite import import_tflite
+
+        return import_tflite(path, input_shapes)
+    return import_model(load_onnx(path), path, input_shapes)
+
+
+def import_model(model: onnx.ModelProto, path: str | Path, input_shapes: dict | None = None):
+    """Import a loaded ONNX model (``path`` names it in errors): ``(Relax IRModule, ModelInfo)``."""
     from tvm.relax.frontend.onnx import from_onnx
 
-    model = load_onnx(path)
     info = model_info(model, str(path), input_shapes)
     try:
         mod = from_onnx(model, shape_dict={k: list(v) for k, v in info.inputs.items()},

@@ -18,6 +18,10 @@ Conventions (S2 = ``002_...`` hybrid asymmetric quantization, S1 = ``001_...`` U
   the real offset (bias, output zero point) times ``2**S``, the input zero-point correction
   ``-MUL * zp_in * sum(Qw)`` and the rounding constant ``2**(S-1)``, so the arithmetic shift
   rounds half up. Constants are rounded half to even (numpy's ``rint``).
+* S3 (``003_...``, INT-SE) stores a tensor as integer data ``D`` and one shared exponent
+  ``s``: ``T = D * 2^s`` (:func:`int_se`); ``s`` is chosen by MSE among ``s0 - 2 ... s0 + 2``
+  (:func:`pow2_search`). With power-of-two scales every requantize multiplier is a power of
+  two and :func:`fixed_point` makes it a pure shift (``MUL = 1``).
 """
 
 from __future__ import annotations
@@ -103,6 +107,80 @@ def dequantize(q: np.ndarray, scale, zero_point) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
+# Power-of-two shared exponents (S3 = ``003_...``, INT-SE)
+# ---------------------------------------------------------------------------------------------
+#: :func:`pow2_exponent_of` of a value that is not an exact power of two.
+NOT_POW2 = np.iinfo(np.int64).min
+
+
+def pow2_exponent_of(x) -> np.ndarray:
+    """``k`` where ``x == 2**k`` exactly, else :data:`NOT_POW2` (elementwise, int64)."""
+    x = np.asarray(x, np.float64)
+    mant, exp = np.frexp(x)  # x = mant * 2**exp, mant in [0.5, 1)
+    return np.where((mant == 0.5) & (x > 0), exp.astype(np.int64) - 1, NOT_POW2)
+
+
+def pow2_minmax_exponent(t: float, qmax: int = WMAX) -> int:
+    """The exponent min/max statistics give (S3's initial shared exponent ``s``): the smallest
+    ``e`` with ``qmax * 2^e >= t``, so nothing in ``[-t, t]`` is clipped. 0 for ``t == 0``."""
+    t = float(t)
+    if not t > 0 or not np.isfinite(t):
+        return 0
+    e = int(np.ceil(np.log2(t / qmax)))
+    return e - 1 if qmax * 2.0 ** (e - 1) >= t else e  # log2 round-off at exact powers
+
+
+def int_se(x, exponent, qmin: int = -WMAX, qmax: int = WMAX) -> np.ndarray:
+    """S3's INT-SE value of ``x``: ``T = D * 2^s`` with the integer data
+    ``D = clip(round(x / 2^s), qmin, qmax)`` (round half to even), returned as the real ``T``.
+    ``exponent`` broadcasts against ``x``."""
+    step = np.exp2(np.asarray(exponent, np.float64))
+    return np.clip(np.rint(np.asarray(x, np.float64) / step), qmin, qmax) * step
+
+
+def pow2_mse(x, exponents, weights=None, qmin: int = -WMAX, qmax: int = WMAX) -> np.ndarray:
+    """Mean squared INT-SE error ``sum w (x - T(x))^2 / sum w`` of ``x`` (1-D, ``weights``
+    e.g. histogram counts) for each candidate exponent."""
+    x = np.asarray(x, np.float64).reshape(1, -1)
+    w = np.ones(x.shape[1]) if weights is None else np.asarray(weights, np.float64).reshape(-1)
+    e = np.asarray(exponents, np.float64).reshape(-1, 1)
+    err = np.square(x - int_se(x, e, qmin, qmax))
+    return (err @ w) / max(float(w.sum()), np.finfo(np.float64).tiny)
+
+
+def pow2_search(x, center: int, weights=None, span: int = 2, qmin: int = -WMAX,
+                qmax: int = WMAX, lowest: int | None = None,
+                highest: int | None = None) -> tuple[int, dict]:
+    """S3's shared-exponent choice: of the candidates ``center - span ... center + span``
+    (limited to ``[lowest, highest]`` when given), the one with the least :func:`pow2_mse`;
+    ties go to the larger exponent (less clipping). Returns ``(exponent, {exponent: mse})``."""
+    lo = center - span if lowest is None else max(center - span, lowest)
+    hi = center + span if highest is None else min(center + span, highest)
+    if hi < lo:  # the window lies outside the allowed interval: its nearest end
+        lo = hi = lowest if center - span < lowest else highest
+    cands = np.arange(lo, hi + 1)
+    mse = pow2_mse(x, cands, weights, qmin, qmax)
+    best = int(cands[len(cands) - 1 - int(np.argmin(mse[::-1]))])
+    return best, {int(c): float(m) for c, m in zip(cands, mse)}
+
+
+def accumulator_range(qw: np.ndarray, w_axis: int, q_lo: int = QMIN, q_hi: int = QMAX):
+    """Worst-case ``acc = sum_k Q_in[k] * Qw[k, c]`` per output channel ``c`` over all inputs
+    ``Q_in`` in ``[q_lo, q_hi]`` (S3's accumulator before truncation): ``(acc_min, acc_max)``
+    as int64 arrays, each term taking its own worst end of the input range."""
+    w = np.asarray(qw).astype(np.int64)
+    other = tuple(i for i in range(w.ndim) if i != w_axis % w.ndim)
+    ends = np.stack([w * q_lo, w * q_hi])
+    return ends.min(axis=0).sum(axis=other), ends.max(axis=0).sum(axis=other)
+
+
+def signed_bits(lo: int, hi: int) -> int:
+    """Bits of the narrowest two's-complement integer holding every value of ``[lo, hi]``."""
+    lo, hi = int(lo), int(hi)
+    return max(1 + max(hi, 0).bit_length(), 1 + max(-lo - 1, 0).bit_length(), 1)
+
+
+# ---------------------------------------------------------------------------------------------
 # Requantization: one MUL, ADD, S per output channel
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -123,14 +201,15 @@ class Requant:
 
 
 def fixed_point(real: np.ndarray, offset: np.ndarray, acc_bound: np.ndarray,
-                integer_offset: np.ndarray | None = None):
+                integer_offset: np.ndarray | None = None, pure_shift: bool = True):
     """Choose ``S`` and ``MUL = round(real * 2^S)``, ``ADD = round(offset * 2^S) + 2^(S-1)``.
 
     Approximates ``round(real * acc + offset)`` by ``(acc * MUL + ADD) >> S``. ``S`` is the
     largest shift with ``|MUL| < 2^31`` for which ``acc_bound * |MUL| + |ADD|`` stays below
     ``2^62`` (so int64 never overflows for any accumulator with ``|acc| <= acc_bound``).
     ``integer_offset`` (times ``MUL``) is added exactly, in integers: it carries the input
-    zero-point correction ``-zp_in * sum(Qw)`` so that it costs no rounding.
+    zero-point correction ``-zp_in * sum(Qw)`` so that it costs no rounding. With
+    ``pure_shift`` an exact power-of-two multiplier becomes a pure shift (below).
 
     Returns ``(MUL, ADD, S)`` as int64 arrays of the broadcast shape.
     """
@@ -144,6 +223,10 @@ def fixed_point(real: np.ndarray, offset: np.ndarray, acc_bound: np.ndarray,
     mag = np.where(real > 0, real, 1.0)
     shift = (MUL_BITS - 1 - np.floor(np.log2(mag))).astype(np.int64)  # MUL in [2^30, 2^31)
     shift = np.where(np.rint(mag * np.exp2(shift)) >= 2.0**MUL_BITS, shift - 1, shift)
+    # An exact power of two 2^k (S3's shared exponents) is a pure shift: MUL = 1, S = -k; a
+    # left shift (k > 0) is MUL = 2^k, S = 0.
+    k = pow2_exponent_of(real) if pure_shift else np.full(real.shape, NOT_POW2)
+    shift = np.where(k != NOT_POW2, np.maximum(-k, 0), shift)
     shift = np.clip(shift, 0, 62)
     while True:
         mul = np.rint(real * np.exp2(shift)).astype(np.int64)
@@ -189,6 +272,26 @@ def conv_requant(s_in: float, zp_in: int, sw: np.ndarray, qw: np.ndarray, w_axis
     return Requant(mul.reshape(shape), add.reshape(shape), shift.reshape(shape), lo, hi)
 
 
+def shifted_input_requant(rq: Requant, wsum: np.ndarray, wabs: np.ndarray,
+                          offset: int = -QMIN) -> Requant:
+    """The same requantize for a layer whose int8 input enters a u8 x s8 dot product (x86 VNNI
+    ``vpdpbusd``) as ``Q_in + offset`` (``offset`` 128 maps int8 onto uint8).
+
+    That accumulator is ``acc_u = acc + offset * sum(Qw)`` per output channel, so (as for the
+    input zero point in S2 Eq. 6) ``ADD' = ADD - MUL * offset * sum(Qw)`` gives
+    ``acc_u * MUL + ADD' == acc * MUL + ADD``: the same output, bit for bit. ``wsum`` and
+    ``wabs`` are ``sum(Qw)`` and ``sum(|Qw|)`` per output channel, shaped to broadcast against
+    ``rq``'s arrays. Raises ValueError if ``acc_u * MUL + ADD'`` could leave int64.
+    """
+    mul = np.asarray(rq.mul, np.int64)
+    add = np.asarray(rq.add, np.int64) - mul * np.int64(offset) * np.asarray(wsum, np.int64)
+    worst = ((QMAX - QMIN) * np.asarray(wabs, np.float64) * np.abs(mul.astype(np.float64))
+             + np.abs(add.astype(np.float64)))
+    if np.any(worst >= INT64_HEADROOM):
+        raise ValueError("requantization of the uint8-shifted input cannot be represented in int64")
+    return Requant(mul, add, np.asarray(rq.shift, np.int64), rq.lo, rq.hi)
+
+
 def rescale_requant(s_in: float, zp_in: int, out: QParams, count: int = 1,
                     divisor: np.ndarray | int | None = None,
                     lo: int = QMIN, hi: int = QMAX) -> Requant:
@@ -229,7 +332,13 @@ def add_requant(a: QParams, b: QParams, out: QParams, lo: int = QMIN, hi: int = 
     """``Q_out = round(sa/so (Qa - za) ± sb/so (Qb - zb) + zo)`` with one shared shift
     (``-`` when ``subtract``, carried by a negative ``mul_b``)."""
     big = max(a.scale, b.scale)
-    _, _, shift = fixed_point(big / out.scale, 0.0, 256.0)
+    both_pow2 = NOT_POW2 not in (pow2_exponent_of(a.scale / out.scale),
+                                 pow2_exponent_of(b.scale / out.scale))
+    if both_pow2:
+        big = min(a.scale, b.scale)  # powers of two: the finer input sets the shift, both exact
+    # One shift serves both inputs: only when both ratios are powers of two may it be the pure
+    # shift of a power of two; otherwise it must leave MUL its full precision.
+    _, _, shift = fixed_point(big / out.scale, 0.0, 256.0, pure_shift=both_pow2)
     s = int(shift)
     mul_a = int(np.rint(a.scale / out.scale * 2.0**s))
     mul_b = (-1 if subtract else 1) * int(np.rint(b.scale / out.scale * 2.0**s))

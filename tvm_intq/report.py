@@ -66,7 +66,74 @@ def summary(report: dict) -> str:
     ]
     if "top1" in report:
         lines.append(f"top-1: fp32 {100 * report['top1']['fp32']:.2f} %, int8 {100 * report['top1']['int8']:.2f} %")
+    if report.get("float_layers"):
+        lines.append(f"float layers ({len(report['float_layers'])}): " + "; ".join(
+            f"{f['name']} ({f['reason']})" for f in report["float_layers"]))
+    acc = report.get("accumulators")
+    if acc:
+        widest = max(acc, key=lambda a: a["with_bias_bits"])
+        over = [a["name"] for a in acc if a["overflows_int32"]]
+        lines.append(f"accumulators: widest {widest['with_bias_bits']} bits ({widest['name']}); "
+                     + (f"can overflow int32: {', '.join(over)}" if over else "none can overflow int32"))
     return "\n".join(lines)
+
+
+def layer_table(report: dict) -> str:
+    """Per-layer error against float (S2 Eqs. 23-25) as a text table."""
+    rows = [{"layer": lay["name"], "op": lay["op"], "precision": lay["precision"],
+             "SQNR dB": lay["sqnr_db"], "Manhattan": lay.get("manhattan"),
+             "Euclidean": lay.get("euclidean")} for lay in report["layers"]]
+    return table(rows, ["layer", "op", "precision", "SQNR dB", "Manhattan", "Euclidean"])
+
+
+def plot_per_layer(report: dict, path) -> Path:
+    """Per-layer SQNR bars (float-kept layers grey) over the histograms of the worst layers'
+    float values, with the calibrated clipping range and the int8-representable range drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = [lay for lay in report["layers"] if lay["sqnr_db"] is not None]
+    hists = report.get("layer_histograms", [])
+    ncols = max(1, len(hists))
+    fig = plt.figure(figsize=(max(8.0, 0.35 * len(layers) + 2, 3.2 * ncols), 8.5))
+    grid = fig.add_gridspec(2, ncols, height_ratios=[1.1, 1.0])
+    ax = fig.add_subplot(grid[0, :])
+    values = [lay["sqnr_db"] for lay in layers]
+    worst = {h["name"] for h in hists}
+    colors = ["tab:gray" if lay["precision"] == "float" else
+              "tab:red" if lay["name"] in worst else "tab:blue" for lay in layers]
+    ax.bar(range(len(values)), values, color=colors)
+    ax.set_xticks(range(len(values)))
+    ax.set_xticklabels([f"{lay['name']}\n{lay['op'][:24]}" for lay in layers], rotation=90, fontsize=6)
+    ax.set_ylabel("SQNR (dB) vs float")
+    out_sqnr = report.get("output_sqnr_db", 0.0)
+    ax.axhline(out_sqnr, color="black", linestyle="--", linewidth=1,
+               label=f"model output {out_sqnr:.1f} dB")
+    ax.set_title(f"{Path(report.get('model', '')).name}: {report.get('scheme')}, "
+                 f"{report.get('calibrator')} (red: worst layers, grey: kept float)", fontsize=9)
+    ax.legend(loc="lower right", fontsize=7)
+    for k, h in enumerate(hists):
+        hx = fig.add_subplot(grid[1, k])
+        edges = h["edges"]
+        hx.stairs(h["counts"], edges, fill=True, color="tab:blue", alpha=0.6)
+        hx.set_yscale("log")
+        lo, hi = h["clip_range"]
+        rlo, rhi = h["representable_range"]
+        hx.axvspan(rlo, rhi, color="tab:green", alpha=0.08, label="int8 range")
+        hx.axvline(lo, color="tab:red", linewidth=1.2, label="clipping range")
+        hx.axvline(hi, color="tab:red", linewidth=1.2)
+        hx.set_title(f"{h['name']} ({h['sqnr_db']:.1f} dB)", fontsize=8)
+        hx.tick_params(labelsize=6)
+        if k == 0:
+            hx.legend(fontsize=6)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def table(rows: list[dict], columns: list[str]) -> str:
@@ -84,3 +151,111 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
+
+
+def bench_table(result: dict) -> str:
+    """The console report of ``tvm-intq bench`` (plain data from :func:`tvm_intq.bench.bench`)."""
+    where = f"key '{result['key']}' at tracker {result['tracker']}"
+    lines = [f"bench {result['model']}  target {result['target']}  {where}"]
+    if result.get("emulated"):
+        lines.append(f"EMULATED BOARD ({result.get('board_kind')}): {result['note']}")
+    rows = []
+    for precision in ("int8", "fp32"):
+        r = result.get("results", {}).get(precision)
+        if not r:
+            continue
+        rows.append({
+            "precision": precision, "board": r["board"] + (" (emulated)" if r.get("emulated") else ""),
+            "p50 ms": r["p50_ms"], "p90 ms": r["p90_ms"], "p99 ms": r["p99_ms"],
+            "runs": f"{r['repeat']}x{r['number']}",
+            "outputs": ("match" if r["outputs_match"] else "DIFFER") + f" ({r['check']}, "
+                       f"{r['outputs_checked']} batches)",
+        })
+    if rows:
+        lines.append(table(rows, ["precision", "board", "p50 ms", "p90 ms", "p99 ms", "runs", "outputs"]))
+    ratio = result.get("ratio_int8_over_fp32")
+    if ratio is not None:
+        label = " (emulated, not a hardware figure)" if result.get("emulated") else ""
+        lines.append(f"int8/fp32 latency ratio (p50): {ratio:.3f}{label}")
+    for lost in result.get("boards_lost", []):
+        lines.append(f"board lost: {lost}")
+    return "\n".join(lines)
+
+
+def boards_table(rows: list[dict]) -> str:
+    """``tvm-intq boards``: the board kinds and how to bring each up."""
+    return table(rows, ["board", "key", "target", "kind", "status"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmark (bench/run.py)
+# ---------------------------------------------------------------------------------------------
+def bench_markdown(data: dict) -> str:
+    """The benchmark of one model as a Markdown page: latency table, ratios, memory, machine."""
+    threads = [str(t) for t in data["threads"]]
+    lines = [f"# {data['model']}: batch {data['batch']}, {data['trials_per_kernel']} tuning "
+             "trials per kernel", "",
+             "| configuration | " + " | ".join(f"{t} thread{'s' if t != '1' else ''} (ms)"
+                                              for t in threads) + " | top-1 |",
+             "|---|" + "---:|" * (len(threads) + 1)]
+    for name, res in data["latency"].items():
+        top1 = next((r.get("top1") for r in res.values() if r.get("top1") is not None), None)
+        lines.append(f"| {name} | " + " | ".join(f"{res[t]['median_ms']:.4f}" for t in threads)
+                     + f" | {'-' if top1 is None else f'{100 * top1:.1f} %'} |")
+    lines += ["", "Speed-up of tvm-intq int8 (other median / ours):", "",
+              "| vs | " + " | ".join(f"{t} thr" for t in threads) + " |",
+              "|---|" + "---:|" * len(threads)]
+    for name, res in data["speedup_of_tvm_intq_int8"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{res[t]:.2f}x" for t in threads) + " |")
+    mem = data.get("memory", {})
+    if mem:
+        lines += ["", "| memory | fp32 | int8 |", "|---|---:|---:|"]
+        for key in ("weight_bytes", "peak_activation_bytes"):
+            lines.append(f"| {key.replace('_', ' ')} | {mem['fp32'][key]:,} | {mem['int8'][key]:,} |")
+    for name, cov in data.get("tuning_coverage", {}).items():
+        lines += ["", f"{name}: " + "; ".join(cov)]
+    m = data["machine"]
+    lines += ["", f"Machine: {m['cpu']} (LLVM: {m['llvm_cpu']}), {m['cores_available']} cores "
+              f"available, AVX512-VNNI: {'yes' if m['avx512_vnni'] else 'no'}; load average "
+              f"{', '.join(f'{x:.2f}' for x in m['load_average'])} before, "
+              f"{', '.join(f'{x:.2f}' for x in data['load_average_after'])} after; "
+              f"TVM {m['tvm']}, ONNX Runtime {m['onnxruntime']}, Python {m['python']}; {m['date']}.",
+              "", f"Timing: {data['timing']}.", "", f"Command: `{data['command']}`", ""]
+    return "\n".join(lines)
+
+
+def plot_bench(data: dict, path) -> Path:
+    """Grouped bars: median latency per configuration, one group per thread count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(data["latency"])
+    threads = [str(t) for t in data["threads"]]
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, name in enumerate(names):
+        values = [data["latency"][name][t]["median_ms"] for t in threads]
+        bars = ax.bar([j + i * width for j in range(len(threads))], values, width, label=name)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(threads))])
+    ax.set_xticklabels([f"{t} thread{'s' if t != '1' else ''}" for t in threads])
+    ax.set_ylabel("median latency (ms), lower is better")
+    ax.set_title(f"{data['model']}, batch {data['batch']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_bench(data: dict, folder) -> list[Path]:
+    """``results.json``, ``results.md`` and ``results.png`` in ``folder``."""
+    folder = Path(folder)
+    md = folder / "results.md"
+    folder.mkdir(parents=True, exist_ok=True)
+    md.write_text(bench_markdown(data))
+    return [write_json(data, folder / "results.json"), md, plot_bench(data, folder / "results.png")]

@@ -10,7 +10,7 @@ from .base import CALIBRATORS, Calibrator, TensorStats, collect_ranges, get_cali
 from .data import SampleSet, load_image_folder, load_npz
 
 # Calibrators register themselves on import.
-from . import kl, minmax, percentile  # noqa: E402,F401  isort: skip
+from . import kl, minmax, mse, percentile, redistribution  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "SampleSet", "load_npz", "load_image_folder",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from .. import intmath
 from .base import Calibrator, TensorStats, int_option
 
