@@ -59,14 +59,15 @@ def main() -> None:
     p.add_argument("kind", choices=["ort", "tvm"])
     p.add_argument("model")
     p.add_argument("--threads", type=int, required=True)
-    p.add_argument("--input", required=True, help=".npz: 'input' (samples on axis 0), 'labels'")
+    p.add_argument("--input", required=True, help=".npz: the model input (samples on axis 0), "
+                                                  "optionally 'labels'")
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--max-iters", type=int, default=2000)
     p.add_argument("--accuracy-samples", type=int, default=500)
     args = p.parse_args()
 
     data = np.load(args.input)
-    x = data["input"].astype(np.float32)
+    x = data[next(k for k in data.files if k != "labels")].astype(np.float32)
     fn = _session(args.model, args.threads) if args.kind == "ort" else _vm(args.model)
     lat = latencies(fn, x[:1], warmup=50, seconds=args.seconds, max_iters=args.max_iters)
     result = {"median_ms": float(np.median(lat)), "p10_ms": float(np.percentile(lat, 10)),

@@ -43,7 +43,26 @@ def models() -> dict:
     return {
         "bundled": dict(name="mnist_cnn", onnx=bundled("mnist_cnn.onnx"), calib=bundled("calib.npz"),
                         eval=bundled("heldout.npz")),
+        # onnx's "light" ResNet-50: the real architecture, every weight 0.02 (timing only; no
+        # labels). Calibration/timing inputs: uniform [0, 1) images, made once in bench/work.
+        "light_resnet50": dict(name="light_resnet50", onnx=_light("resnet50"),
+                               calib=lambda work: _random_images(work, "calib.npz", 16),
+                               eval=lambda work: _random_images(work, "eval.npz", 2)),
     }
+
+
+def _light(name: str) -> Path:
+    import onnx
+
+    return Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / f"light_{name}.onnx"
+
+
+def _random_images(work: Path, file: str, n: int, shape=(3, 224, 224)) -> Path:
+    path = work / file
+    if not path.exists():
+        x = np.random.default_rng(0).random((n,) + shape, dtype=np.float32)
+        np.savez(path, **{"gpu_0/data_0": x})
+    return path
 
 
 def run(cmd, env=None, log=None) -> str:
@@ -156,9 +175,10 @@ def measure(kind: str, path: Path, threads: int, inputs: Path, seconds: float) -
 
 
 def bench_model(key: str, args) -> dict:
-    m = {k: (str(v) if isinstance(v, Path) else v) for k, v in models()[key].items()}
+    m = dict(models()[key])
     work = Path(args.work) / m["name"]
     work.mkdir(parents=True, exist_ok=True)
+    m = {k: str(v(work) if callable(v) else v) for k, v in m.items()}
     log = work / "commands.log"
     calib_used = calibration_part(Path(m["calib"]), work)
     configs = {

@@ -189,6 +189,10 @@ class PackInt8ForDot:
     def transform_module(self, mod, ctx):
         if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
             return mod
+        main = mod["main"]
+        if not isinstance(main, relax.Function) or not isinstance(main.body, relax.SeqExpr) or \
+                any(not isinstance(b, relax.DataflowBlock) for b in main.body.blocks):
+            return mod  # only the pure dataflow graphs our passes produce are rewritten
         plans, skipped = _plan(mod["main"], self.intrin)
         if not plans:
             return mod

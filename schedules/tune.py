@@ -55,8 +55,9 @@ _STOP = {"requested": False}  # set by the first Ctrl-C of a tune
 
 
 def _ignore_sigint() -> None:
-    """Build/run worker initializer: a Ctrl-C in the terminal reaches the whole process group;
-    the workers finish the batch in flight instead of dying with it."""
+    """Build/run worker initializer: a Ctrl-C in the terminal reaches the whole process group,
+    and a running worker should finish its job rather than die with a traceback (one still
+    starting up can die anyway: that batch is not recorded, see :class:`CommitRecords`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
