@@ -197,7 +197,7 @@ def bench_model(key: str, args) -> dict:
     ours = results["tvm-intq int8 tuned"]
     ratios = {name: {t: r["median_ms"] / ours[t]["median_ms"] for t, r in res.items()}
               for name, res in results.items() if name != "tvm-intq int8 tuned"}
-    return {
+    return _relative({
         "model": m["name"], "onnx": m["onnx"], "batch": 1, "threads": args.threads,
         "trials_per_kernel": args.trials,
         "latency": results,
@@ -209,7 +209,16 @@ def bench_model(key: str, args) -> dict:
         "timing": "median of per-call wall times (Python loop, one batch-1 input, after 50 "
                   "warm-up calls, >= %.0f s per configuration); top-1 on the held-out set"
                   % args.seconds,
-    }
+    })
+
+
+def _relative(data):
+    """Paths under the repository written relative to it (results are committed)."""
+    if isinstance(data, dict):
+        return {k: _relative(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_relative(v) for v in data]
+    return data.replace(f"{ROOT}/", "") if isinstance(data, str) else data
 
 
 def main(argv=None) -> int:
