@@ -16,6 +16,17 @@ def write_json(data: dict, path) -> Path:
     return path
 
 
+def _save(fig, path, dpi: int) -> Path:
+    """Write a matplotlib figure as PNG (creating its folder) and release it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_layer_sqnr(report: dict, path) -> Path:
     """Bar chart of per-layer SQNR (int8 output of each layer vs float), worst layers red."""
     import matplotlib
@@ -39,11 +50,7 @@ def plot_layer_sqnr(report: dict, path) -> Path:
                  f"({report['scheme']}, {report['calibrator']})")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=120)
 
 
 def write_report(report: dict, path) -> tuple[Path, Path]:
@@ -129,11 +136,7 @@ def plot_per_layer(report: dict, path) -> Path:
         if k == 0:
             hx.legend(fontsize=6)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=110)
 
 
 def table(rows: list[dict], columns: list[str]) -> str:
@@ -245,11 +248,7 @@ def plot_bench(data: dict, path) -> Path:
     ax.set_title(f"{data['model']}, batch {data['batch']}")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=120)
 
 
 def write_bench(data: dict, folder) -> list[Path]:
