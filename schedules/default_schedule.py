@@ -5,7 +5,10 @@ Tuning (:mod:`.tune`, in the space of :mod:`.space`) tensorizes the packed conv
 this schedule instead of TVM's untouched loop nest, so ``compile`` emits the dot-product
 instruction without any tuning::
 
-    parallel(n, o/16, oh) . ow/t . (ic/4, kh, kw) . unrolled ow%t . [16 lanes x 4 bytes] = intrinsic
+    parallel(n, o/L, oh) . ow/t . (ic/K, kh, kw) . unrolled ow%t . [(R x) L x K] = intrinsic
+
+(``L``, ``K``, ``R``: the instruction's lanes, bytes and rows, e.g. VNNI 16 x 4; for ``R > 1``
+the columns are groups of ``R`` pixels.)
 
 The epilogue blocks (requantize and whatever FuseOps fused after it) are inlined into the
 block that writes the kernel's output, which is parallelized over its outer loops. Anything
@@ -59,18 +62,21 @@ def apply_default(sch: s_tir.Schedule, intrin: DotProduct) -> None:
             sch.compute_inline(block)
         except RuntimeError:
             pass  # an output block, or not inlinable: stays a loop nest of its own
-    n, o, y, x, lane, rc, ry, rx, rk = sch.get_loops(conv)
-    if _extent(sch, lane) != intrin.lanes or _extent(sch, rk) != intrin.k:
-        raise ValueError("packed conv does not match the intrinsic's lanes x k")
+    loops = sch.get_loops(conv)
+    (n, o, y, x), inner, (rc, ry, rx, rk) = loops[:4], loops[4:-4], loops[-4:]
+    # inner: (lanes,) or, for a multi-row instruction, (rows, lanes)
+    shape = ((intrin.rows,) if intrin.rows > 1 else ()) + (intrin.lanes,)
+    if tuple(_extent(sch, i) for i in inner) != shape or _extent(sch, rk) != intrin.k:
+        raise ValueError("packed conv does not match the intrinsic's rows x lanes x k")
     width = _extent(sch, x)
     tile = next(t for t in _COLUMN_TILES if width % t == 0)
     xo, xi = sch.split(x, [None, tile])
-    sch.reorder(n, o, y, xo, rc, ry, rx, xi, lane, rk)
+    sch.reorder(n, o, y, xo, rc, ry, rx, xi, *inner, rk)
     outer = sch.fuse(n, o, y)
     sch.parallel(outer)
     init = sch.decompose_reduction(conv, rc)
-    sch.vectorize(sch.get_loops(init)[-1])
-    sch.tensorize(lane, intrin.tensor_intrin)
+    sch.vectorize(sch.fuse(*sch.get_loops(init)[-len(inner):]))
+    sch.tensorize(inner[0], intrin.tensor_intrin)
     sch.unroll(xi)
     for block in _blocks(sch):
         if _name(sch, block).startswith(CONV_BLOCK):  # the conv, its init and its blockized body

@@ -3,17 +3,21 @@
 A target definition (:class:`~tvm_intq.targets.TargetSpec`) lists the instructions it wants in
 ``int8_dot``, best first; :func:`select` returns the first one the compilation target's CPU
 features support, and the packing pass (:mod:`.pack_int8`) lays int8 conv2d/dense out for it.
-Adding an instruction = a TVMScript implementation + one :class:`DotProduct` line below (the
-ARM/RISC-V work plugs ``sdot``/``smmla``/RVV in here).
+Adding an instruction = a TVMScript implementation + one :class:`DotProduct` line below; the
+computation it replaces (``desc``) is derived from the :class:`DotProduct` shape.
 
-We register our own tensor intrinsics instead of using TVM's ``dot_16x4_vnni``:
+We register our own tensor intrinsics instead of TVM's ``dot_16x4_vnni``,
+``dot_4x4_i8i8s32_sdot`` and ``rvv_dot_*`` (TVM has none for i8mm ``smmla``):
 
 * TVM 0.27's implementation calls ``llvm.x86.avx512.vpdpbusd.512`` with ``<16 x i32>``
   operands; since LLVM 21 the intrinsic takes ``<64 x i8>`` (the wheel links LLVM 22), so every
   kernel tensorized with it fails LLVM's verifier ("Call parameter type does not match function
   signature");
 * using TVM's means importing ``tvm.s_tir.tensor_intrin``, which parses every intrinsic of every
-  backend (CUDA alone: ~55 s on the busy 2-core machine), on every compile.
+  backend (CUDA alone: ~55 s on the busy 2-core machine), on every compile;
+* TVM's ``rvv_dot_*`` (``vwmul`` + ``vwredsum`` per output lane, exact) are registered per
+  target with VLEN baked into their shapes (``VLEN/32`` lanes): a kernel tensorized with them
+  is wrong or unused on a core of another VLEN. Ours is VLEN-agnostic (``_impl_rvv_vwmacc``).
 
 Only instructions that are exact on every int8 input belong here: x86 ``vpmaddubsw`` (TVM's
 ``dot_16x4_avx512``) saturates the int16 sum of two u8 x s8 products (``2 * 255 * 127 >
@@ -27,10 +31,15 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class DotProduct:
-    """``C[i] += sum_k A[k] * B[i, k]`` for ``i < lanes``, ``k < k``, int32 accumulators.
+    """``C[r, i] += sum_k A[r, k] * B[i, k]`` for ``r < rows``, ``i < lanes``, ``k < k``, int32
+    accumulators: ``rows`` activation vectors (output pixels) times ``lanes`` weight vectors
+    (output channels) of ``k`` bytes each. With ``rows == 1`` (a dot product: VNNI, sdot, RVV)
+    the buffers drop the row axis, ``C[i] += sum_k A[k] * B[i, k]``; ``rows == 2`` is a matrix
+    multiply (i8mm ``smmla``: 2x8 by 8x2).
 
     ``data_dtype`` is what the activation operand must be: ``"uint8"`` means the int8 input is
     shifted by +128 and the shift is folded into the requantize (``intmath.shifted_input_requant``).
+    ``weight_dtype`` is how the packed weights are stored (the values are int8 either way).
     """
 
     name: str  # what target definitions write in int8_dot
@@ -41,6 +50,7 @@ class DotProduct:
     weight_dtype: str
     llvm_features: tuple[str, ...]
     instruction: str  # the mnemonic `tvm-intq inspect` looks for
+    rows: int = 1
 
     @property
     def input_offset(self) -> int:
@@ -53,26 +63,62 @@ INTRINSICS: dict[str, DotProduct] = {
         DotProduct("x86-vnni", tensor_intrin="intq_dot_16x4_vnni", lanes=16, k=4,
                    data_dtype="uint8", weight_dtype="int8", llvm_features=("avx512vnni",),
                    instruction="vpdpbusd"),
+        # i8mm before dotprod: smmla does 32 multiply-adds where sdot does 16.
+        DotProduct("arm-i8mm", tensor_intrin="intq_mmla_2x2x8_smmla", rows=2, lanes=2, k=8,
+                   data_dtype="int8", weight_dtype="int8", llvm_features=("i8mm",),
+                   instruction="smmla"),
+        DotProduct("arm-sdot", tensor_intrin="intq_dot_4x4_sdot", lanes=4, k=4,
+                   data_dtype="int8", weight_dtype="int8", llvm_features=("dotprod",),
+                   instruction="sdot"),
+        # Per input channel one widening multiply-add over 16 output channels: the weights are
+        # stored widened to int16 (vwmacc.vx at SEW 16). k = 2: TVM cannot tensorize k = 1.
+        DotProduct("rvv-vwmacc", tensor_intrin="intq_vwmacc_16x2_rvv", lanes=16, k=2,
+                   data_dtype="int8", weight_dtype="int16", llvm_features=("v",),
+                   instruction="vwmacc.vx"),
     )
 }
 
 
-def _register_x86_vnni() -> None:
-    from tvm.s_tir import TensorIntrin
+def _desc(d: DotProduct):
+    """The computation an intrinsic replaces (the :class:`DotProduct` formula), as TVMScript."""
     from tvm.script import tirx as T
 
+    rows, lanes, k = d.rows, d.lanes, d.k
+    if rows == 1:
+        @T.prim_func(s_tir=True)
+        def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+            A = T.match_buffer(a, (k,), d.data_dtype, offset_factor=1)
+            B = T.match_buffer(b, (lanes, k), d.weight_dtype, offset_factor=1)
+            C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:k], B[0:lanes, 0:k])
+                T.writes(C[0:lanes])
+                for i, kk in T.grid(lanes, k):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, kk])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+        return desc
+
+    # The rows are output pixels: their activations are not adjacent in memory (row stride).
     @T.prim_func(s_tir=True)
-    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
-        B = T.match_buffer(b, (16, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (16,), "int32", offset_factor=1)
+    def desc_rows(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (rows, k), d.data_dtype, offset_factor=1, strides=[T.int32(), 1])
+        B = T.match_buffer(b, (lanes, k), d.weight_dtype, offset_factor=1)
+        C = T.match_buffer(c, (rows, lanes), "int32", offset_factor=1)
         with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            for i, k in T.grid(16, 4):
+            T.reads(C[0:rows, 0:lanes], A[0:rows, 0:k], B[0:lanes, 0:k])
+            T.writes(C[0:rows, 0:lanes])
+            for r, i, kk in T.grid(rows, lanes, k):
                 with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+                    vr, vi, vk = T.axis.remap("SSR", [r, i, kk])
+                    C[vr, vi] = C[vr, vi] + T.cast(A[vr, vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    return desc_rows
+
+
+def _impl_x86_vnni(d: DotProduct):
+    from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -92,7 +138,97 @@ def _register_x86_vnni() -> None:
                 dtype="int32x16",
             )
 
-    TensorIntrin.register("intq_dot_16x4_vnni", desc, impl, override=True)
+    return impl
+
+
+def _impl_arm_sdot(d: DotProduct):
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (4, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (4,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:4], A[0:4], B[0:4, 0:4])
+            T.writes(C[0:4])
+            a_word = T.reinterpret(A.vload([0], "int8x4"), dtype="int32")
+            # sdot: int32 lane i += sum of the four s8 x s8 products of bytes 4i..4i+3.
+            C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+                C.vload([0], dtype="int32x4"),
+                T.reinterpret(T.broadcast(a_word, 4), dtype="int8x16"),
+                B.vload([0, 0], dtype="int8x16"),
+                dtype="int32x4",
+            )
+
+    return impl
+
+
+def _impl_arm_i8mm(d: DotProduct):
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (2, 8), "int8", offset_factor=1, strides=[T.int32(), 1])
+        B = T.match_buffer(b, (2, 8), "int8", offset_factor=1)
+        C = T.match_buffer(c, (2, 2), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:2, 0:2], A[0:2, 0:8], B[0:2, 0:8])
+            T.writes(C[0:2, 0:2])
+            # smmla: C (2x2, row-major) += A (2x8, row-major) x B^T (B: 2x8, row-major).
+            C[0, T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smmla.v4i32.v16i8"),
+                C.vload([0, 0], dtype="int32x4"),
+                T.vectorcombine("int8x16", A.vload([0, 0], dtype="int8x8"),
+                                A.vload([1, 0], dtype="int8x8")),
+                B.vload([0, 0], dtype="int8x16"),
+                dtype="int32x4",
+            )
+
+    return impl
+
+
+def _impl_rvv_vwmacc(d: DotProduct):
+    from tvm.script import tirx as T
+
+    # RVV intrinsics on scalable vectors with an explicit VL of 16: nxv8i32 is LMUL 4, at least
+    # 16 lanes on any VLEN >= 128 (the minimum +v implies), so nothing here depends on VLEN;
+    # a longer VLEN just leaves part of the register group idle. (Generic vector IR instead
+    # was turned into vsext + non-widening vmadd by LLVM.) Row i of B is the two int16 weights
+    # of lane i, one int32 word: its low and high halves (vnsrl by 0 and 16) are the weight
+    # vectors of input channels 0 and 1; each then enters one vwmacc.vx (int16 x int16 added
+    # to int32 lanes: exact).
+    vl = T.int64(16)
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (2,), "int8", offset_factor=1)
+        B = T.match_buffer(b, (16, 2), "int16", offset_factor=1)
+        C = T.match_buffer(c, (16,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:2], B[0:16, 0:2])
+            T.writes(C[0:16])
+            acc = T.call_llvm_intrin("int32xvscalex8", "llvm.riscv.vle",
+                                     T.broadcast(T.int32(0), T.vscale() * 8), C.access_ptr("r"), vl)
+            words = T.call_llvm_intrin("int32xvscalex8", "llvm.riscv.vle",
+                                       T.broadcast(T.int32(0), T.vscale() * 8),
+                                       B.access_ptr("r"), vl)
+            w0 = T.call_llvm_intrin("int16xvscalex8", "llvm.riscv.vnsrl",
+                                    T.broadcast(T.int16(0), T.vscale() * 8), words, T.int64(0), vl)
+            w1 = T.call_llvm_intrin("int16xvscalex8", "llvm.riscv.vnsrl",
+                                    T.broadcast(T.int16(0), T.vscale() * 8), words, T.int64(16), vl)
+            acc0 = T.call_llvm_intrin("int32xvscalex8", "llvm.riscv.vwmacc", acc,
+                                      T.cast(A[0], "int16"), w0, vl, T.int64(0))
+            acc1 = T.call_llvm_intrin("int32xvscalex8", "llvm.riscv.vwmacc", acc0,
+                                      T.cast(A[1], "int16"), w1, vl, T.int64(0))
+            T.evaluate(T.call_llvm_intrin("void", "llvm.riscv.vse", acc1, C.access_ptr("w"), vl))
+
+    return impl
+
+
+_IMPLS = {"x86-vnni": _impl_x86_vnni, "arm-sdot": _impl_arm_sdot, "arm-i8mm": _impl_arm_i8mm,
+          "rvv-vwmacc": _impl_rvv_vwmacc}
 
 
 _REGISTERED = False
@@ -107,7 +243,10 @@ def register() -> None:
         if tvm.target.codegen.llvm_version_major() < 21:
             raise RuntimeError("tvm-intq's VNNI intrinsic passes byte vectors to vpdpbusd, as "
                                "LLVM >= 21 wants; this TVM links an older LLVM")
-        _register_x86_vnni()
+        from tvm.s_tir import TensorIntrin
+
+        for d in INTRINSICS.values():
+            TensorIntrin.register(d.tensor_intrin, _desc(d), _IMPLS[d.name](d), override=True)
         _REGISTERED = True
 
 

@@ -8,10 +8,12 @@ target whose definition names a dot-product intrinsic (``TargetSpec.int8_dot``) 
         ==>  xp = pack_int8(x, zp)                      N, C/4, H', W', 4   (uint8: x + 128)
              y  = conv2d_packed_int8_requant(xp, Wp, MUL, ADD', S, lo, hi)        NCHW int8
 
-with ``Wp = Qw`` as ``O/16, I/4, KH, KW, 16, 4`` (packed here, at compile time) and
-``ADD' = ADD - MUL * 128 * sum(Qw)`` (:func:`tvm_intq.intmath.shifted_input_requant`), so the
-result is the same integers. A dense ``matmul(x, Qw)`` is the same kernel as a 1x1 conv over
-the rows of ``x``. A conv2d/matmul not followed by that requantize keeps an int32 result
+with ``Wp = Qw`` as ``O/16, I/4, KH, KW, 16, 4`` (for VNNI: ``O/L, I/K, .., L, K`` of the
+instruction, packed here, at compile time; an instruction taking ``R`` pixels pads and, for a
+strided conv, phase-splits the input, see :mod:`.packed_kernels`) and
+``ADD' = ADD - MUL * 128 * sum(Qw)`` (:func:`tvm_intq.intmath.shifted_input_requant`;
+``ADD' = ADD`` for a signed x signed instruction), so the result is the same integers.
+A dense ``matmul(x, Qw)`` is the same kernel as a 1x1 conv over the rows of ``x``. A conv2d/matmul not followed by that requantize keeps an int32 result
 (``acc - 128 * sum(Qw)``). Grouped/depthwise convs, non-constant weights and other layouts are
 left as they are (compiled untensorized, still exact).
 """
@@ -147,33 +149,37 @@ def _const(v, dtype):
 def _emit(bb, b, value, plan: _Plan, intrin: DotProduct, padded: dict):
     attrs = value.attrs if plan.kind == "conv2d" else None
     x = value.args[0]
+    out = plan.chain[-1].var if plan.chain is not None else b.var
+    out_shape = tuple(int(d) for d in shape_of(out))
+    rows = intrin.rows
+    packing = dict(k=intrin.k, offset=intrin.input_offset, dtype=intrin.data_dtype,
+                   primfunc_name_hint="pack_int8")
     if plan.kind == "conv2d":
         if plan.pad is not None:
             x, padding, pad_value = padded[b.value.args[0]]
         else:
             padding, pad_value = (0, 0, 0, 0), 0.0
-        xp = bb.emit_te(P.pack_data, x, _const(int(pad_value), "int8"), padding=padding,
-                        k=intrin.k, offset=intrin.input_offset, dtype=intrin.data_dtype,
-                        primfunc_name_hint="pack_int8")
         strides = tuple(int(s) for s in attrs.strides)
         dilation = tuple(int(d) for d in attrs.dilation)
-        out_ndim = 4
+        # A multi-row instruction computes whole groups of `rows` pixels: pad the input for them.
+        extra = (P.padded_width(out_shape[3], rows) - out_shape[3]) * strides[1]
+        padding = padding[:3] + (padding[3] + extra,)
+        phases = strides[1] if rows > 1 else 1
+        xp = bb.emit_te(P.pack_data, x, _const(int(pad_value), "int8"), padding=padding,
+                        phases=phases, **packing)
     else:
-        xp = bb.emit_te(P.pack_rows, x, k=intrin.k, offset=intrin.input_offset,
-                        dtype=intrin.data_dtype, primfunc_name_hint="pack_int8")
-        strides, dilation, out_ndim = (1, 1), (1, 1), 2
-    wp = relax.const(P.pack_weight(plan.weight, intrin.lanes, intrin.k))
-    o = plan.channels
+        xp = bb.emit_te(P.pack_rows, x, width=rows, **packing)
+        strides, dilation = (1, 1), (1, 1)
+    wp = relax.const(P.pack_weight(plan.weight, intrin.lanes, intrin.k, intrin.weight_dtype))
+    kernel = dict(strides=strides, dilation=dilation, out_shape=out_shape, rows=rows)
     if plan.chain is None:
         corr = intrin.input_offset * plan.weight.astype(np.int64).sum(axis=(1, 2, 3))
-        return bb.emit(bb.call_te(P.conv2d_int32, xp, wp, _const(corr, "int32"), strides=strides,
-                                  dilation=dilation, channels=o, out_ndim=out_ndim,
+        return bb.emit(bb.call_te(P.conv2d_int32, xp, wp, _const(corr, "int32"), **kernel,
                                   primfunc_name_hint=f"{plan.kind}_packed_int8"), b.var.name)
-    rq = plan.rq
+    rq, o = plan.rq, plan.channels
     call = bb.call_te(P.conv2d_requant, xp, wp, _const(rq.mul, "int64"), _const(rq.add, "int64"),
                       _const(rq.shift, "int64"), _const(np.full(o, rq.lo), "int64"),
-                      _const(np.full(o, rq.hi), "int64"), strides=strides, dilation=dilation,
-                      channels=o, out_ndim=out_ndim,
+                      _const(np.full(o, rq.hi), "int64"), **kernel,
                       primfunc_name_hint=f"{plan.kind}_packed_int8_requant")
     return bb.emit(call, plan.chain[-1].var.name)
 

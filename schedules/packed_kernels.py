@@ -1,7 +1,7 @@
 """TE computes of int8 conv2d/dense in the blocked layouts a dot-product instruction wants.
 
 For an instruction computing ``C[i] += sum_k A[k] * B[i, k]`` over ``L`` lanes and ``K`` bytes
-(x86 VNNI ``vpdpbusd``: ``L = 16``, ``K = 4``):
+(x86 VNNI ``vpdpbusd``: ``L = 16``, ``K = 4``; ARM ``sdot``: ``4, 4``; RVV: ``16, 1``):
 
 * activations ``NCHW`` -> ``N, C/K, H, W, K`` (:func:`pack_data`; spatial padding with the
   zero point and the +128 uint8 shift happen in the same pass);
@@ -9,6 +9,12 @@ For an instruction computing ``C[i] += sum_k A[k] * B[i, k]`` over ``L`` lanes a
 * the conv accumulates ``N, O/L, OH, OW, L`` in int32 (the ``L`` output channels of one
   instruction are contiguous, the ``K`` input channels it reduces too), and its epilogue
   (the layer's requantize, or the int32 correction of the shift) writes plain ``NCHW``.
+
+An instruction taking ``R > 1`` rows of activations (i8mm ``smmla``: ``R = 2`` pixels x
+``L = 2`` channels x ``K = 8``) gets ``R`` adjacent output pixels of a row per step: the
+accumulator has an ``R`` axis inside the output columns, which are padded up to a multiple of
+``R`` (the input gets as many more padded columns), and a strided conv's input is split by
+column phase so those pixels read adjacent columns.
 
 Channels are padded up to multiples of ``K`` and ``L`` with zero weights; the padded output
 channels are computed and never stored. Per-channel constants are kernel *inputs*, not
@@ -28,25 +34,29 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def pack_weight(w: np.ndarray, lanes: int, k: int) -> np.ndarray:
-    """``OIHW`` int8 -> ``O/lanes, I/k, KH, KW, lanes, k``, zero-padded channels."""
+def pack_weight(w: np.ndarray, lanes: int, k: int, dtype: str = "int8") -> np.ndarray:
+    """``OIHW`` int8 -> ``O/lanes, I/k, KH, KW, lanes, k`` of ``dtype``, zero-padded channels."""
     o, i, kh, kw = w.shape
     oo, io = ceil_div(o, lanes), ceil_div(i, k)
-    padded = np.zeros((oo * lanes, io * k, kh, kw), w.dtype)
+    padded = np.zeros((oo * lanes, io * k, kh, kw), dtype)
     padded[:o, :i] = w
     return np.ascontiguousarray(
         padded.reshape(oo, lanes, io, k, kh, kw).transpose(0, 2, 4, 5, 1, 3))
 
 
-def pack_data(x: te.Tensor, pad_value: te.Tensor, padding, k: int, offset: int, dtype: str):
+def pack_data(x: te.Tensor, pad_value: te.Tensor, padding, k: int, offset: int, dtype: str,
+              phases: int = 1):
     """``NCHW`` int8 -> ``N, C/k, H + pads, W + pads, k`` of ``dtype``, every value ``+ offset``.
 
     ``padding`` is ``(top, left, bottom, right)``; padded positions hold ``pad_value + offset``
     (the layer's input zero point, a 0-d int8 tensor), padded channels hold 0 (their weights
-    are 0).
+    are 0). ``phases > 1`` (a strided conv for a multi-row instruction) splits the padded
+    columns by ``column % phases`` -> ``N, C/k, H', phases, W'/phases, k``, so the columns one
+    output row of pixels reads at stride ``phases`` are adjacent (see :func:`_accumulate`).
     """
     n, c, h, w = (int(d) for d in x.shape)
     top, left, bottom, right = padding
+    width = w + left + right
 
     def value(b, co, y, xx, ci):
         ch = co * k + ci
@@ -55,81 +65,107 @@ def pack_data(x: te.Tensor, pad_value: te.Tensor, padding, k: int, offset: int, 
         shifted = (v.astype("int32") + offset).astype(dtype)
         return tirx.if_then_else(ch < c, shifted, tirx.const(0, dtype))
 
-    return te.compute((n, ceil_div(c, k), h + top + bottom, w + left + right, k), value,
+    if phases == 1:
+        return te.compute((n, ceil_div(c, k), h + top + bottom, width, k), value,
+                          name="pack_int8", tag="injective")
+    return te.compute((n, ceil_div(c, k), h + top + bottom, phases, ceil_div(width, phases), k),
+                      lambda b, co, y, p, j, ci: value(b, co, y, j * phases + p, ci),
                       name="pack_int8", tag="injective")
 
 
-def pack_rows(x: te.Tensor, k: int, offset: int, dtype: str):
-    """A dense layer's ``M, K`` int8 input -> ``M, K/k, 1, 1, k`` (a 1x1 conv over ``M`` rows),
-    every value ``+ offset``; padded columns hold 0."""
+def pack_rows(x: te.Tensor, k: int, offset: int, dtype: str, width: int = 1):
+    """A dense layer's ``M, K`` int8 input -> ``M, K/k, 1, width, k`` (a 1x1 conv over ``M``
+    rows; columns past the first, for a multi-row instruction, hold 0), every value
+    ``+ offset``; padded columns hold 0."""
     m, c = (int(d) for d in x.shape)
 
-    def value(r, co, _y, _x, ci):
+    def value(r, co, _y, xx, ci):
         ch = co * k + ci
         shifted = (x[r, tirx.min(ch, c - 1)].astype("int32") + offset).astype(dtype)
-        return tirx.if_then_else(ch < c, shifted, tirx.const(0, dtype))
+        inside = ch < c if width == 1 else tirx.all(ch < c, xx == 0)
+        return tirx.if_then_else(inside, shifted, tirx.const(0, dtype))
 
-    return te.compute((m, ceil_div(c, k), 1, 1, k), value, name="pack_int8", tag="injective")
+    return te.compute((m, ceil_div(c, k), 1, width, k), value, name="pack_int8", tag="injective")
 
 
-def _accumulate(xp: te.Tensor, wp: te.Tensor, strides, dilation):
-    n, _, hp, wp_, _ = (int(d) for d in xp.shape)
+def padded_width(out_width: int, rows: int) -> int:
+    """Output columns computed for ``out_width`` stored ones: a multiple of ``rows`` (the
+    pixels one instruction takes); the extra ones are computed and never stored."""
+    return ceil_div(out_width, rows) * rows
+
+
+def _accumulate(xp: te.Tensor, wp: te.Tensor, strides, dilation, out_hw, rows: int):
+    """``N, O/L, OH, OW, L`` int32 (``rows == 1``), or ``N, O/L, OH, OW/R, R, L`` for an
+    instruction taking ``R = rows`` pixels: pixel ``x = xb * R + r``. A strided conv's data is
+    phase-split (:func:`pack_data`): column ``x * s + rx * d`` is at phase ``(rx * d) % s``,
+    position ``x + (rx * d) // s``, so the ``R`` pixels read adjacent columns."""
+    n = int(xp.shape[0])
     oo, io, kh, kw, lanes, k = (int(d) for d in wp.shape)
     sh, sw = strides
     dh, dw = dilation
-    oh = (hp - (kh - 1) * dh - 1) // sh + 1
-    ow = (wp_ - (kw - 1) * dw - 1) // sw + 1
+    oh, ow = out_hw
+    phased = len(xp.shape) == 6
     rc = te.reduce_axis((0, io), "rc")
     ry = te.reduce_axis((0, kh), "ry")
     rx = te.reduce_axis((0, kw), "rx")
     rk = te.reduce_axis((0, k), "rk")
-    return te.compute(
-        (n, oo, oh, ow, lanes),
-        lambda b, o, y, x, l: te.sum(
-            xp[b, rc, y * sh + ry * dh, x * sw + rx * dw, rk].astype("int32")
+
+    def column(x):
+        if phased:
+            return ((rx * dw) % sw, x + (rx * dw) // sw)
+        return (x * sw + rx * dw,)
+
+    def dot(b, o, y, x, l):
+        return te.sum(
+            xp[(b, rc, y * sh + ry * dh) + column(x) + (rk,)].astype("int32")
             * wp[o, rc, ry, rx, l, rk].astype("int32"),
-            axis=[rc, ry, rx, rk]),
-        name=CONV_BLOCK)
+            axis=[rc, ry, rx, rk])
+
+    if rows == 1:
+        return te.compute((n, oo, oh, ow, lanes), dot, name=CONV_BLOCK)
+    return te.compute((n, oo, oh, ceil_div(ow, rows), rows, lanes),
+                      lambda b, o, y, xb, r, l: dot(b, o, y, xb * rows + r, l), name=CONV_BLOCK)
 
 
-def _out_index(out_ndim: int, lanes: int):
-    """Map an output index to the accumulator index: NCHW (4-D) or a dense ``M, N`` (2-D)."""
-    if out_ndim == 4:
-        return lambda b, o, y, x: ((b, o // lanes, y, x, o % lanes), o)
-    return lambda m, o: ((m, o // lanes, 0, 0, o % lanes), o)
+def _acc_index(out_shape, lanes: int, rows: int):
+    """Map an output index (NCHW, or a dense ``M, N``) to ``(accumulator index, channel)``."""
+    if len(out_shape) == 4:
+        def pixel(b, o, y, x):
+            return (b, o // lanes, y, x) if rows == 1 else (b, o // lanes, y, x // rows, x % rows)
+    else:
+        def pixel(m, o):
+            return (m, o // lanes, 0, 0) if rows == 1 else (m, o // lanes, 0, 0, 0)
+    return lambda *i: (pixel(*i) + (i[1] % lanes,), i[1])
 
 
-def _out_shape(acc, channels: int, out_ndim: int):
-    n, _, oh, ow, _ = (int(d) for d in acc.shape)
-    return (n, channels, oh, ow) if out_ndim == 4 else (n, channels)
+def _packed_acc(xp, wp, strides, dilation, out_shape, rows):
+    out_hw = tuple(int(d) for d in out_shape[2:]) if len(out_shape) == 4 else (1, 1)
+    acc = _accumulate(xp, wp, strides, dilation, out_hw, rows)
+    return acc, _acc_index(out_shape, int(wp.shape[4]), rows)
 
 
-def conv2d_requant(xp, wp, mul, add, shift, lo, hi, strides, dilation, channels: int,
-                   out_ndim: int = 4):
-    """Packed conv (or dense: 1x1 over ``M`` rows, ``out_ndim`` 2) + the layer's requantize
+def conv2d_requant(xp, wp, mul, add, shift, lo, hi, strides, dilation, out_shape, rows: int = 1):
+    """Packed conv (or dense: 1x1 over ``M`` rows) + the layer's requantize
     ``int8(clip((int64(acc) * MUL + ADD) >> S, lo, hi))``, per output channel ``o``
-    (``mul``..``hi`` are int64 vectors of length ``channels``), written unpacked."""
-    acc = _accumulate(xp, wp, strides, dilation)
-    index = _out_index(out_ndim, int(wp.shape[4]))
+    (``mul``..``hi`` are int64 vectors of length ``channels``), written unpacked as
+    ``out_shape`` (NCHW, or ``M, channels``)."""
+    acc, index = _packed_acc(xp, wp, strides, dilation, out_shape, rows)
 
     def requant(*i):
         a, o = index(*i)
         v = (acc[a].astype("int64") * mul[o] + add[o]) >> shift[o]
         return te.max(te.min(v, hi[o]), lo[o]).astype("int8")
 
-    return te.compute(_out_shape(acc, channels, out_ndim), requant, name="requantize",
-                      tag="elemwise")
+    return te.compute(tuple(out_shape), requant, name="requantize", tag="elemwise")
 
 
-def conv2d_int32(xp, wp, correction, strides, dilation, channels: int, out_ndim: int = 4):
+def conv2d_int32(xp, wp, correction, strides, dilation, out_shape, rows: int = 1):
     """Packed conv (or dense) with a plain int32 result: ``acc - correction[o]`` (the shifted
-    input's ``offset * sum(Qw)``), written unpacked."""
-    acc = _accumulate(xp, wp, strides, dilation)
-    index = _out_index(out_ndim, int(wp.shape[4]))
+    input's ``offset * sum(Qw)``), written unpacked as ``out_shape``."""
+    acc, index = _packed_acc(xp, wp, strides, dilation, out_shape, rows)
 
     def unpack(*i):
         a, o = index(*i)
         return acc[a] - correction[o]
 
-    return te.compute(_out_shape(acc, channels, out_ndim), unpack, name="unpack",
-                      tag="elemwise")
+    return te.compute(tuple(out_shape), unpack, name="unpack", tag="elemwise")

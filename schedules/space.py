@@ -5,8 +5,8 @@ TVM's default x86 space already holds a ``MultiLevelTilingWithIntrin`` rule, but
 is the same rule list with our intrinsic in that slot: the packed conv's block is tiled so its
 innermost ``lanes x k`` loops map onto the instruction, and RewriteTensorize replaces them;
 blocks the intrinsic does not fit (the epilogue, depthwise convs, float ops) fall through to
-plain multi-level tiling. An ARM/RISC-V instruction plugs in the same way (its
-:class:`~.intrinsics.DotProduct` in the same slot).
+plain multi-level tiling. The ARM (``sdot``, i8mm ``smmla``) and RISC-V (``vwmacc``)
+intrinsics sit in the same slot for their targets.
 """
 
 from __future__ import annotations

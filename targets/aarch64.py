@@ -7,6 +7,8 @@ from .spec import TargetSpec
 _COMMON = dict(
     cross_compiler="aarch64-linux-gnu-g++",
     apt_packages=("g++-aarch64-linux-gnu",),
+    # Best first; the target's CPU features (mattr) decide. Neither: plain NEON, untensorized.
+    int8_dot=("arm-i8mm", "arm-sdot"),
 )
 
 AARCH64 = TargetSpec(

@@ -22,8 +22,7 @@ from pathlib import Path
 
 from tvm_intq.errors import IntqError
 
-# ELF e_machine of the libraries a board can load, by the first part of the LLVM triple.
-ELF_MACHINES = {"x86_64": 62, "aarch64": 183, "riscv64": 243}
+# What to call an ELF e_machine in messages.
 ELF_MACHINE_NAMES = {62: "x86-64", 183: "aarch64", 243: "riscv64"}
 
 _REPO = Path(__file__).resolve().parents[1]
@@ -75,6 +74,9 @@ class BoardSpec:
     description: str
     emulator: Emulator | None = None
     setup: tuple[str, ...] = field(default=())   # for real boards: what to install on it
+    #: Emulated boards that differ only in emulator options (e.g. the RISC-V VLEN) share the
+    #: runtime `make boards` built for this board name (default: their own name).
+    runtime: str = ""
 
     @property
     def emulated(self) -> bool:
@@ -88,12 +90,11 @@ class BoardSpec:
     @property
     def elf_machine(self) -> int:
         """ELF e_machine of the libraries this board loads."""
-        triple = self.target_spec().target_dict().get("mtriple", "x86_64")
-        return ELF_MACHINES[triple.split("-")[0]]
+        return self.target_spec().elf_machine
 
     # ----------------------------------------------------------------- emulated boards
     def runtime_dir(self) -> Path:
-        return boards_build_dir() / self.name
+        return boards_build_dir() / (self.runtime or self.name)
 
     def server_binary(self) -> Path:
         return self.runtime_dir() / "bin" / "tvm_board_server"

@@ -17,4 +17,5 @@ RISCV64 = TargetSpec(
     cross_compiler="riscv64-linux-gnu-g++",
     cross_options=("-march=rv64gcv", "-mabi=lp64d"),
     apt_packages=("g++-riscv64-linux-gnu",),
+    int8_dot=("rvv-vwmacc",),  # widening multiply-adds, any VLEN >= 128
 )

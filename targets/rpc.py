@@ -245,11 +245,11 @@ class TrackerClient:
             sess = tvm.rpc.connect(host, port, matchkey, session_timeout=session_timeout)
         except Exception as err:  # noqa: BLE001 - TVM raises its own error types
             raise BoardLost(f"board {host}:{port} under '{key}' did not accept the session: "
-                            f"{_first_line(err)}") from None
+                            f"{error_line(err)}") from None
         return Board(sess, key, f"{host}:{port}")
 
 
-def _first_line(err: BaseException) -> str:
+def error_line(err: BaseException) -> str:
     """The line of a (TVM) error message that says what went wrong."""
     text = str(err).strip()
     for line in text.splitlines():
@@ -290,6 +290,18 @@ def check_library_for(board: BoardSpec | None, path, key: str = "") -> None:
             f"{Path(path).name} is built for {machine_name(got)}, but board '{board.name}' "
             f"(key '{key or board.key}') runs {machine_name(board.elf_machine)} libraries: "
             f"compile with --target {board.target}")
+
+
+def check_target_for_key(spec, key: str) -> None:
+    """:class:`IntqError` if the boards under ``key`` (one of our board kinds) cannot load
+    libraries built for the target definition ``spec``: said before anything is compiled."""
+    from .boards import board_for_key
+
+    board = board_for_key(key)
+    if board is not None and board.elf_machine != spec.elf_machine:
+        raise IntqError(f"boards under key '{key}' ({board.name}) run "
+                        f"{machine_name(board.elf_machine)} libraries; --target {spec.name} builds "
+                        f"{machine_name(spec.elf_machine)} ones: use --target {board.target}")
 
 
 class Board:
@@ -333,9 +345,9 @@ class Board:
         except Exception as err:  # noqa: BLE001 - TVM raises its own error types
             if not self.alive():
                 raise BoardLost(f"board {self.addr} ('{self.key}') died during {what}: "
-                                f"{_first_line(err)}") from None
+                                f"{error_line(err)}") from None
             raise IntqError(f"board {self.addr} ('{self.key}'): {what} failed: "
-                            f"{_first_line(err)}") from None
+                            f"{error_line(err)}") from None
 
     def upload(self, path) -> str:
         """Upload a library under a fresh name (a re-upload under the name of a loaded
@@ -487,7 +499,7 @@ def run_on_boards(tracker: TrackerClient, key: str, jobs: list[Job], *, timeout:
                 fail(f"{job.name}: {err}")
                 return
             except Exception as err:  # noqa: BLE001 - keep the other results
-                fail(f"{job.name}: {type(err).__name__}: {_first_line(err)}")
+                fail(f"{job.name}: {type(err).__name__}: {error_line(err)}")
                 return
             finally:
                 if board is not None:

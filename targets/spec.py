@@ -16,6 +16,9 @@ from typing import Any
 
 from tvm_intq.errors import IntqError
 
+# ELF e_machine of the libraries built for a target, by the first part of its LLVM triple.
+ELF_MACHINES = {"x86_64": 62, "aarch64": 183, "riscv64": 243}
+
 
 @dataclass(frozen=True)
 class TargetSpec:
@@ -49,6 +52,12 @@ class TargetSpec:
         import tvm
 
         return tvm.target.Target(self.target_dict())
+
+    @property
+    def elf_machine(self) -> int:
+        """ELF ``e_machine`` of the libraries built for this target (0: unknown)."""
+        triple = self.target_dict().get("mtriple", "x86_64")
+        return ELF_MACHINES.get(triple.split("-")[0], 0)
 
     @property
     def is_host(self) -> bool:

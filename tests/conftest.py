@@ -19,7 +19,27 @@ def require_tool(name: str) -> str:
     path = shutil.which(name)
     if path:
         return path
-    reason = f"{name} not found on PATH (make system-deps installs it)"
+    missing(f"{name} not found on PATH (make system-deps installs it)")
+
+
+def missing(reason: str):
+    """Skip the test with ``reason`` locally; fail it under CI=true, where ``make`` has
+    installed and built everything the tests need."""
     if os.environ.get("CI") == "true":
         pytest.fail(f"{reason}; under CI=true a missing tool is a failure, not a skip")
     pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def bundled_integer():
+    """The bundled model quantized with its calibration set (the integer Relax module), once
+    per session: the tests of several targets build it (~15 s to quantize)."""
+    from tvm_intq import api
+    from tvm_intq.calibration import load_npz
+    from tvm_intq.demo import bundled
+    from tvm_intq.frontend import import_onnx
+
+    model = bundled("mnist_cnn.onnx")
+    _, info = import_onnx(model)
+    calib = load_npz(bundled("calib.npz"), info.inputs)
+    return api.compile_onnx(model, calib, api.QuantConfig(progress=False), "host").integer

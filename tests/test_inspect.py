@@ -1,17 +1,19 @@
 """`tvm-intq inspect` (tvm_intq/inspect.py): instruction counts per kernel from the library's
-disassembly, and the bundled model's host int8 convs using vpdpbusd."""
+disassembly, and the bundled model's int8 convs using vpdpbusd on the host, sdot on aarch64,
+smmla on aarch64-i8mm and RVV widening multiply-adds on riscv64."""
 
 from __future__ import annotations
 
 import pytest
 
-from tvm_intq import cli
+from conftest import require_tool
+from tvm_intq import api, cli
 from tvm_intq.demo import bundled
 from tvm_intq.frontend import import_onnx
 from tvm_intq.inspect import count_instructions, inspect_library, kernel_of
 from tvm_intq.relay_passes.ir_utils import op_name
 from tvm_intq.relay_passes.rebuild import bindings_of
-from tvm_intq.schedules.intrinsics import INTRINSICS, supported
+from tvm_intq.schedules.intrinsics import INTRINSICS, select, supported
 from tvm_intq.targets import get_target
 
 ASM = """
@@ -24,6 +26,16 @@ ASM = """
     2010:       retq
 0000000000003000 <frame_dummy>:
     3000:       vpdpbusd        %zmm1, %zmm2, %zmm0
+"""
+
+
+RVV_ASM = """
+0000000000001000 <conv2d_packed_int8_requant_compute_>:
+    1000: vsetivli zero, 0x10, e16, m2, tu, ma
+    1004: vwmacc.vx v16, a0, v20
+    1008: vwmaccsu.vv v16, v8, v20
+    100c: vwmul.vv v8, v9, v10
+    1010: vadd.vv v8, v9, v10
 """
 
 
@@ -40,6 +52,36 @@ def test_counts_per_kernel():
     assert (c["vpdpbusd"], c["vpmaddwd"], c["zmm"], c["ymm"], c["total"]) == (2, 1, 2, 1, 5)
 
 
+def test_rvv_counts_by_instruction_family():
+    c = count_instructions(RVV_ASM, "riscv64")["conv2d_packed_int8_requant"]
+    assert (c["vwmacc*"], c["vwmul*"], c["vset*"], c["total"]) == (2, 1, 1, 5)
+
+
+def grouped_convs(model) -> tuple[int, int]:
+    """``(int8 convs, grouped ones)`` of an ONNX model: the grouped (depthwise) ones fit no
+    dot-product layout and stay unpacked."""
+    mod, _ = import_onnx(model)
+    convs = [b.value for b in bindings_of(mod["main"]) if op_name(b.value) == "relax.nn.conv2d"]
+    return len(convs), sum(int(c.attrs.groups) != 1 for c in convs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["aarch64", "aarch64-i8mm", "riscv64"])
+def test_bundled_model_int8_convs_use_the_targets_instruction(target, bundled_integer, tmp_path):
+    """sdot (dotprod), smmla (i8mm) or vwmacc (RVV): every packed int8 conv/dense kernel."""
+    spec = get_target(target)
+    require_tool(spec.cross_compiler)
+    lib = tmp_path / f"mnist-{target}.so"
+    spec.export(api.build(bundled_integer, spec), lib)
+    family = {"aarch64": "sdot", "aarch64-i8mm": "smmla", "riscv64": "vwmacc*"}[target]
+    assert select(spec.int8_dot, spec.target()).instruction.startswith(family.rstrip("*"))
+    kernels = inspect_library(lib)["kernels"]
+    packed = {k: v[family] for k, v in kernels.items() if "packed_int8" in k}
+    convs, grouped = grouped_convs(bundled("mnist_cnn.onnx"))
+    assert len(packed) == convs - grouped + 1, packed  # + the dense layer
+    assert all(n > 0 for n in packed.values()), packed
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not supported(INTRINSICS["x86-vnni"], get_target("host").target()),
                     reason="this CPU has no AVX512-VNNI")
@@ -51,11 +93,9 @@ def test_bundled_model_int8_convs_use_vpdpbusd(tmp_path, capsys):
     packed = {k: v for k, v in kernels.items() if "packed_int8" in k}
     assert packed and all(v["vpdpbusd"] > 0 and v["zmm"] > 0 for v in packed.values()), packed
     # Every int8 conv is packed except the grouped (depthwise) ones, which VNNI does not fit.
-    mod, _ = import_onnx(bundled("mnist_cnn.onnx"))
-    convs = [b.value for b in bindings_of(mod["main"]) if op_name(b.value) == "relax.nn.conv2d"]
-    grouped = sum(int(c.attrs.groups) != 1 for c in convs)
+    convs, grouped = grouped_convs(bundled("mnist_cnn.onnx"))
     unpacked = [k for k in kernels if "conv2d" in k and "packed" not in k]
-    assert len(unpacked) == grouped and len(convs) > grouped
+    assert len(unpacked) == grouped and convs > grouped
     capsys.readouterr()
     assert cli.main(["inspect", str(lib)]) == 0
     out = capsys.readouterr().out

@@ -37,7 +37,8 @@ from .reference import run_reference
 from .runner import check_inputs
 from .targets import get_target
 from .targets.boards import board_for_key
-from .targets.rpc import Board, Job, RunStopped, TrackerClient, machine_name, run_on_boards
+from .targets.rpc import (Board, Job, RunStopped, TrackerClient, check_target_for_key,
+                           run_on_boards)
 
 EMULATED_NOTE = ("emulated: wall time of qemu-user on this machine, not of any hardware; "
                  "the int8/fp32 ratio under emulation is no hardware claim either")
@@ -100,14 +101,6 @@ class BenchPlan:
     report: dict             # the quantization report on the check samples
 
 
-def _check_key(spec, key: str) -> None:
-    board = board_for_key(key)
-    if board is not None and board.elf_machine != _machine_of(spec):
-        raise IntqError(f"boards under key '{key}' ({board.name}) run "
-                        f"{machine_name(board.elf_machine)} libraries; --target {spec.name} builds "
-                        f"{machine_name(_machine_of(spec))} ones: use --target {board.target}")
-
-
 def prepare(model, calib: SampleSet, target: str, *, fp32: bool = False, check_samples: int = 4,
             config: api.QuantConfig | None = None, input_shapes: dict | None = None,
             out_dir=None) -> BenchPlan:
@@ -154,7 +147,7 @@ def run(plan: BenchPlan, tracker: str, key: str, *, repeat: int = 10, number: in
     """Run a prepared bench on the boards under ``key`` (see the module docstring)."""
     if repeat < 1 or number < 1 or warmup < 0:
         raise IntqError("--repeat and --number must be >= 1, --warmup >= 0")
-    _check_key(get_target(plan.target), key)
+    check_target_for_key(get_target(plan.target), key)
     client = TrackerClient(tracker)
     n_boards = client.require_boards(key)
     board = board_for_key(key)
@@ -195,7 +188,7 @@ def bench(model, calib: SampleSet, target: str, tracker: str, key: str, *, fp32:
     (:class:`BenchStopped`) carries in ``result`` whatever was measured before."""
     if repeat < 1 or number < 1 or warmup < 0:
         raise IntqError("--repeat and --number must be >= 1, --warmup >= 0")
-    _check_key(get_target(target), key)
+    check_target_for_key(get_target(target), key)
     TrackerClient(tracker).require_boards(key)   # no tracker / no board: one line, before compiling
     plan = prepare(model, calib, target, fp32=fp32, check_samples=check_samples, config=config,
                    input_shapes=input_shapes, out_dir=out_dir)
@@ -217,10 +210,3 @@ def _summarize(outcome) -> dict:
     if i8 and f32:
         res["ratio_int8_over_fp32"] = i8["p50_ms"] / f32["p50_ms"] if f32["p50_ms"] else None
     return res
-
-
-def _machine_of(spec) -> int:
-    from .targets.board import ELF_MACHINES
-
-    triple = spec.target_dict().get("mtriple", "x86_64")
-    return ELF_MACHINES.get(triple.split("-")[0], 0)

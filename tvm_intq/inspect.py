@@ -17,19 +17,24 @@ from pathlib import Path
 
 from .errors import IntqError
 
-#: What to count per architecture (objdump's name for it): instruction mnemonics, plus the
-#: vector registers by width ("zmm" = any instruction with a 512-bit operand).
+#: What to count per architecture (objdump's name for it): instruction mnemonics ("vwmacc*":
+#: every mnemonic starting with "vwmacc", i.e. .vv/.vx/su/u forms), plus the vector registers
+#: by width ("zmm" = any instruction with a 512-bit operand). RISC-V: the widening
+#: multiply(-add)s and reductions an exact int8 kernel is made of (int8 x int8 -> int16/int32).
 WATCH = {
     "x86-64": {"mnemonics": ("vpdpbusd", "vpdpbusds", "vpmaddubsw", "vpmaddwd"),
                "registers": ("zmm", "ymm", "xmm")},
     "aarch64": {"mnemonics": ("sdot", "udot", "usdot", "smmla", "ummla", "usmmla", "smlal",
                               "smlal2", "mul"), "registers": ()},
-    "riscv64": {"mnemonics": ("vwmacc.vv", "vwmacc.vx", "vmacc.vv", "vwmul.vv", "vsetvli"),
+    "riscv64": {"mnemonics": ("vwmacc*", "vwmul*", "vwredsum*", "vdot*", "vmacc*", "vset*"),
                 "registers": ()},
 }
 _DISASSEMBLERS = {"x86-64": ("llvm-objdump", "objdump"),
                   "aarch64": ("llvm-objdump", "aarch64-linux-gnu-objdump"),
                   "riscv64": ("llvm-objdump", "riscv64-linux-gnu-objdump")}
+# llvm-objdump decodes only the extensions it is told about (binutils' objdump knows the ARM
+# ones, but prints RVV as .4byte).
+_LLVM_MATTR = {"aarch64": "--mattr=+dotprod,+i8mm", "riscv64": "--mattr=+v"}
 _ENTRY = "__tvm_ffi_"
 _BODY = re.compile(r"_compute_(?:_\d+)?$")
 _SYMBOL = re.compile(r"^[0-9a-f]+ <(.+)>:$")
@@ -53,8 +58,8 @@ def disassemble(library, arch: str) -> str:
         if path is None:
             continue
         cmd = [path, "-d", "--no-show-raw-insn", str(library)]
-        if arch == "riscv64" and tool == "llvm-objdump":
-            cmd.insert(2, "--mattr=+v")
+        if tool == "llvm-objdump" and arch in _LLVM_MATTR:
+            cmd.insert(2, _LLVM_MATTR[arch])
         out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode == 0:
             return out.stdout
@@ -74,7 +79,8 @@ def kernel_of(symbol: str) -> str | None:
 def count_instructions(asm: str, arch: str) -> dict[str, Counter]:
     """``{kernel: Counter}`` of the watched mnemonics and register widths, plus ``total``."""
     watch = WATCH[arch]
-    mnemonics = set(watch["mnemonics"])
+    exact = {m for m in watch["mnemonics"] if not m.endswith("*")}
+    prefixes = [m for m in watch["mnemonics"] if m.endswith("*")]
     out: dict[str, Counter] = {}
     current = None
     for line in asm.splitlines():
@@ -92,8 +98,11 @@ def count_instructions(asm: str, arch: str) -> dict[str, Counter]:
         mnemonic = text.split()[0]
         counts = out[current]
         counts["total"] += 1
-        if mnemonic in mnemonics:
+        if mnemonic in exact:
             counts[mnemonic] += 1
+        for family in prefixes:
+            if mnemonic.startswith(family[:-1]):
+                counts[family] += 1
         for reg in watch["registers"]:
             if f"%{reg}" in text or re.search(rf"\b{reg}\d", text):
                 counts[reg] += 1

@@ -1,4 +1,5 @@
-"""Emulated RISC-V64 board with the vector extension (RVV 1.0, VLEN 128) under qemu-riscv64.
+"""Emulated RISC-V64 board with the vector extension (RVV 1.0, VLEN 128; riscv64-emu-vlen256 is
+the same at VLEN 256) under qemu-riscv64.
 No riscv64 wheel of TVM exists: ``build_riscv64_emu.sh`` cross-builds libtvm_ffi and the TVM
 runtime from the C++ sources the installed x86 wheels ship."""
 
