@@ -25,6 +25,7 @@ loses at most the batch in flight and possibly a half-written last line, which
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import math
@@ -32,6 +33,7 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +46,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 from tvm.s_tir.meta_schedule.search_strategy import PySearchStrategy
 
+from ..errors import IntqError
 from . import database as D
 from .default_schedule import apply_default, has_packed_conv
 from .pipeline import dot_product_for
@@ -51,7 +54,17 @@ from .space import design_space
 
 log = logging.getLogger(__name__)
 INVALID_SECONDS = 1e9  # MetaSchedule stores failed candidates with run_secs 1e10
-_STOP = {"requested": False}  # set by the first Ctrl-C of a tune
+_STOP = {"requested": False, "reason": None}  # set by the first Ctrl-C of a tune, or stop()
+#: Start of the error message of a runner result that is no measurement (its board was lost):
+#: it is not recorded, and a resumed tune measures that candidate again.
+NOT_MEASURED = "not measured: "
+
+
+def stop(reason: str) -> None:
+    """End the tune after the batch in flight, which is not recorded (a runner calls this when
+    it cannot measure any more, e.g. no board is left); :func:`tune` raises
+    :class:`~tvm_intq.errors.IntqError` with ``reason``."""
+    _STOP.update(requested=True, reason=reason)
 
 
 def _ignore_sigint() -> None:
@@ -69,7 +82,7 @@ def _graceful_interrupt(echo):
     (MetaSchedule's task scheduler catches a KeyboardInterrupt raised inside its Python
     callbacks and just ends the current task, so the default handler would need one Ctrl-C
     per task.)"""
-    _STOP["requested"] = False
+    _STOP.update(requested=False, reason=None)
 
     def handler(signum, frame):
         if _STOP["requested"]:
@@ -185,8 +198,9 @@ class Progress(PyMeasureCallback):
 
 @derived_object
 class CommitRecords(PyMeasureCallback):
-    """MetaSchedule's AddToDatabase, except after a Ctrl-C: that batch's build and run workers
-    got the signal too, so its results may be spurious failures and are not recorded."""
+    """MetaSchedule's AddToDatabase, except after a Ctrl-C (that batch's build and run workers
+    got the signal too, so its results may be spurious failures) and for results that are no
+    measurement (:data:`NOT_MEASURED`): neither is recorded."""
 
     def __init__(self, database, mod, target):
         self.database, self.mod, self.target = database, mod, target
@@ -196,9 +210,20 @@ class CommitRecords(PyMeasureCallback):
             return
         workload = self.database.commit_workload(self.mod)
         for cand, res in zip(measure_candidates, runner_results):
-            secs = [float(x) for x in res.run_secs] if res.run_secs is not None else [1e10]
-            self.database.commit_tuning_record(ms.database.TuningRecord(
-                cand.sch.trace, workload, secs, self.target, cand.args_info))
+            secs = recorded_seconds(res)
+            if secs is not None:
+                self.database.commit_tuning_record(ms.database.TuningRecord(
+                    cand.sch.trace, workload, secs, self.target, cand.args_info))
+
+
+def recorded_seconds(result) -> list[float] | None:
+    """What a runner result records: its seconds, MetaSchedule's 1e10 for a candidate that
+    failed, None for no measurement (:data:`NOT_MEASURED`)."""
+    if result.error_msg is not None and str(result.error_msg).startswith(NOT_MEASURED):
+        return None
+    if result.error_msg is None and result.run_secs:
+        return [float(x) for x in result.run_secs]
+    return [1e10]
 
 
 @dataclass
@@ -221,11 +246,16 @@ def _flops(mod) -> float:
 
 def tune(mod: tvm.IRModule, spec, folder, trials: int, *, trials_per_iter: int | None = None,
          min_repeat_ms: int = 50, seed: int | None = None, progress: bool = True,
-         build_timeout: float = 120.0,
+         build_timeout: float = 120.0, runner=None,
          echo=print) -> list[TaskResult]:
     """Tune every kernel of ``mod`` (integer or float Relax module) for the target definition
     ``spec`` to ``trials`` measured candidates per kernel, in the database folder ``folder``
     (created if missing; resumed if it holds records). Returns one :class:`TaskResult` per task.
+
+    ``runner`` measures the candidates: None = on this machine (host targets only); for a
+    board, a :class:`~.board_runner.BoardsRunner`. Raises :class:`IntqError` when the runner
+    stops the tune (:func:`stop`), ``KeyboardInterrupt`` after a Ctrl-C; either way the
+    database keeps every record measured so far.
     """
     if trials < 1:
         raise ValueError("trials must be at least 1")
@@ -247,18 +277,24 @@ def tune(mod: tvm.IRModule, spec, folder, trials: int, *, trials_per_iter: int |
         else:
             todo.append((t, recs))
     skipped = len(results)
-    echo(f"{len(tasks)} tasks for {target.attrs.get('mcpu', target.kind.name)}: "
+    echo(f"{len(tasks)} tasks for {spec.name}: "
          f"{skipped} already tuned in {folder}, {len(todo)} to tune ({trials} trials each)")
     if not todo:
         return results
 
+    if runner is None and not spec.is_host:
+        raise IntqError(f"kernels for target {spec.name!r} run on a board: tune them there "
+                        "(a BoardsRunner; tvm-intq tune --tracker HOST:PORT --key KEY)")
     # Generous timeouts: a busy 2-core machine takes tens of seconds to start a build worker.
     builder = ms.builder.LocalBuilder(max_workers=1, timeout_sec=build_timeout,
-                                      f_build=build_kernel, initializer=_ignore_sigint)
-    runner = ms.runner.LocalRunner(timeout_sec=build_timeout, initializer=_ignore_sigint,
-                                   evaluator_config=ms.runner.EvaluatorConfig(
-                                       number=3, repeat=1, min_repeat_ms=min_repeat_ms,
-                                       enable_cpu_cache_flush=False))
+                                      f_build=build_kernel, initializer=_ignore_sigint,
+                                      f_export=None if spec.is_host else
+                                      functools.partial(export_kernel, spec.name))
+    if runner is None:
+        runner = ms.runner.LocalRunner(timeout_sec=build_timeout, initializer=_ignore_sigint,
+                                       evaluator_config=ms.runner.EvaluatorConfig(
+                                           number=3, repeat=1, min_repeat_ms=min_repeat_ms,
+                                           enable_cpu_cache_flush=False))
     cost_model = ms.cost_model.XGBModel(extractor=ms.feature_extractor.PerStoreFeature(),
                                         adaptive_training=True, num_tuning_cores=1)
     per_iter = min(trials_per_iter or 32, trials)
@@ -278,6 +314,9 @@ def tune(mod: tvm.IRModule, spec, folder, trials: int, *, trials_per_iter: int |
                         builder, runner, cost_model, seed, state, on_update, bar, results)
         finally:
             bar.close()
+    if _STOP["reason"]:
+        raise IntqError(f"{_STOP['reason']}; {folder} keeps every record measured so far, the "
+                        "same command resumes")
     if _STOP["requested"]:
         raise KeyboardInterrupt
     return results
@@ -307,9 +346,7 @@ def _tune_tasks(todo, trials, per_iter, skipped, count, target, intrin, folder, 
             continue
         stats = {"dropped": 0}
         strategy = SkipMeasured(_evolutionary(per_iter), measured, recs, stats)
-        # Console gets warnings only (each call re-reads this level); the logs/ files get all.
-        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
-        (logger,) = ms.logging.get_loggers_from_work_dir(str(folder), [t.name])
+        logger = _task_logger(folder, t.name)
         with _only_needed_intrinsics():
             ctx = ms.TuneContext(mod=t.mod, target=target, space_generator=design_space(intrin),
                                  search_strategy=strategy, task_name=t.name, logger=logger,
@@ -338,6 +375,29 @@ def _tune_tasks(todo, trials, per_iter, skipped, count, target, intrin, folder, 
                                   stats["dropped"]))
 
 
+def _task_logger(folder: Path, task: str) -> logging.Logger:
+    """The logger of one task's search, writing everything to ``folder/logs/<task>.log``; the
+    console gets MetaSchedule's warnings only.
+
+    (Not MetaSchedule's ``get_loggers_from_work_dir``: it re-runs ``logging.config.dictConfig``
+    over the whole process on every call, replacing the caller's logging setup, and fails on a
+    handler without a name, which pytest's log capture attaches.)"""
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+    logger = logging.getLogger(f"tvm_intq.tune.{task}")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    path = (folder / "logs" / f"{task}.log").resolve()
+    if not any(getattr(h, "baseFilename", None) == str(path) for h in logger.handlers):
+        for h in list(logger.handlers):  # a log of the same task in another database folder
+            logger.removeHandler(h)
+            h.close()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, mode="a")
+        handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s"))
+        logger.addHandler(handler)
+    return logger
+
+
 def _us(seconds):
     return None if seconds is None else seconds * 1e6
 
@@ -361,16 +421,26 @@ def _measure_default(task, intrin, target, builder, runner, db, measured) -> flo
     if built.error_msg is None:
         device = "cpu" if target.kind.name == "llvm" else target.kind.name
         (future,) = runner.run([ms.runner.RunnerInput(built.artifact_path, device, args_info)])
-        result = future.result()
-        if result.error_msg is None and result.run_secs:
-            secs = [float(x) for x in result.run_secs]
+        secs = recorded_seconds(future.result())
         shutil.rmtree(Path(built.artifact_path).parent, ignore_errors=True)
-    if _STOP["requested"]:  # its worker may have died of the Ctrl-C: not a measurement
+    if secs is None or _STOP["requested"]:  # no board, or its worker died of the Ctrl-C
+        measured.discard(key)
         return None
     db.commit_tuning_record(ms.database.TuningRecord(sch.trace, db.commit_workload(task.mod), secs,
                                                      target, args_info))
     mean = sum(secs) / len(secs)
     return mean if mean < INVALID_SECONDS else None
+
+
+def export_kernel(target_name: str, rt_mod) -> str:
+    """Build-worker export for a board: the kernel linked into a shared library with the
+    target's cross compiler (MetaSchedule's default writes a .tar, which a board could only
+    load with a compiler of its own)."""
+    from tvm_intq.targets import get_target
+
+    path = Path(tempfile.mkdtemp()) / "tvm_tmp_mod.so"
+    get_target(target_name).export(rt_mod, path)
+    return str(path)
 
 
 def build_kernel(mod, target, _params):

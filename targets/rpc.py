@@ -26,7 +26,8 @@ starts a fresh one for the next session.
 Client side: :class:`TrackerClient` (summary, request with a timeout), :class:`Board` (an
 open session: upload under a unique name, check the library's architecture, load, run,
 time), :func:`run_on_boards` (jobs spread over every board under a key, surviving boards
-that die), :func:`rpc_runner` (MetaSchedule's RPCRunner for a tracker and key).
+that die), :func:`rpc_config` (MetaSchedule's RPC settings for a tracker and key; the tune
+command's runner is :class:`tvm_intq.schedules.board_runner.BoardsRunner`).
 """
 
 from __future__ import annotations
@@ -522,7 +523,7 @@ def run_on_boards(tracker: TrackerClient, key: str, jobs: list[Job], *, timeout:
 
 
 # ---------------------------------------------------------------------------------------------
-# Remote tuning: MetaSchedule's RPC runner for a tracker and key (used by the tune command)
+# Remote tuning: MetaSchedule's RPC settings for a tracker and key (schedules/board_runner.py)
 # ---------------------------------------------------------------------------------------------
 def rpc_config(tracker: str, key: str, session_timeout: float = 60.0, priority: int = 1):
     """MetaSchedule's :class:`RPCConfig` for the boards under ``key`` at ``tracker``."""
@@ -531,21 +532,6 @@ def rpc_config(tracker: str, key: str, session_timeout: float = 60.0, priority: 
     host, port = parse_addr(tracker)
     return RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
                      session_priority=priority, session_timeout_sec=int(session_timeout))
-
-
-def rpc_runner(tracker: str, key: str, session_timeout: float = 60.0, number: int = 3,
-               repeat: int = 1, min_repeat_ms: int = 0, max_workers: int | None = None):
-    """MetaSchedule's RPCRunner measuring on every board under ``key`` (one worker per
-    board registered at the tracker, unless ``max_workers``)."""
-    from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, RPCRunner
-
-    if max_workers is None:
-        max_workers = TrackerClient(tracker).require_boards(key)
-    return RPCRunner(rpc_config=rpc_config(tracker, key, session_timeout),
-                     evaluator_config=EvaluatorConfig(number=number, repeat=repeat,
-                                                      min_repeat_ms=min_repeat_ms,
-                                                      enable_cpu_cache_flush=False),
-                     max_workers=max_workers)
 
 
 # ---------------------------------------------------------------------------------------------

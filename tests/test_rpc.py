@@ -405,22 +405,15 @@ def test_board_up_command_registers_and_stops_cleanly(tracker):
         kill_group(proc)
 
 
-def test_rpc_runner_for_remote_tuning(tracker, boards):
-    from tvm.s_tir.meta_schedule.runner import RPCRunner
-
+def test_rpc_config_reaches_a_board_as_metaschedule_does(tracker, boards):
     config = rpc.rpc_config(tracker[0], "riscv64-emu", session_timeout=30)
     host, port = tracker[0].rsplit(":", 1)
     assert (config.tracker_host, config.tracker_port, config.tracker_key) == (host, int(port), "riscv64-emu")
-    runner = rpc.rpc_runner(tracker[0], "riscv64-emu")
-    try:
-        assert isinstance(runner, RPCRunner)
-        assert runner.rpc_config.tracker_key == "riscv64-emu"
-        # MetaSchedule gets its sessions this way: an emulated board serves them like a real one.
-        session = config.connect_server()
-        assert session.get_function("tvm.rpc.server.workpath") is not None
-        del session
-    finally:
-        runner.pool.shutdown()
+    # MetaSchedule's own RPCRunner gets its sessions this way: an emulated board serves them
+    # like a real one (tuning on boards: tests/test_remote_tune.py).
+    session = config.connect_server()
+    assert session.get_function("tvm.rpc.server.workpath") is not None
+    del session
 
 
 def test_parse_addr():

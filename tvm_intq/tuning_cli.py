@@ -1,6 +1,8 @@
 """``tvm-intq tune`` and ``tvm-intq inspect``, and the tuning database of ``compile``.
 
     tvm-intq tune model.onnx --calib calib.npz --target host --trials 64 --db tuned/
+    tvm-intq tune model.onnx --calib calib.npz --target aarch64 --trials 64 --db tuned-a76/ \
+        --tracker 127.0.0.1:9190 --key rk3588        (measured on every board under the key)
     tvm-intq compile model.onnx --calib calib.npz --db tuned/ -o model.so
     tvm-intq inspect model.so
 
@@ -43,6 +45,12 @@ def add_parsers(sub) -> None:
     t.add_argument("--trials-per-iter", type=int, default=None,
                    help="candidates measured per search round (default: min(32, --trials))")
     t.add_argument("--seed", type=int, default=None)
+    r = t.add_argument_group("measuring on boards (targets other than host)")
+    r.add_argument("--tracker", metavar="HOST:PORT",
+                   help="RPC tracker the boards are registered with")
+    r.add_argument("--key", help="RPC key of the boards; every board under it measures")
+    r.add_argument("--wait", type=float, default=120.0, metavar="S",
+                   help="seconds a candidate may wait for a free board (default 120)")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(report=None)
 
@@ -84,22 +92,40 @@ def cmd_tune(args) -> int:
     from .targets import get_target
 
     spec = get_target(args.target)
-    if not spec.is_host:
-        raise IntqError(f"tune measures kernels on this machine; target {spec.name!r} runs "
-                        "elsewhere (tuning over RPC is not supported yet)")
     if args.trials < 1:
         raise IntqError("--trials must be at least 1")
-    module, _, precision = cli.quantized_module(args, spec)
-    print(f"tuning the {precision} kernels into {args.db}")
+    runner = _board_runner(args, spec)
     try:
+        module, _, precision = cli.quantized_module(args, spec)
+        where = f"boards under '{args.key}'" if runner else "this machine"
+        print(f"tuning the {precision} kernels into {args.db}, measured on {where}")
         results = tune(module, spec, args.db, args.trials, trials_per_iter=args.trials_per_iter,
-                       seed=args.seed, progress=not args.no_progress)
+                       seed=args.seed, progress=not args.no_progress, runner=runner)
     except KeyboardInterrupt:
         print(f"stopped: {args.db} keeps every record measured so far; the same command resumes")
         raise
+    finally:
+        if runner is not None:
+            runner.shutdown()
     print("\n".join(summary(results)))
     print(f"database: {args.db} (apply it with: tvm-intq compile ... --db {args.db})")
     return 0
+
+
+def _board_runner(args, spec):
+    """The runner for ``--tracker/--key`` (checked before anything is compiled), or None."""
+    if (args.tracker is None) != (args.key is None):
+        raise IntqError("--tracker and --key go together (the boards to measure on)")
+    if args.tracker is None:
+        if not spec.is_host:
+            raise IntqError(f"kernels for target {spec.name!r} run on a board: pass --tracker "
+                            "HOST:PORT --key KEY of the boards to measure on")
+        return None
+    from .schedules.board_runner import BoardsRunner
+    from .targets.rpc import check_target_for_key
+
+    check_target_for_key(spec, args.key)
+    return BoardsRunner(args.tracker, args.key, wait=args.wait)
 
 
 def cmd_inspect(args) -> int:
