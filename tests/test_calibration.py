@@ -212,6 +212,19 @@ def test_kl_relu_output_lower_bound_is_zero():
     assert 1.5 < hi < 10.0
 
 
+def test_kl_relu_zeros_do_not_pull_the_threshold_down():
+    # The shape that broke the bundled model: a ReLU output is mostly exact zeros (55 % of its
+    # first one). 0 is exact on every grid, so adding zeros must not move T; TensorRT's Q
+    # smeared them over the first merged group and T fell from 6.0 to 1.8 and 0.9 here.
+    tail = np.random.default_rng(0).gamma(2.0, 0.5, 100_000)
+    base = get_calibrator("kl").compute_range(stats_of(tail), symmetric=False)[1]
+    for zeros in (100_000, 300_000):
+        x = np.concatenate([np.zeros(zeros), tail])
+        for symmetric in (False, True):
+            hi = get_calibrator("kl").compute_range(stats_of(x), symmetric)[1]
+            assert hi == pytest.approx(base, rel=0.15)
+
+
 def test_kl_no_outliers_uniform_keeps_most_of_range():
     x = RNG.uniform(-1.0, 1.0, 200_000)
     lo, hi = get_calibrator("kl").compute_range(stats_of(x), symmetric=True)

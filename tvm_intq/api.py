@@ -34,7 +34,8 @@ from .schemes import get_scheme
 from .targets import get_target
 
 # Percentile is robust on the spiky distributions real inputs have (an image background, ReLU
-# zeros); TensorRT-style KL on |x| clips those far too hard (the bundled model: 98 % -> 21 %).
+# zeros); KL clips hard there (the bundled model: top-1 97.1 % vs 98.0 %, output SQNR 10.9 dB
+# vs 33.5 dB; a TensorRT-style KL on |x| gave 21 %, see calibration/kl.py).
 DEFAULT_CALIBRATOR = "percentile"
 
 
