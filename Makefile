@@ -14,6 +14,9 @@ PYTEST_ARGS ?=
 # Debian packages the project needs (cross linkers for the ARM and RISC-V targets).
 # Add new system tools here (qemu-user, ...): system-deps installs whatever is missing.
 APT_PACKAGES := g++-aarch64-linux-gnu g++-riscv64-linux-gnu qemu-user
+# Instruction counts and llvm-mca cycles on the emulated boards (build_insn_count.sh builds
+# QEMU with plugins: glib + ninja; llvm-19: the first llvm-mca with RVV core models).
+APT_PACKAGES += libglib2.0-dev ninja-build llvm-19
 
 .PHONY: all install system-deps boards demo test bench clean distclean
 
@@ -58,11 +61,13 @@ demo: install system-deps
 # aborts on RVV code), TVM's aarch64 runtime from its aarch64 wheels, and the TVM runtime
 # cross-built for riscv64 from the wheel's sources (~3-4 min on 2 cores the first time). Each
 # script is a no-op when its output is up to date, and reuses an identical earlier build from
-# ~/.cache/tvm-intq/boards (a fresh clone on the same machine builds nothing).
+# ~/.cache/tvm-intq/boards (a fresh clone on the same machine builds nothing). Last, what counts
+# instructions on them: QEMU built with plugins from Debian's source package (~10 min once).
 boards: install system-deps
 	bash targets/boards/fetch_qemu.sh
 	bash targets/boards/build_aarch64_emu.sh
 	bash targets/boards/build_riscv64_emu.sh
+	bash targets/boards/build_insn_count.sh
 
 test: install system-deps boards
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)

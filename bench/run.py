@@ -15,6 +15,11 @@ Tuning databases are kept in ``bench/work/<model>/`` and resumed on the next run
 configuration is timed in its own process (bench/measure.py). Results go to
 ``bench/results/<model>/``: results.json (medians, ratios, memory, machine, command),
 results.md, results.png.
+
+Then, for each of ``--emulated`` (default aarch64 riscv64): int8 vs fp32 built for that target
+and the deterministic figures ``tvm-intq bench --target T`` gives (qemu instructions per
+inference, llvm-mca cycle estimates per core; :mod:`tvm_intq.emulated_figures`), in
+emulated.json, emulated.md, emulated.png. ``--parts emulated`` makes only these.
 """
 
 from __future__ import annotations
@@ -151,6 +156,37 @@ def memory(m: dict) -> dict:
     return out
 
 
+def emulated_model(key: str, args) -> dict:
+    """Deterministic figures on the emulated boards, as `tvm-intq bench --target T` gives them."""
+    from tvm_intq import api
+    from tvm_intq.emulated_figures import bench_emulated
+    from tvm_intq.frontend import import_onnx
+
+    m, work = _model(key, args)
+    _, info = import_onnx(m["onnx"])
+    calib = api.load_samples(m["calib"], info, "calibration data")
+    targets = {}
+    for target in args.emulated:
+        print(f"emulated figures: {m['name']} on {target}", flush=True)
+        fig = bench_emulated(m["onnx"], calib, target, out_dir=work / target)
+        fig["command"] = f"tvm-intq bench {m['onnx']} --calib {m['calib']} --target {target}"
+        targets[target] = fig
+    return _relative({"model": m["name"], "onnx": m["onnx"], "targets": targets,
+                      "command": _command()})
+
+
+def _model(key: str, args) -> tuple[dict, Path]:
+    """The model's files (made in its work folder when generated) and that folder."""
+    m = dict(models()[key])
+    work = Path(args.work) / m["name"]
+    work.mkdir(parents=True, exist_ok=True)
+    return {k: str(v(work) if callable(v) else v) for k, v in m.items()}, work
+
+
+def _command() -> str:
+    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+
+
 def machine() -> dict:
     import onnxruntime
     import tvm
@@ -175,10 +211,7 @@ def measure(kind: str, path: Path, threads: int, inputs: Path, seconds: float) -
 
 
 def bench_model(key: str, args) -> dict:
-    m = dict(models()[key])
-    work = Path(args.work) / m["name"]
-    work.mkdir(parents=True, exist_ok=True)
-    m = {k: str(v(work) if callable(v) else v) for k, v in m.items()}
+    m, work = _model(key, args)
     log = work / "commands.log"
     calib_used = calibration_part(Path(m["calib"]), work)
     configs = {
@@ -205,7 +238,7 @@ def bench_model(key: str, args) -> dict:
         "tuning_coverage": {name: cov for name, (_, _, cov) in configs.items() if cov},
         "memory": memory(m),
         "machine": facts_before, "load_average_after": os.getloadavg(),
-        "command": " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv]),
+        "command": _command(),
         "timing": "median of per-call wall times (Python loop, one batch-1 input, after 50 "
                   "warm-up calls, >= %.0f s per configuration); top-1 on the held-out set"
                   % args.seconds,
@@ -227,16 +260,24 @@ def main(argv=None) -> int:
     p.add_argument("--trials", type=int, default=4, help="tuning trials per kernel (fp32 and int8)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--seconds", type=float, default=5.0, help="timing per configuration")
+    p.add_argument("--emulated", nargs="*", default=["aarch64", "riscv64"],
+                   help="targets whose emulated board gives deterministic figures (none: skip)")
+    p.add_argument("--parts", nargs="+", default=["host", "emulated"], choices=["host", "emulated"])
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--work", default=str(HERE / "work"))
     args = p.parse_args(argv)
     from tvm_intq import report
 
     for key in args.models:
-        data = bench_model(key, args)
-        written = report.write_bench(data, Path(args.out) / data["model"])
-        print("\n".join(report.bench_markdown(data).splitlines()[:20]))
-        print("wrote " + ", ".join(map(str, written)))
+        if "host" in args.parts:
+            data = bench_model(key, args)
+            written = report.write_bench(data, Path(args.out) / data["model"])
+            print("\n".join(report.bench_markdown(data).splitlines()[:20]))
+            print("wrote " + ", ".join(map(str, written)))
+        if "emulated" in args.parts and args.emulated:
+            data = emulated_model(key, args)
+            written = report.write_emulated(data, Path(args.out) / data["model"])
+            print("wrote " + ", ".join(map(str, written)))
     return 0
 
 

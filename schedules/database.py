@@ -2,8 +2,9 @@
 
 A database is a folder holding MetaSchedule's JSON database (``database_workload.json``,
 ``database_tuning_record.json``; TVM's ``JSONDatabase`` appends each record to the file as it
-is committed, one line per record) and ``tasks.json``, our note of which tasks a tune finished
-and with what budget. The shipped databases live in ``schedules/databases/<target>/<model>/``;
+is committed, one line per record), ``tasks.json``, our note of which tasks a tune finished
+and with what budget, and ``cost.txt``, what its records' seconds are (wall time, or a
+deterministic cost of an emulated board, see :mod:`.runners`). The shipped databases live in ``schedules/databases/<target>/<model>/``;
 ``compile`` uses them for its target when no ``--db`` is given.
 
 A record is keyed by the kernel itself (the fused PrimFunc after :func:`tuning_pipeline`,
@@ -28,6 +29,9 @@ from .pipeline import tuning_pipeline
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
 TASKS = "tasks.json"
+COST = "cost.txt"
+#: What a database's seconds are when it says nothing else (all databases before cost.txt).
+WALL_TIME = "wall time"
 SHIPPED = Path(__file__).resolve().parent / "databases"
 
 
@@ -141,3 +145,19 @@ def note_task(folder, task: Task, budget: int, records: int) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(notes, indent=1, sort_keys=True) + "\n")
     tmp.replace(path)
+
+
+def check_cost(folder, cost: str) -> None:
+    """Note that ``folder``'s records measure ``cost``; :class:`IntqError` if it already holds
+    records of another cost (their numbers cannot be compared, and the best would be wrong)."""
+    from ..errors import IntqError
+
+    path = Path(folder) / COST
+    held = path.read_text().strip() if path.is_file() else (
+        WALL_TIME if (Path(folder) / RECORDS).is_file() else None)
+    if held is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(cost + "\n")
+    elif held != cost:
+        raise IntqError(f"{folder} holds records of {held}; this tune measures {cost}: "
+                        "tune into another --db folder")

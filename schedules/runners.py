@@ -1,7 +1,8 @@
-"""Measuring tuning candidates on the boards under a tracker key (``tvm-intq tune --tracker``).
+"""Measuring tuning candidates for a board: MetaSchedule runners (``tvm-intq tune --key``).
 
     candidate kernel --(host: LocalBuilder, cross-linked .so, tune.export_kernel)--> artifact
-    artifact --(RPCRunner: a session on a free board under the key, upload, time_evaluator)-->
+    artifact --BoardsRunner--> wall time on the boards under a tracker key   (--cost time)
+    artifact --CostRunner---> a deterministic cost on an emulated board      (--cost instructions|mca)
 
 :class:`BoardsRunner` is MetaSchedule's RPCRunner (one worker per board registered when the
 tune starts, so every board under the key measures) with what a long tune on real boards needs:
@@ -13,11 +14,21 @@ tune starts, so every board under the key measures) with what a long tune on rea
   the next batches go to the boards still registered;
 * with no board left (or no tracker) the tune stops with one line (:func:`~.tune.stop`); the
   database keeps every record measured so far.
+
+:class:`CostRunner` is for emulated boards, whose wall time ranks nothing (qemu runs vector
+code slower than scalar code): a candidate's cost is what a counting run of it on the emulated
+board says, either the instructions one warm call executes (QEMU plugin,
+:func:`~tvm_intq.targets.insn_count.executed_instructions`) or llvm-mca's estimated cycles of
+one call on a named core (:func:`~tvm_intq.targets.mca.mca_cycles`). Both are the same number
+every run. MetaSchedule ranks candidates by seconds, so a cost ``n`` is recorded as ``n`` ns
+(one instruction or cycle per ns, a 1 GHz clock): such a database holds costs, not times, and
+records which cost it holds (:func:`~.database.check_cost`).
 """
 
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from tvm.ir.utils import derived_object
@@ -35,18 +46,23 @@ def _board_session(tracker: str, key: str, wait: float, session_timeout: float, 
     return TrackerClient(tracker).request(key, timeout=wait, session_timeout=session_timeout).session
 
 
+def candidate_input(shape, dtype, rng) -> np.ndarray:
+    """Values for one buffer of a candidate kernel. Small non-negative integers: values do not
+    change what a kernel does (no data-dependent control flow), and shift amounts must stay
+    below the bit width."""
+    dtype = np.dtype(str(dtype))
+    shape = tuple(int(d) for d in shape)
+    return (rng.integers(0, 8, shape) if dtype.kind in "iub" else rng.random(shape)).astype(dtype)
+
+
 def _alloc_arguments(session, device, args_info, alloc_repeat):
     """RPCRunner's ``f_alloc_argument``: inputs drawn on the host and copied to the board.
     TVM's default asks the board for ``tvm.contrib.random``, which a runtime built without
-    USE_RANDOM (ours under qemu among them) does not have. Small non-negative integers: values
-    do not change a kernel's time, and shift amounts must stay below the bit width."""
+    USE_RANDOM (ours under qemu among them) does not have."""
     rng = np.random.default_rng(0)
 
     def fill(tensor):
-        dtype = np.dtype(tensor.dtype)
-        shape = tuple(int(d) for d in tensor.shape)
-        values = (rng.integers(0, 8, shape) if dtype.kind in "iub" else rng.random(shape))
-        tensor.copyfrom(values.astype(dtype))
+        tensor.copyfrom(candidate_input(tensor.shape, tensor.dtype, rng))
 
     return alloc_argument_common(fill, device, args_info, alloc_repeat)
 
@@ -136,3 +152,71 @@ class BoardsRunner(PyRunner):
     def shutdown(self) -> None:
         """End the measuring workers (one may still wait for a board that is gone)."""
         self.inner.pool.shutdown()
+
+
+@derived_object
+class _Costed(PyRunnerFuture):
+    def __init__(self, future):
+        self.future = future
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def result(self) -> RunnerResult:
+        try:
+            return RunnerResult([self.future.result() * 1e-9], None)
+        except IntqError as err:  # the candidate failed on the board (crash, wrong output size)
+            return RunnerResult(None, str(err))
+
+
+@derived_object
+class CostRunner(PyRunner):
+    """MetaSchedule runner for an emulated ``board`` (a BoardSpec) by a deterministic ``cost``:
+    ``"instructions"`` or ``"mca"`` (llvm-mca cycles on ``core``). See the module docstring."""
+
+    COSTS = ("instructions", "mca")
+
+    def __init__(self, board, cost: str, core: str | None = None, max_workers: int = 1):
+        if cost not in self.COSTS:
+            raise IntqError(f"unknown cost {cost!r}: one of {', '.join(self.COSTS)} (or time)")
+        if not board.emulated:
+            raise IntqError(f"--cost {cost} counts on an emulated board; '{board.name}' is a real "
+                            "one: tune it by time (--cost time)")
+        from ..targets.insn_count import counting_tools
+
+        counting_tools(board)  # built? (one line naming `make boards` otherwise)
+        if cost == "mca":
+            from ..targets.mca import CORES, architecture, llvm_tools
+
+            llvm_tools()
+            cores = CORES[architecture(board)]
+            core = core or cores[-1]
+            if core not in cores:
+                raise IntqError(f"--core {core}: llvm-mca cores for {board.name} are "
+                                f"{', '.join(cores)}")
+        self.board, self.cost, self.core = board, cost, core
+        self.pool = ThreadPoolExecutor(max_workers)
+
+    @property
+    def label(self) -> str:
+        """What the database's numbers are."""
+        what = f"llvm-mca cycles on {self.core}" if self.cost == "mca" else "instructions executed"
+        return f"{what} on emulated board {self.board.name} (recorded as ns at 1 GHz)"
+
+    def _cost(self, artifact: str, args_info) -> float:
+        from ..targets.insn_count import executed_instructions
+        from ..targets.mca import mca_cycles
+
+        rng = np.random.default_rng(0)
+        args = [candidate_input(shape, dtype, rng) for _, dtype, shape in
+                (a.as_json() for a in args_info)]
+        if self.cost == "instructions":
+            return float(executed_instructions(artifact, self.board, args))
+        return float(sum(mca_cycles(artifact, self.board, args, self.core).values()))
+
+    def run(self, runner_inputs):
+        return [_Costed(self.pool.submit(self._cost, str(r.artifact_path), r.args_info))
+                for r in runner_inputs]
+
+    def shutdown(self) -> None:
+        self.pool.shutdown(cancel_futures=True)

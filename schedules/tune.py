@@ -252,16 +252,19 @@ def tune(mod: tvm.IRModule, spec, folder, trials: int, *, trials_per_iter: int |
     ``spec`` to ``trials`` measured candidates per kernel, in the database folder ``folder``
     (created if missing; resumed if it holds records). Returns one :class:`TaskResult` per task.
 
-    ``runner`` measures the candidates: None = on this machine (host targets only); for a
-    board, a :class:`~.board_runner.BoardsRunner`. Raises :class:`IntqError` when the runner
-    stops the tune (:func:`stop`), ``KeyboardInterrupt`` after a Ctrl-C; either way the
-    database keeps every record measured so far.
+    ``runner`` measures the candidates: None = wall time on this machine (host targets only);
+    for a board, a :class:`~.runners.BoardsRunner` (wall time) or :class:`~.runners.CostRunner`
+    (a deterministic cost; its ``label`` says which, and the database folder keeps it).
+    Raises :class:`IntqError` when the runner stops the tune (:func:`stop`),
+    ``KeyboardInterrupt`` after a Ctrl-C; either way the database keeps every record measured
+    so far.
     """
     if trials < 1:
         raise ValueError("trials must be at least 1")
     target = spec.target()
     intrin = dot_product_for(spec.int8_dot, target)
     folder = Path(folder)
+    D.check_cost(folder, getattr(runner, "label", D.WALL_TIME))
     db = D.open_database(folder)
     tasks = D.extract_tasks(mod, target, spec.int8_dot)
     tasks.sort(key=lambda t: -_flops(t.mod) * t.weight)

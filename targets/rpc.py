@@ -27,7 +27,7 @@ Client side: :class:`TrackerClient` (summary, request with a timeout), :class:`B
 open session: upload under a unique name, check the library's architecture, load, run,
 time), :func:`run_on_boards` (jobs spread over every board under a key, surviving boards
 that die), :func:`rpc_config` (MetaSchedule's RPC settings for a tracker and key; the tune
-command's runner is :class:`tvm_intq.schedules.board_runner.BoardsRunner`).
+command's runner is :class:`tvm_intq.schedules.runners.BoardsRunner`).
 """
 
 from __future__ import annotations
@@ -523,7 +523,7 @@ def run_on_boards(tracker: TrackerClient, key: str, jobs: list[Job], *, timeout:
 
 
 # ---------------------------------------------------------------------------------------------
-# Remote tuning: MetaSchedule's RPC settings for a tracker and key (schedules/board_runner.py)
+# Remote tuning: MetaSchedule's RPC settings for a tracker and key (schedules/runners.py)
 # ---------------------------------------------------------------------------------------------
 def rpc_config(tracker: str, key: str, session_timeout: float = 60.0, priority: int = 1):
     """MetaSchedule's :class:`RPCConfig` for the boards under ``key`` at ``tracker``."""

@@ -1,7 +1,12 @@
-"""Tuning on boards through a tracker (`tvm-intq tune --target aarch64 --tracker … --key …`):
-real tracker and emulated aarch64 boards, the tiny two-conv model of test_tune. Candidates are
-measured on the boards, records persist as they arrive, a board killed mid-tune loses no
-record and the tune finishes on the other; with no board left the tune stops with one line."""
+"""Tuning for boards, on the tiny two-conv model of test_tune.
+
+By wall time through a tracker (`tvm-intq tune --target aarch64 --tracker … --key …`), with a
+real tracker and emulated aarch64 boards: candidates are measured on the boards, records
+persist as they arrive, a board killed mid-tune loses no record and the tune finishes on the
+other; with no board left the tune stops with one line.
+
+By a deterministic cost on an emulated board (`--cost instructions|mca`): each record holds
+exactly what a counting run of its kernel gives, and a database keeps to one cost."""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import numpy as np
 import pytest
 
 from test_boards import require_built
+from test_insn_count import require_counting
 from test_rpc import free_port, kill_group, start_tracker_cli
 from test_tune import records_by_workload, tiny_model
 from tvm_intq import api, cli
@@ -19,9 +25,11 @@ from tvm_intq.calibration import load_npz
 from tvm_intq.errors import IntqError
 from tvm_intq.reference import run_reference
 from tvm_intq.schedules import database as D
-from tvm_intq.schedules.board_runner import BoardsRunner
+from tvm_intq.schedules.runners import BoardsRunner
 from tvm_intq.schedules.tune import NOT_MEASURED, tune
+from tvm_intq.schedules.tune import build_kernel, export_kernel
 from tvm_intq.targets import get_target, rpc
+from tvm_intq.targets.insn_count import executed_instructions
 from tvm_intq.targets.boards import get_board
 
 pytestmark = pytest.mark.slow
@@ -175,3 +183,68 @@ def test_tune_refuses_a_key_whose_boards_run_another_architecture(tiny, capsys):
                    "--trials", "2", "--db", "unused", "--tracker", "127.0.0.1:9", "--key", KEY])
     assert rc == 2
     assert "use --target aarch64" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- deterministic costs
+
+
+def rebuilt(record) -> str:
+    """The kernel of a tuning record, rebuilt and cross-linked as the tune's builder does."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(record.workload.mod)
+    record.trace.apply_to_schedule(sch, remove_postproc=False)
+    return export_kernel("aarch64", build_kernel(sch.mod, AARCH64.target(), None))
+
+
+def test_tune_by_instructions_records_what_the_board_counts(tiny, tmp_path, capsys):
+    model, calib, _ = tiny
+    board = get_board(KEY)
+    require_counting(board)
+    db = tmp_path / "db"
+    rc = cli.main(["tune", str(model), "--calib", str(calib), "--target", "aarch64",
+                   "--trials", "2", "--trials-per-iter", "2", "--db", str(db), "--no-progress",
+                   "--key", KEY, "--cost", "instructions"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "measured by instructions executed on emulated board aarch64-emu" in out
+    assert (db / D.COST).read_text().startswith("instructions executed on emulated board")
+    conv = next(r for r in valid_records(db) if "conv2d_packed" in str(r.workload.mod))
+    # The recorded cost is the instruction count of that very kernel, to the instruction.
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+    from tvm_intq.schedules.runners import candidate_input
+
+    rng = np.random.default_rng(0)
+    args = [candidate_input(shape, dtype, rng) for _, dtype, shape in
+            (a.as_json() for a in ArgInfo.from_prim_func(conv.workload.mod["main"]))]
+    count = executed_instructions(rebuilt(conv), board, args)
+    assert float(conv.run_secs[0]) == pytest.approx(count * 1e-9, rel=0, abs=1e-15)
+
+    # A database keeps to one cost: wall-time records cannot join it.
+    with pytest.raises(IntqError, match="holds records of instructions executed.*another --db"):
+        D.check_cost(db, D.WALL_TIME)
+
+
+def test_tune_by_mca_cycles_on_a_named_core(tiny, tmp_path, capsys):
+    model, calib, _ = tiny
+    require_counting(get_board(KEY))
+    db = tmp_path / "db"
+    rc = cli.main(["tune", str(model), "--calib", str(calib), "--target", "aarch64",
+                   "--trials", "1", "--db", str(db), "--no-progress",
+                   "--key", KEY, "--cost", "mca", "--core", "cortex-a55"])
+    assert rc == 0, capsys.readouterr().out
+    assert (db / D.COST).read_text().startswith("llvm-mca cycles on cortex-a55")
+    assert any("conv2d_packed" in str(r.workload.mod) for r in valid_records(db))
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--key", "rk3588", "--cost", "instructions"], "counted on an emulated board"),
+    (["--key", KEY, "--cost", "mca", "--core", "cortex-x9"], "--core cortex-x9: llvm-mca cores"),
+    (["--key", KEY, "--core", "cortex-a55"], "--core goes with --cost mca"),
+])
+def test_cost_options_are_checked_before_compiling(tiny, capsys, extra, message):
+    model, calib, _ = tiny
+    rc = cli.main(["tune", str(model), "--calib", str(calib), "--target", "aarch64",
+                   "--trials", "2", "--db", "unused", *extra])
+    assert rc == 2
+    assert message in capsys.readouterr().err

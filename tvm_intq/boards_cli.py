@@ -30,12 +30,16 @@ def add_parsers(sub) -> None:
                                          "(default: the address it sees them at)")
     b.add_argument("--log-dir", help="write each board's log here")
 
-    s = sub.add_parser("bench", help="compile, run on a board through the tracker, check outputs, time")
+    s = sub.add_parser("bench", help="compile, run on a board through the tracker, check outputs, "
+                                     "time; without --key: instruction counts and llvm-mca cycles "
+                                     "on the emulated board")
     s.add_argument("model", help="float ONNX model")
     s.add_argument("--calib", required=True, help=".npz calibration data (first samples also check outputs)")
     s.add_argument("--target", required=True, help="target the boards under --key run (aarch64, riscv64, ...)")
     s.add_argument("--tracker", default="127.0.0.1:9190", help="HOST:PORT of the tracker")
-    s.add_argument("--key", required=True, help="RPC key of the boards")
+    s.add_argument("--key", help="RPC key of the boards; without it, deterministic figures on the "
+                                 "emulated board of --target (aarch64, riscv64), int8 vs fp32: "
+                                 "qemu instructions executed and llvm-mca cycle estimates")
     s.add_argument("--fp32", action="store_true", help="also bench the float model (int8/fp32 ratio)")
     s.add_argument("--repeat", type=int, default=10, help="timed measurements (default 10)")
     s.add_argument("--number", type=int, default=1, help="calls per measurement (default 1)")
@@ -117,6 +121,15 @@ def cmd_bench(args) -> int:
     shapes = parse_input_shapes(args.input_shape)
     _, info = import_onnx(args.model, shapes)
     calib = api.load_samples(args.calib, info, "--calib")
+
+    if args.key is None:
+        from .emulated_figures import bench_emulated
+
+        result = bench_emulated(args.model, calib, args.target, input_shapes=shapes, out_dir=args.out)
+        print(report.emulated_markdown(result))
+        if args.json:
+            report.write_json(result, args.json)
+        return 0
 
     def event(msg):
         print(f"  {msg}", file=sys.stderr, flush=True)

@@ -185,6 +185,60 @@ def bench_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def emulated_markdown(fig: dict) -> str:
+    """Deterministic figures on an emulated board (:func:`tvm_intq.emulated_figures.emulated_figures`)
+    as a Markdown table, int8 vs fp32; the console prints it as is."""
+    progs, ratio = fig["programs"], fig.get("fp32_over_int8")
+    precisions = [p for p in ("int8", "fp32") if p in progs]
+    head = "| figure | " + " | ".join(precisions) + (" | fp32 / int8 |" if ratio else " |")
+    lines = [f"Emulated board {fig['board']} ({fig['emulator']}):", "", head,
+             "|---|" + "---:|" * (len(precisions) + (1 if ratio else 0))]
+
+    def row(label, values, r):
+        cells = " | ".join(f"{v:,.0f}" for v in values)
+        lines.append(f"| {label} | {cells} |" + (f" {r:.2f}x |" if r else (" - |" if ratio else "")))
+
+    row(fig["instructions_label"], [progs[p]["instructions"] for p in precisions],
+        ratio and ratio["instructions"])
+    for core, label in fig["mca_labels"].items():
+        for part, what in (("total", "cycles in kernels"), ("convs", "cycles in conv kernels")):
+            row(f"{label}: {what}", [progs[p]["mca_cycles"][core][part] for p in precisions],
+                ratio and ratio["mca_cycles"][core][part])
+    lines += ["", f"Method: {fig['mca_method']}."]
+    if fig.get("schedules"):
+        lines.append(f"Schedules: {fig['schedules']}.")
+    return "\n".join(lines)
+
+
+def plot_emulated(figs: dict, path) -> Path:
+    """Bars: how many times fewer instructions / estimated cycles int8 needs than fp32, per
+    figure, one panel per target (``figs``: ``{target: emulated figures}``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs = {t: f for t, f in figs.items() if f.get("fp32_over_int8")}
+    fig, axes = plt.subplots(1, len(figs), figsize=(6.5 * len(figs), 4.5), squeeze=False)
+    for ax, (target, f) in zip(axes[0], figs.items()):
+        r = f["fp32_over_int8"]
+        labels = ["qemu\ninstructions"] + [f"{c}\n{part}" for c in f["mca_labels"]
+                                            for part in ("total", "convs")]
+        values = [r["instructions"]] + [r["mca_cycles"][c][part] or 0 for c in f["mca_labels"]
+                                        for part in ("total", "convs")]
+        bars = ax.bar(range(len(values)), values, color=["tab:blue"] + ["tab:orange"] * (len(values) - 1))
+        ax.bar_label(bars, fmt="%.2fx", fontsize=7)
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_xticks(range(len(values)))
+        ax.set_xticklabels(labels, fontsize=7, rotation=30)
+        ax.set_xlabel("blue: instructions executed (qemu); orange: cycles, llvm-mca estimate "
+                      "(total / conv kernels)", fontsize=7)
+        ax.set_ylabel("fp32 / int8 (higher: int8 cheaper)")
+        ax.set_title(f"{target} ({f['board']})", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path, dpi=120)
+
+
 def boards_table(rows: list[dict]) -> str:
     """``tvm-intq boards``: the board kinds and how to bring each up."""
     return table(rows, ["board", "key", "target", "kind", "status"])
@@ -258,3 +312,137 @@ def write_bench(data: dict, folder) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     md.write_text(bench_markdown(data))
     return [write_json(data, folder / "results.json"), md, plot_bench(data, folder / "results.png")]
+
+
+def write_emulated(data: dict, folder) -> list[Path]:
+    """``emulated.json``, ``emulated.md`` and ``emulated.png`` in ``folder``: the deterministic
+    figures of one model on the emulated boards (``data["targets"]``: target -> figures)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [f"# {data['model']}: int8 vs fp32 on the emulated boards (deterministic figures, "
+             "not wall time)", ""]
+    for target, fig in data["targets"].items():
+        lines += [f"## {target}", "", emulated_markdown(fig), "", f"Same figures: `{fig['command']}`", ""]
+    lines += [f"Command: `{data['command']}`", ""]
+    md = folder / "emulated.md"
+    md.write_text("\n".join(lines))
+    return [write_json(data, folder / "emulated.json"), md,
+            plot_emulated(data["targets"], folder / "emulated.png")]
+
+
+# Accuracy table (issue #7, eval/run.py): plain data in, JSON/Markdown/PNG out.
+ACCURACY_COLUMNS = ["float", "percentile", "minmax", "kl", "mse", "redistribution",
+                    "symmetric-kl", "pow2", "auto", "hybrid-precision", "ort-minmax",
+                    "ort-entropy"]
+_TVM_COLUMNS = ACCURACY_COLUMNS[1:10]
+
+
+def _accuracy_cell(row: dict, col: str, key: str | None = None) -> str:
+    cell = row["columns"].get(col)
+    if cell is None:
+        return "-"
+    text = f"{cell[key or row['metric']]:.2f}"
+    if col == "hybrid-precision" and "num_float_layers" in cell:
+        text += f" ({cell['num_float_layers']} float)"
+    return text
+
+
+def accuracy_checks(row: dict) -> list[str]:
+    """The issue's Done-when comparisons for one row, each as a sentence."""
+    c, m = row["columns"], row["metric"]
+    out = []
+    if "redistribution" in c and "symmetric-kl" in c:
+        d = c["redistribution"][m] - c["symmetric-kl"][m]
+        out.append(f"hybrid-asym + redistribution vs symmetric-KL: {d:+.2f} "
+                   f"({'holds' if d >= 0 else 'does NOT hold'})")
+    ours = [k for k in _TVM_COLUMNS if k in c and k != "hybrid-precision"]
+    theirs = [k for k in ("ort-minmax", "ort-entropy") if k in c]
+    if ours and theirs:
+        best_o = max(ours, key=lambda k: c[k][m])
+        best_t = max(theirs, key=lambda k: c[k][m])
+        d = c[best_o][m] - c[best_t][m]
+        out.append(f"best all-int8 tvm-intq ({best_o}) vs best ONNX Runtime ({best_t}): {d:+.2f} "
+                   f"({'holds' if d >= 0 else 'does NOT hold'})")
+    if "hybrid-precision" in c and "float" in c:
+        d = c["float"][m] - c["hybrid-precision"][m]
+        n = c["hybrid-precision"].get("num_float_layers")
+        out.append(f"hybrid precision: {d:.2f} points below float with {n} float layer(s) "
+                   f"({'within 0.5' if d <= 0.5 else 'NOT within 0.5'})")
+    return out
+
+
+def accuracy_markdown(data: dict) -> str:
+    rows = data["rows"]
+    head = "| model (metric, %) | " + " | ".join(ACCURACY_COLUMNS) + " |"
+    lines = ["# Accuracy: float vs int8, tvm-intq and ONNX Runtime", "",
+             "Task metric on the evaluation set (higher is better). tvm-intq columns: "
+             "hybrid-asym with the named calibrator, `symmetric-kl` (S0/S2 baseline), `pow2` "
+             "(percentile), `auto` (per-layer scheme), `hybrid-precision` (percentile, "
+             "`--float-layers auto`, float layer count in brackets). ONNX Runtime: "
+             "`quantize_static` QDQ per-channel int8, same calibration inputs.", "",
+             head, "|" + "---|" * (len(ACCURACY_COLUMNS) + 1)]
+    for r in rows:
+        lines.append(f"| {r['model']} ({r['metric']}) | "
+                     + " | ".join(_accuracy_cell(r, c) for c in ACCURACY_COLUMNS) + " |")
+    lines += ["", "Output SQNR against float (dB):", "", head.replace("(metric, %)", ""),
+              "|" + "---|" * (len(ACCURACY_COLUMNS) + 1)]
+    for r in rows:
+        lines.append(f"| {r['model']} | " + " | ".join(
+            "-" if c == "float" else _accuracy_cell(r, c, "sqnr_db") for c in ACCURACY_COLUMNS)
+            + " |")
+    lines += ["", "## Per model", ""]
+    for r in rows:
+        lines += [f"### {r['model']} (`{r['file']}`, {r['quantization_points']} quantization "
+                  "points)" if "quantization_points" in r else f"### {r['model']}", "",
+                  f"- calibration: {r['data']['calib']}; evaluation: {r['data']['eval']}"]
+        extra = [k for k in r["columns"]["float"] if k not in ("sqnr_db", "seconds")]
+        lines.append("- all metrics: " + "; ".join(
+            f"{col}: " + ", ".join(f"{k} {cell[k]:.2f}" for k in extra)
+            for col, cell in r["columns"].items()))
+        hp = r["columns"].get("hybrid-precision", {})
+        if hp:
+            lines.append(f"- hybrid precision target: {hp.get('target')}; float layers: "
+                         f"{', '.join(hp.get('float_layers', [])) or 'none'}")
+        auto = r["columns"].get("auto", {})
+        if auto.get("schemes"):
+            lines.append("- auto: " + ", ".join(f"{k} x{v}" for k, v in auto["schemes"].items()))
+        lines += [f"- {s}" for s in accuracy_checks(r)] + [""]
+    if data.get("notes"):
+        lines += ["## Notes", ""] + [f"- {n}" for n in data["notes"]] + [""]
+    lines += [f"Command: `{data['command']}` ({data.get('machine', '')})"
+              + (f"; this file last written by `{data['last_run']}`" if data.get("last_run") else ""), ""]
+    return "\n".join(lines)
+
+
+def plot_accuracy(data: dict, path) -> Path:
+    """One panel per model: the task metric of every column, float as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = data["rows"]
+    fig, axes = plt.subplots(len(rows), 1, figsize=(10, 2.6 * len(rows)), squeeze=False)
+    for ax, r in zip(axes[:, 0], rows):
+        cols = [c for c in ACCURACY_COLUMNS[1:] if c in r["columns"]]
+        vals = [r["columns"][c][r["metric"]] for c in cols]
+        colors = ["tab:orange" if c.startswith("ort") else "tab:blue" for c in cols]
+        ax.bar(range(len(cols)), vals, color=colors)
+        ax.axhline(r["columns"]["float"][r["metric"]], color="k", ls="--", lw=1, label="float")
+        lo = min(vals + [r["columns"]["float"][r["metric"]]])
+        ax.set_ylim(max(0.0, lo - 5.0), 100.5)
+        ax.set_xticks(range(len(cols)), cols, fontsize=8)
+        ax.set_ylabel(f"{r['model']}: {r['metric']} %", fontsize=9)
+        ax.legend(fontsize=8, loc="lower left")
+    fig.suptitle("tvm-intq (blue) vs ONNX Runtime int8 (orange); dashed: float")
+    fig.tight_layout()
+    return _save(fig, path, dpi=110)
+
+
+def write_accuracy(data: dict, folder) -> list[Path]:
+    """``results.json``, ``results.md`` and ``results.png`` of the accuracy table."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    md = folder / "results.md"
+    md.write_text(accuracy_markdown(data))
+    return [write_json(data, folder / "results.json"), md, plot_accuracy(data, folder / "results.png")]

@@ -17,6 +17,9 @@ from pathlib import Path
 
 from .errors import IntqError
 
+# tvm_intq.schedules.runners.CostRunner.COSTS, without importing TVM to build the parser.
+CostRunner_COSTS = ("instructions", "mca")
+
 
 def add_compile_args(c) -> None:
     g = c.add_argument_group("tuned kernels")
@@ -51,6 +54,12 @@ def add_parsers(sub) -> None:
     r.add_argument("--key", help="RPC key of the boards; every board under it measures")
     r.add_argument("--wait", type=float, default=120.0, metavar="S",
                    help="seconds a candidate may wait for a free board (default 120)")
+    r.add_argument("--cost", choices=("time",) + CostRunner_COSTS, default="time",
+                   help="what ranks candidates: wall time on the boards (default), or for an "
+                        "emulated board (--key aarch64-emu, ...) a deterministic cost: "
+                        "instructions executed, or llvm-mca cycles on --core")
+    r.add_argument("--core", help="llvm-mca core for --cost mca (default: the big core of "
+                                  "the architecture, e.g. neoverse-n1)")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(report=None)
 
@@ -97,8 +106,10 @@ def cmd_tune(args) -> int:
     runner = _board_runner(args, spec)
     try:
         module, _, precision = cli.quantized_module(args, spec)
-        where = f"boards under '{args.key}'" if runner else "this machine"
-        print(f"tuning the {precision} kernels into {args.db}, measured on {where}")
+        where = (runner.label if args.cost != "time" else
+                 f"wall time on the boards under '{args.key}'" if runner else
+                 "wall time on this machine")
+        print(f"tuning the {precision} kernels into {args.db}, measured by {where}")
         results = tune(module, spec, args.db, args.trials, trials_per_iter=args.trials_per_iter,
                        seed=args.seed, progress=not args.no_progress, runner=runner)
     except KeyboardInterrupt:
@@ -113,7 +124,12 @@ def cmd_tune(args) -> int:
 
 
 def _board_runner(args, spec):
-    """The runner for ``--tracker/--key`` (checked before anything is compiled), or None."""
+    """The runner for ``--tracker/--key/--cost`` (checked before anything is compiled), or
+    None for wall time on this machine."""
+    if args.core and args.cost != "mca":
+        raise IntqError("--core goes with --cost mca")
+    if args.cost != "time":
+        return _cost_runner(args, spec)
     if (args.tracker is None) != (args.key is None):
         raise IntqError("--tracker and --key go together (the boards to measure on)")
     if args.tracker is None:
@@ -121,11 +137,26 @@ def _board_runner(args, spec):
             raise IntqError(f"kernels for target {spec.name!r} run on a board: pass --tracker "
                             "HOST:PORT --key KEY of the boards to measure on")
         return None
-    from .schedules.board_runner import BoardsRunner
+    from .schedules.runners import BoardsRunner
     from .targets.rpc import check_target_for_key
 
     check_target_for_key(spec, args.key)
     return BoardsRunner(args.tracker, args.key, wait=args.wait)
+
+
+def _cost_runner(args, spec):
+    """``--cost instructions|mca``: counted on this machine under the emulator of the board
+    kind ``--key`` names, with that board's runtime (a tracker is not needed)."""
+    from .schedules.runners import CostRunner
+    from .targets.boards import board_for_key
+    from .targets.rpc import check_target_for_key
+
+    board = board_for_key(args.key) if args.key else None
+    if board is None or not board.emulated:
+        raise IntqError(f"--cost {args.cost} is counted on an emulated board: pass --key with "
+                        "one (aarch64-emu, riscv64-emu, ...; see tvm-intq boards)")
+    check_target_for_key(spec, args.key)
+    return CostRunner(board, args.cost, args.core)
 
 
 def cmd_inspect(args) -> int:

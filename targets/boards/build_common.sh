@@ -1,5 +1,7 @@
 # Shared by build_*_emu.sh (sourced, not run). Sets paths and provides:
-#   board_cached NAME INPUTS...   (BOARD_EXTRA: a string that also identifies the build)
+#   board_cached NAME INPUTS...   (BOARD_EXTRA: a string that also identifies the build;
+#                                 BOARD_PRODUCT: the file a finished build has, default
+#                                 bin/tvm_board_server)
 #                                 0 if build/boards/NAME is up to date with INPUTS (copying it
 #                                 from the user cache when an identical build is there)
 #   board_store NAME              record build/boards/NAME as built from those inputs
@@ -39,12 +41,13 @@ _board_hash() {  # NAME INPUTS...
 board_cached() {  # NAME INPUTS...
   local name=$1 out="$BOARDS_DIR/$1"
   BOARD_HASH="$(_board_hash "$@")"
-  if [[ -f "$out/.hash" && "$(cat "$out/.hash")" == "$BOARD_HASH" && -x "$out/bin/tvm_board_server" ]]; then
+  local product="${BOARD_PRODUCT:-bin/tvm_board_server}"
+  if [[ -f "$out/.hash" && "$(cat "$out/.hash")" == "$BOARD_HASH" && -e "$out/$product" ]]; then
     log "$name up to date ($out)"
     return 0
   fi
   local cached="$CACHE_DIR/$name-$BOARD_HASH"
-  if [[ -f "$cached/.hash" && -x "$cached/bin/tvm_board_server" ]]; then
+  if [[ -f "$cached/.hash" && -e "$cached/$product" ]]; then
     rm -rf "$out" && mkdir -p "$BOARDS_DIR" && cp -a "$cached" "$out"
     log "$name reused from $cached"
     return 0
