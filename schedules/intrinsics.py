@@ -51,6 +51,9 @@ class DotProduct:
     llvm_features: tuple[str, ...]
     instruction: str  # the mnemonic `tvm-intq inspect` looks for
     rows: int = 1
+    #: The implementation holds LLVM scalable vector values (RVV): MetaSchedule's feature
+    #: extractor cannot size them, so tuning cannot use the XGBoost cost model (schedules/tune.py).
+    scalable: bool = False
 
     @property
     def input_offset(self) -> int:
@@ -74,7 +77,7 @@ INTRINSICS: dict[str, DotProduct] = {
         # stored widened to int16 (vwmacc.vx at SEW 16). k = 2: TVM cannot tensorize k = 1.
         DotProduct("rvv-vwmacc", tensor_intrin="intq_vwmacc_16x2_rvv", lanes=16, k=2,
                    data_dtype="int8", weight_dtype="int16", llvm_features=("v",),
-                   instruction="vwmacc.vx"),
+                   instruction="vwmacc.vx", scalable=True),
     )
 }
 

@@ -181,6 +181,33 @@ def test_bench_bundled_int8_model_on_emulated_board(target, tracker, boards, pla
     assert any(e.startswith("int8: running on board") for e in events)
 
 
+@pytest.mark.parametrize("target", ["aarch64", "riscv64"])
+def test_shipped_database_kernels_are_bit_exact_on_the_board(target, tracker, boards, data, tmp_path):
+    """The database shipped for each board target (tuned by llvm-mca cycles) covers the bundled
+    model, and its tuned kernels compute exactly what the numpy reference does, on the board."""
+    import numpy as np
+    from tvm_intq.reference import run_reference
+    from tvm_intq.schedules import database as D
+    from tvm_intq.targets import get_target
+
+    spec = get_target(target)
+    compiled = api.compile_onnx(MODEL, data, api.QuantConfig(progress=False), target)
+    folders = D.shipped_databases(target)
+    assert [f.parent.name + "/" + f.name for f in folders] == [f"{target}/mnist_cnn"]
+    db = D.union(folders)
+    tuned, missing = D.coverage(db, D.extract_tasks(compiled.integer, spec.target(), spec.int8_dot),
+                                spec.target())
+    assert missing == [] and len(tuned) == 20
+    lib = tmp_path / "m.so"
+    spec.export(api.build(compiled.integer, spec, database=db), lib)
+    x = np.load(bundled("heldout.npz"))["input"][:2]
+    with rpc.TrackerClient(tracker[0]).request(KEYS[target]) as board:
+        vm = board.load_vm(board.upload(lib))
+        for i in range(len(x)):
+            (got,) = board.run(vm, [x[i:i + 1]])
+            np.testing.assert_array_equal(got, run_reference(compiled.integer, {"input": x[i:i + 1]}))
+
+
 def test_bench_command_prints_percentiles_and_emulated(tracker, boards, capsys, tmp_path):
     rc = main(["bench", str(MODEL), "--calib", str(bundled("calib.npz")), "--target", "aarch64",
                "--tracker", tracker[0], "--key", "aarch64-emu", "--repeat", "2", "--check-samples", "1",
