@@ -193,7 +193,8 @@ def test_shipped_database_kernels_are_bit_exact_on_the_board(target, tracker, bo
     spec = get_target(target)
     compiled = api.compile_onnx(MODEL, data, api.QuantConfig(progress=False), target)
     folders = D.shipped_databases(target)
-    assert [f.parent.name + "/" + f.name for f in folders] == [f"{target}/mnist_cnn"]
+    assert [f.parent.name + "/" + f.name for f in folders] == [f"{target}/mnist_cnn",
+                                                               f"{target}/mnist_cnn_fp32"]
     db = D.union(folders)
     tuned, missing = D.coverage(db, D.extract_tasks(compiled.integer, spec.target(), spec.int8_dot),
                                 spec.target())

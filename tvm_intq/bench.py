@@ -99,14 +99,18 @@ class BenchPlan:
     batches: list            # check inputs: one list of arrays (model input order) per batch
     expected: dict           # precision -> [[array per output] per batch]
     report: dict             # the quantization report on the check samples
+    databases: list          # tuning database folders the libraries were built with
 
 
 def prepare(model, calib: SampleSet, target: str, *, fp32: bool = False, check_samples: int = 4,
             config: api.QuantConfig | None = None, input_shapes: dict | None = None,
-            out_dir=None) -> BenchPlan:
+            out_dir=None, databases: list | None = None) -> BenchPlan:
     """Quantize and build for ``target`` exactly as ``tvm-intq compile`` does (calibration on
-    the first 90 % of ``calib``), and compute the host's expected outputs for the first
+    the first 90 % of ``calib``; tuned kernels from ``databases``, folders, default the ones
+    shipped for the target), and compute the host's expected outputs for the first
     ``check_samples`` held-out samples: the numpy reference for int8, ONNX Runtime for fp32."""
+    from .schedules import database as D
+
     if check_samples < 1:
         raise IntqError("--check-samples must be >= 1")
     spec = get_target(target)
@@ -126,19 +130,22 @@ def prepare(model, calib: SampleSet, target: str, *, fp32: bool = False, check_s
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(model).stem
     libraries = {"int8": out / f"{stem}.int8.{spec.name}.so"}
-    spec.export(api.build(compiled.integer, spec), libraries["int8"])
+    folders = D.shipped_databases(spec.name) if databases is None else list(databases)
+    db = D.union(folders)
+    spec.export(api.build(compiled.integer, spec, database=db), libraries["int8"])
     expected = {"int8": [[np.asarray(o) for o in _as_list(run_reference(compiled.integer, f))]
                          for f in feeds]}
     if fp32:
         import onnxruntime as ort
 
         libraries["fp32"] = out / f"{stem}.fp32.{spec.name}.so"
-        spec.export(api.build(compiled.prepared, spec), libraries["fp32"])
+        spec.export(api.build(compiled.prepared, spec, database=db), libraries["fp32"])
         sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
         expected["fp32"] = [[np.asarray(o) for o in sess.run(None, f)] for f in feeds]
     report = {k: compiled.report.get(k) for k in ("output_sqnr_db", "integer_only", "scheme",
                                                    "calibrator")}
-    return BenchPlan(str(model), spec.name, libraries, batches, expected, report)
+    return BenchPlan(str(model), spec.name, libraries, batches, expected, report,
+                     [str(f) for f in folders])
 
 
 def run(plan: BenchPlan, tracker: str, key: str, *, repeat: int = 10, number: int = 1,
@@ -179,7 +186,7 @@ def bench(model, calib: SampleSet, target: str, tracker: str, key: str, *, fp32:
           repeat: int = 10, number: int = 1, warmup: int = 1, check_samples: int = 4,
           config: api.QuantConfig | None = None, input_shapes: dict | None = None,
           timeout: float = 120.0, session_timeout: float = 600.0, out_dir=None,
-          on_event=None) -> dict:
+          databases: list | None = None, on_event=None) -> dict:
     """:func:`prepare` then :func:`run`; returns the result as plain data.
 
     Raises :class:`IntqError` with one line for a missing tracker, no board under ``key``, a
@@ -191,7 +198,7 @@ def bench(model, calib: SampleSet, target: str, tracker: str, key: str, *, fp32:
     check_target_for_key(get_target(target), key)
     TrackerClient(tracker).require_boards(key)   # no tracker / no board: one line, before compiling
     plan = prepare(model, calib, target, fp32=fp32, check_samples=check_samples, config=config,
-                   input_shapes=input_shapes, out_dir=out_dir)
+                   input_shapes=input_shapes, out_dir=out_dir, databases=databases)
     return run(plan, tracker, key, repeat=repeat, number=number, warmup=warmup, timeout=timeout,
                session_timeout=session_timeout, on_event=on_event)
 

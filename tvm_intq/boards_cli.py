@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 
+from . import tuning_cli
 from .errors import IntqError
 
 
@@ -49,6 +50,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--input-shape", action="append", metavar="NAME:D1xD2x...")
     s.add_argument("--out", help="folder for the libraries (default: a temporary one)")
     s.add_argument("--json", help="write the result as JSON")
+    tuning_cli.add_compile_args(s)
 
 
 def cmd_boards(args) -> int:
@@ -122,10 +124,13 @@ def cmd_bench(args) -> int:
     _, info = import_onnx(args.model, shapes)
     calib = api.load_samples(args.calib, info, "--calib")
 
+    # As compile: --db folders, none with --no-db, None = the databases shipped for the target.
+    databases = [] if args.no_db else args.db
     if args.key is None:
         from .emulated_figures import bench_emulated
 
-        result = bench_emulated(args.model, calib, args.target, input_shapes=shapes, out_dir=args.out)
+        result = bench_emulated(args.model, calib, args.target, input_shapes=shapes, out_dir=args.out,
+                                databases=databases)
         print(report.emulated_markdown(result))
         if args.json:
             report.write_json(result, args.json)
@@ -138,7 +143,8 @@ def cmd_bench(args) -> int:
         result = bench(args.model, calib, args.target, args.tracker, args.key, fp32=args.fp32,
                        repeat=args.repeat, number=args.number, warmup=args.warmup,
                        check_samples=args.check_samples, input_shapes=shapes,
-                       timeout=args.timeout, out_dir=args.out, on_event=event)
+                       timeout=args.timeout, out_dir=args.out, databases=databases,
+                       on_event=event)
     except BenchStopped as err:
         print(report.bench_table(err.result))
         if args.json:

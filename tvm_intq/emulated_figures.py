@@ -33,10 +33,17 @@ MCA_METHOD = ("llvm-mca estimate: per executed straight-line block, llvm-mca's s
               "branch mispredictions")
 
 
-#: How bench_emulated's programs are built (prepare(): no tuning database), said with its figures
-#: because it decides the fp32 side: TVM's default fp32 schedules are scalar on these targets.
-SCHEDULES = ("no tuning database: fp32 with TVM's default schedules, int8 with tvm-intq's "
-             "default int8 kernels (as `tvm-intq compile --target T` without --db)")
+def schedules_note(databases: list) -> str:
+    """How bench_emulated's programs were built, said with its figures because it decides the
+    fp32 side: TVM's default fp32 schedules are scalar on these targets."""
+    if not databases:
+        return ("no tuning database: fp32 with TVM's default schedules, int8 with tvm-intq's "
+                "default int8 kernels")
+    cost = [(Path(f) / "cost.txt").read_text().strip() if (Path(f) / "cost.txt").is_file()
+            else "wall time" for f in databases]
+    return ("kernels with a record in the tuning databases " + ", ".join(
+        f"{f} ({c})" for f, c in zip(databases, cost)) + " are tuned, the rest get the default "
+        "schedules (TVM's for fp32, tvm-intq's int8 kernels)")
 
 
 def emulated_board(target: str):
@@ -94,14 +101,14 @@ def emulated_figures(libraries: dict, target: str, inputs: list, *, cores=None,
 
 
 def bench_emulated(model, calib, target: str, *, config=None, input_shapes=None, out_dir=None,
-                   cores=None, warmup: int = WARMUP_CALLS) -> dict:
+                   cores=None, warmup: int = WARMUP_CALLS, databases: list | None = None) -> dict:
     """``tvm-intq bench --target T`` without ``--key``: build int8 and fp32 for ``target``
-    exactly as the bench does (:func:`tvm_intq.bench.prepare`) and return their figures, on the
-    first held-out sample, with the model and target."""
+    exactly as the bench does (:func:`tvm_intq.bench.prepare`; ``databases`` as there) and
+    return their figures, on the first held-out sample, with the model and target."""
     from .bench import prepare
 
     plan = prepare(model, calib, target, fp32=True, check_samples=1, config=config,
-                   input_shapes=input_shapes, out_dir=out_dir)
+                   input_shapes=input_shapes, out_dir=out_dir, databases=databases)
     return {"model": str(model), "target": target, "quantization": plan.report,
-            "schedules": SCHEDULES,
+            "schedules": schedules_note(plan.databases),
             **emulated_figures(plan.libraries, target, plan.batches[0], cores=cores, warmup=warmup)}
