@@ -31,9 +31,11 @@ apt-get "${APTO[@]}" -qq update >"$apt/update.log" 2>&1 || true
 version="$(apt-cache "${APTO[@]}" madison qemu-user 2>/dev/null | awk -F'|' 'NR==1 {gsub(/ /, "", $2); print $2}')"
 if [[ -z "$version" ]]; then
   # Offline: an earlier download in the user cache will do.
-  cached="$(ls -d "$CACHE_DIR"/qemu-* 2>/dev/null | sort -V | tail -1 || true)"
+  # (qemu-<Debian version>, which starts with its epoch digit; not qemu-plugins-*)
+  cached="$(ls -d "$CACHE_DIR"/qemu-[0-9]* 2>/dev/null | sort -V | tail -1 || true)"
   if [[ -n "$cached" && -x "$cached/bin/qemu-riscv64" && -x "$cached/bin/qemu-aarch64" ]]; then
-    rm -rf "$out" && mkdir -p "$out" && cp -a "$cached/bin" "$out/bin" && rm -rf "$apt"
+    # bin/ and VERSION (build_insn_count.sh builds the same QEMU version with plugins)
+    rm -rf "$out" && cp -a "$cached" "$out" && rm -rf "$apt"
     log "package index of $SUITE unreachable; reusing $cached"
     exit 0
   fi
@@ -43,7 +45,7 @@ if [[ -z "$version" ]]; then
 fi
 cached="$CACHE_DIR/qemu-$version"
 if [[ -x "$cached/bin/qemu-riscv64" && -x "$cached/bin/qemu-aarch64" ]]; then
-  rm -rf "$out" && mkdir -p "$out" && cp -a "$cached/bin" "$out/bin"
+  rm -rf "$out" && cp -a "$cached" "$out"
   log "qemu $version reused from $cached"
   rm -rf "$apt"
   exit 0
