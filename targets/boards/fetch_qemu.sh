@@ -12,7 +12,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/build_common.sh"
 SUITE="${QEMU_SUITE:-bookworm-backports}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 out="$BOARDS_DIR/qemu"
-if [[ -x "$out/bin/qemu-riscv64" && -x "$out/bin/qemu-aarch64" ]]; then
+if [[ -x "$out/bin/qemu-riscv64" && -x "$out/bin/qemu-aarch64" && -f "$out/VERSION" ]]; then
   log "qemu up to date ($("$out/bin/qemu-riscv64" --version | head -1))"
   exit 0
 fi
