@@ -11,14 +11,15 @@ PY ?= python3
 VENV := .venv
 PYTEST_ARGS ?=
 
-# Debian packages the project needs (cross linkers for the ARM and RISC-V targets).
+# Debian packages the project needs (cross linkers for the ARM and RISC-V targets; fonts for
+# the rendered OCR text and the libraries opencv-python loads, for eval/).
 # Add new system tools here (qemu-user, ...): system-deps installs whatever is missing.
-APT_PACKAGES := g++-aarch64-linux-gnu g++-riscv64-linux-gnu qemu-user
+APT_PACKAGES := g++-aarch64-linux-gnu g++-riscv64-linux-gnu qemu-user fonts-dejavu-core libgl1 libglib2.0-0
 # Instruction counts and llvm-mca cycles on the emulated boards (build_insn_count.sh builds
 # QEMU with plugins: glib + ninja; llvm-19: the first llvm-mca with RVV core models).
 APT_PACKAGES += libglib2.0-dev ninja-build llvm-19
 
-.PHONY: all install system-deps boards demo test bench clean distclean
+.PHONY: all install system-deps boards demo test bench eval clean distclean
 
 all: test
 
@@ -28,7 +29,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	[ -x $(VENV)/bin/python ] || $(PY) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --upgrade pip
-	$(VENV)/bin/python -m pip install -e ".[test]"
+	$(VENV)/bin/python -m pip install -e ".[test,qat,eval]"
 	touch $@
 
 # Re-checked when the Makefile changes (APT_PACKAGES may have grown); installs only what
@@ -78,6 +79,14 @@ test: install system-deps boards
 BENCH_ARGS ?=
 bench: install
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
+# Accuracy table of issue #7 (not part of test): the bundled model and rapidocr's PP-OCRv4
+# det/rec/cls, every tvm-intq method vs ONNX Runtime int8; results in eval/results/ (about an
+# hour on 2 cores; finished rows are kept in eval/results/rows/).
+#   make eval EVAL_ARGS="--models cls"
+EVAL_ARGS ?=
+eval: install system-deps
+	$(VENV)/bin/python -m eval.run $(EVAL_ARGS)
 
 # Build outputs only; the venv stays.
 clean:

@@ -139,16 +139,28 @@ class Annotate:
         acc_axis, w_axis = linear_layer_axes(anchor.call)
         scheme = self._scheme_of(node)
         _, sw = scheme.weights(const_value(anchor.call.args[1]), w_axis)
-        shape = [1] * len(anchor.call.ty.shape)
-        shape[acc_axis] = -1
-        s_acc = self.params_for(src).scale * sw.reshape(shape)
         sign = -1.0 if op_name(node.call) == "relax.subtract" else 1.0
-        b = np.broadcast_to(bias.astype(np.float64).reshape((1,) * (len(shape) - bias.ndim)
-                                                            + bias.shape), np.broadcast_shapes(
-            (1,) * (len(shape) - bias.ndim) + bias.shape, s_acc.shape))
-        held = scheme.bias(sign * b, np.broadcast_to(s_acc, b.shape))
+        held = held_bias(scheme, bias, self.params_for(src).scale, sw, acc_axis,
+                         len(anchor.call.ty.shape), sign)
         if held is None:
             return value
         args = list(value.args)
-        args[1] = relax.const((sign * held).astype(bias.dtype))
+        args[1] = relax.const(held)
         return relax.Call(value.op, args, value.attrs, value.ty_args)
+
+
+def held_bias(scheme: Scheme, bias: np.ndarray, s_in: float, sw: np.ndarray, acc_axis: int,
+              ndim: int, sign: float = 1.0) -> np.ndarray | None:
+    """The bias constant (``bias``'s dtype) a conv/dense adds (``sign`` -1: subtracts) once
+    ``scheme`` holds it as the integer program will, given the input scale ``s_in`` and the
+    weight scales ``sw`` (accumulator scale ``s_in * sw`` along ``acc_axis`` of an
+    ``ndim``-D result); None when the scheme keeps the float bias. Annotate and the QAT model
+    (:mod:`tvm_intq.qat`) both call this."""
+    shape = [1] * ndim
+    shape[acc_axis] = -1
+    s_acc = s_in * np.asarray(sw, np.float64).reshape(shape)
+    b = np.broadcast_to(bias.astype(np.float64).reshape((1,) * (len(shape) - bias.ndim)
+                                                        + bias.shape), np.broadcast_shapes(
+        (1,) * (len(shape) - bias.ndim) + bias.shape, s_acc.shape))
+    held = scheme.bias(sign * b, np.broadcast_to(s_acc, b.shape))
+    return None if held is None else (sign * held).astype(bias.dtype)

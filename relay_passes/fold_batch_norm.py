@@ -12,8 +12,14 @@ from .ir_utils import channel_axis_of, const_value, mutate_functions, op_name
 
 def linear_layer_axes(call) -> tuple[int, int] | None:
     """``(output-channel axis of the result, output-channel axis of the weight)`` for a
-    conv2d (NCHW/OIHW) or a 2-D-weight matmul whose weight is a constant; else None."""
+    conv2d (NCHW/OIHW), an ungrouped conv2d_transpose (NCHW/IOHW) or a 2-D-weight matmul whose
+    weight is a constant; else None."""
     name = op_name(call)
+    if name == "relax.nn.conv2d_transpose":
+        a = call.attrs
+        if (str(a.data_layout), str(a.kernel_layout), str(a.out_layout)) == ("NCHW", "IOHW", "NCHW") \
+                and int(a.groups) == 1 and const_value(call.args[1]) is not None:
+            return 1, 1
     if name == "relax.nn.conv2d":
         a = call.attrs
         if str(a.data_layout) == "NCHW" and str(a.kernel_layout) == "OIHW" \

@@ -66,7 +66,7 @@ def _weight(call):
     return qw, sw.astype(np.float64).reshape(-1), int(call.attrs.axis) % qw.ndim
 
 
-def _clamp_bounds(call) -> tuple[float, float]:
+def clamp_bounds(call) -> tuple[float, float]:
     name = op_name(call)
     if name == "relax.nn.relu":
         return 0.0, np.inf
@@ -82,7 +82,7 @@ def _fold_linear(bb, st: _State, v, out: intmath.QParams, name: str):
     """conv2d/matmul [+ bias] [relu|clip|max|min]* -> int8 layer with one requantize."""
     lo_real, hi_real, bias, call = -np.inf, np.inf, None, st.lookup(v)
     while op_name(call) in CLAMPS:
-        lo, hi = _clamp_bounds(call)
+        lo, hi = clamp_bounds(call)
         lo_real, hi_real = max(lo_real, lo), min(hi_real, hi)
         call = st.lookup(call.args[0])
     if op_name(call) in ("relax.add", "relax.subtract") and const_value(call.args[1]) is not None:
@@ -97,17 +97,22 @@ def _fold_linear(bb, st: _State, v, out: intmath.QParams, name: str):
         lo, hi = intmath.relu_bounds(out, lo_real, hi_real)
         ar = intmath.add_requant(a[1], b[1], out, lo, hi, subtract=name_op == "relax.subtract")
         return K.add(bb, a[0], b[0], ar, name)
-    if name_op not in ("relax.nn.conv2d", "relax.matmul"):
+    if name_op not in ("relax.nn.conv2d", "relax.nn.conv2d_transpose", "relax.matmul"):
         return None
     if name_op == "relax.nn.conv2d" and (str(call.attrs.data_layout), str(call.attrs.kernel_layout),
                                          str(call.attrs.out_layout)) != ("NCHW", "OIHW", "NCHW"):
         return None  # the integer kernel is NCHW/OIHW
     x = st.dequantized(call.args[0])
+    y = st.dequantized(call.args[1]) if name_op == "relax.matmul" else None
+    if x is not None and y is not None and bias is None:  # two activations (attention)
+        lo, hi = intmath.relu_bounds(out, lo_real, hi_real)
+        rq = intmath.matmul_requant(x[1], y[1], out, shape_of(call.args[0])[-1], lo, hi)
+        return K.matmul_activations(bb, x[0], x[1], y[0], y[1], rq, name)
     w = st.weights.get(st.resolve(call.args[1]))
     if x is None or w is None:
         return None
     qw, sw, w_axis = w
-    axis = 0 if name_op == "relax.nn.conv2d" else 1  # the weight's output-channel axis
+    axis = 0 if name_op == "relax.nn.conv2d" else 1  # the weight's output-channel axis (IOHW)
     if w_axis not in (None, axis):  # scales along another axis: not one requantize per channel
         return None
     sw = np.broadcast_to(sw, (qw.shape[axis],))
@@ -118,6 +123,12 @@ def _fold_linear(bb, st: _State, v, out: intmath.QParams, name: str):
         rq = intmath.conv_requant(x[1].scale, x[1].zero_point, sw, qw, 0, b, out, lo, hi,
                                   acc_shape_axis=1, acc_ndim=4)
         return K.conv2d(bb, x[0], x[1], call.attrs, qw, rq, name)
+    if name_op == "relax.nn.conv2d_transpose":
+        b = None if bias is None else np.broadcast_to(bias.reshape(-1), (qw.shape[1],))
+        # The kernel subtracts zp_in before the product (see K.conv2d_transpose): zp_in 0 here.
+        rq = intmath.conv_requant(x[1].scale, 0, sw, qw, 1, b, out, lo, hi,
+                                  acc_shape_axis=1, acc_ndim=4)
+        return K.conv2d_transpose(bb, x[0], x[1], call.attrs, qw, rq, name)
     channels = qw.shape[1]
     b = None if bias is None else np.broadcast_to(bias.reshape(-1), (channels,))
     rq = intmath.conv_requant(x[1].scale, x[1].zero_point, sw, qw, 1, b, out, lo, hi,
@@ -138,7 +149,7 @@ def _fold_concat(bb, st, v, out, name):
     return bb.emit(relax.op.concat(ints, axis=int(call.attrs.axis)), name)
 
 
-def _window_counts(in_shape, attrs) -> np.ndarray:
+def window_counts(in_shape, attrs) -> np.ndarray:
     """How many non-padded input positions each output window of a pool covers."""
     n = len(in_shape)
     pad = [int(p) for p in attrs.padding]
@@ -170,7 +181,7 @@ def _fold_pool(bb, st, v, out, name):
     k = int(np.prod([int(s) for s in call.attrs.pool_size]))
     divisor = k
     if not call.attrs.count_include_pad and any(int(q) for q in call.attrs.padding):
-        divisor = _window_counts(shape_of(call.args[0])[2:], call.attrs)
+        divisor = window_counts(shape_of(call.args[0])[2:], call.attrs)
     rq = intmath.rescale_requant(p.scale, p.zero_point, out, count=k, divisor=divisor)
     return K.avg_pool(bb, xq, p, call.attrs, rq, name)
 
@@ -265,6 +276,8 @@ class FoldToInteger:
       from dequantized inputs (S1's unified scale, S2 Eqs. 6 and 11-14)::
 
           quantize(clip(conv2d(dq(x), dq(Qw)) + b))   ->  clip((conv2d_i32(x, Qw)*MUL + ADD) >> S)
+          quantize(matmul(dq(a), dq(b)))              ->  (matmul_i32(a - za, b - zb)*MUL + ADD) >> S
+          quantize(conv2d_transpose(dq(x), dq(Qw)) + b) ->  (conv2d_transpose_i32(x - zx, Qw)*MUL + ADD) >> S
           quantize(dq(x, s1, z1), s2, z2)             ->  x, or (x*MUL + ADD) >> S
           quantize(dq(a) + dq(b))                     ->  (a*MA + b*MB + ADD) >> S
           quantize(concat(dq(x_i)))                   ->  concat(requantized x_i)

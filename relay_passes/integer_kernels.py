@@ -54,6 +54,30 @@ def matmul(bb, x, qw: np.ndarray, rq: intmath.Requant, name: str):
     return requantize(bb, acc, rq, name)
 
 
+def conv2d_transpose(bb, x, inp: intmath.QParams, attrs, qw: np.ndarray, rq: intmath.Requant,
+                     name: str):
+    """Transposed conv (NCHW/IOHW) of int8 codes with int32 accumulation. The input zero point
+    is subtracted first: an output position near the border sums fewer taps than the others,
+    so ``zp_in * sum(Qw)`` is not one constant per channel as for conv2d (the operands then fit
+    9 bits; |acc| is at most twice conv_requant's int8 bound, far inside int64's headroom)."""
+    xi = bb.emit(R.subtract(bb.emit(R.astype(x, "int32")), _const(inp.zero_point, "int32")))
+    acc = bb.emit(R.nn.conv2d_transpose(
+        xi, relax.const(qw.astype(np.int32)), strides=attrs.strides, padding=attrs.padding,
+        output_padding=attrs.output_padding, dilation=attrs.dilation, groups=int(attrs.groups),
+        data_layout="NCHW", kernel_layout="IOHW", out_dtype="int32"))
+    return requantize(bb, acc, rq, name)
+
+
+def matmul_activations(bb, a, pa: intmath.QParams, b, pb: intmath.QParams,
+                       rq: intmath.Requant, name: str):
+    """A product of two int8 activations: zero points subtracted first (the operands then fit
+    9 bits), int32 matmul, one requantize (:func:`tvm_intq.intmath.matmul_requant`)."""
+    xa = bb.emit(R.subtract(bb.emit(R.astype(a, "int32")), _const(pa.zero_point, "int32")))
+    xb = bb.emit(R.subtract(bb.emit(R.astype(b, "int32")), _const(pb.zero_point, "int32")))
+    acc = bb.emit(R.matmul(xa, xb, out_dtype="int32"))
+    return requantize(bb, acc, rq, name)
+
+
 def add(bb, a, b, ar: intmath.AddRequant, name: str):
     """``(Qa*MA + Qb*MB + ADD) >> S`` for an elementwise add/subtract (``MB < 0``) of two int8
     tensors."""

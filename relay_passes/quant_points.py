@@ -2,9 +2,10 @@
 
 Every tensor-valued binding of ``main`` gets a *role*:
 
-* ``anchor`` — an op with an integer kernel of its own: conv2d, dense/matmul with a constant
-  weight, add of two activations, concat, average pool, mean (global average pool), softmax,
-  and any other elementwise op of two different activations (a 256x256 lookup table);
+* ``anchor`` — an op with an integer kernel of its own: conv2d, conv2d_transpose, dense/matmul
+  with a constant weight, matmul of two activations, add of two activations, concat, average
+  pool, mean (global average pool), softmax, and any other elementwise op of two different
+  activations (a 256x256 lookup table);
 * ``epilogue`` — folded into the requantize of the anchor before it: a bias add (after
   conv/dense), relu, clip, maximum/minimum with a scalar (ReLU6 after import);
 * ``elementwise`` — part of a lookup-table cluster: elementwise ops whose only non-constant
@@ -42,7 +43,7 @@ UNARY = {
 BINARY = {"relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.power",
           "relax.maximum", "relax.minimum"}
 CLAMPS = {"relax.nn.relu", "relax.nn.relu6", "relax.clip", "relax.maximum", "relax.minimum"}
-LINEAR = {"relax.nn.conv2d", "relax.matmul"}
+LINEAR = {"relax.nn.conv2d", "relax.nn.conv2d_transpose", "relax.matmul"}
 
 
 @dataclass
@@ -106,7 +107,11 @@ def _anchor(call) -> bool:
             and str(a.kernel_layout) == "OIHW"
     if name == "relax.matmul":
         w = const_value(call.args[1])
-        return w is not None and w.ndim == 2
+        if w is None:  # a product of two activations (attention's Q.K^T and attn.V)
+            return const_value(call.args[0]) is None
+        return w.ndim == 2
+    if name == "relax.nn.conv2d_transpose":
+        return linear_layer_axes(call) is not None
     if name in ("relax.add", "relax.subtract"):
         return len(tensor_args(call)) == 2 and const_value(call.args[0]) is None \
             and const_value(call.args[1]) is None
@@ -193,7 +198,7 @@ def _is_epilogue(call, name, first, nodes, users) -> bool:
     anchor_name = op_name(anchor.call)
     if name in ("relax.add", "relax.subtract") and anchor_name in LINEAR and first.role == "anchor":
         value = const_value(call.args[1])
-        if value is None:
+        if value is None or linear_layer_axes(anchor.call) is None:  # no bias: no weight
             return False
         axis = channel_axis_of(value, len(call.ty.shape))  # a bias varies along channels only
         return axis is None or axis == linear_layer_axes(anchor.call)[0]

@@ -35,3 +35,12 @@ def test_passes_do_not_reach_downstream(path):
     bad = {m for m in imported_modules(path)
            if any(part in m for part in ("cli", "targets", "api", "report", "runner"))}
     assert not bad, f"{path.name} imports {bad}"
+
+
+def test_only_the_qat_package_imports_torch():
+    """PyTorch is the optional ``qat`` extra: everything else installs and runs without it."""
+    folders = [ROOT / d for d in ("tvm_intq", "relay_passes", "schedules", "targets")]
+    bad = {str(p.relative_to(ROOT)) for folder in folders for p in folder.rglob("*.py")
+           if "qat" not in p.relative_to(ROOT).parts
+           and any(m == "torch" or m.startswith("torch.") for m in imported_modules(p))}
+    assert not bad, f"import torch outside tvm_intq/qat: {sorted(bad)}"

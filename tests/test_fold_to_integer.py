@@ -635,6 +635,46 @@ def test_conv_plus_constant_along_width_is_not_a_bias():
     assert sqnr_db(y_float, y_int) >= 30
 
 
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_matmul_of_two_activations_is_integer(scheme):
+    """Attention (PP-OCRv4 rec's SVTR blocks): softmax(Q.K^T).V with Q, K, V activations. Both
+    products are int32 matmuls of zero-point-shifted int8 codes with one requantize each,
+    bit-exact with the reference."""
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("MatMul", ["x", "Wq"], ["q"]),
+             helper.make_node("MatMul", ["x", "Wk"], ["k"]),
+             helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["q", "kt"], ["s"]),
+             helper.make_node("Softmax", ["s"], ["a"], axis=-1),
+             helper.make_node("MatMul", ["a", "x"], ["y"])]
+    inits = {"Wq": rng.normal(size=(8, 8)) / 3, "Wk": rng.normal(size=(8, 8)) / 3}
+    x, y_float, y_qdq, y_int, imod = _pipeline_on(nodes, inits, in_shape=(2, 6, 8), scheme=scheme)
+    assert float_ops(imod) == []
+    products = [c for c in calls_of(imod, "relax.matmul") if const_value(c.args[1]) is None]
+    assert len(products) == 2 and all(str(c.ty.dtype) == "int32" for c in products)
+    np.testing.assert_array_equal(y_int, run_reference(imod, {"x": x}))
+    assert sqnr_db(y_float, y_int) >= 25
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_conv_transpose_is_integer(scheme):
+    """ConvTranspose + bias + ReLU (PP-OCRv4 det's upsampling head): one int32
+    conv2d_transpose of zero-point-shifted codes and one requantize, bit-exact with the
+    reference (which computes it independently, tap by tap)."""
+    rng = np.random.default_rng(6)
+    nodes = [helper.make_node("ConvTranspose", ["x", "W", "B"], ["c"], strides=[2, 2],
+                              pads=[1, 1, 1, 1], output_padding=[1, 1]),
+             helper.make_node("Relu", ["c"], ["y"])]
+    inits = {"W": rng.normal(size=(4, 3, 3, 3)) / 4, "B": rng.normal(size=3) / 4}
+    x, y_float, y_qdq, y_int, imod = _pipeline_on(nodes, inits, in_shape=(1, 4, 5, 5),
+                                                  scheme=scheme)
+    assert float_ops(imod) == [] and y_int.shape == (1, 3, 10, 10)
+    (ct,) = calls_of(imod, "relax.nn.conv2d_transpose")
+    assert str(ct.ty.dtype) == "int32" and ops_of(imod)["relax.right_shift"] == 1
+    np.testing.assert_array_equal(y_int, run_reference(imod, {"x": x}))
+    assert sqnr_db(y_float, y_int) >= 30
+
+
 # ---------------------------------------------------------------------------------------------
 # The reference evaluator itself, op by op, against TVM
 # ---------------------------------------------------------------------------------------------

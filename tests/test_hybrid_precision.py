@@ -127,16 +127,16 @@ def kl_auto():  # about a minute: calibration, the gated model, ~20 search runs,
     _, info = import_onnx(model)
     calib = load_npz(bundled("calib.npz"), info.inputs)
     heldout = load_npz(bundled("heldout.npz"), info.inputs)
-    config = api.QuantConfig(calibrator="kl", float_layers="auto", max_drop=1.0, progress=False)
+    config = api.QuantConfig(calibrator="kl", float_layers="auto", max_drop=0.5, progress=False)
     return api.compile_onnx(model, calib, config, "host", eval_samples=heldout).report
 
 
 @pytest.mark.slow
-def test_auto_float_layers_bring_kl_within_a_point_of_float(kl_auto):
+def test_auto_float_layers_bring_kl_within_half_a_point_of_float(kl_auto):
     report = kl_auto
     sim = report["hybrid_precision"]["simulated_int8"]
-    assert sim["top1_fp32"] - sim["top1"] > 0.5  # KL alone loses most of the accuracy
-    assert report["top1"]["fp32"] - report["top1"]["int8"] <= 0.01
+    assert sim["top1_fp32"] - sim["top1"] > 0.005  # KL alone loses more than the budget
+    assert report["top1"]["fp32"] - report["top1"]["int8"] <= 0.005
     names = [f["name"] for f in report["float_layers"]]
     assert 1 <= len(names) <= 5
     for f in report["float_layers"]:
@@ -144,4 +144,4 @@ def test_auto_float_layers_bring_kl_within_a_point_of_float(kl_auto):
     by_name = {layer["name"]: layer for layer in report["layers"]}
     assert all(by_name[n]["precision"] == "float" for n in names if n in by_name)
     assert report["float_ops"]  # not integer-only any more, and says so
-    assert report["hybrid_precision"]["target"] == "top-1 within 1 points of float"
+    assert report["hybrid_precision"]["target"] == "top-1 within 0.5 points of float"

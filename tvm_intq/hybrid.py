@@ -90,7 +90,8 @@ def gated_module(prepared: tvm.IRModule, ranges: dict, scheme) -> tuple[tvm.IRMo
                         raw = bb.emit(value, name + "_raw")
                         vmap[b.var] = bb.emit(mix(q.args[0], raw, index[name[:-3]]), name)
                         continue
-                if name in float_weight and op_name(value) in ("relax.nn.conv2d", "relax.matmul"):
+                if name in float_weight and op_name(value) in ("relax.nn.conv2d", "relax.matmul",
+                                                               "relax.nn.conv2d_transpose"):
                     w, i = float_weight[name]
                     args = list(value.args)
                     args[1] = bb.emit(mix(relax.const(w), args[1], i))

@@ -310,6 +310,19 @@ def rescale_requant(s_in: float, zp_in: int, out: QParams, count: int = 1,
     return Requant(mul, add, shift, lo, hi)
 
 
+def matmul_requant(a: QParams, b: QParams, out: QParams, k: int, lo: int = QMIN,
+                   hi: int = QMAX) -> Requant:
+    """Requantization of a product of two activations (attention's ``Q.K^T``, ``attn.V``).
+
+    With ``acc = sum_k (Qa - za)(Qb - zb)`` over the ``k``-long reduction (each factor within
+    ``[-255, 255]``): ``Q_out = round(sa*sb/so * acc + zo)``, S2 Eq. 6 with the activation
+    ``b`` in the weight's place and both zero points subtracted before the product.
+    """
+    mul, add, shift = fixed_point(a.scale * b.scale / out.scale, out.zero_point,
+                                  float(k) * 255.0 * 255.0)
+    return Requant(mul, add, shift, lo, hi)
+
+
 @dataclass(frozen=True)
 class AddRequant:
     """Elementwise add (or subtract: ``mul_b < 0``) of two int8 tensors:

@@ -112,6 +112,23 @@ def _conv2d(call, x, w):
     return acc.reshape(n, o, *acc.shape[-2:]).astype(_out_dtype(call))
 
 
+def _conv2d_transpose(call, x, w):
+    a = call.attrs
+    _require(str(a.data_layout) == "NCHW" and str(a.kernel_layout) == "IOHW"
+             and str(a.out_layout) == "NCHW" and int(a.groups) == 1,
+             "conv2d_transpose other than ungrouped NCHW/IOHW")
+    acc_t = np.int64 if x.dtype.kind in "iu" else np.float64
+    (n, _, h, wd), (kh, kw) = x.shape, w.shape[2:]
+    (sh, sw), (dh, dw), (oph, opw) = _ints(a.strides), _ints(a.dilation), _ints(a.output_padding)
+    full = np.zeros((n, w.shape[1], (h - 1) * sh + (kh - 1) * dh + 1 + oph,
+                     (wd - 1) * sw + (kw - 1) * dw + 1 + opw), acc_t)
+    for i, j in itertools.product(range(kh), range(kw)):  # each tap scatters the whole input
+        full[:, :, i * dh:i * dh + (h - 1) * sh + 1:sh, j * dw:j * dw + (wd - 1) * sw + 1:sw] += \
+            np.einsum("nchw,co->nohw", x.astype(acc_t), w[:, :, i, j].astype(acc_t))
+    top, left, bottom, right = _ints(a.padding)
+    return full[:, :, top:full.shape[2] - bottom, left:full.shape[3] - right].astype(_out_dtype(call))
+
+
 def _matmul(call, a, b):
     acc_t = np.int64 if a.dtype.kind in "iu" else np.float64
     return np.matmul(a.astype(acc_t), b.astype(acc_t)).astype(_out_dtype(call))
@@ -249,6 +266,7 @@ OPS = {
     "relax.sum": _reduce(np.sum),
     "relax.nn.pad": _pad,
     "relax.nn.conv2d": _conv2d,
+    "relax.nn.conv2d_transpose": _conv2d_transpose,
     "relax.matmul": _matmul,
     **{f"relax.nn.max_pool{n}d": _max_pool for n in (1, 2, 3)},
     **{f"relax.nn.avg_pool{n}d": _avg_pool for n in (1, 2, 3)},

@@ -1,0 +1,20 @@
+"""Quantization-aware fine-tuning (the ``qat`` extra: PyTorch).
+
+    model = prepare("model.onnx", calib, scheme="pow2", strategy=AlphaBlend())
+    fine_tune(model, x, y, epochs=3)           # any torch loop works: model is an nn.Module
+    export(model, "model.qdq.onnx")            # tvm-intq compile model.qdq.onnx -o model.so
+
+The forward pass computes what the compiled integer program computes (:mod:`.model`); the
+strategies (:mod:`.strategies`) are plain STE, S0's alpha blend and S3's incremental
+quantization; the export is a QDQ ONNX model holding the fine-tuned int8 weights and the
+calibrated scales, which ``tvm-intq compile`` folds into the same program without
+re-calibrating (:mod:`.onnx_io`).
+"""
+
+from .model import QatModel
+from .onnx_io import export, fold_batch_norm, prepare
+from .strategies import STRATEGIES, AlphaBlend, Incremental, Ste, Strategy
+from .train import evaluate, fine_tune
+
+__all__ = ["QatModel", "prepare", "export", "fold_batch_norm", "fine_tune", "evaluate",
+           "Strategy", "Ste", "AlphaBlend", "Incremental", "STRATEGIES"]
