@@ -103,7 +103,7 @@ def test_tune_on_boards_then_compile_is_bit_exact_on_a_board(tiny, arm_pair, tmp
                    "--tracker", url, "--key", KEY])
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert f"measured on boards under '{KEY}'" in out
+    assert f"measured by wall time on the boards under '{KEY}'" in out
     # Every conv task got board-measured records (real run times, not failures).
     conv_records = [r for r in valid_records(db) if "conv2d" in str(r.workload.mod)]
     assert len(conv_records) >= 2
