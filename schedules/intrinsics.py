@@ -120,52 +120,38 @@ def _desc(d: DotProduct):
     return desc_rows
 
 
-def _impl_x86_vnni(d: DotProduct):
-    from tvm.script import tirx as T
+def _impl_word_dot(llvm_intrinsic: str):
+    """The implementation of a ``k = 4`` dot product whose instruction takes the 4-byte
+    activation word broadcast to every int32 lane: x86 ``vpdpbusd`` (u8 x s8; LLVM >= 21 wants
+    byte vectors) and ARM ``sdot`` (s8 x s8): lane ``i`` += the four products of bytes
+    ``4i..4i+3``."""
 
-    @T.prim_func(s_tir=True)
-    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
-        B = T.match_buffer(b, (16, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (16,), "int32", offset_factor=1)
-        with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            a_word = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-            # vpdpbusd: each int32 lane += four u8 x s8 products (LLVM >= 21: byte vectors).
-            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                C.vload([0], dtype="int32x16"),
-                T.reinterpret(T.broadcast(a_word, 16), dtype="uint8x64"),
-                B.vload([0, 0], dtype="int8x64"),
-                dtype="int32x16",
-            )
+    def impl_of(d: DotProduct):
+        from tvm.script import tirx as T
 
-    return impl
+        lanes, a_word_t, acc_t = d.lanes, f"{d.data_dtype}x4", f"int32x{d.lanes}"
+        bytes_a, bytes_b = f"{d.data_dtype}x{4 * lanes}", f"{d.weight_dtype}x{4 * lanes}"
 
+        @T.prim_func(s_tir=True)
+        def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+            A = T.match_buffer(a, (4,), d.data_dtype, offset_factor=1)
+            B = T.match_buffer(b, (lanes, 4), d.weight_dtype, offset_factor=1)
+            C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+                T.writes(C[0:lanes])
+                a_word = T.reinterpret(A.vload([0], a_word_t), dtype="int32")
+                C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(llvm_intrinsic),
+                    C.vload([0], dtype=acc_t),
+                    T.reinterpret(T.broadcast(a_word, lanes), dtype=bytes_a),
+                    B.vload([0, 0], dtype=bytes_b),
+                    dtype=acc_t,
+                )
 
-def _impl_arm_sdot(d: DotProduct):
-    from tvm.script import tirx as T
+        return impl
 
-    @T.prim_func(s_tir=True)
-    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (4,), "int8", offset_factor=1)
-        B = T.match_buffer(b, (4, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (4,), "int32", offset_factor=1)
-        with T.sblock("root"):
-            T.reads(C[0:4], A[0:4], B[0:4, 0:4])
-            T.writes(C[0:4])
-            a_word = T.reinterpret(A.vload([0], "int8x4"), dtype="int32")
-            # sdot: int32 lane i += sum of the four s8 x s8 products of bytes 4i..4i+3.
-            C[T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.sdot.v4i32.v16i8"),
-                C.vload([0], dtype="int32x4"),
-                T.reinterpret(T.broadcast(a_word, 4), dtype="int8x16"),
-                B.vload([0, 0], dtype="int8x16"),
-                dtype="int32x4",
-            )
-
-    return impl
+    return impl_of
 
 
 def _impl_arm_i8mm(d: DotProduct):
@@ -230,8 +216,9 @@ def _impl_rvv_vwmacc(d: DotProduct):
     return impl
 
 
-_IMPLS = {"x86-vnni": _impl_x86_vnni, "arm-sdot": _impl_arm_sdot, "arm-i8mm": _impl_arm_i8mm,
-          "rvv-vwmacc": _impl_rvv_vwmacc}
+_IMPLS = {"x86-vnni": _impl_word_dot("llvm.x86.avx512.vpdpbusd.512"),
+          "arm-sdot": _impl_word_dot("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+          "arm-i8mm": _impl_arm_i8mm, "rvv-vwmacc": _impl_rvv_vwmacc}
 
 
 _REGISTERED = False
