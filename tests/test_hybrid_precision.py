@@ -3,12 +3,9 @@ automatic choice of float layers on the bundled model."""
 
 import numpy as np
 import pytest
-import tvm
-from onnx import TensorProto, helper, numpy_helper
-from tvm import relax
-from tvm.relax.frontend.onnx import from_onnx
 
 import tvm_intq
+from conftest import run_vm, three_conv_model
 from tvm_intq import api, hybrid
 from tvm_intq.calibration import SampleSet, load_npz
 from tvm_intq.demo import bundled
@@ -26,32 +23,13 @@ pytestmark = pytest.mark.filterwarnings("ignore:Field 'shape' of 'type' is requi
 def small():
     """conv+relu -> conv -> tanh -> conv, calibrated with KL (which clips hard)."""
     rng = np.random.default_rng(0)
-    inits = {"w1": rng.normal(0, 0.4, (8, 3, 3, 3)), "b1": rng.normal(0, 0.3, 8),
-             "w2": rng.normal(0, 0.3, (8, 8, 1, 1)), "b2": rng.normal(0, 0.2, 8),
-             "w3": rng.normal(0, 0.3, (4, 8, 1, 1)), "b3": rng.normal(0, 0.2, 4)}
-    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c1"], ["r1"]),
-             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"]),
-             helper.make_node("Tanh", ["c2"], ["t2"]),
-             helper.make_node("Conv", ["t2", "w3", "b3"], ["y"])]
-    graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 6, 6])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
-    prepared = tvm_intq.prepare(from_onnx(helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17)])))
+    prepared = three_conv_model(rng, bias_mean=0)
     x = (rng.normal(0, 1, (32, 3, 6, 6)) * rng.uniform(0.2, 3.0, (32, 1, 1, 1))).astype(np.float32)
     samples = SampleSet({"x": x})
     ranges = tvm_intq.calibrate(prepared, samples, "kl", progress=False)
     plan = analyze(prepared["main"])
     relu = next(v.name for v in plan.points if v.name.startswith("relu"))
     return prepared, ranges, samples, relu, [v.name for v in plan.points]
-
-
-def _run(mod, x, extra=()):
-    vm = relax.VirtualMachine(tvm_intq.build(mod), tvm.cpu())
-    out = vm["main"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(e) for e in extra])
-    return out.numpy()
 
 
 def test_annotate_leaves_a_float_layer_unquantized(small):
@@ -83,13 +61,13 @@ def test_gated_model_is_float_at_zero_and_qdq_at_one(small):
     assert names == points
     x = samples.arrays["x"][:2]
     zeros, ones = np.zeros(len(names), np.float32), np.ones(len(names), np.float32)
-    np.testing.assert_array_equal(_run(gated, x, [zeros]), _run(prepared, x))
+    np.testing.assert_array_equal(run_vm(gated, x, [zeros]), run_vm(prepared, x))
     qdq = Annotate(ranges, "hybrid-asym")(prepared)
-    np.testing.assert_allclose(_run(gated, x, [ones]), _run(qdq, x), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(run_vm(gated, x, [ones]), run_vm(qdq, x), rtol=1e-4, atol=1e-4)
     one_float = ones.copy()
     one_float[names.index(relu)] = 0.0
     hyb = Annotate(ranges, "hybrid-asym", float_layers=[relu])(prepared)
-    np.testing.assert_allclose(_run(gated, x, [one_float]), _run(hyb, x), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(run_vm(gated, x, [one_float]), run_vm(hyb, x), rtol=1e-4, atol=1e-4)
 
 
 def test_min_sqnr_target_on_the_small_model(small):
@@ -102,8 +80,8 @@ def test_min_sqnr_target_on_the_small_model(small):
     # The integer program with those layers float reaches what the simulation said.
     _, integer = api.lower(prepared, ranges, api.QuantConfig(float_layers=sel.names))
     x = samples.arrays["x"][:8]
-    ref = np.concatenate([_run(prepared, x[i:i + 2]) for i in range(0, 8, 2)])
-    got = np.concatenate([_run(integer, x[i:i + 2]) for i in range(0, 8, 2)])
+    ref = np.concatenate([run_vm(prepared, x[i:i + 2]) for i in range(0, 8, 2)])
+    got = np.concatenate([run_vm(integer, x[i:i + 2]) for i in range(0, 8, 2)])
     assert sqnr_db(ref, got) >= 29.0
 
 
