@@ -218,6 +218,19 @@ def test_spike_plus_tail_and_two_values(name):
     assert lo <= 0 < hi <= 1.0
 
 
+def test_redistribution_is_not_pulled_to_a_point_mass_at_zero():
+    # 83 % ReLU zeros and a flat rest (a det-model tensor's shape): with the zeros in the
+    # Box-Cox fit, d centred z on them and KL kept [0, 0.0115] of [0, 4] (det F1 91 -> 0).
+    rng = np.random.default_rng(9)
+    x = np.where(rng.uniform(size=200_000) < 0.83, 0.0, rng.uniform(0.05, 4.0, 200_000))
+    cal = get_calibrator("redistribution")
+    lo, hi = cal.compute_range(stats_of(x), symmetric=False)
+    assert lo == 0.0 and hi >= np.percentile(x[x > 0], 99)
+    # The same on the negative side (all values <= 0), mirrored.
+    lo, hi = cal.compute_range(stats_of(-x), symmetric=False)
+    assert hi == 0.0 and lo <= -np.percentile(x[x > 0], 99)
+
+
 # ---------------------------------------------------------------------------------------------
 # KL on the bundled model (builds with TVM: the one test here that does)
 # ---------------------------------------------------------------------------------------------

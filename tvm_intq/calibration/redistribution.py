@@ -42,6 +42,9 @@ class Redistribution(Calibrator):
     5. **Inverse Box-Cox** of ``-T - d`` and ``T - d``, undoing step 1, gives the asymmetric
        range ``[min_in, max_in]``, kept inside ``[min, max]``.
 
+    For data on one side of zero, the bin next to zero takes no part in steps 2-4 (a point
+    mass there, ReLU's zeros, is exact at any threshold and would otherwise set it).
+
     Degenerate data stays finite: a histogram with mass in a single bin keeps ``[min, max]``;
     a fit that fails or is not finite uses ``lambda = 1`` (a plain shift); an inverse outside
     Box-Cox's domain is taken as the data's end.
@@ -64,6 +67,15 @@ class Redistribution(Calibrator):
 
     def select_range(self, stats: TensorStats, symmetric: bool) -> tuple[float, float]:
         counts = stats.hist.astype(np.float64)
+        # Data on one side of zero (ReLU, sigmoid, softmax outputs): the bin next to zero is
+        # left out of the fit and of KL. Every range keeps 0 (lo <= 0 <= hi), so its values are
+        # quantized within one bin width whatever the threshold: they say nothing about where
+        # to clip. Left in, ReLU's zeros (83 % of a det-model tensor) are a point mass Box-Cox
+        # cannot reshape: d centres z on it and KL clipped that tensor to 0.3 % of its range.
+        if stats.min >= 0:
+            counts[0] = 0.0
+        elif stats.max <= 0:
+            counts[-1] = 0.0
         if np.count_nonzero(counts) < 2:
             return stats.min, stats.max
         x_lo, x_hi = stats.min, stats.max
