@@ -34,10 +34,11 @@ def linear_layer_axes(call) -> tuple[int, int] | None:
 
 @expr_functor.mutator
 class _Folder(PyExprMutator):
-    def __init__(self, mod):
+    def __init__(self, mod, uses: dict):
         super().__init__(mod)
         # new var -> (layer call without bias, folded float weight, folded bias)
         self.linear = {}
+        self.uses = uses  # original var -> number of uses
 
     def _as_linear(self, var):
         value = self.lookup_binding(var) if isinstance(var, relax.Var) else None
@@ -50,6 +51,10 @@ class _Folder(PyExprMutator):
         return None
 
     def visit_call_(self, call):
+        # A layer whose value has other users stays as it is: folding the constant into it
+        # would duplicate the layer (hardswish's x + 3 next to its x; PP-OCR's rec has one per
+        # block) and leave nothing of the original graph to map fine-tuned weights back to.
+        single = [isinstance(a, relax.Var) and self.uses.get(a, 0) == 1 for a in call.args]
         call = super().visit_call_(call)
         name = op_name(call)
         if name not in ("relax.add", "relax.subtract", "relax.multiply", "relax.divide"):
@@ -57,8 +62,9 @@ class _Folder(PyExprMutator):
         a, b = call.args
         if const_value(a) is not None and name in ("relax.add", "relax.multiply"):
             a, b = b, a
+            single.reverse()
         c = const_value(b)
-        layer = self._as_linear(a) if c is not None else None
+        layer = self._as_linear(a) if c is not None and single[0] else None
         if layer is None:
             return call
         layer_call, w, bias = layer
@@ -101,9 +107,24 @@ class FoldBatchNorm:
 
         y = conv2d(x, W) [+ b] (+|-|*|/ c_k)*      ->      conv2d(x, W') + b'
 
-    with ``c_k`` scalars or per-output-channel constants. The int8 weights are then quantized
-    from ``W'`` (the usual order: fold, then quantize).
+    with ``c_k`` scalars or per-output-channel constants, each step only while the value it
+    reads has no other user. The int8 weights are then quantized from ``W'`` (the usual order:
+    fold, then quantize).
     """
 
     def transform_module(self, mod, ctx):
-        return mutate_functions(_Folder(mod), mod)
+        uses: dict = {}
+        for _, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                for e in _bound_values(func):
+                    for v in relax.analysis.free_vars(e):
+                        uses[v] = uses.get(v, 0) + 1
+        return mutate_functions(_Folder(mod, uses), mod)
+
+
+def _bound_values(func: relax.Function) -> list:
+    """Every binding's value and the function's result: what can use a var."""
+    body = func.body
+    if not isinstance(body, relax.SeqExpr):
+        return [body]
+    return [b.value for block in body.blocks for b in block.bindings] + [body.body]

@@ -16,6 +16,7 @@ from tvm.script import tirx as T
 
 from tvm_intq import intmath
 from tvm_intq.relay_passes import Annotate, ClipKernelsToOps, FoldBatchNorm, analyze
+from tvm_intq.relay_passes.ir_utils import const_value
 
 F32 = np.float32
 RNG = np.random.default_rng(5)
@@ -104,6 +105,38 @@ def test_fold_batch_norm_leaves_constants_along_other_axes():
     before = bind(ConvAddAlongWidth, w=RNG.normal(size=(4, 3, 3, 3)).astype(F32),
                   k=RNG.normal(size=4).astype(F32))
     tvm.ir.assert_structural_equal(FoldBatchNorm()(before), before)
+
+
+@I.ir_module
+class ConvScaleHardswish:
+    """PP-OCR's block: conv, a learnable scalar affine, hardswish (``y`` read twice)."""
+
+    @R.function
+    def main(x: R.Tensor((1, 3, 8, 8), "float32"), w: R.Tensor((4, 3, 3, 3), "float32"),
+             s: R.Tensor((), "float32"), t: R.Tensor((), "float32")) -> R.Tensor((1, 4, 8, 8), "float32"):
+        with R.dataflow():
+            conv = R.nn.conv2d(x, w, padding=[1, 1, 1, 1])
+            y = R.add(R.multiply(conv, s), t)
+            gate = R.clip(R.add(y, R.const(3.0, "float32")), 0.0, 6.0)
+            gv = R.divide(R.multiply(y, gate), R.const(6.0, "float32"))
+            R.output(gv)
+        return gv
+
+
+def test_fold_stops_where_the_value_has_other_users():
+    """The scale and shift fold into the conv; hardswish's ``y + 3`` does not: its ``y`` is
+    also multiplied, and folding would compute the conv twice."""
+    w, s, t = RNG.normal(size=(4, 3, 3, 3)).astype(F32), np.float32(1.7), np.float32(-0.3)
+    before = bind(ConvScaleHardswish, w=w, s=s, t=t)
+    after = FoldBatchNorm()(before)
+    ops = [b.value.op.name for b in after["main"].body.blocks[0].bindings
+           if isinstance(b.value, relax.Call)]
+    assert ops.count("relax.nn.conv2d") == 1
+    assert ops[:2] == ["relax.nn.conv2d", "relax.add"] and "relax.multiply" in ops[2:]
+    conv = after["main"].body.blocks[0].bindings[0].value
+    np.testing.assert_allclose(const_value(conv.args[1]), w * s, rtol=1e-6)
+    x = RNG.normal(size=(1, 3, 8, 8)).astype(F32)
+    np.testing.assert_allclose(run(after, x), run(before, x), rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------

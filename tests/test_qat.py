@@ -53,8 +53,8 @@ def models(data):
     return {name: qat.prepare(bundled("mnist_cnn.onnx"), calib, scheme=s) for name, s in SCHEMES.items()}
 
 
-def reference(integer, x):
-    return np.concatenate([run_reference(integer, {"input": x[i:i + 1]}) for i in range(len(x))])
+def reference(integer, x, input_name="input"):
+    return np.concatenate([run_reference(integer, {input_name: x[i:i + 1]}) for i in range(len(x))])
 
 
 @pytest.mark.parametrize("scheme", list(SCHEMES))
@@ -97,6 +97,24 @@ def tiny_model(kind: str) -> onnx.ModelProto:
                  h.make_node("Relu", ["c"], ["r"]),
                  h.make_node("Resize", ["r", "", "scales"], ["u"], mode="nearest"),
                  h.make_node("ConvTranspose", ["u", "wt"], ["y"], strides=[2, 2])]
+    elif kind == "affine":  # PP-OCR rec's blocks: conv, scalar affine, hardswish; HardSigmoid
+        shape = [1, 3, 8, 8]
+        inits = [init("w1", 4, 3, 3, 3), init("b1", 4), init("w2", 4, 3, 1, 1), init("b2", 4),
+                 onnx.numpy_helper.from_array(np.float32(1.7), "s"),
+                 onnx.numpy_helper.from_array(np.float32([0.1, -0.2, 0.3, 0.0]).reshape(1, 4, 1, 1), "t"),
+                 onnx.numpy_helper.from_array(np.float32(3), "three"),
+                 onnx.numpy_helper.from_array(np.float32(0), "zero"),
+                 onnx.numpy_helper.from_array(np.float32(6), "six")]
+        nodes = [h.make_node("Conv", ["x", "w1", "b1"], ["c"], pads=[1, 1, 1, 1]),
+                 h.make_node("Mul", ["s", "c"], ["cs"]),
+                 h.make_node("Add", ["cs", "t"], ["a"]),
+                 h.make_node("Add", ["a", "three"], ["a3"]),
+                 h.make_node("Clip", ["a3", "zero", "six"], ["g"]),
+                 h.make_node("Mul", ["a", "g"], ["ag"]),
+                 h.make_node("Div", ["ag", "six"], ["hs"]),
+                 h.make_node("Conv", ["x", "w2", "b2"], ["c2"]),
+                 h.make_node("HardSigmoid", ["c2"], ["gate"], alpha=1 / 6, beta=0.5),
+                 h.make_node("Mul", ["hs", "gate"], ["y"])]
     else:
         shape = [1, 3, 8, 8]
         inits = [init("w1", 6, 3, 3, 3), init("b1", 6), init("w2", 6, 3, 1, 1)]
@@ -109,7 +127,8 @@ def tiny_model(kind: str) -> onnx.ModelProto:
                  h.make_node("LeakyRelu", ["m"], ["l"], alpha=0.2),
                  h.make_node("Concat", ["l", "c1"], ["y"], axis=1)]
     y = h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, {"attention": [1, 4], "pools": [1, 12, 8, 8],
-                                                                "upsample": [1, 2, 32, 32]}[kind])
+                                                                "upsample": [1, 2, 32, 32],
+                                                                "affine": [1, 4, 8, 8]}[kind])
     graph = h.make_graph(nodes, kind, [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)],
                          [y], inits)
     return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
@@ -192,6 +211,29 @@ def test_ste_forward_is_quantized_gradient_is_identity():
     np.testing.assert_array_equal(w.grad.numpy(), [3.0, 4.0])
 
 
+def test_constant_affine_folds_in_onnx_as_in_relax(tmp_path):
+    """The ONNX side folds what FoldBatchNorm folds (the scale and shift into the conv, not
+    hardswish's ``+ 3``, whose input has another reader; HardSigmoid's affine, leaving its
+    clip): the export then finds each of our convs in the ONNX model, and the compiled export
+    is the fine-tuned program."""
+    model = tiny_model("affine")
+    folded = qat.fold_batch_norm(model)
+    assert [n.op_type for n in folded.graph.node] == ["Conv", "Add", "Clip", "Mul", "Div", "Conv",
+                                                      "Clip", "Mul"]
+    x = np.random.default_rng(1).normal(0, 1, (36, 3, 8, 8)).astype(np.float32)
+    run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+           for m in (model, folded)]
+    a, b = (np.concatenate([r.run(None, {"x": x[i:i + 1]})[0] for i in range(4)]) for r in run)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    path = tmp_path / "affine.onnx"
+    onnx.save(model, path)
+    tuned = qat.prepare(path, SampleSet({"x": x[:32]}), scheme="hybrid-asym")
+    with torch.no_grad():
+        for p in tuned.parameters():  # as training would change them
+            p.mul_(1.05)
+    exported_program_equals_forward(tuned, x[32:], tmp_path / "affine.qdq.onnx", "x")
+
+
 def test_batch_norm_folds_in_onnx(data):
     model = onnx.load(str(bundled("mnist_cnn.onnx")))
     folded = qat.fold_batch_norm(model)
@@ -222,12 +264,12 @@ def test_short_fine_tune_lowers_the_loss(tuned):
     assert after < 0.8 * before, (before, after)
 
 
-def exported_program_equals_forward(model, x, path):
+def exported_program_equals_forward(model, x, path, input_name="input"):
     qat.export(model, path)
     integer, _ = import_prequantized(path)  # what `tvm-intq compile` compiles, no calibration
     with torch.no_grad():
         ours = model(torch.from_numpy(x)).numpy()
-    np.testing.assert_array_equal(reference(integer, x), ours)
+    np.testing.assert_array_equal(reference(integer, x, input_name), ours)
 
 
 def test_exported_model_compiles_to_the_fine_tuned_program(tuned, data, tmp_path):
@@ -247,3 +289,19 @@ def test_export_with_zero_points(models, data, tmp_path):
         exported_program_equals_forward(model, data[1][:6], tmp_path / "hybrid.qdq.onnx")
     finally:
         model.load_state_dict(saved)
+
+
+def test_prepare_with_given_ranges_does_not_calibrate(models, data, monkeypatch):
+    """Several strategies start from one calibration: ``ranges=`` is taken as it is."""
+    first = models["hybrid-asym"]
+
+    def no_calibration(*args, **kwargs):
+        raise AssertionError("prepare calibrated although ranges were given")
+
+    monkeypatch.setattr(api, "calibrate", no_calibration)
+    again = qat.prepare(bundled("mnist_cnn.onnx"), data[0], SCHEMES["hybrid-asym"],
+                        ranges=first.ranges)
+    assert again.ranges == first.ranges
+    x = torch.from_numpy(data[1][:4])
+    with torch.no_grad():
+        np.testing.assert_array_equal(again(x).numpy(), first(x).numpy())

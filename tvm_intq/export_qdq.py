@@ -17,7 +17,9 @@ frontend keeps no ONNX names, and canonicalization merges ops (BatchNorm into th
 names are matched by value: both the canonical module (in TVM) and the ONNX model (in ONNX
 Runtime, every tensor exposed) run on a few calibration samples, and each of our tensors maps
 to the first ONNX tensor, in graph order, of the same shape whose values agree within 1e-3 of
-its largest magnitude. This is exact for whatever is computed the same way; a tensor of ours
+its largest magnitude, or past it to the last of a chain of single ops whose outputs still
+agree (an op that changed nothing on these samples, e.g. a clip, belongs to the layer whose
+output is ours) and that no other tensor of ours took first. This is exact for whatever is computed the same way; a tensor of ours
 with no ONNX counterpart (e.g. the partial sum of a variadic ONNX ``Sum``) is reported and
 left unquantized.
 """
@@ -114,16 +116,35 @@ def match_tensors(model: onnx.ModelProto, prepared, names: list, samples: Sample
         for n in order:
             theirs.setdefault(n, []).append(np.asarray(values[n])[:valid])
     theirs = {n: np.concatenate(v) for n, v in theirs.items()}
+    def agrees(n, a, tol):
+        return theirs[n].shape == a.shape and float(np.max(np.abs(theirs[n] - a))) <= tol
+
     tensors, unmatched = {}, []
     for name in names:
         a = ours[name].astype(np.float64)
         tol = MATCH_TOLERANCE * max(float(np.max(np.abs(a))), 1e-6)
-        match = next((n for n in order if theirs[n].shape == a.shape
-                      and float(np.max(np.abs(theirs[n] - a))) <= tol), None)
+        match = next((n for n in order if agrees(n, a, tol)), None)
         if match is None:
             unmatched.append(name)
         else:
             tensors[name] = match
+    # Down a chain of ops that changed nothing on these samples (a clip that clipped
+    # nothing, after a conv whose group ends with it): the group's last tensor is ours.
+    readers: dict = {}
+    for node in model.graph.node:
+        for i in node.input:
+            readers.setdefault(i, []).append(node)
+    taken = set(tensors.values())
+    for name, match in tensors.items():
+        a = ours[name].astype(np.float64)
+        tol = MATCH_TOLERANCE * max(float(np.max(np.abs(a))), 1e-6)
+        while len(readers.get(match, [])) == 1 and len(readers[match][0].output) == 1:
+            nxt = readers[match][0].output[0]
+            if nxt in taken or nxt not in theirs or not agrees(nxt, a, tol):
+                break
+            match = nxt
+        tensors[name] = match
+        taken.add(match)
     return tensors, unmatched
 
 

@@ -45,45 +45,52 @@ class Origin:
 
 
 def fold_batch_norm(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Each ``BatchNormalization(Conv(x, W, b))`` whose Conv output feeds only it becomes
-    ``Conv(x, W', b')`` with ``k = gamma / sqrt(var + eps)``, ``W' = W k`` (per output
-    channel) and ``b' = (b - mean) k + beta``, in float64, stored as float32."""
+    """Fold what :class:`~tvm_intq.relay_passes.FoldBatchNorm` folds, so that the ONNX
+    model's Convs hold the weights of ours: each ``BatchNormalization`` and each ``Mul``,
+    ``Div``, ``Add`` or ``Sub`` by a constant (scalar or per output channel) reading a Conv
+    output that feeds only it becomes part of the Conv: BatchNorm with ``k = gamma /
+    sqrt(var + eps)``, ``W' = W k``, ``b' = (b - mean) k + beta``; ``* c``: ``W c, b c``;
+    ``+ c``: ``b + c``; in float64, stored as float32. Repeats along a chain. A
+    ``HardSigmoid`` there gives the Conv its ``alpha x + beta`` and leaves a Clip to [0, 1]
+    (the importer decomposes it so, and FoldBatchNorm folds the affine)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     g = model.graph
     inits = {t.name: t for t in g.initializer}
-    producers = {o: n for n in g.node for o in n.output}
-    readers: dict = {}
-    for n in g.node:
-        for i in n.input:
-            readers[i] = readers.get(i, 0) + 1
     outputs = {o.name for o in g.output}
-    folded = []
-    for bn in g.node:
-        conv = producers.get(bn.input[0]) if bn.op_type == "BatchNormalization" else None
-        if conv is None or conv.op_type != "Conv" or readers[bn.input[0]] != 1 \
-                or bn.input[0] in outputs or len([o for o in bn.output if o]) != 1 \
-                or not all(i in inits for i in list(bn.input[1:5]) + [conv.input[1]]) \
-                or (len(conv.input) > 2 and conv.input[2] and conv.input[2] not in inits):
-            continue
-        gamma, beta, mean, var = (numpy_helper.to_array(inits[i]).astype(np.float64)
-                                  for i in bn.input[1:5])
-        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
-        k = gamma / np.sqrt(var + eps)
+    while True:
+        producers = {o: n for n in g.node for o in n.output}
+        readers: dict = {}
+        for n in g.node:
+            for name in n.input:
+                readers[name] = readers.get(name, 0) + 1
+        for node in g.node:
+            step = _affine_step(node, producers, readers, inits, outputs)
+            if step is not None:
+                break
+        else:
+            break
+        conv, k, shift, clip01 = step
         w = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
         b = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64) \
             if len(conv.input) > 2 and conv.input[2] else np.zeros(w.shape[0])
-        base = bn.output[0]
-        g.initializer.extend([
-            numpy_helper.from_array((w * k.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32),
-                                    f"{base}_folded_weight"),
-            numpy_helper.from_array(((b - mean) * k + beta).astype(np.float32), f"{base}_folded_bias")])
+        base = node.output[0]
+        folded = [numpy_helper.from_array((w * k.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32),
+                                          f"{base}_folded_weight"),
+                  numpy_helper.from_array((b * k + shift).astype(np.float32), f"{base}_folded_bias")]
+        g.initializer.extend(folded)
+        inits.update({t.name: t for t in folded})
         while len(conv.input) < 3:
             conv.input.append("")
-        conv.input[1], conv.input[2] = f"{base}_folded_weight", f"{base}_folded_bias"
-        conv.output[0] = bn.output[0]
-        folded.append(bn)
-    for bn in folded:
-        g.node.remove(bn)
+        conv.input[1], conv.input[2] = folded[0].name, folded[1].name
+        if clip01:  # HardSigmoid's affine is in the conv now; its clip to [0, 1] stays
+            conv.output[0] = f"{base}_folded"
+            bounds = _clip_bounds(model, g, base)
+            clip = onnx.helper.make_node("Clip", [conv.output[0], *bounds["inputs"]], [base],
+                                         name=f"{node.name}_clip", **bounds["attrs"])
+            g.node.insert(list(g.node).index(node), clip)
+        else:
+            conv.output[0] = node.output[0]
+        g.node.remove(node)
     used = {i for n in g.node for i in n.input}
     kept = [t for t in g.initializer if t.name in used]
     del g.initializer[:]
@@ -91,15 +98,80 @@ def fold_batch_norm(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def _affine_step(node, producers, readers, inits, outputs):
+    """``(conv, k, shift)`` when ``node`` computes ``conv * k + shift`` per output channel
+    from a Conv output it alone reads (module docstring of :func:`fold_batch_norm`), else None."""
+    if node.op_type not in ("BatchNormalization", "HardSigmoid", "Mul", "Div", "Add", "Sub") \
+            or len([o for o in node.output if o]) != 1:
+        return None
+    data = node.input[0]
+    if node.op_type in ("Mul", "Add") and data in inits:  # constant first
+        data = node.input[1]
+    conv = producers.get(data)
+    if conv is None or conv.op_type != "Conv" or readers.get(data) != 1 or data in outputs \
+            or conv.input[1] not in inits \
+            or (len(conv.input) > 2 and conv.input[2] and conv.input[2] not in inits):
+        return None
+    weight = numpy_helper.to_array(inits[conv.input[1]])
+    channels, spatial = weight.shape[0], weight.ndim - 2
+    if node.op_type == "BatchNormalization":
+        if not all(i in inits for i in node.input[1:5]):
+            return None
+        gamma, beta, mean, var = (numpy_helper.to_array(inits[i]).astype(np.float64)
+                                  for i in node.input[1:5])
+        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+        k = gamma / np.sqrt(var + eps)
+        return conv, k, beta - mean * k, False
+    if node.op_type == "HardSigmoid":  # clip(alpha x + beta, 0, 1), as the importer writes it
+        attrs = {a.name: a.f for a in node.attribute}
+        return (conv, np.full(channels, attrs.get("alpha", 0.2)),
+                np.full(channels, attrs.get("beta", 0.5)), True)
+    other = [i for i in node.input if i != data]
+    if len(other) != 1 or other[0] not in inits or node.input[0] != data and node.op_type in ("Sub", "Div"):
+        return None
+    c = _per_channel(numpy_helper.to_array(inits[other[0]]).astype(np.float64), channels, spatial)
+    if c is None:
+        return None
+    if node.op_type == "Mul":
+        return conv, c, np.zeros(channels), False
+    if node.op_type == "Div":
+        return (conv, 1.0 / c, np.zeros(channels), False) if np.all(c != 0) else None
+    return conv, np.ones(channels), c if node.op_type == "Add" else -c, False
+
+
+def _clip_bounds(model: onnx.ModelProto, g, base: str) -> dict:
+    """Clip to [0, 1]: bound inputs from opset 11, attributes before."""
+    opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset < 11:
+        return {"inputs": [], "attrs": {"min": 0.0, "max": 1.0}}
+    names = [f"{base}_clip_lo", f"{base}_clip_hi"]
+    g.initializer.extend(numpy_helper.from_array(np.float32(v), n) for v, n in zip((0, 1), names))
+    return {"inputs": names, "attrs": {}}
+
+
+def _per_channel(c: np.ndarray, channels: int, spatial: int) -> np.ndarray | None:
+    """A constant broadcast against an ``N, C, *spatial`` Conv output as a vector over ``C``:
+    a scalar, or ``(C, 1, 1)`` / ``(1, C, 1, 1)``-like shapes; None along any other axis."""
+    if c.size == 1:
+        return np.full(channels, float(c.reshape(())))
+    shape = c.shape
+    if len(shape) < spatial + 1 or shape[-spatial - 1] != channels or c.size != channels:
+        return None
+    return c.reshape(-1)
+
+
 def prepare(model_path, calib: SampleSet, scheme: str | Scheme = "hybrid-asym",
             calibrator: str = api.DEFAULT_CALIBRATOR, strategy: Strategy | None = None,
-            input_shapes: dict | None = None, progress: bool = False,
+            input_shapes: dict | None = None, progress: bool = False, ranges: dict | None = None,
             **calibrator_options) -> QatModel:
     """The float ONNX model at ``model_path``, calibrated on ``calib`` as ``tvm-intq
-    compile`` would, as a :class:`QatModel` ready to fine-tune."""
+    compile`` would, as a :class:`QatModel` ready to fine-tune. ``ranges`` (the
+    ``model.ranges`` of an earlier prepare of the same model and scheme) skips calibrating
+    again: several strategies can start from one calibration."""
     mod, info = import_onnx(model_path, input_shapes)
     prepared = api.prepare(mod)
-    ranges = api.calibrate(prepared, calib, calibrator, scheme, progress, **calibrator_options)
+    if ranges is None:
+        ranges = api.calibrate(prepared, calib, calibrator, scheme, progress, **calibrator_options)
     model = QatModel(prepared, ranges, scheme, strategy)
     subset = SampleSet({k: v[:MATCH_SAMPLES] for k, v in calib.arrays.items()})
     model.origin = Origin(fold_batch_norm(load_onnx(model_path)), subset, info.batch_size)
