@@ -154,7 +154,9 @@ def compiled_outputs(model, setup: Setup, work: Path, tag: str) -> np.ndarray:
     np.savez(inp, **{setup.input_name: setup.eval_x})
     cli = [sys.executable, "-m", "tvm_intq.cli"]
     for args in (["compile", str(qdq), "-o", str(lib), "--no-db"], ["run", str(lib), "--input", str(inp), "-o", str(out)]):
-        subprocess.run(cli + args, check=True, capture_output=True, text=True)
+        proc = subprocess.run(cli + args, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"tvm-intq {args[0]} failed:\n{proc.stderr[-3000:]}")
     outputs = np.load(out)
     return outputs[outputs.files[0]]
 

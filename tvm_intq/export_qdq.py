@@ -16,11 +16,13 @@ Our tensors are named after the canonical Relax module (``conv2d_0``, ``add_3``)
 frontend keeps no ONNX names, and canonicalization merges ops (BatchNorm into the conv), so the
 names are matched by value: both the canonical module (in TVM) and the ONNX model (in ONNX
 Runtime, every tensor exposed) run on a few calibration samples, and each of our tensors maps
-to the first ONNX tensor, in graph order, of the same shape whose values agree within 1e-3 of
-its largest magnitude, or past it to the last of a chain of single ops whose outputs still
-agree (an op that changed nothing on these samples, e.g. a clip, belongs to the layer whose
-output is ours) and that no other tensor of ours took first. This is exact for whatever is computed the same way; a tensor of ours
-with no ONNX counterpart (e.g. the partial sum of a variadic ONNX ``Sum``) is reported and
+to the ONNX tensor of the same shape whose values agree best, within 1e-3 of its largest
+magnitude (the first in graph order of equally close ones: a LayerNorm's mean, not the mean
+plus its epsilon; an affine's output, not its product before a small bias), or past it to
+the last of a chain of single ops that changed not one bit of it on these samples (a clip
+that clipped nothing belongs to the layer whose output is ours) and that no other tensor of
+ours took first. This is exact for whatever is computed the same way; a tensor of ours with
+no ONNX counterpart (e.g. the partial sum of a variadic ONNX ``Sum``) is reported and
 left unquantized.
 """
 
@@ -116,18 +118,17 @@ def match_tensors(model: onnx.ModelProto, prepared, names: list, samples: Sample
         for n in order:
             theirs.setdefault(n, []).append(np.asarray(values[n])[:valid])
     theirs = {n: np.concatenate(v) for n, v in theirs.items()}
-    def agrees(n, a, tol):
-        return theirs[n].shape == a.shape and float(np.max(np.abs(theirs[n] - a))) <= tol
-
     tensors, unmatched = {}, []
     for name in names:
         a = ours[name].astype(np.float64)
         tol = MATCH_TOLERANCE * max(float(np.max(np.abs(a))), 1e-6)
-        match = next((n for n in order if agrees(n, a, tol)), None)
-        if match is None:
+        diffs = [(float(np.max(np.abs(theirs[n] - a))), k) for k, n in enumerate(order)
+                 if theirs[n].shape == a.shape]
+        best = min(diffs, default=(np.inf, -1))  # the closest, the first of equals
+        if best[0] > tol:
             unmatched.append(name)
         else:
-            tensors[name] = match
+            tensors[name] = order[best[1]]
     # Down a chain of ops that changed nothing on these samples (a clip that clipped
     # nothing, after a conv whose group ends with it): the group's last tensor is ours.
     readers: dict = {}
@@ -136,11 +137,9 @@ def match_tensors(model: onnx.ModelProto, prepared, names: list, samples: Sample
             readers.setdefault(i, []).append(node)
     taken = set(tensors.values())
     for name, match in tensors.items():
-        a = ours[name].astype(np.float64)
-        tol = MATCH_TOLERANCE * max(float(np.max(np.abs(a))), 1e-6)
         while len(readers.get(match, [])) == 1 and len(readers[match][0].output) == 1:
             nxt = readers[match][0].output[0]
-            if nxt in taken or nxt not in theirs or not agrees(nxt, a, tol):
+            if nxt in taken or nxt not in theirs or not np.array_equal(theirs[nxt], theirs[match]):
                 break
             match = nxt
         tensors[name] = match
