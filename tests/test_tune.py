@@ -24,6 +24,7 @@ from tvm_intq import api, cli
 from tvm_intq.calibration import load_npz
 from tvm_intq.reference import run_reference
 from tvm_intq.schedules import database as D
+from tvm_intq.schedules.default_schedule import has_packed_conv
 from tvm_intq.schedules.tune import measured_kernels
 from tvm_intq.targets import get_target
 
@@ -87,6 +88,12 @@ def test_tune_then_compile_is_tuned_and_bit_exact(tiny, capsys):
     tasks = D.extract_tasks(tiny.integer, HOST.target(), HOST.int8_dot)
     tuned, missing = D.coverage(db, tasks, HOST.target())
     assert missing == [] and len(tuned) == len(tasks)
+    # Each kernel's first candidate is what compile builds without a record: the fixed
+    # tensorized schedule of a packed conv, the plain legalized kernel (no schedule) otherwise.
+    by_task = records_by_workload(db_path)
+    for t in tasks:
+        traces = [len(r.trace.insts) for r in by_task[D.workload_key(t.mod)]]
+        assert (min(traces) > 0) == has_packed_conv(t.mod["main"]), (t.name, traces)
     # Every record is complete JSON on disk (appended as measured).
     lines = (db_path / D.RECORDS).read_text().splitlines()
     assert len(lines) >= len(tasks) and all(json.loads(line) for line in lines)
