@@ -8,6 +8,7 @@ from tvm import relax
 from tvm.relax import PyExprMutator, expr_functor
 
 from .ir_utils import channel_axis_of, const_value, mutate_functions, op_name
+from .rebuild import users_of
 
 
 def linear_layer_axes(call) -> tuple[int, int] | None:
@@ -113,18 +114,6 @@ class FoldBatchNorm:
     """
 
     def transform_module(self, mod, ctx):
-        uses: dict = {}
-        for _, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                for e in _bound_values(func):
-                    for v in relax.analysis.free_vars(e):
-                        uses[v] = uses.get(v, 0) + 1
+        uses = {v: len(u) for _, func in mod.functions_items()
+                if isinstance(func, relax.Function) for v, u in users_of(func).items()}
         return mutate_functions(_Folder(mod, uses), mod)
-
-
-def _bound_values(func: relax.Function) -> list:
-    """Every binding's value and the function's result: what can use a var."""
-    body = func.body
-    if not isinstance(body, relax.SeqExpr):
-        return [body]
-    return [b.value for block in body.blocks for b in block.bindings] + [body.body]

@@ -34,6 +34,19 @@ def bindings_of(func: relax.Function):
     return [b for block in blocks for b in block.bindings]
 
 
+def users_of(func: relax.Function) -> dict:
+    """``{var: [bindings using it]}`` over every block of ``func``; the function's result
+    counts as a use (None)."""
+    users: dict = {}
+    for block in func.body.blocks:
+        for b in block.bindings:
+            for v in relax.analysis.free_vars(b.value):
+                users.setdefault(v, []).append(b)
+    for v in relax.analysis.free_vars(func.body.body):
+        users.setdefault(v, []).append(None)
+    return users
+
+
 def rewrite_main(mod: tvm.IRModule, on_binding=None, on_output=None, on_start=None) -> tvm.IRModule:
     """Emit ``main`` anew. ``on_start(bb, {old param: new param})`` may emit bindings first;
     ``on_binding(bb, binding, value)`` gets each binding with its value already rewritten to

@@ -26,24 +26,13 @@ from tvm import relax
 
 from ..intmath import Requant, shifted_input_requant
 from ..relay_passes.ir_utils import channel_axis_of, const_value, dtype_of, op_name, shape_of
-from ..relay_passes.rebuild import bindings_of, rewrite_main
+from ..relay_passes.rebuild import bindings_of, rewrite_main, users_of
 from . import packed_kernels as P
 from .intrinsics import DotProduct
 
 # The requantize FoldToInteger emits after an int8 conv/matmul (integer_kernels.requantize).
 _CHAIN = ("relax.astype", "relax.multiply", "relax.add", "relax.right_shift", "relax.clip",
           "relax.astype")
-
-
-def _uses(func) -> dict:
-    """``{var: [bindings using it]}``; the function's output counts as a use (None)."""
-    users: dict = {}
-    for b in bindings_of(func):
-        for v in relax.analysis.free_vars(b.value):
-            users.setdefault(v, []).append(b)
-    for v in relax.analysis.free_vars(func.body.body):
-        users.setdefault(v, []).append(None)
-    return users
 
 
 def _per_channel(value: np.ndarray, ndim: int, axis: int, channels: int) -> np.ndarray | None:
@@ -100,7 +89,7 @@ class _Plan:
 
 
 def _plan(func, intrin: DotProduct) -> tuple[dict, set]:
-    users = _uses(func)
+    users = users_of(func)
     defs = {b.var: b.value for b in bindings_of(func)}
     plans, skipped = {}, set()
     for b in bindings_of(func):
