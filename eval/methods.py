@@ -1,9 +1,9 @@
 """The table's columns: each quantization method applied to one :class:`~eval.tasks.Task`.
 
 tvm-intq: every (scheme, calibrator) pair is calibrated from *one* two-pass run of the float
-model (:class:`EachConfig` reduces the same tensor statistics with each rule, as
-``--scheme auto`` does for its candidates), then each configuration is lowered to the integer
-program, built for the host and run on the evaluation set. ``--scheme auto`` and hybrid
+model (:class:`~tvm_intq.auto_scheme.EachRule` reduces the same tensor statistics with each
+rule, as ``--scheme auto`` does for its candidates), then each configuration is lowered to
+the integer program, built for the host and run on the evaluation set. ``--scheme auto`` and hybrid
 precision (``--float-layers auto``) search on the calibration set, without labels: their
 target is agreement with the float model (top-1 per output row, or output SQNR for det), so
 the evaluation set stays unseen.
@@ -24,11 +24,11 @@ from unittest import mock
 
 import numpy as np
 from tvm_intq import api, auto_scheme, hybrid, metrics
-from tvm_intq.calibration import Calibrator, SampleSet, get_calibrator
+from tvm_intq.calibration import SampleSet, get_calibrator
 from tvm_intq.frontend import import_onnx
 from tvm_intq.relay_passes import analyze, float_ops
 from tvm_intq.runner import Runner, run_all
-from tvm_intq.schemes import Scheme, get_scheme
+from tvm_intq.schemes import get_scheme
 
 # column -> (scheme, calibrator). "symmetric-kl" is the S0/S2 baseline (TensorRT-style).
 CONFIGS = {
@@ -45,40 +45,6 @@ AUTO = {f"auto:{s}": (s, api.DEFAULT_CALIBRATOR) for s in auto_scheme.CANDIDATES
 ORT_METHODS = ("MinMax", "Entropy")
 ORT_ENTROPY_BINS = {"num_bins": 2048, "num_quantized_bins": 128}
 MAX_DROP = 0.5  # hybrid precision: agreement with float within this many points
-
-
-class EachConfig(Calibrator):
-    """Every rule's range from one set of statistics: ``{rule name: (lo, hi)}``."""
-
-    name = "each-config"
-    needs_histogram = True
-
-    def __init__(self, rules: dict):
-        super().__init__()
-        self.rules = {}
-        for key, (scheme, calibrator) in rules.items():
-            s = get_scheme(scheme)
-            self.rules[key] = (s.wrap_calibrator(get_calibrator(calibrator)),
-                               s.symmetric_activations)
-        bins = {cal.num_bins for cal, _ in self.rules.values()}
-        assert len(bins) == 1, f"one statistics run needs one histogram size, got {bins}"
-        self.num_bins = bins.pop()
-
-    def select_range(self, stats, symmetric):  # not used: compute_range is overridden
-        raise NotImplementedError
-
-    def compute_range(self, stats, symmetric):
-        return {k: cal.compute_range(stats, sym) for k, (cal, sym) in self.rules.items()}
-
-
-class _AllConfigs(Scheme):
-    """Lets :func:`tvm_intq.api.calibrate` run :class:`EachConfig`."""
-
-    def __init__(self, rules: dict):
-        self.rules = rules
-
-    def wrap_calibrator(self, calibrator):
-        return EachConfig(self.rules)
 
 
 def float_outputs(task, which: str = "eval") -> np.ndarray:
@@ -141,8 +107,9 @@ class TvmIntq:
         self.progress = progress
         self.ref_calib = ref_calib  # float outputs on the calibration set (search targets)
         rules = {k: {**CONFIGS, **AUTO}[k] for k in columns}  # a test may want only one
-        both = api.calibrate(self.prepared, self.calib, api.DEFAULT_CALIBRATOR,
-                             _AllConfigs(rules), progress)
+        each = auto_scheme.EachRuleScheme(
+            lambda _: {k: (get_scheme(s), get_calibrator(c)) for k, (s, c) in rules.items()})
+        both = api.calibrate(self.prepared, self.calib, api.DEFAULT_CALIBRATOR, each, progress)
         self.ranges = {k: {t: r[k] for t, r in both.items()} for k in rules}
         self.points = len(analyze(self.prepared["main"]).points)
 
@@ -160,8 +127,8 @@ class TvmIntq:
 
     def auto(self, search_samples: int) -> tuple[np.ndarray, dict]:
         by_scheme = {k.split(":")[1]: r for k, r in self.ranges.items() if k.startswith("auto:")}
-        scheme, ranges, choice = auto_scheme.choose(self._search_module(search_samples), by_scheme, self.calib,
-                                                    max_samples=search_samples)
+        scheme, ranges, choice = auto_scheme.choose(self._search_module(search_samples), by_scheme,
+                                                    self.calib, max_samples=search_samples)
         _, integer = api.lower(self.prepared, ranges,
                                api.QuantConfig(scheme=scheme, integer_only=True))
         counts = {}

@@ -39,33 +39,39 @@ CANDIDATES = ("symmetric", "hybrid-asym", "pow2")
 GATES = "scheme_gates"
 
 
-class _EachScheme(Calibrator):
-    """Every candidate's range from one set of statistics: ``{scheme name: (lo, hi)}``."""
+class EachRule(Calibrator):
+    """Several range rules from one set of statistics: ``{key: (lo, hi)}`` per tensor.
+    ``rules`` is ``{key: (scheme, calibrator)}``: each key's range is the calibrator as the
+    scheme wraps it (pow2: its exponent search), symmetric if the scheme's activations are."""
 
-    name = "each-scheme"
+    name = "each-rule"
     needs_histogram = True
 
-    def __init__(self, inner: Calibrator, schemes: dict):
+    def __init__(self, rules: dict):
         super().__init__()
-        self.num_bins = inner.num_bins
-        self.rules = {n: (s.wrap_calibrator(inner), s.symmetric_activations)
-                      for n, s in schemes.items()}
+        self.rules = {k: (s.wrap_calibrator(c), s.symmetric_activations)
+                      for k, (s, c) in rules.items()}
+        bins = {cal.num_bins for cal, _ in self.rules.values()}
+        if len(bins) != 1:
+            raise ValueError(f"one statistics run needs one histogram size, got {sorted(bins)}")
+        self.num_bins = bins.pop()
 
     def select_range(self, stats, symmetric):  # not used: compute_range is overridden
         raise NotImplementedError
 
     def compute_range(self, stats, symmetric):
-        return {n: cal.compute_range(stats, sym) for n, (cal, sym) in self.rules.items()}
+        return {k: cal.compute_range(stats, sym) for k, (cal, sym) in self.rules.items()}
 
 
-class _AllCandidates(Scheme):
-    """Lets :func:`tvm_intq.api.calibrate` run :class:`_EachScheme` for the candidates."""
+class EachRuleScheme(Scheme):
+    """Lets :func:`tvm_intq.api.calibrate` run :class:`EachRule`: ``rules(calibrator)`` gives
+    its rules from the calibrator ``calibrate`` built."""
 
-    def __init__(self, schemes: dict):
-        self.schemes = schemes
+    def __init__(self, rules):
+        self.rules = rules
 
     def wrap_calibrator(self, calibrator):
-        return _EachScheme(calibrator, self.schemes)
+        return EachRule(self.rules(calibrator))
 
 
 def calibrate_all(prepared, samples: SampleSet, calibrator: str, progress: bool = False,
@@ -74,7 +80,8 @@ def calibrate_all(prepared, samples: SampleSet, calibrator: str, progress: bool 
     from .api import calibrate
 
     schemes = {n: get_scheme(n) for n in candidates}
-    both = calibrate(prepared, samples, calibrator, _AllCandidates(schemes), progress, **options)
+    each = EachRuleScheme(lambda cal: {n: (s, cal) for n, s in schemes.items()})
+    both = calibrate(prepared, samples, calibrator, each, progress, **options)
     return {n: {t: r[n] for t, r in both.items()} for n in candidates}
 
 
