@@ -18,6 +18,7 @@ model as it came, before training: training changes values, not the graph.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,7 +30,7 @@ from ..calibration import SampleSet
 from ..errors import IntqError
 from ..export_qdq import MATCH_SAMPLES, match_tensors, quantized_tensors, write_qdq
 from ..frontend import import_onnx, load_onnx
-from ..relay_passes.ir_utils import const_value
+from ..relay_passes.ir_utils import channel_axis_of, const_value
 from ..schemes import Scheme
 from .model import QatModel
 from .strategies import Strategy
@@ -57,18 +58,14 @@ def fold_batch_norm(model: onnx.ModelProto) -> onnx.ModelProto:
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     outputs = {o.name for o in g.output}
-    while True:
-        producers = {o: n for n in g.node for o in n.output}
-        readers: dict = {}
-        for n in g.node:
-            for name in n.input:
-                readers[name] = readers.get(name, 0) + 1
-        for node in g.node:
-            step = _affine_step(node, producers, readers, inits, outputs)
-            if step is not None:
-                break
-        else:
-            break
+    producers = {o: n for n in g.node for o in n.output}
+    readers = Counter(i for n in g.node for i in n.input)
+    # One pass in graph order: a folded op's output is the Conv's from then on, so the next op
+    # of a chain finds the Conv as its producer.
+    for node in list(g.node):
+        step = _affine_step(node, producers, readers, inits, outputs)
+        if step is None:
+            continue
         conv, k, shift, clip01 = step
         w = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
         b = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64) \
@@ -88,8 +85,10 @@ def fold_batch_norm(model: onnx.ModelProto) -> onnx.ModelProto:
             clip = onnx.helper.make_node("Clip", [conv.output[0], *bounds["inputs"]], [base],
                                          name=f"{node.name}_clip", **bounds["attrs"])
             g.node.insert(list(g.node).index(node), clip)
+            producers[conv.output[0]], producers[base] = conv, clip
         else:
-            conv.output[0] = node.output[0]
+            conv.output[0] = base
+            producers[base] = conv
         g.node.remove(node)
     used = {i for n in g.node for i in n.input}
     kept = [t for t in g.initializer if t.name in used]
@@ -99,8 +98,9 @@ def fold_batch_norm(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _affine_step(node, producers, readers, inits, outputs):
-    """``(conv, k, shift)`` when ``node`` computes ``conv * k + shift`` per output channel
-    from a Conv output it alone reads (module docstring of :func:`fold_batch_norm`), else None."""
+    """``(conv, k, shift, clip01)`` when ``node`` computes ``conv * k + shift`` per output
+    channel (then clipped to [0, 1] if ``clip01``: HardSigmoid) from a Conv output it alone
+    reads (see :func:`fold_batch_norm`), else None."""
     if node.op_type not in ("BatchNormalization", "HardSigmoid", "Mul", "Div", "Add", "Sub") \
             or len([o for o in node.output if o]) != 1:
         return None
@@ -113,7 +113,7 @@ def _affine_step(node, producers, readers, inits, outputs):
             or (len(conv.input) > 2 and conv.input[2] and conv.input[2] not in inits):
         return None
     weight = numpy_helper.to_array(inits[conv.input[1]])
-    channels, spatial = weight.shape[0], weight.ndim - 2
+    channels = weight.shape[0]
     if node.op_type == "BatchNormalization":
         if not all(i in inits for i in node.input[1:5]):
             return None
@@ -129,9 +129,11 @@ def _affine_step(node, producers, readers, inits, outputs):
     other = [i for i in node.input if i != data]
     if len(other) != 1 or other[0] not in inits or node.input[0] != data and node.op_type in ("Sub", "Div"):
         return None
-    c = _per_channel(numpy_helper.to_array(inits[other[0]]).astype(np.float64), channels, spatial)
-    if c is None:
+    c = numpy_helper.to_array(inits[other[0]]).astype(np.float64)
+    axis = channel_axis_of(c, weight.ndim)  # FoldBatchNorm's rule: a scalar, or along channels
+    if axis is False or axis not in (None, 1):
         return None
+    c = np.full(channels, float(c.reshape(()))) if axis is None else c.reshape(-1)
     if node.op_type == "Mul":
         return conv, c, np.zeros(channels), False
     if node.op_type == "Div":
@@ -147,17 +149,6 @@ def _clip_bounds(model: onnx.ModelProto, g, base: str) -> dict:
     names = [f"{base}_clip_lo", f"{base}_clip_hi"]
     g.initializer.extend(numpy_helper.from_array(np.float32(v), n) for v, n in zip((0, 1), names))
     return {"inputs": names, "attrs": {}}
-
-
-def _per_channel(c: np.ndarray, channels: int, spatial: int) -> np.ndarray | None:
-    """A constant broadcast against an ``N, C, *spatial`` Conv output as a vector over ``C``:
-    a scalar, or ``(C, 1, 1)`` / ``(1, C, 1, 1)``-like shapes; None along any other axis."""
-    if c.size == 1:
-        return np.full(channels, float(c.reshape(())))
-    shape = c.shape
-    if len(shape) < spatial + 1 or shape[-spatial - 1] != channels or c.size != channels:
-        return None
-    return c.reshape(-1)
 
 
 def prepare(model_path, calib: SampleSet, scheme: str | Scheme = "hybrid-asym",
