@@ -106,10 +106,20 @@ def _mod_hash(mod: tvm.IRModule) -> int:
     return tvm_ffi.structural_hash(mod)
 
 
+def _plain_trace(sch: s_tir.Schedule) -> None:
+    """Give the unscheduled kernel's trace one instruction that changes nothing: MetaSchedule
+    never returns a record whose trace is empty (``TuningRecord::IsValid``), so the plain
+    kernel's record would be invisible to ``compile`` and the search, however fast it ran."""
+    sch.get_sblock("root", func_name="main")
+
+
 def measured_kernels(records) -> set[int]:
-    """Structural hashes of the kernels the records hold (their traces replayed)."""
+    """Structural hashes of the kernels the records hold (their traces replayed). A record with
+    an empty trace (made before :func:`_plain_trace`) counts as not measured: it is never used."""
     out = set()
     for r in records:
+        if not r.trace.insts:
+            continue
         try:
             sch = s_tir.Schedule(r.workload.mod)
             r.trace.apply_to_schedule(sch, remove_postproc=False)
@@ -423,6 +433,8 @@ def _measure_default(task, intrin, target, builder, runner, db, measured) -> flo
             apply_default(sch, intrin)
         except (RuntimeError, ValueError):
             return None
+    else:
+        _plain_trace(sch)
     key = _mod_hash(sch.mod)
     if key in measured:
         return None
