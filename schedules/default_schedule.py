@@ -11,7 +11,8 @@ instruction without any tuning::
 the columns are groups of ``R`` pixels.)
 
 The epilogue blocks (requantize and whatever FuseOps fused after it) are inlined into the
-block that writes the kernel's output, which is parallelized over its outer loops. Anything
+block that writes the kernel's output, which is parallelized over its outer loops and
+vectorized along its innermost one (a pixel's channels in the blocked layout). Anything
 the schedule cannot do leaves the function as it was (correct, just untensorized).
 """
 
@@ -82,6 +83,8 @@ def apply_default(sch: s_tir.Schedule, intrin: DotProduct) -> None:
         if _name(sch, block).startswith(CONV_BLOCK):  # the conv, its init and its blockized body
             continue
         loops = sch.get_loops(block)
+        if len(loops) >= 3:  # vectorized along the innermost: a pixel's L channels
+            sch.vectorize(loops[-1])
         if len(loops) >= 2:
             sch.parallel(sch.fuse(*loops[:2]))
 

@@ -5,17 +5,27 @@ The integer program (what :func:`tvm_intq.reference.run_reference` evaluates) st
 target whose definition names a dot-product intrinsic (``TargetSpec.int8_dot``) is rewritten::
 
     pad(x, zp) -> conv2d_i32(., Qw) -> astype i64 -> *MUL -> +ADD -> >>S -> clip -> astype i8
+        [-> astype i32 -> + offsets -> take(table)]                (a nonlinear layer's lookup)
         ==>  xp = pack_int8(x, zp)                      N, C/4, H', W', 4   (uint8: x + 128)
-             y  = conv2d_packed_int8_requant(xp, Wp, MUL, ADD', S, lo, hi)        NCHW int8
+             yp = conv2d_packed_int8_requant[_lookup](xp, Wp, MUL, ADD', S, lo, hi[, table])
+                                                                N, O/16, H, W, 16 int8
+             y  = unpack(yp)                                             NCHW int8
 
 with ``Wp = Qw`` as ``O/16, I/4, KH, KW, 16, 4`` (for VNNI: ``O/L, I/K, .., L, K`` of the
 instruction, packed here, at compile time; an instruction taking ``R`` pixels pads and, for a
 strided conv, phase-splits the input, see :mod:`.packed_kernels`) and
 ``ADD' = ADD - MUL * 128 * sum(Qw)`` (:func:`tvm_intq.intmath.shifted_input_requant`;
 ``ADD' = ADD`` for a signed x signed instruction), so the result is the same integers.
-A dense ``matmul(x, Qw)`` is the same kernel as a 1x1 conv over the rows of ``x``. A conv2d/matmul not followed by that requantize keeps an int32 result
-(``acc - 128 * sum(Qw)``). Grouped/depthwise convs, non-constant weights and other layouts are
-left as they are (compiled untensorized, still exact).
+The kernel requantizes (and looks up) in the accumulator's blocked layout, where a pixel's
+channels are one vector; ``unpack`` is an injective op that FuseOps fuses into the next
+kernel (the next conv's ``pack_int8`` then reads the blocked layout directly). A requantize
+after the lookup (to a concat's scale, say) is folded into the table. A conv over 1 or 2
+input channels packs its kernel windows instead of padding the channels to ``k``
+(:func:`.packed_kernels.pack_windows`).
+A dense ``matmul(x, Qw)`` is the same kernel as a 1x1 conv over the rows of ``x``. A
+conv2d/matmul not followed by that requantize keeps an int32 result (``acc - 128 * sum(Qw)``).
+Grouped/depthwise convs, non-constant weights and other layouts are left as they are
+(compiled untensorized, still exact).
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ..intmath import Requant, shifted_input_requant
+from ..intmath import QMAX, QMIN, Requant, shifted_input_requant
 from ..relay_passes.ir_utils import channel_axis_of, const_value, dtype_of, op_name, shape_of
 from ..relay_passes.rebuild import bindings_of, rewrite_main, users_of
 from . import packed_kernels as P
@@ -67,6 +77,60 @@ def _requant_chain(acc_var, users, ndim: int, axis: int, channels: int):
     return chain, Requant(*vectors, lo=lo, hi=hi)
 
 
+def _single_user(var, users, op: str):
+    """The binding of the only use of ``var``, if it is an ``op`` call reading ``var`` as its
+    data (the index of a ``take``); None otherwise."""
+    consumers = users.get(var, [])
+    if len(consumers) != 1 or consumers[0] is None:
+        return None
+    b = consumers[0]
+    if op_name(b.value) != op:
+        return None
+    return b if b.value.args[1 if op == "relax.take" else 0].same_as(var) else None
+
+
+def _lookup_tail(q_var, users, ndim: int, axis: int, channels: int):
+    """``(bindings, table, offsets)`` when the int8 ``q_var`` feeds only a lookup table
+    (:func:`tvm_intq.relay_passes.integer_kernels.lookup`: ``take(table, astype(q, int32) +
+    offsets, mode="clip")``), ``offsets`` an int32 vector over ``axis``; None otherwise."""
+    cast = _single_user(q_var, users, "relax.astype")
+    if cast is None or dtype_of(cast.var) != "int32":
+        return None
+    tail, var, offsets = [cast], cast.var, np.zeros(channels, np.int64)
+    while (add := _single_user(var, users, "relax.add")) is not None:
+        c = const_value(add.value.args[1])
+        v = None if c is None else _per_channel(c, ndim, axis, channels)
+        if v is None:
+            return None
+        tail.append(add)
+        offsets, var = offsets + v, add.var
+    take = _single_user(var, users, "relax.take")
+    table = None if take is None else const_value(take.value.args[0])
+    if (table is None or table.dtype != np.int8 or table.ndim != 1
+            or int(take.value.attrs.axis) != 0 or str(take.value.attrs.mode) != "clip"):
+        return None
+    tail.append(take)
+    # A requantize of the looked-up values (to a concat's or an add's scale) is a function of
+    # the same int8 code: fold it into the table, so the kernel writes the requantized value.
+    while (found := _requant_chain(tail[-1].var, users, ndim, axis, channels)) is not None:
+        chain, rq = found
+        table, offsets = _requantized_table(table, offsets, rq)
+        tail += chain
+    return tail, table, offsets.astype(np.int32)
+
+
+def _requantized_table(table: np.ndarray, offsets: np.ndarray, rq: Requant):
+    """``(table', offsets')`` with ``table'[q + offsets'[c]] == rq(table[q + offsets[c]])`` for
+    every int8 ``q`` of channel ``c``: one 256-entry table, or one per channel (channel-major)
+    when the result differs between channels."""
+    q = np.arange(QMIN, QMAX + 1)
+    looked_up = table[np.clip(q[None, :] + offsets[:, None], 0, len(table) - 1)]
+    out = Requant(rq.mul[:, None], rq.add[:, None], rq.shift[:, None], rq.lo, rq.hi).apply(looked_up)
+    if np.all(out == out[:1]):
+        return out[0], np.full(len(offsets), -QMIN, np.int64)
+    return out.reshape(-1), -QMIN + 256 * np.arange(len(offsets), dtype=np.int64)
+
+
 def _spatial_pad(var, users, defs):
     """``(input, (top, left, bottom, right), pad value)`` when ``var`` is a constant pad of the
     spatial axes used only by the conv; None otherwise."""
@@ -81,11 +145,27 @@ def _spatial_pad(var, users, defs):
 
 
 class _Plan:
-    """What to emit for one conv/matmul: found before the rewrite, applied during it."""
+    """What to emit for one conv/matmul: found before the rewrite, applied during it.
+    ``windows``: pack the input's kernel windows (:func:`.packed_kernels.pack_windows`);
+    ``lookup``: the ``(table, offsets)`` of a lookup table the kernel applies after its
+    requantize."""
 
-    def __init__(self, kind, weight, channels, chain=None, rq=None, pad=None):
-        self.kind, self.weight, self.channels = kind, weight, channels  # weight: OIHW int8
-        self.chain, self.rq, self.pad = chain, rq, pad
+    def __init__(self, kind, weight, channels, pad=None, windows=False):
+        self.kind, self.weight, self.channels, self.pad = kind, weight, channels, pad  # OIHW int8
+        self.windows = windows
+        self.chain = self.rq = self.lookup = None
+
+    @property
+    def out(self):
+        """The var whose value the packed kernel computes (the last binding it absorbs)."""
+        return self.chain[-1].var if self.chain is not None else None
+
+
+def _windows_pay(weight: np.ndarray, intrin: DotProduct) -> bool:
+    """Pack kernel windows when padding the input channels to the instruction's ``k`` would
+    leave at least half of every dot product zero (1 or 2 channels for k = 4)."""
+    _, c, _, kw = weight.shape
+    return 2 * c <= intrin.k and kw > 1
 
 
 def _plan(func, intrin: DotProduct) -> tuple[dict, set]:
@@ -113,7 +193,8 @@ def _plan(func, intrin: DotProduct) -> tuple[dict, set]:
         channels = weight.shape[0]
         found = _requant_chain(b.var, users, ndim, 1, channels)
         pad = _spatial_pad(x, users, defs) if kind == "conv2d" else None
-        plan = _Plan(kind, weight, channels, pad=pad)
+        plan = _Plan(kind, weight, channels, pad=pad,
+                     windows=kind == "conv2d" and _windows_pay(weight, intrin))
         if found is not None:
             plan.chain, rq = found
             other = tuple(range(1, weight.ndim))
@@ -124,6 +205,10 @@ def _plan(func, intrin: DotProduct) -> tuple[dict, set]:
             except ValueError:
                 plan.chain = None  # keep the int32 accumulator; the requantize stays as it is
         if plan.chain is not None:
+            tail = _lookup_tail(plan.out, users, ndim, 1, channels)
+            if tail is not None:
+                plan.chain = plan.chain + tail[0]
+                plan.lookup = tail[1:]
             skipped.update(c.var for c in plan.chain)
         if pad is not None:
             skipped.add(x)
@@ -137,8 +222,8 @@ def _const(v, dtype):
 
 def _emit(bb, b, value, plan: _Plan, intrin: DotProduct, padded: dict):
     attrs = value.attrs if plan.kind == "conv2d" else None
-    x = value.args[0]
-    out = plan.chain[-1].var if plan.chain is not None else b.var
+    x, weight = value.args[0], plan.weight
+    out = plan.out if plan.chain is not None else b.var
     out_shape = tuple(int(d) for d in shape_of(out))
     rows = intrin.rows
     packing = dict(k=intrin.k, offset=intrin.input_offset, dtype=intrin.data_dtype,
@@ -150,27 +235,48 @@ def _emit(bb, b, value, plan: _Plan, intrin: DotProduct, padded: dict):
             padding, pad_value = (0, 0, 0, 0), 0.0
         strides = tuple(int(s) for s in attrs.strides)
         dilation = tuple(int(d) for d in attrs.dilation)
-        # A multi-row instruction computes whole groups of `rows` pixels: pad the input for them.
-        extra = (P.padded_width(out_shape[3], rows) - out_shape[3]) * strides[1]
-        padding = padding[:3] + (padding[3] + extra,)
-        phases = strides[1] if rows > 1 else 1
-        xp = bb.emit_te(P.pack_data, x, _const(int(pad_value), "int8"), padding=padding,
-                        phases=phases, **packing)
+        pad_value = _const(int(pad_value), "int8")
+        if plan.windows:
+            xp = bb.emit_te(P.pack_windows, x, pad_value, padding=padding,
+                            kernel=weight.shape[2:], strides=strides, dilation=dilation,
+                            out_hw=out_shape[2:], width=P.padded_width(out_shape[3], rows),
+                            **packing)
+            weight, strides, dilation = P.window_weight(weight, intrin.k), (1, 1), (1, 1)
+        else:
+            # A multi-row instruction computes whole groups of `rows` pixels: pad the input
+            # for them.
+            extra = (P.padded_width(out_shape[3], rows) - out_shape[3]) * strides[1]
+            padding = padding[:3] + (padding[3] + extra,)
+            phases = strides[1] if rows > 1 else 1
+            xp = bb.emit_te(P.pack_data, x, pad_value, padding=padding, phases=phases, **packing)
     else:
         xp = bb.emit_te(P.pack_rows, x, width=rows, **packing)
         strides, dilation = (1, 1), (1, 1)
-    wp = relax.const(P.pack_weight(plan.weight, intrin.lanes, intrin.k, intrin.weight_dtype))
+    wp = relax.const(P.pack_weight(weight, intrin.lanes, intrin.k, intrin.weight_dtype))
     kernel = dict(strides=strides, dilation=dilation, out_shape=out_shape, rows=rows)
     if plan.chain is None:
         corr = intrin.input_offset * plan.weight.astype(np.int64).sum(axis=(1, 2, 3))
         return bb.emit(bb.call_te(P.conv2d_int32, xp, wp, _const(corr, "int32"), **kernel,
                                   primfunc_name_hint=f"{plan.kind}_packed_int8"), b.var.name)
     rq, o = plan.rq, plan.channels
-    call = bb.call_te(P.conv2d_requant, xp, wp, _const(rq.mul, "int64"), _const(rq.add, "int64"),
-                      _const(rq.shift, "int64"), _const(np.full(o, rq.lo), "int64"),
-                      _const(np.full(o, rq.hi), "int64"), **kernel,
-                      primfunc_name_hint=f"{plan.kind}_packed_int8_requant")
-    return bb.emit(call, plan.chain[-1].var.name)
+    blocked = P.ceil_div(o, intrin.lanes) * intrin.lanes
+
+    def per_channel(v, dtype):  # zero-padded to whole blocks: the kernel reads them as vectors
+        return _const(np.pad(np.broadcast_to(v, (o,)), (0, blocked - o)), dtype)
+
+    # A multiplier that fits int32 is passed as int32: its int64 product then compiles to a
+    # 32x32->64 multiply (x86 vpmuldq: one uop, vpmullq's 64x64 takes three).
+    mul32 = bool(np.all(np.abs(np.asarray(rq.mul)) < 2**31))
+    args = [xp, wp, per_channel(rq.mul, "int32" if mul32 else "int64")] + \
+        [per_channel(v, "int64") for v in (rq.add, rq.shift, rq.lo, rq.hi)]
+    name = f"{plan.kind}_packed_int8_requant"
+    if plan.lookup is not None:
+        table, offsets = plan.lookup
+        kernel.update(table=relax.const(table), table_offset=per_channel(offsets, "int32"))
+        name += "_lookup"
+    packed = bb.emit_te(P.conv2d_requant, *args, **kernel, primfunc_name_hint=name)
+    return bb.emit(bb.call_te(P.unpack, packed, out_shape=out_shape, rows=rows,
+                              primfunc_name_hint="unpack"), plan.out.name)
 
 
 @tvm.transform.module_pass(opt_level=0, name="PackInt8ForDot")
@@ -191,7 +297,7 @@ class PackInt8ForDot:
         plans, skipped = _plan(mod["main"], self.intrin)
         if not plans:
             return mod
-        final = {p.chain[-1].var: None for p in plans.values() if p.chain is not None}
+        final = {p.out: None for p in plans.values() if p.chain is not None}
         padded = {}
 
         def binding(bb, b, value):
@@ -199,7 +305,7 @@ class PackInt8ForDot:
                 plan = plans[b.var]
                 new = _emit(bb, b, value, plan, self.intrin, padded)
                 if plan.chain is not None:
-                    final[plan.chain[-1].var] = new
+                    final[plan.out] = new
                     return b.var  # the accumulator is not used any more
                 return new
             if b.var in final:

@@ -7,8 +7,10 @@ For an instruction computing ``C[i] += sum_k A[k] * B[i, k]`` over ``L`` lanes a
   zero point and the +128 uint8 shift happen in the same pass);
 * weights ``OIHW`` -> ``O/L, I/K, KH, KW, L, K`` (:func:`pack_weight`, numpy, at compile time);
 * the conv accumulates ``N, O/L, OH, OW, L`` in int32 (the ``L`` output channels of one
-  instruction are contiguous, the ``K`` input channels it reduces too), and its epilogue
-  (the layer's requantize, or the int32 correction of the shift) writes plain ``NCHW``.
+  instruction are contiguous, the ``K`` input channels it reduces too); the layer's
+  requantize (and lookup table) runs in that layout and writes it as int8
+  (:func:`conv2d_requant`), which :func:`unpack` turns into ``NCHW``; a conv without a
+  requantize writes its int32 result (with the correction of the shift) as ``NCHW``.
 
 An instruction taking ``R > 1`` rows of activations (i8mm ``smmla``: ``R = 2`` pixels x
 ``L = 2`` channels x ``K = 8``) gets ``R`` adjacent output pixels of a row per step: the
@@ -71,6 +73,48 @@ def pack_data(x: te.Tensor, pad_value: te.Tensor, padding, k: int, offset: int, 
     return te.compute((n, ceil_div(c, k), h + top + bottom, phases, ceil_div(width, phases), k),
                       lambda b, co, y, p, j, ci: value(b, co, y, j * phases + p, ci),
                       name="pack_int8", tag="injective")
+
+
+def pack_windows(x: te.Tensor, pad_value: te.Tensor, padding, kernel, strides, dilation,
+                 out_hw, width: int, k: int, offset: int, dtype: str):
+    """``NCHW`` int8 -> ``N, C*KH*KB, OH, width, k`` of ``dtype`` (``KB = KW/k`` rounded up):
+    for each output pixel, the input row segments its kernel window covers, ``k`` taps to a
+    group (``g = (c * KH + ry) * KB + rx // k``, tap ``rx % k``), every value ``+ offset``; the
+    conv becomes a 1x1 conv over it with :func:`window_weight`.
+
+    For inputs with fewer channels than an instruction reduces at once (a first conv over a
+    grey or RGB image), where padding the channels to ``k`` would multiply by zero in most of
+    each dot product: a 3x3 conv of 1 channel takes 3 groups of 4 taps (one padded) instead of
+    9 groups holding 1 value each. Taps off the input hold ``pad_value + offset`` (the zero
+    point; ``padding`` is ``(top, left, bottom, right)``), taps past ``KW`` hold 0 (their
+    weights are 0); columns past ``OW`` (up to ``width``, for a multi-row instruction) are
+    computed and never stored."""
+    n, c, h, w = (int(d) for d in x.shape)
+    kh, kw = (int(d) for d in kernel)
+    (sh, sw), (dh, dw) = strides, dilation
+    top, left = padding[0], padding[1]
+    blocks = ceil_div(kw, k)
+
+    def value(b, g, y, xx, ci):
+        ch, ry, rx = g // (kh * blocks), g // blocks % kh, g % blocks * k + ci
+        iy, ix = y * sh + ry * dh - top, xx * sw + rx * dw - left
+        inside = tirx.all(iy >= 0, iy < h, ix >= 0, ix < w)
+        v = tirx.if_then_else(inside, x[b, ch, tirx.max(tirx.min(iy, h - 1), 0),
+                                         tirx.max(tirx.min(ix, w - 1), 0)], pad_value[()])
+        shifted = (v.astype("int32") + offset).astype(dtype)
+        return tirx.if_then_else(rx < kw, shifted, tirx.const(0, dtype))
+
+    return te.compute((n, c * kh * blocks, int(out_hw[0]), width, k), value, name="pack_int8",
+                      tag="injective")
+
+
+def window_weight(w: np.ndarray, k: int) -> np.ndarray:
+    """``OIHW`` weights as the 1x1 conv over :func:`pack_windows`' layout: ``O, C*KH*KB*k, 1, 1``
+    (the taps of each row segment, zero past ``KW``)."""
+    o, c, kh, kw = w.shape
+    padded = np.zeros((o, c, kh, ceil_div(kw, k) * k), w.dtype)
+    padded[..., :kw] = w
+    return padded.reshape(o, -1, 1, 1)
 
 
 def pack_rows(x: te.Tensor, k: int, offset: int, dtype: str, width: int = 1):
@@ -144,19 +188,41 @@ def _packed_acc(xp, wp, strides, dilation, out_shape, rows):
     return acc, _acc_index(out_shape, int(wp.shape[4]), rows)
 
 
-def conv2d_requant(xp, wp, mul, add, shift, lo, hi, strides, dilation, out_shape, rows: int = 1):
+def conv2d_requant(xp, wp, mul, add, shift, lo, hi, strides, dilation, out_shape, rows: int = 1,
+                   table=None, table_offset=None):
     """Packed conv (or dense: 1x1 over ``M`` rows) + the layer's requantize
-    ``int8(clip((int64(acc) * MUL + ADD) >> S, lo, hi))``, per output channel ``o``
-    (``mul``..``hi`` are int64 vectors of length ``channels``), written unpacked as
-    ``out_shape`` (NCHW, or ``M, channels``)."""
-    acc, index = _packed_acc(xp, wp, strides, dilation, out_shape, rows)
+    ``q = int8(clip((int64(acc) * MUL + ADD) >> S, lo, hi))``, per output channel ``o``
+    (``mul``..``hi``: int64 vectors, ``mul`` possibly int32, zero-padded to the ``O/L * L``
+    channels of the blocks), in the accumulator's blocked layout ``N, O/L, OH, OW, L`` (see
+    :func:`unpack` for ``out_shape``). A pixel's ``L`` channels are contiguous there, so the
+    requantize runs on whole vectors and stores them whole (written straight to NCHW, each
+    output gathered its accumulator at a stride of ``L`` words). Padded channels are computed,
+    never unpacked.
+
+    With ``table`` (a flat int8 lookup table) the kernel writes ``table[q + table_offset[o]]``
+    instead (index clipped to the table, as the graph's ``take(mode="clip")``): the following
+    nonlinear layer's lookup in the same pass."""
+    acc, _ = _packed_acc(xp, wp, strides, dilation, out_shape, rows)
+    lanes = int(wp.shape[4])
 
     def requant(*i):
-        a, o = index(*i)
-        v = (acc[a].astype("int64") * mul[o] + add[o]) >> shift[o]
-        return te.max(te.min(v, hi[o]), lo[o]).astype("int8")
+        o = i[1] * lanes + i[-1]
+        v = (acc[i].astype("int64") * mul[o].astype("int64") + add[o]) >> shift[o]
+        q = te.max(te.min(v, hi[o]), lo[o]).astype("int8")
+        if table is None:
+            return q
+        top = int(table.shape[0]) - 1
+        return table[te.max(te.min(q.astype("int32") + table_offset[o], top), 0)]
 
-    return te.compute(tuple(out_shape), requant, name="requantize", tag="elemwise")
+    return te.compute(acc.shape, requant, name="requantize", tag="elemwise")
+
+
+def unpack(q: te.Tensor, out_shape, rows: int = 1):
+    """A blocked conv result (:func:`conv2d_requant`) as ``out_shape``: NCHW, or ``M, channels``
+    for a dense layer."""
+    index = _acc_index(tuple(out_shape), int(q.shape[-1]), rows)
+    return te.compute(tuple(out_shape), lambda *i: q[index(*i)[0]], name="unpack",
+                      tag="injective")
 
 
 def conv2d_int32(xp, wp, correction, strides, dilation, out_shape, rows: int = 1):
@@ -164,8 +230,8 @@ def conv2d_int32(xp, wp, correction, strides, dilation, out_shape, rows: int = 1
     input's ``offset * sum(Qw)``), written unpacked as ``out_shape``."""
     acc, index = _packed_acc(xp, wp, strides, dilation, out_shape, rows)
 
-    def unpack(*i):
+    def corrected(*i):
         a, o = index(*i)
         return acc[a] - correction[o]
 
-    return te.compute(tuple(out_shape), unpack, name="unpack", tag="elemwise")
+    return te.compute(tuple(out_shape), corrected, name="unpack", tag="elemwise")

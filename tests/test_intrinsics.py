@@ -60,6 +60,9 @@ CASES = {
     "dilated-relu-oddwidth": dict(shape=(1, 17, 8, 7), out_channels=20, dilation=2, pad=2,
                                   relu=True),
     "dense": dict(shape=(3, 37), out_channels=10, dense=True),
+    # a 1-channel input; a lookup table and a requantize after it, applied in the kernel
+    "1-channel-lookup": dict(shape=(1, 1, 9, 7), out_channels=18, stride=2, zp_in=-128,
+                             lookup="per-channel", rescale="channel"),
 }
 # (target compiled for, board run on): qemu-aarch64 -cpu max has dotprod and i8mm.
 RUNS = [("aarch64", "aarch64-emu"), ("aarch64-i8mm", "aarch64-emu"),

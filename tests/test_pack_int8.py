@@ -15,6 +15,7 @@ from tvm import relax
 from tvm_intq import intmath
 from tvm_intq.reference import run_reference
 from tvm_intq.relay_passes import integer_kernels as K
+from tvm_intq.relay_passes.ir_utils import shape_of
 from tvm_intq.schedules import build_pipeline
 from tvm_intq.schedules.default_schedule import DefaultDotSchedule
 from tvm_intq.schedules.intrinsics import INTRINSICS, supported
@@ -28,8 +29,11 @@ needs_vnni = pytest.mark.skipif(not supported(VNNI, HOST.target()),
 
 
 def int8_layer(shape, out_channels, kernel=3, stride=1, pad=1, dilation=1, groups=1, zp_in=-5,
-               dense=False, seed=0, relu=False):
-    """``main(x int8) -> int8``: one conv2d (or dense) layer as FoldToInteger writes it."""
+               dense=False, seed=0, relu=False, lookup=None, rescale=None):
+    """``main(x int8) -> int8``: one conv2d (or dense) layer as FoldToInteger writes it;
+    ``lookup`` ("shared" or "per-channel"): then a random lookup table, as for a nonlinear
+    layer after it; ``rescale`` ("tensor" or "channel"): then a requantize of the looked-up
+    values (to the scale of a concat, say)."""
     rng = np.random.default_rng(seed)
     inp, out = intmath.QParams(0.05, zp_in), intmath.QParams(0.1, 3)
     bb = relax.BlockBuilder()
@@ -52,6 +56,17 @@ def int8_layer(shape, out_channels, kernel=3, stride=1, pad=1, dilation=1, group
                 attrs = SimpleNamespace(padding=[pad] * 4, strides=[stride] * 2,
                                         dilation=[dilation] * 2, groups=groups)
                 y = K.conv2d(bb, x, inp, attrs, qw, rq, "y_q")
+            if lookup is not None:
+                table = rng.integers(-128, 128, size=(256,) if lookup == "shared" else
+                                     (256, out_channels)).astype(np.int8)
+                y = K.lookup(bb, y, table, None if lookup == "shared" else 1, "z_q")
+            if rescale is not None:
+                n = 1 if rescale == "tensor" else out_channels
+                shape_c = (1, n) if dense else (1, n, 1, 1)
+                rq = intmath.Requant(rng.integers(2**29, 2**31, n).reshape(shape_c),
+                                     rng.integers(-2**40, 2**40, n).reshape(shape_c),
+                                     np.full(shape_c, 33), -100, 90)
+                y = K.requantize(bb, y, rq, "r_q")
             gv = bb.emit_output(y)
         bb.emit_func_output(gv)
     return bb.get()
@@ -105,9 +120,29 @@ def test_rewrite_replaces_conv_pad_and_requantize():
     mod = int8_layer((1, 8, 6, 6), 16)
     assert "relax.nn.conv2d" in ops(mod) and "relax.nn.pad" in ops(mod)
     packed = PackInt8ForDot(VNNI)(mod)
-    assert ops(packed) == ["pack_int8", "conv2d_packed_int8_requant"]
+    assert ops(packed) == ["pack_int8", "conv2d_packed_int8_requant", "unpack"]
     names = [b.var.name for b in packed["main"].body.blocks[0].bindings]
     assert "y_q" in names  # the layer's tensor keeps its name (ExposeTensors, reports)
+
+
+def test_rewrite_takes_the_lookup_table_into_the_kernel():
+    for lookup in ("shared", "per-channel"):
+        packed = PackInt8ForDot(VNNI)(int8_layer((1, 8, 6, 6), 16, lookup=lookup))
+        assert ops(packed) == ["pack_int8", "conv2d_packed_int8_requant_lookup", "unpack"], lookup
+        assert "z_q" in [b.var.name for b in packed["main"].body.blocks[0].bindings]
+    # A requantize of the looked-up values folds into the table too.
+    packed = PackInt8ForDot(VNNI)(int8_layer((1, 8, 6, 6), 16, lookup="shared", rescale="tensor"))
+    assert ops(packed) == ["pack_int8", "conv2d_packed_int8_requant_lookup", "unpack"]
+
+
+def test_rewrite_packs_kernel_windows_of_few_channel_inputs():
+    """A 1-channel 3x3 conv reduces 3 groups of VNNI's 4 taps (one padded), not 9 groups
+    holding 1 value each; 3 channels waste too little for that to pay."""
+    for channels, groups in ((1, 3), (2, 6), (3, 1)):
+        packed = PackInt8ForDot(VNNI)(int8_layer((1, channels, 6, 6), 16))
+        pack = packed["main"].body.blocks[0].bindings[0].var
+        assert shape_of(pack)[1:] == ((groups, 6, 6, 4) if channels < 3 else (1, 8, 8, 4)), \
+            channels
 
 
 def test_rewrite_leaves_depthwise_and_grouped_convs():
@@ -122,7 +157,16 @@ def test_rewrite_leaves_depthwise_and_grouped_convs():
     dict(shape=(2, 5, 8, 8), out_channels=7, kernel=1, pad=0, zp_in=127),
     dict(shape=(1, 17, 10, 10), out_channels=33, kernel=3, dilation=2, pad=2, relu=True),
     dict(shape=(3, 37), out_channels=10, dense=True),
-], ids=["basic", "odd-channels-stride2", "batch2-1x1", "dilated-relu", "dense"])
+    dict(shape=(1, 1, 13, 11), out_channels=24, stride=2, zp_in=-128, lookup="shared"),
+    dict(shape=(2, 2, 9, 9), out_channels=17, dilation=2, pad=2, zp_in=127,
+         lookup="per-channel"),
+    dict(shape=(3, 37), out_channels=10, dense=True, lookup="per-channel"),
+    dict(shape=(1, 8, 6, 6), out_channels=20, lookup="shared", rescale="tensor"),
+    dict(shape=(1, 8, 6, 6), out_channels=20, lookup="shared", rescale="channel"),
+    dict(shape=(3, 37), out_channels=10, dense=True, lookup="per-channel", rescale="channel"),
+], ids=["basic", "odd-channels-stride2", "batch2-1x1", "dilated-relu", "dense",
+        "windows-stride2-lookup", "windows-dilated-per-channel-lookup", "dense-lookup",
+        "lookup-rescaled", "lookup-rescaled-per-channel", "dense-lookup-rescaled"])
 def test_packed_kernels_match_reference_bit_for_bit(case):
     mod = int8_layer(**case)
     ex = compile_and_compare(mod, case["shape"])
