@@ -11,6 +11,8 @@ Per model, batch 1, for each thread count:
 * tvm-intq int8: ``tvm-intq tune`` then ``tvm-intq compile --db`` (the shipped database, if
   any, is the starting point: tuning resumes from it up to the budget).
 
+Both tune with ``--threads 1``: candidates are measured as the headline figure runs them.
+
 Tuning databases are kept in ``bench/work/<model>/`` and resumed on the next run. Each
 configuration is timed in its own process (bench/measure.py). Results go to
 ``bench/results/<model>/``: results.json (medians, ratios, memory, machine, command),
@@ -153,7 +155,7 @@ def tvm_library(m: dict, work: Path, trials: int, fp32: bool, log: Path) -> Path
         shutil.copytree(shipped[0], db, ignore=shutil.ignore_patterns("logs"))
     data = ["--fp32"] if fp32 else ["--calib", m["calib"]]
     run(CLI + ["tune", m["onnx"], *data, "--target", "host", "--trials", trials, "--db", db,
-               "--no-progress"], log=log)
+               "--threads", 1, "--no-progress"], log=log)
     out = run(CLI + ["compile", m["onnx"], *data, "--target", "host", "--db", db, "-o", lib,
                      "--no-progress"], log=log)
     coverage = [line for line in out.splitlines() if line.startswith(("tuned kernels", "no tuned"))]

@@ -241,6 +241,8 @@ def test_tune_by_mca_cycles_on_a_named_core(tiny, tmp_path, capsys):
     (["--key", "rk3588", "--cost", "instructions"], "counted on an emulated board"),
     (["--key", KEY, "--cost", "mca", "--core", "cortex-x9"], "--core cortex-x9: llvm-mca cores"),
     (["--key", KEY, "--core", "cortex-a55"], "--core goes with --cost mca"),
+    (["--tracker", "127.0.0.1:9", "--key", KEY, "--threads", "1"], "a board's threads are its own"),
+    (["--threads", "0"], "--threads N (N >= 1)"),
 ])
 def test_cost_options_are_checked_before_compiling(tiny, capsys, extra, message):
     model, calib, _ = tiny

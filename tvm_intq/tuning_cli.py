@@ -13,6 +13,7 @@ databases shipped for the target) and says which kernels have no tuned record.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .errors import IntqError
@@ -48,6 +49,10 @@ def add_parsers(sub) -> None:
     t.add_argument("--trials-per-iter", type=int, default=None,
                    help="candidates measured per search round (default: min(32, --trials))")
     t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="host only: threads the candidates run with, as the tuned model will "
+                        "(default: TVM's, every core; a kernel fastest on 2 threads may not be "
+                        "on 1)")
     r = t.add_argument_group("measuring on boards (targets other than host)")
     r.add_argument("--tracker", metavar="HOST:PORT",
                    help="RPC tracker the boards are registered with")
@@ -103,6 +108,11 @@ def cmd_tune(args) -> int:
     spec = get_target(args.target)
     if args.trials < 1:
         raise IntqError("--trials must be at least 1")
+    if args.threads is not None:
+        if args.threads < 1 or args.tracker:
+            raise IntqError("--threads N (N >= 1) is for tuning on this machine; a board's "
+                            "threads are its own")
+        os.environ["TVM_NUM_THREADS"] = str(args.threads)  # read by the measuring workers
     runner = _board_runner(args, spec)
     try:
         module, _, precision = cli.quantized_module(args, spec)
