@@ -31,16 +31,11 @@ def _session(path, threads):
 
 def _vm(path):
     import tvm
-    from tvm import relax
 
-    vm = relax.VirtualMachine(tvm.runtime.load_module(path), tvm.cpu())
-    main = vm["main"]
+    from tvm_intq.runner import Runner
 
-    def run(x):
-        out = main(tvm.runtime.tensor(x))
-        return out.numpy()
-
-    return run
+    runner = Runner(tvm.runtime.load_module(path), ["x"])  # what a tvm-intq user calls
+    return lambda x: runner({"x": x})[0]
 
 
 def latencies(fn, x, warmup: int, seconds: float, max_iters: int) -> list[float]:
