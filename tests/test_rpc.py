@@ -196,9 +196,9 @@ def test_shipped_database_kernels_are_bit_exact_on_the_board(target, tracker, bo
     assert [f.parent.name + "/" + f.name for f in folders] == [f"{target}/mnist_cnn",
                                                                f"{target}/mnist_cnn_fp32"]
     db = D.union(folders)
-    tuned, missing = D.coverage(db, D.extract_tasks(compiled.integer, spec.target(), spec.int8_dot),
-                                spec.target())
-    assert missing == [] and len(tuned) == 20
+    tasks = D.extract_tasks(compiled.integer, spec.target(), spec.int8_dot)
+    tuned, missing = D.coverage(db, tasks, spec.target())
+    assert missing == [] and len(tuned) == len(tasks) > 0
     lib = tmp_path / "m.so"
     spec.export(api.build(compiled.integer, spec, database=db), lib)
     x = np.load(bundled("heldout.npz"))["input"][:2]
