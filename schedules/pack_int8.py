@@ -54,15 +54,24 @@ def _per_channel(value: np.ndarray, ndim: int, axis: int, channels: int) -> np.n
                            (channels,)).astype(np.int64)
 
 
+def _single_user(var, users, op: str):
+    """The binding of the only use of ``var``, if it is an ``op`` call reading ``var`` as its
+    data (the index of a ``take``); None otherwise."""
+    consumers = users.get(var, [])
+    if len(consumers) != 1 or consumers[0] is None:
+        return None
+    b = consumers[0]
+    if op_name(b.value) != op:
+        return None
+    return b if b.value.args[1 if op == "relax.take" else 0].same_as(var) else None
+
+
 def _requant_chain(acc_var, users, ndim: int, axis: int, channels: int):
     """``(bindings, Requant)`` of the requantize reading ``acc_var``, or None."""
     chain, var = [], acc_var
     for op in _CHAIN:
-        consumers = users.get(var, [])
-        if len(consumers) != 1 or consumers[0] is None:
-            return None
-        b = consumers[0]
-        if op_name(b.value) != op or not b.value.args[0].same_as(var):
+        b = _single_user(var, users, op)
+        if b is None:
             return None
         chain.append(b)
         var = b.var
@@ -75,18 +84,6 @@ def _requant_chain(acc_var, users, ndim: int, axis: int, channels: int):
         return None
     lo, hi = (int(a.value.value if hasattr(a.value, "value") else a.value) for a in clip.args[1:3])
     return chain, Requant(*vectors, lo=lo, hi=hi)
-
-
-def _single_user(var, users, op: str):
-    """The binding of the only use of ``var``, if it is an ``op`` call reading ``var`` as its
-    data (the index of a ``take``); None otherwise."""
-    consumers = users.get(var, [])
-    if len(consumers) != 1 or consumers[0] is None:
-        return None
-    b = consumers[0]
-    if op_name(b.value) != op:
-        return None
-    return b if b.value.args[1 if op == "relax.take" else 0].same_as(var) else None
 
 
 def _lookup_tail(q_var, users, ndim: int, axis: int, channels: int):
