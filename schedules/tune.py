@@ -74,6 +74,14 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _measuring_worker(threads: int | None) -> None:
+    """Run worker initializer: :func:`_ignore_sigint`, and the thread count candidates run
+    with (TVM reads ``TVM_NUM_THREADS`` when the worker's thread pool starts)."""
+    _ignore_sigint()
+    if threads is not None:
+        os.environ["TVM_NUM_THREADS"] = str(threads)
+
+
 @contextmanager
 def _graceful_interrupt(echo):
     """First Ctrl-C: stop when the batch being measured returns (not recording it: its workers
@@ -256,7 +264,7 @@ def _flops(mod) -> float:
 
 def tune(mod: tvm.IRModule, spec, folder, trials: int, *, trials_per_iter: int | None = None,
          min_repeat_ms: int = 50, seed: int | None = None, progress: bool = True,
-         build_timeout: float = 120.0, runner=None,
+         build_timeout: float = 120.0, runner=None, threads: int | None = None,
          echo=print) -> list[TaskResult]:
     """Tune every kernel of ``mod`` (integer or float Relax module) for the target definition
     ``spec`` to ``trials`` measured candidates per kernel, in the database folder ``folder``
@@ -265,6 +273,7 @@ def tune(mod: tvm.IRModule, spec, folder, trials: int, *, trials_per_iter: int |
     ``runner`` measures the candidates: None = wall time on this machine (host targets only);
     for a board, a :class:`~.runners.BoardsRunner` (wall time) or :class:`~.runners.CostRunner`
     (a deterministic cost; its ``label`` says which, and the database folder keeps it).
+    ``threads``: what the host candidates run with (None: TVM's default, every core).
     Raises :class:`IntqError` when the runner stops the tune (:func:`stop`),
     ``KeyboardInterrupt`` after a Ctrl-C; either way the database keeps every record measured
     so far.
@@ -304,7 +313,8 @@ def tune(mod: tvm.IRModule, spec, folder, trials: int, *, trials_per_iter: int |
                                       f_export=None if spec.is_host else
                                       functools.partial(export_kernel, spec.name))
     if runner is None:
-        runner = ms.runner.LocalRunner(timeout_sec=build_timeout, initializer=_ignore_sigint,
+        runner = ms.runner.LocalRunner(timeout_sec=build_timeout,
+                                       initializer=functools.partial(_measuring_worker, threads),
                                        evaluator_config=ms.runner.EvaluatorConfig(
                                            number=3, repeat=1, min_repeat_ms=min_repeat_ms,
                                            enable_cpu_cache_flush=False))

@@ -13,7 +13,6 @@ databases shipped for the target) and says which kernels have no tuned record.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from .errors import IntqError
@@ -108,11 +107,9 @@ def cmd_tune(args) -> int:
     spec = get_target(args.target)
     if args.trials < 1:
         raise IntqError("--trials must be at least 1")
-    if args.threads is not None:
-        if args.threads < 1 or args.tracker:
-            raise IntqError("--threads N (N >= 1) is for tuning on this machine; a board's "
-                            "threads are its own")
-        os.environ["TVM_NUM_THREADS"] = str(args.threads)  # read by the measuring workers
+    if args.threads is not None and (args.threads < 1 or args.tracker):
+        raise IntqError("--threads N (N >= 1) is for tuning on this machine; a board's "
+                        "threads are its own")
     runner = _board_runner(args, spec)
     try:
         module, _, precision = cli.quantized_module(args, spec)
@@ -121,7 +118,8 @@ def cmd_tune(args) -> int:
                  "wall time on this machine")
         print(f"tuning the {precision} kernels into {args.db}, measured by {where}")
         results = tune(module, spec, args.db, args.trials, trials_per_iter=args.trials_per_iter,
-                       seed=args.seed, progress=not args.no_progress, runner=runner)
+                       seed=args.seed, progress=not args.no_progress, runner=runner,
+                       threads=args.threads)
     except KeyboardInterrupt:
         print(f"stopped: {args.db} keeps every record measured so far; the same command resumes")
         raise
