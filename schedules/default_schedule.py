@@ -10,10 +10,15 @@ instruction without any tuning::
 (``L``, ``K``, ``R``: the instruction's lanes, bytes and rows, e.g. VNNI 16 x 4; for ``R > 1``
 the columns are groups of ``R`` pixels.)
 
-The epilogue blocks (requantize and whatever FuseOps fused after it) are inlined into the
-block that writes the kernel's output, which is parallelized over its outer loops and
-vectorized along its innermost one (a pixel's channels in the blocked layout). Anything
-the schedule cannot do leaves the function as it was (correct, just untensorized).
+The epilogue (requantize and whatever FuseOps fused after it) of a kernel that writes the
+blocked layout runs per tile, right after the tile's reduction, vectorized along a pixel's
+``L`` channels: the tile's accumulators never leave the registers (LLVM promotes the
+tile-sized buffer; on RVV that, not the multiply-adds, decided the instruction count). A
+lookup table stays a stage of its own after the requantize: TVM vectorizes a gather only by
+scalarizing the whole loop body. An epilogue writing another layout (a conv with a plain int32
+result) is inlined into the block writing the output, a loop nest after the reduction,
+parallel over its outer loops and vectorized along its innermost. Anything the schedule
+cannot do leaves the function as it was (correct, just untensorized).
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ from __future__ import annotations
 import logging
 
 import tvm
+import tvm_ffi
 from tvm import s_tir, tirx
+from tvm.ir.expr import TensorLoad
 
 from .intrinsics import DotProduct, register
-from .packed_kernels import CONV_BLOCK
+from .packed_kernels import CONV_BLOCK, REQUANT_BLOCK
 
 log = logging.getLogger(__name__)
 
@@ -50,19 +57,39 @@ def _extent(sch, loop) -> int:
     return int(sch.get(loop).extent)
 
 
-def apply_default(sch: s_tir.Schedule, intrin: DotProduct) -> None:
-    """Schedule the packed kernel ``main`` of ``sch`` in place (module docstring); raises on
-    what it cannot schedule. ``sch`` may be traced: the trace is a tuning record's."""
-    register()
-    conv = sch.get_sblock(CONV_BLOCK, func_name="main")
-    # Inline the elementwise epilogue into the block(s) writing the outputs.
+def _gathers(block) -> bool:
+    """True when ``block`` reads a buffer at an index loaded from another (a lookup table)."""
+    found = []
+    for read in block.reads:
+        for r in read.region:
+            tvm_ffi.structural_walk(r.min, [(TensorLoad, found.append)])
+    return bool(found)
+
+
+def _inline_epilogue(sch, keep) -> list:
+    """Inline the elementwise epilogue into the block(s) writing the outputs, except the blocks
+    named in ``keep``; returns the epilogue blocks left, in order."""
     for block in reversed(_blocks(sch)):
-        if _name(sch, block) == CONV_BLOCK:
+        if _name(sch, block) == CONV_BLOCK or _name(sch, block) in keep:
             continue
         try:
             sch.compute_inline(block)
         except RuntimeError:
             pass  # an output block, or not inlinable: stays a loop nest of its own
+    return [b for b in _blocks(sch) if _name(sch, b) != CONV_BLOCK]
+
+
+def apply_default(sch: s_tir.Schedule, intrin: DotProduct) -> None:
+    """Schedule the packed kernel ``main`` of ``sch`` in place (module docstring); raises on
+    what it cannot schedule. ``sch`` may be traced: the trace is a tuning record's."""
+    register()
+    conv = sch.get_sblock(CONV_BLOCK, func_name="main")
+    # A lookup table's gather cannot be vectorized: with the requantize apart, that can.
+    epilogue = _inline_epilogue(sch, keep=(REQUANT_BLOCK,))
+    ndim = len(sch.get(conv).writes[0].region)
+    tiled = all(len(sch.get(b).writes[0].region) == ndim for b in epilogue)
+    if not tiled and len(epilogue) > 1:
+        epilogue = _inline_epilogue(sch, keep=())
     loops = sch.get_loops(conv)
     (n, o, y, x), inner, (rc, ry, rx, rk) = loops[:4], loops[4:-4], loops[-4:]
     # inner: (lanes,) or, for a multi-row instruction, (rows, lanes)
@@ -70,19 +97,32 @@ def apply_default(sch: s_tir.Schedule, intrin: DotProduct) -> None:
     if tuple(_extent(sch, i) for i in inner) != shape or _extent(sch, rk) != intrin.k:
         raise ValueError("packed conv does not match the intrinsic's rows x lanes x k")
     width = _extent(sch, x)
-    tile = next(t for t in _COLUMN_TILES if width % t == 0)
+    tile = next(t for t in _COLUMN_TILES if width % t == 0 and t <= intrin.max_tile)
     xo, xi = sch.split(x, [None, tile])
     sch.reorder(n, o, y, xo, rc, ry, rx, xi, *inner, rk)
     outer = sch.fuse(n, o, y)
     sch.parallel(outer)
+    if tiled:  # the epilogue of each tile right after it: the accumulators stay in registers
+        for block in epilogue:
+            sch.reverse_compute_at(block, xo)
     init = sch.decompose_reduction(conv, rc)
-    sch.vectorize(sch.fuse(*sch.get_loops(init)[-len(inner):]))
+    init_loops = sch.get_loops(init)[-len(inner):]
+    if tiled:  # LLVM vectorizes the zeros (TVM would make RVV's masked vscale-sized stores)
+        for loop in init_loops:
+            sch.unroll(loop)
+    else:
+        sch.vectorize(sch.fuse(*init_loops))
     sch.tensorize(inner[0], intrin.tensor_intrin)
     sch.unroll(xi)
-    for block in _blocks(sch):
-        if _name(sch, block).startswith(CONV_BLOCK):  # the conv, its init and its blockized body
-            continue
+    for block in epilogue:
         loops = sch.get_loops(block)
+        if tiled:
+            gather = _gathers(sch.get(block))
+            if not gather:  # vectorized along a pixel's L channels
+                sch.vectorize(loops[-1])
+            for loop in loops[2:len(loops) - (not gather)]:
+                sch.unroll(loop)
+            continue
         if len(loops) >= 3:  # vectorized along the innermost: a pixel's L channels
             sch.vectorize(loops[-1])
         if len(loops) >= 2:

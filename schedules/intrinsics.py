@@ -17,7 +17,9 @@ We register our own tensor intrinsics instead of TVM's ``dot_16x4_vnni``,
   backend (CUDA alone: ~55 s on the busy 2-core machine), on every compile;
 * TVM's ``rvv_dot_*`` (``vwmul`` + ``vwredsum`` per output lane, exact) are registered per
   target with VLEN baked into their shapes (``VLEN/32`` lanes): a kernel tensorized with them
-  is wrong or unused on a core of another VLEN. Ours is VLEN-agnostic (``_impl_rvv_vwmacc``).
+  is wrong or unused on a core of another VLEN, and they reduce one output per instruction
+  sequence. Ours (``_impl_rvv_vwmacc``) runs on any VLEN >= 128 and keeps 4 pixels x 16
+  channels of accumulators in registers.
 
 Only instructions that are exact on every int8 input belong here: x86 ``vpmaddubsw`` (TVM's
 ``dot_16x4_avx512``) saturates the int16 sum of two u8 x s8 products (``2 * 255 * 127 >
@@ -33,9 +35,10 @@ from dataclasses import dataclass
 class DotProduct:
     """``C[r, i] += sum_k A[r, k] * B[i, k]`` for ``r < rows``, ``i < lanes``, ``k < k``, int32
     accumulators: ``rows`` activation vectors (output pixels) times ``lanes`` weight vectors
-    (output channels) of ``k`` bytes each. With ``rows == 1`` (a dot product: VNNI, sdot, RVV)
-    the buffers drop the row axis, ``C[i] += sum_k A[k] * B[i, k]``; ``rows == 2`` is a matrix
-    multiply (i8mm ``smmla``: 2x8 by 8x2).
+    (output channels) of ``k`` bytes each. With ``rows == 1`` (a dot product: VNNI, sdot)
+    the buffers drop the row axis, ``C[i] += sum_k A[k] * B[i, k]``; ``rows > 1`` takes that
+    many pixels at once: a matrix multiply (i8mm ``smmla``: 2x8 by 8x2), or RVV's 4 pixels that
+    share each weight vector.
 
     ``data_dtype`` is what the activation operand must be: ``"uint8"`` means the int8 input is
     shifted by +128 and the shift is folded into the requantize (``intmath.shifted_input_requant``).
@@ -51,8 +54,12 @@ class DotProduct:
     llvm_features: tuple[str, ...]
     instruction: str  # the mnemonic `tvm-intq inspect` looks for
     rows: int = 1
-    #: The implementation holds LLVM scalable vector values (RVV): MetaSchedule's feature
-    #: extractor cannot size them, so tuning cannot use the XGBoost cost model (schedules/tune.py).
+    #: Most groups of ``rows`` pixels the default schedule accumulates at once (register
+    #: blocking): their accumulators must fit the vector registers with the operands.
+    max_tile: int = 8
+    #: TVM vectorizes loops for the instruction's targets with LLVM scalable vectors (RVV:
+    #: ``vscale``-sized chunks): MetaSchedule's feature extractor cannot size them, so tuning
+    #: cannot use the XGBoost cost model (schedules/tune.py).
     scalable: bool = False
 
     @property
@@ -73,11 +80,13 @@ INTRINSICS: dict[str, DotProduct] = {
         DotProduct("arm-sdot", tensor_intrin="intq_dot_4x4_sdot", lanes=4, k=4,
                    data_dtype="int8", weight_dtype="int8", llvm_features=("dotprod",),
                    instruction="sdot"),
-        # Per input channel one widening multiply-add over 16 output channels: the weights are
-        # stored widened to int16 (vwmacc.vx at SEW 16). k = 2: TVM cannot tensorize k = 1.
-        DotProduct("rvv-vwmacc", tensor_intrin="intq_vwmacc_16x2_rvv", lanes=16, k=2,
+        # Per pixel and input channel one widening multiply-add over 16 output channels: the
+        # weights are stored widened to int16 (vwmacc.vx at SEW 16); 4 pixels share each weight
+        # vector, and their 4 accumulators (4 registers each at VLEN 128) fill 16 of the 32
+        # vector registers, so one group of 4 per tile. k = 2: TVM cannot tensorize k = 1.
+        DotProduct("rvv-vwmacc", tensor_intrin="intq_vwmacc_4x16x2_rvv", rows=4, lanes=16, k=2,
                    data_dtype="int8", weight_dtype="int16", llvm_features=("v",),
-                   instruction="vwmacc.vx", scalable=True),
+                   instruction="vwmacc.vx", max_tile=1, scalable=True),
     )
 }
 
@@ -181,37 +190,33 @@ def _impl_arm_i8mm(d: DotProduct):
 def _impl_rvv_vwmacc(d: DotProduct):
     from tvm.script import tirx as T
 
-    # RVV intrinsics on scalable vectors with an explicit VL of 16: nxv8i32 is LMUL 4, at least
-    # 16 lanes on any VLEN >= 128 (the minimum +v implies), so nothing here depends on VLEN;
-    # a longer VLEN just leaves part of the register group idle. (Generic vector IR instead
-    # was turned into vsext + non-widening vmadd by LLVM.) Row i of B is the two int16 weights
-    # of lane i, one int32 word: its low and high halves (vnsrl by 0 and 16) are the weight
-    # vectors of input channels 0 and 1; each then enters one vwmacc.vx (int16 x int16 added
-    # to int32 lanes: exact).
-    vl = T.int64(16)
+    # Plain fixed-length vector TIR, not RVV intrinsics on scalable vectors: LLVM lowers
+    # <16 x i32> to one LMUL-4 register group at VL 16 on any VLEN >= 128, forms vwmacc.vx from
+    # the sign-extended multiply-add, and splits the weights' even/odd int16 halves with one
+    # segment load (vlseg2e16). And it can keep the accumulators in registers across the
+    # reduction loops around the intrinsic; an accumulator passed through llvm.riscv.vle/vse
+    # went through memory (a vector load and store) on every call.
+    rows, lanes = d.rows, d.lanes
+    acc_t = f"int32x{lanes}"
+    even = [2 * i for i in range(lanes)]
+    odd = [2 * i + 1 for i in range(lanes)]
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (2,), "int8", offset_factor=1)
-        B = T.match_buffer(b, (16, 2), "int16", offset_factor=1)
-        C = T.match_buffer(c, (16,), "int32", offset_factor=1)
+        A = T.match_buffer(a, (rows, 2), "int8", offset_factor=1, strides=[T.int32(), 1])
+        B = T.match_buffer(b, (lanes, 2), "int16", offset_factor=1)
+        C = T.match_buffer(c, (rows, lanes), "int32", offset_factor=1)
         with T.sblock("root"):
-            T.reads(C[0:16], A[0:2], B[0:16, 0:2])
-            T.writes(C[0:16])
-            acc = T.call_llvm_intrin("int32xvscalex8", "llvm.riscv.vle",
-                                     T.broadcast(T.int32(0), T.vscale() * 8), C.access_ptr("r"), vl)
-            words = T.call_llvm_intrin("int32xvscalex8", "llvm.riscv.vle",
-                                       T.broadcast(T.int32(0), T.vscale() * 8),
-                                       B.access_ptr("r"), vl)
-            w0 = T.call_llvm_intrin("int16xvscalex8", "llvm.riscv.vnsrl",
-                                    T.broadcast(T.int16(0), T.vscale() * 8), words, T.int64(0), vl)
-            w1 = T.call_llvm_intrin("int16xvscalex8", "llvm.riscv.vnsrl",
-                                    T.broadcast(T.int16(0), T.vscale() * 8), words, T.int64(16), vl)
-            acc0 = T.call_llvm_intrin("int32xvscalex8", "llvm.riscv.vwmacc", acc,
-                                      T.cast(A[0], "int16"), w0, vl, T.int64(0))
-            acc1 = T.call_llvm_intrin("int32xvscalex8", "llvm.riscv.vwmacc", acc0,
-                                      T.cast(A[1], "int16"), w1, vl, T.int64(0))
-            T.evaluate(T.call_llvm_intrin("void", "llvm.riscv.vse", acc1, C.access_ptr("w"), vl))
+            T.reads(C[0:rows, 0:lanes], A[0:rows, 0:2], B[0:lanes, 0:2])
+            T.writes(C[0:rows, 0:lanes])
+            words = T.meta_var(B.vload([0, 0], dtype=f"int16x{2 * lanes}"))
+            for r in T.unroll(rows):
+                C[r, T.ramp(T.int32(0), 1, lanes)] = (
+                    C.vload([r, 0], dtype=acc_t)
+                    + T.Cast(acc_t, T.Broadcast(T.Cast("int16", A[r, 0]), lanes))
+                    * T.Cast(acc_t, T.Shuffle([words], even))
+                    + T.Cast(acc_t, T.Broadcast(T.Cast("int16", A[r, 1]), lanes))
+                    * T.Cast(acc_t, T.Shuffle([words], odd)))
 
     return impl
 

@@ -270,7 +270,12 @@ def _emit(bb, b, value, plan: _Plan, intrin: DotProduct, padded: dict):
     name = f"{plan.kind}_packed_int8_requant"
     if plan.lookup is not None:
         table, offsets = plan.lookup
-        kernel.update(table=relax.const(table), table_offset=per_channel(offsets, "int32"))
+        # The index clip of take(mode="clip") is only emitted when an index can leave the
+        # table (it costs a compare and select per output on a scalar gather).
+        lo, hi = (np.broadcast_to(np.asarray(v, np.int64), (o,)) for v in (rq.lo, rq.hi))
+        inside = bool(np.all(lo + offsets >= 0) and np.all(hi + offsets < len(table)))
+        kernel.update(table=relax.const(table), table_offset=per_channel(offsets, "int32"),
+                      clip_index=not inside)
         name += "_lookup"
     packed = bb.emit_te(P.conv2d_requant, *args, **kernel, primfunc_name_hint=name)
     return bb.emit(bb.call_te(P.unpack, packed, out_shape=out_shape, rows=rows,

@@ -1,7 +1,7 @@
 """TE computes of int8 conv2d/dense in the blocked layouts a dot-product instruction wants.
 
 For an instruction computing ``C[i] += sum_k A[k] * B[i, k]`` over ``L`` lanes and ``K`` bytes
-(x86 VNNI ``vpdpbusd``: ``L = 16``, ``K = 4``; ARM ``sdot``: ``4, 4``; RVV: ``16, 1``):
+(x86 VNNI ``vpdpbusd``: ``L = 16``, ``K = 4``; ARM ``sdot``: ``4, 4``; RVV ``vwmacc``: ``16, 2``):
 
 * activations ``NCHW`` -> ``N, C/K, H, W, K`` (:func:`pack_data`; spatial padding with the
   zero point and the +128 uint8 shift happen in the same pass);
@@ -13,7 +13,7 @@ For an instruction computing ``C[i] += sum_k A[k] * B[i, k]`` over ``L`` lanes a
   requantize writes its int32 result (with the correction of the shift) as ``NCHW``.
 
 An instruction taking ``R > 1`` rows of activations (i8mm ``smmla``: ``R = 2`` pixels x
-``L = 2`` channels x ``K = 8``) gets ``R`` adjacent output pixels of a row per step: the
+``L = 2`` channels x ``K = 8``; RVV: 4 pixels sharing each weight vector) gets ``R`` adjacent output pixels of a row per step: the
 accumulator has an ``R`` axis inside the output columns, which are padded up to a multiple of
 ``R`` (the input gets as many more padded columns), and a strided conv's input is split by
 column phase so those pixels read adjacent columns.
@@ -30,6 +30,10 @@ from tvm import te, tirx
 
 #: Name of the accumulation block; the default schedule and `inspect` find kernels by it.
 CONV_BLOCK = "conv2d_packed_int8"
+#: Names of a conv epilogue's stages (:func:`conv2d_requant`): the requantize, and a lookup
+#: table after it.
+REQUANT_BLOCK = "requantize"
+LOOKUP_BLOCK = "lookup"
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -189,7 +193,7 @@ def _packed_acc(xp, wp, strides, dilation, out_shape, rows):
 
 
 def conv2d_requant(xp, wp, mul, add, shift, lo, hi, strides, dilation, out_shape, rows: int = 1,
-                   table=None, table_offset=None):
+                   table=None, table_offset=None, clip_index=True):
     """Packed conv (or dense: 1x1 over ``M`` rows) + the layer's requantize
     ``q = int8(clip((int64(acc) * MUL + ADD) >> S, lo, hi))``, per output channel ``o``
     (``mul``..``hi``: int64 vectors, ``mul`` possibly int32, zero-padded to the ``O/L * L``
@@ -200,21 +204,29 @@ def conv2d_requant(xp, wp, mul, add, shift, lo, hi, strides, dilation, out_shape
     never unpacked.
 
     With ``table`` (a flat int8 lookup table) the kernel writes ``table[q + table_offset[o]]``
-    instead (index clipped to the table, as the graph's ``take(mode="clip")``): the following
-    nonlinear layer's lookup in the same pass."""
+    instead (with ``clip_index``, the index clipped to the table, as the graph's
+    ``take(mode="clip")``; without, the caller knows it stays inside): the following nonlinear
+    layer's lookup in the same pass, as a stage of its own (:data:`LOOKUP_BLOCK`)."""
     acc, _ = _packed_acc(xp, wp, strides, dilation, out_shape, rows)
     lanes = int(wp.shape[4])
 
     def requant(*i):
         o = i[1] * lanes + i[-1]
         v = (acc[i].astype("int64") * mul[o].astype("int64") + add[o]) >> shift[o]
-        q = te.max(te.min(v, hi[o]), lo[o]).astype("int8")
-        if table is None:
-            return q
-        top = int(table.shape[0]) - 1
-        return table[te.max(te.min(q.astype("int32") + table_offset[o], top), 0)]
+        return te.max(te.min(v, hi[o]), lo[o]).astype("int8")
 
-    return te.compute(acc.shape, requant, name="requantize", tag="elemwise")
+    q = te.compute(acc.shape, requant, name=REQUANT_BLOCK, tag="elemwise")
+    if table is None:
+        return q
+    top = int(table.shape[0]) - 1
+
+    def lookup(*i):
+        index = q[i].astype("int32") + table_offset[i[1] * lanes + i[-1]]
+        return table[te.max(te.min(index, top), 0) if clip_index else index]
+
+    # Its own stage: TVM vectorizes a gather only by scalarizing the whole expression, so a
+    # schedule that keeps the requantize apart vectorizes it (default_schedule).
+    return te.compute(acc.shape, lookup, name=LOOKUP_BLOCK, tag="elemwise")
 
 
 def unpack(q: te.Tensor, out_shape, rows: int = 1):
