@@ -131,6 +131,31 @@ def coverage(db, tasks: list[Task], target) -> tuple[list[str], list[str]]:
     return tuned, missing
 
 
+def prune(folder, tasks: list[Task]) -> int:
+    """Keep in the database ``folder`` only the records of ``tasks`` (the kernels a model builds
+    now: a kernel whose computation changed is a new workload, and the records of the old one
+    would stay forever); returns how many records were dropped. The files are rewritten whole
+    and then replace the old ones, so a kill leaves either."""
+    import tempfile
+
+    folder = Path(folder)
+    db = open_database(folder, create=False)
+    keep = [r for t in tasks for r in records_of(db, t.mod)]
+    dropped = len(db.get_all_tuning_records()) - len(keep)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        new = ms.database.JSONDatabase(str(Path(tmp) / WORKLOADS), str(Path(tmp) / RECORDS),
+                                       allow_missing=True, module_equality="structural")
+        for r in keep:
+            new.commit_tuning_record(ms.database.TuningRecord(
+                r.trace, new.commit_workload(r.workload.mod), r.run_secs, r.target, r.args_info))
+        for name in (WORKLOADS, RECORDS):
+            (Path(tmp) / name).replace(folder / name)
+    keys = {workload_key(t.mod) for t in tasks}
+    notes = {k: v for k, v in read_task_notes(folder).items() if k in keys}
+    (folder / TASKS).write_text(json.dumps(notes, indent=1, sort_keys=True) + "\n")
+    return dropped
+
+
 def read_task_notes(folder) -> dict:
     path = Path(folder) / TASKS
     return json.loads(path.read_text()) if path.is_file() else {}

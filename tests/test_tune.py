@@ -168,3 +168,23 @@ def test_resume_after_kill_does_not_measure_twice(tiny):
         assert max(traces.values()) == 1, t.name
         # ... and what was there is still there.
         assert len(recs) >= len(before.get(key, [])), t.name
+
+
+def test_prune_keeps_only_the_kernels_the_model_builds(tiny, capsys, tmp_path):
+    db_path = tmp_path / "db"
+    assert cli.main(tiny.tune_args(db_path, trials=1, per_iter=1) + ["--prune"]) == 0
+    assert "pruned 0 records" in capsys.readouterr().out
+    tasks = D.extract_tasks(tiny.integer, HOST.target(), HOST.int8_dot)
+    assert len(tasks) > 1
+    before = records_by_workload(db_path)
+    # As if the model had since changed all kernels but the first: the others' records go.
+    kept = tasks[:1]
+    dropped = D.prune(db_path, kept)
+    after = records_by_workload(db_path)
+    key = D.workload_key(kept[0].mod)
+    assert set(after) == {key}
+    assert dropped == sum(len(v) for k, v in before.items() if k != key)
+    assert len(after[key]) == len(before[key])
+    db = D.open_database(db_path, create=False)
+    assert D.best_seconds(db, kept[0].mod, HOST.target()) is not None
+    assert set(D.read_task_notes(db_path)) == {key}

@@ -64,6 +64,9 @@ def add_parsers(sub) -> None:
                         "instructions executed, or llvm-mca cycles on --core")
     r.add_argument("--core", help="llvm-mca core for --cost mca (default: the big core of "
                                   "the architecture, e.g. neoverse-n1)")
+    t.add_argument("--prune", action="store_true",
+                   help="afterwards, drop the records of kernels the model no longer builds "
+                        "(older versions of its kernels)")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(report=None)
 
@@ -127,6 +130,11 @@ def cmd_tune(args) -> int:
         if runner is not None:
             runner.shutdown()
     print("\n".join(summary(results)))
+    if args.prune:
+        from .schedules import database as D
+
+        dropped = D.prune(args.db, D.extract_tasks(module, spec.target(), spec.int8_dot))
+        print(f"pruned {dropped} records of kernels the model no longer builds")
     print(f"database: {args.db} (apply it with: tvm-intq compile ... --db {args.db})")
     return 0
 
