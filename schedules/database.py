@@ -72,8 +72,18 @@ def open_database(folder, create: bool = True) -> ms.database.JSONDatabase:
     for name in (WORKLOADS, RECORDS):
         _repair(folder / name)
     register()  # the records' traces name our tensor intrinsics
-    return ms.database.JSONDatabase(str(folder / WORKLOADS), str(folder / RECORDS),
-                                    allow_missing=True, module_equality="structural")
+    try:
+        return ms.database.JSONDatabase(str(folder / WORKLOADS), str(folder / RECORDS),
+                                        allow_missing=True, module_equality="structural")
+    except RuntimeError as err:
+        if "is not registered" not in str(err):
+            raise
+        from ..errors import IntqError
+
+        intrin = str(err).split("TensorIntrin")[-1].split("is not registered")[0].strip(" '")
+        raise IntqError(f"{folder}: its records use the tensor intrinsic {intrin!r}, which this "
+                        "version of tvm-intq does not have (its kernels changed): tune into a "
+                        "new --db folder") from None
 
 
 def shipped_databases(target_name: str) -> list[Path]:

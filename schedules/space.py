@@ -36,10 +36,12 @@ def schedule_rules(intrin: DotProduct) -> list:
     ]
 
 
-def postprocs() -> list:
+def postprocs(intrin: DotProduct) -> list:
     P = ms.postproc
+    # RewriteTensorize can vectorize an init of one loop only: a multi-row intrinsic's init is
+    # rows x lanes (TVM checks init_loops.size() == 1 and aborts the search).
     return [P.DisallowDynamicLoop(), P.RewriteParallelVectorizeUnroll(),
-            P.RewriteReductionBlock(), P.RewriteTensorize(vectorize_init_loop=True),
+            P.RewriteReductionBlock(), P.RewriteTensorize(vectorize_init_loop=intrin.rows == 1),
             P.RewriteLayout()]
 
 
@@ -49,4 +51,4 @@ def design_space(intrin: DotProduct | None):
     if intrin is None:
         return "post-order-apply"
     return ms.space_generator.PostOrderApply(sch_rules=schedule_rules(intrin),
-                                             postprocs=postprocs(), mutator_probs="llvm")
+                                             postprocs=postprocs(intrin), mutator_probs="llvm")

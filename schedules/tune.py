@@ -313,7 +313,10 @@ def tune(mod: tvm.IRModule, spec, folder, trials: int, *, trials_per_iter: int |
                                       f_export=None if spec.is_host else
                                       functools.partial(export_kernel, spec.name))
     if runner is None:
+        from .runners import local_arguments  # runners imports this module
+
         runner = ms.runner.LocalRunner(timeout_sec=build_timeout,
+                                       f_alloc_argument=local_arguments,
                                        initializer=functools.partial(_measuring_worker, threads),
                                        evaluator_config=ms.runner.EvaluatorConfig(
                                            number=3, repeat=1, min_repeat_ms=min_repeat_ms,

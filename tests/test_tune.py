@@ -25,12 +25,15 @@ from tvm_intq import api, cli
 from tvm_intq.calibration import load_npz
 from tvm_intq.reference import run_reference
 from tvm_intq.schedules import database as D
+from tvm_intq.errors import IntqError
 from tvm_intq.schedules.default_schedule import has_packed_conv
+from tvm_intq.schedules.pipeline import dot_product_for
 from tvm_intq.schedules.tune import measured_kernels
 from tvm_intq.targets import get_target
 
 pytestmark = pytest.mark.slow
 HOST = get_target("host")
+HOST_INTRIN = dot_product_for(HOST.int8_dot, HOST.target()).tensor_intrin
 SHAPE = (1, 3, 8, 8)
 
 
@@ -188,3 +191,14 @@ def test_prune_keeps_only_the_kernels_the_model_builds(tiny, capsys, tmp_path):
     db = D.open_database(db_path, create=False)
     assert D.best_seconds(db, kept[0].mod, HOST.target()) is not None
     assert set(D.read_task_notes(db_path)) == {key}
+
+
+def test_a_database_of_older_kernels_gets_a_clear_error(tiny, tmp_path):
+    db_path = tmp_path / "db"
+    assert cli.main(tiny.tune_args(db_path, trials=1, per_iter=1)) == 0
+    records = db_path / D.RECORDS
+    text = records.read_text()
+    assert HOST_INTRIN in text  # the packed conv's record names its tensor intrinsic
+    records.write_text(text.replace(HOST_INTRIN, "intq_retired_intrinsic"))
+    with pytest.raises(IntqError, match="'intq_retired_intrinsic'.*new --db folder"):
+        D.open_database(db_path, create=False)
