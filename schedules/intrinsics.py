@@ -54,6 +54,9 @@ class DotProduct:
     llvm_features: tuple[str, ...]
     instruction: str  # the mnemonic `tvm-intq inspect` looks for
     rows: int = 1
+    #: The weights are stored ``k, lanes`` (each input channel's ``lanes`` weights one
+    #: vector), not ``lanes, k`` (each channel's ``k`` bytes one word, as VNNI/sdot take them).
+    k_major: bool = False
     #: Most groups of ``rows`` pixels the default schedule accumulates at once (register
     #: blocking): their accumulators must fit the vector registers with the operands.
     max_tile: int = 8
@@ -86,7 +89,7 @@ INTRINSICS: dict[str, DotProduct] = {
         # vector registers, so one group of 4 per tile. k = 2: TVM cannot tensorize k = 1.
         DotProduct("rvv-vwmacc", tensor_intrin="intq_vwmacc_4x16x2_rvv", rows=4, lanes=16, k=2,
                    data_dtype="int8", weight_dtype="int16", llvm_features=("v",),
-                   instruction="vwmacc.vx", max_tile=1, scalable=True),
+                   instruction="vwmacc.vx", k_major=True, max_tile=1, scalable=True),
     )
 }
 
@@ -113,18 +116,24 @@ def _desc(d: DotProduct):
         return desc
 
     # The rows are output pixels: their activations are not adjacent in memory (row stride).
+    b_shape = (k, lanes) if d.k_major else (lanes, k)
+
+    def weight(i, kk):
+        return (kk, i) if d.k_major else (i, kk)
+
     @T.prim_func(s_tir=True)
     def desc_rows(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (rows, k), d.data_dtype, offset_factor=1, strides=[T.int32(), 1])
-        B = T.match_buffer(b, (lanes, k), d.weight_dtype, offset_factor=1)
+        B = T.match_buffer(b, b_shape, d.weight_dtype, offset_factor=1)
         C = T.match_buffer(c, (rows, lanes), "int32", offset_factor=1)
         with T.sblock("root"):
-            T.reads(C[0:rows, 0:lanes], A[0:rows, 0:k], B[0:lanes, 0:k])
+            T.reads(C[0:rows, 0:lanes], A[0:rows, 0:k], B[0:b_shape[0], 0:b_shape[1]])
             T.writes(C[0:rows, 0:lanes])
             for r, i, kk in T.grid(rows, lanes, k):
                 with T.sblock("update"):
                     vr, vi, vk = T.axis.remap("SSR", [r, i, kk])
-                    C[vr, vi] = C[vr, vi] + T.cast(A[vr, vk], "int32") * T.cast(B[vi, vk], "int32")
+                    C[vr, vi] = (C[vr, vi] + T.cast(A[vr, vk], "int32")
+                                 * T.cast(B[weight(vi, vk)], "int32"))
 
     return desc_rows
 
@@ -192,31 +201,29 @@ def _impl_rvv_vwmacc(d: DotProduct):
 
     # Plain fixed-length vector TIR, not RVV intrinsics on scalable vectors: LLVM lowers
     # <16 x i32> to one LMUL-4 register group at VL 16 on any VLEN >= 128, forms vwmacc.vx from
-    # the sign-extended multiply-add, and splits the weights' even/odd int16 halves with one
-    # segment load (vlseg2e16). And it can keep the accumulators in registers across the
+    # the sign-extended multiply-add, and can keep the accumulators in registers across the
     # reduction loops around the intrinsic; an accumulator passed through llvm.riscv.vle/vse
-    # went through memory (a vector load and store) on every call.
+    # went through memory (a vector load and store) on every call. The weights are k-major:
+    # each input channel's 16 weights one plain load (interleaved, LLVM split them with a
+    # segment load, vlseg2e16, which SiFive P670's model costs 44 cycles: 5x the block).
     rows, lanes = d.rows, d.lanes
-    acc_t = f"int32x{lanes}"
-    even = [2 * i for i in range(lanes)]
-    odd = [2 * i + 1 for i in range(lanes)]
+    acc_t, w_t = f"int32x{lanes}", f"int16x{lanes}"
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (rows, 2), "int8", offset_factor=1, strides=[T.int32(), 1])
-        B = T.match_buffer(b, (lanes, 2), "int16", offset_factor=1)
+        B = T.match_buffer(b, (2, lanes), "int16", offset_factor=1)
         C = T.match_buffer(c, (rows, lanes), "int32", offset_factor=1)
         with T.sblock("root"):
-            T.reads(C[0:rows, 0:lanes], A[0:rows, 0:2], B[0:lanes, 0:2])
+            T.reads(C[0:rows, 0:lanes], A[0:rows, 0:2], B[0:2, 0:lanes])
             T.writes(C[0:rows, 0:lanes])
-            words = T.meta_var(B.vload([0, 0], dtype=f"int16x{2 * lanes}"))
+            w0 = T.meta_var(T.Cast(acc_t, B.vload([0, 0], dtype=w_t)))
+            w1 = T.meta_var(T.Cast(acc_t, B.vload([1, 0], dtype=w_t)))
             for r in T.unroll(rows):
                 C[r, T.ramp(T.int32(0), 1, lanes)] = (
                     C.vload([r, 0], dtype=acc_t)
-                    + T.Cast(acc_t, T.Broadcast(T.Cast("int16", A[r, 0]), lanes))
-                    * T.Cast(acc_t, T.Shuffle([words], even))
-                    + T.Cast(acc_t, T.Broadcast(T.Cast("int16", A[r, 1]), lanes))
-                    * T.Cast(acc_t, T.Shuffle([words], odd)))
+                    + T.Cast(acc_t, T.Broadcast(T.Cast("int16", A[r, 0]), lanes)) * w0
+                    + T.Cast(acc_t, T.Broadcast(T.Cast("int16", A[r, 1]), lanes)) * w1)
 
     return impl
 

@@ -250,8 +250,10 @@ def _emit(bb, b, value, plan: _Plan, intrin: DotProduct, padded: dict):
     else:
         xp = bb.emit_te(P.pack_rows, x, width=rows, **packing)
         strides, dilation = (1, 1), (1, 1)
-    wp = relax.const(P.pack_weight(weight, intrin.lanes, intrin.k, intrin.weight_dtype))
-    kernel = dict(strides=strides, dilation=dilation, out_shape=out_shape, rows=rows)
+    wp = relax.const(P.pack_weight(weight, intrin.lanes, intrin.k, intrin.weight_dtype,
+                                   intrin.k_major))
+    kernel = dict(strides=strides, dilation=dilation, out_shape=out_shape, rows=rows,
+                  k_major=intrin.k_major)
     if plan.chain is None:
         corr = intrin.input_offset * plan.weight.astype(np.int64).sum(axis=(1, 2, 3))
         return bb.emit(bb.call_te(P.conv2d_int32, xp, wp, _const(corr, "int32"), **kernel,

@@ -5,7 +5,9 @@ For an instruction computing ``C[i] += sum_k A[k] * B[i, k]`` over ``L`` lanes a
 
 * activations ``NCHW`` -> ``N, C/K, H, W, K`` (:func:`pack_data`; spatial padding with the
   zero point and the +128 uint8 shift happen in the same pass);
-* weights ``OIHW`` -> ``O/L, I/K, KH, KW, L, K`` (:func:`pack_weight`, numpy, at compile time);
+* weights ``OIHW`` -> ``O/L, I/K, KH, KW, L, K`` (:func:`pack_weight`, numpy, at compile time;
+  ``..., K, L`` for an instruction that wants each input channel's ``L`` weights as one
+  vector: RVV);
 * the conv accumulates ``N, O/L, OH, OW, L`` in int32 (the ``L`` output channels of one
   instruction are contiguous, the ``K`` input channels it reduces too); the layer's
   requantize (and lookup table) runs in that layout and writes it as int8
@@ -40,14 +42,17 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def pack_weight(w: np.ndarray, lanes: int, k: int, dtype: str = "int8") -> np.ndarray:
-    """``OIHW`` int8 -> ``O/lanes, I/k, KH, KW, lanes, k`` of ``dtype``, zero-padded channels."""
+def pack_weight(w: np.ndarray, lanes: int, k: int, dtype: str = "int8",
+                k_major: bool = False) -> np.ndarray:
+    """``OIHW`` int8 -> ``O/lanes, I/k, KH, KW, lanes, k`` of ``dtype`` (``k_major``:
+    ``..., k, lanes``), zero-padded channels."""
     o, i, kh, kw = w.shape
     oo, io = ceil_div(o, lanes), ceil_div(i, k)
     padded = np.zeros((oo * lanes, io * k, kh, kw), dtype)
     padded[:o, :i] = w
+    inner = (3, 1) if k_major else (1, 3)
     return np.ascontiguousarray(
-        padded.reshape(oo, lanes, io, k, kh, kw).transpose(0, 2, 4, 5, 1, 3))
+        padded.reshape(oo, lanes, io, k, kh, kw).transpose(0, 2, 4, 5, *inner))
 
 
 def pack_data(x: te.Tensor, pad_value: te.Tensor, padding, k: int, offset: int, dtype: str,
@@ -142,13 +147,17 @@ def padded_width(out_width: int, rows: int) -> int:
     return ceil_div(out_width, rows) * rows
 
 
-def _accumulate(xp: te.Tensor, wp: te.Tensor, strides, dilation, out_hw, rows: int):
+def _accumulate(xp: te.Tensor, wp: te.Tensor, strides, dilation, out_hw, rows: int,
+                k_major: bool):
     """``N, O/L, OH, OW, L`` int32 (``rows == 1``), or ``N, O/L, OH, OW/R, R, L`` for an
     instruction taking ``R = rows`` pixels: pixel ``x = xb * R + r``. A strided conv's data is
     phase-split (:func:`pack_data`): column ``x * s + rx * d`` is at phase ``(rx * d) % s``,
-    position ``x + (rx * d) // s``, so the ``R`` pixels read adjacent columns."""
+    position ``x + (rx * d) // s``, so the ``R`` pixels read adjacent columns. ``k_major``:
+    the weights are ``..., K, L`` (:func:`pack_weight`)."""
     n = int(xp.shape[0])
     oo, io, kh, kw, lanes, k = (int(d) for d in wp.shape)
+    if k_major:
+        lanes, k = k, lanes
     sh, sw = strides
     dh, dw = dilation
     oh, ow = out_hw
@@ -166,7 +175,7 @@ def _accumulate(xp: te.Tensor, wp: te.Tensor, strides, dilation, out_hw, rows: i
     def dot(b, o, y, x, l):
         return te.sum(
             xp[(b, rc, y * sh + ry * dh) + column(x) + (rk,)].astype("int32")
-            * wp[o, rc, ry, rx, l, rk].astype("int32"),
+            * wp[(o, rc, ry, rx) + ((rk, l) if k_major else (l, rk))].astype("int32"),
             axis=[rc, ry, rx, rk])
 
     if rows == 1:
@@ -186,14 +195,14 @@ def _acc_index(out_shape, lanes: int, rows: int):
     return lambda *i: (pixel(*i) + (i[1] % lanes,), i[1])
 
 
-def _packed_acc(xp, wp, strides, dilation, out_shape, rows):
+def _packed_acc(xp, wp, strides, dilation, out_shape, rows, k_major):
     out_hw = tuple(int(d) for d in out_shape[2:]) if len(out_shape) == 4 else (1, 1)
-    acc = _accumulate(xp, wp, strides, dilation, out_hw, rows)
-    return acc, _acc_index(out_shape, int(wp.shape[4]), rows)
+    acc = _accumulate(xp, wp, strides, dilation, out_hw, rows, k_major)
+    return acc, _acc_index(out_shape, int(acc.shape[-1]), rows)
 
 
 def conv2d_requant(xp, wp, mul, add, shift, lo, hi, strides, dilation, out_shape, rows: int = 1,
-                   table=None, table_offset=None, clip_index=True):
+                   k_major: bool = False, table=None, table_offset=None, clip_index=True):
     """Packed conv (or dense: 1x1 over ``M`` rows) + the layer's requantize
     ``q = int8(clip((int64(acc) * MUL + ADD) >> S, lo, hi))``, per output channel ``o``
     (``mul``..``hi``: int64 vectors, ``mul`` possibly int32, zero-padded to the ``O/L * L``
@@ -207,8 +216,8 @@ def conv2d_requant(xp, wp, mul, add, shift, lo, hi, strides, dilation, out_shape
     instead (with ``clip_index``, the index clipped to the table, as the graph's
     ``take(mode="clip")``; without, the caller knows it stays inside): the following nonlinear
     layer's lookup in the same pass, as a stage of its own (:data:`LOOKUP_BLOCK`)."""
-    acc, _ = _packed_acc(xp, wp, strides, dilation, out_shape, rows)
-    lanes = int(wp.shape[4])
+    acc, _ = _packed_acc(xp, wp, strides, dilation, out_shape, rows, k_major)
+    lanes = int(acc.shape[-1])
 
     def requant(*i):
         o = i[1] * lanes + i[-1]
@@ -237,10 +246,11 @@ def unpack(q: te.Tensor, out_shape, rows: int = 1):
                       tag="injective")
 
 
-def conv2d_int32(xp, wp, correction, strides, dilation, out_shape, rows: int = 1):
+def conv2d_int32(xp, wp, correction, strides, dilation, out_shape, rows: int = 1,
+                 k_major: bool = False):
     """Packed conv (or dense) with a plain int32 result: ``acc - correction[o]`` (the shifted
     input's ``offset * sum(Qw)``), written unpacked as ``out_shape``."""
-    acc, index = _packed_acc(xp, wp, strides, dilation, out_shape, rows)
+    acc, index = _packed_acc(xp, wp, strides, dilation, out_shape, rows, k_major)
 
     def corrected(*i):
         a, o = index(*i)
