@@ -75,15 +75,17 @@ def open_database(folder, create: bool = True) -> ms.database.JSONDatabase:
     try:
         return ms.database.JSONDatabase(str(folder / WORKLOADS), str(folder / RECORDS),
                                         allow_missing=True, module_equality="structural")
-    except RuntimeError as err:
-        if "is not registered" not in str(err):
-            raise
+    except RuntimeError as err:  # TVM replays every record's trace when it loads them
         from ..errors import IntqError
 
-        intrin = str(err).split("TensorIntrin")[-1].split("is not registered")[0].strip(" '")
-        raise IntqError(f"{folder}: its records use the tensor intrinsic {intrin!r}, which this "
-                        "version of tvm-intq does not have (its kernels changed): tune into a "
-                        "new --db folder") from None
+        if "is not registered" in str(err):
+            intrin = str(err).split("TensorIntrin")[-1].split("is not registered")[0].strip(" '")
+            why = f"its records use the tensor intrinsic {intrin!r}, which this version of " \
+                  "tvm-intq does not have"
+        else:
+            why = f"its records do not replay on this version's kernels: {str(err).strip()[:200]}"
+        raise IntqError(f"{folder}: {why} (its kernels changed since): tune into a new --db "
+                        "folder") from None
 
 
 def shipped_databases(target_name: str) -> list[Path]:
