@@ -32,6 +32,7 @@ import os
 import platform
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -247,25 +248,36 @@ def bench_model(key: str, args) -> dict:
     lib, cov = tvm_library(m, work, args.trials, fp32=False, log=log)
     configs["tvm-intq int8 tuned"] = ("tvm", lib, cov)
     facts_before = machine()
-    results = {name: {} for name in configs}
-    for threads in args.threads:
-        for name, (kind, path, _) in configs.items():
-            results[name][str(threads)] = measure(kind, path, threads, Path(m["eval"]), args.seconds)
+    # Rounds interleave the configurations, so a drift of the shared machine's speed (+-10 %
+    # from run to run here) hits all of them alike; each round's ratios are kept.
+    rounds = {name: {str(t): [] for t in args.threads} for name in configs}
+    for _ in range(args.rounds):
+        for threads in args.threads:
+            for name, (kind, path, _) in configs.items():
+                rounds[name][str(threads)].append(
+                    measure(kind, path, threads, Path(m["eval"]), args.seconds))
+    results = {name: {t: {**runs[0], "median_ms": statistics.median(r["median_ms"] for r in runs),
+                          "rounds_ms": [r["median_ms"] for r in runs]}
+                      for t, runs in res.items()} for name, res in rounds.items()}
     ours = results["tvm-intq int8 tuned"]
     ratios = {name: {t: r["median_ms"] / ours[t]["median_ms"] for t, r in res.items()}
               for name, res in results.items() if name != "tvm-intq int8 tuned"}
+    won = {name: {t: sum(o < other for o, other in zip(ours[t]["rounds_ms"], r["rounds_ms"]))
+                  for t, r in res.items()}
+           for name, res in results.items() if name != "tvm-intq int8 tuned"}
     return _relative({
         "model": m["name"], "onnx": m["onnx"], "batch": 1, "threads": args.threads,
-        "trials_per_kernel": args.trials,
+        "trials_per_kernel": args.trials, "rounds": args.rounds,
         "latency": results,
         "speedup_of_tvm_intq_int8": ratios,  # other median / tvm-intq int8 median
+        "rounds_tvm_intq_int8_faster": won,
         "tuning_coverage": {name: cov for name, (_, _, cov) in configs.items() if cov},
         "memory": memory(m),
         "machine": facts_before, "load_average_after": os.getloadavg(),
         "command": _command(),
         "timing": "median of per-call wall times (Python loop, one batch-1 input, after 50 "
-                  "warm-up calls, >= %.0f s per configuration); top-1 on the held-out set"
-                  % args.seconds,
+                  "warm-up calls, >= %.0f s per configuration), the median over %d interleaved "
+                  "rounds; top-1 on the held-out set" % (args.seconds, args.rounds),
     })
 
 
@@ -284,6 +296,8 @@ def main(argv=None) -> int:
     p.add_argument("--trials", type=int, default=4, help="tuning trials per kernel (fp32 and int8)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--seconds", type=float, default=5.0, help="timing per configuration")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="time every configuration this many times, interleaved (median)")
     p.add_argument("--emulated", nargs="*", default=["aarch64", "riscv64"],
                    help="targets whose emulated board gives deterministic figures (none: skip)")
     p.add_argument("--parts", nargs="+", default=["host", "emulated"], choices=["host", "emulated"])

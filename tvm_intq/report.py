@@ -262,8 +262,11 @@ def bench_markdown(data: dict) -> str:
     lines += ["", "Speed-up of tvm-intq int8 (other median / ours):", "",
               "| vs | " + " | ".join(f"{t} thr" for t in threads) + " |",
               "|---|" + "---:|" * len(threads)]
+    won = data.get("rounds_tvm_intq_int8_faster", {})
     for name, res in data["speedup_of_tvm_intq_int8"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{res[t]:.2f}x" for t in threads) + " |")
+        lines.append(f"| {name} | " + " | ".join(
+            f"{res[t]:.2f}x" + (f" ({won[name][t]} of {data['rounds']} rounds faster)"
+                                if name in won else "") for t in threads) + " |")
     mem = data.get("memory", {})
     if mem:
         lines += ["", "| memory | fp32 | int8 |", "|---|---:|---:|"]
