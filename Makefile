@@ -76,6 +76,7 @@ test: install system-deps boards
 # Benchmark (not part of test): ONNX Runtime fp32/int8 vs TVM fp32 vs tvm-intq int8, batch 1,
 # 1 and 2 threads; tuning databases resume from bench/work/. Results: bench/results/<model>/.
 #   make bench BENCH_ARGS="--trials 64 --models bundled"
+#   make bench BENCH_ARGS="--models bundled --trials 16 --parts host --rounds 5"   (interleaved rounds)
 BENCH_ARGS ?=
 bench: install
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)

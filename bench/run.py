@@ -1,6 +1,6 @@
 """``make bench``: ONNX Runtime fp32 / int8 vs TVM fp32 tuned vs tvm-intq int8 tuned.
 
-    python bench/run.py [--models bundled] [--trials 4] [--threads 1 2] [--out bench/results]
+    python bench/run.py [--models bundled] [--trials 4] [--threads 1 2] [--rounds 1] [--out bench/results]
 
 Per model, batch 1, for each thread count:
 
