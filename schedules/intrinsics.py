@@ -99,28 +99,28 @@ def _desc(d: DotProduct):
     from tvm.script import tirx as T
 
     rows, lanes, k = d.rows, d.lanes, d.k
+    b_shape = (k, lanes) if d.k_major else (lanes, k)
+
+    def weight(i, kk):  # B[i, k] of the formula, where the weights keep it
+        return (kk, i) if d.k_major else (i, kk)
+
     if rows == 1:
         @T.prim_func(s_tir=True)
         def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
             A = T.match_buffer(a, (k,), d.data_dtype, offset_factor=1)
-            B = T.match_buffer(b, (lanes, k), d.weight_dtype, offset_factor=1)
+            B = T.match_buffer(b, b_shape, d.weight_dtype, offset_factor=1)
             C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
             with T.sblock("root"):
-                T.reads(C[0:lanes], A[0:k], B[0:lanes, 0:k])
+                T.reads(C[0:lanes], A[0:k], B[0:b_shape[0], 0:b_shape[1]])
                 T.writes(C[0:lanes])
                 for i, kk in T.grid(lanes, k):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, kk])
-                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[weight(vi, vk)], "int32")
 
         return desc
 
     # The rows are output pixels: their activations are not adjacent in memory (row stride).
-    b_shape = (k, lanes) if d.k_major else (lanes, k)
-
-    def weight(i, kk):
-        return (kk, i) if d.k_major else (i, kk)
-
     @T.prim_func(s_tir=True)
     def desc_rows(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (rows, k), d.data_dtype, offset_factor=1, strides=[T.int32(), 1])
