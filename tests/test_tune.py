@@ -38,13 +38,14 @@ SHAPE = (1, 3, 8, 8)
 
 
 def tiny_model(folder: Path) -> tuple[Path, Path]:
-    """conv3x3(3->8) + relu -> conv3x3/2(8->16): a model with a handful of kernels."""
+    """conv3x3(3->8) + sigmoid -> conv3x3/2(8->16): a model with a handful of kernels, one of
+    them with a lookup table (its candidates index the table with the runner's inputs)."""
     rng = np.random.default_rng(0)
     w1 = numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w1")
     b1 = numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "b1")
     w2 = numpy_helper.from_array(rng.normal(0, 0.2, (16, 8, 3, 3)).astype(np.float32), "w2")
     nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Sigmoid", ["c1"], ["r1"]),
              helper.make_node("Conv", ["r1", "w2"], ["out"], pads=[1, 1, 1, 1], strides=[2, 2])]
     graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, SHAPE)],
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, (1, 16, 4, 4))],
