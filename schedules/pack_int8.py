@@ -261,8 +261,11 @@ def _emit(bb, b, value, plan: _Plan, intrin: DotProduct, padded: dict):
     rq, o = plan.rq, plan.channels
     blocked = P.ceil_div(o, intrin.lanes) * intrin.lanes
 
+    def by_channel(v):  # a scalar or per-channel constant as one value per channel
+        return np.broadcast_to(np.asarray(v, np.int64), (o,))
+
     def per_channel(v, dtype):  # zero-padded to whole blocks: the kernel reads them as vectors
-        return _const(np.pad(np.broadcast_to(v, (o,)), (0, blocked - o)), dtype)
+        return _const(np.pad(by_channel(v), (0, blocked - o)), dtype)
 
     # A multiplier that fits int32 is passed as int32: its int64 product then compiles to a
     # 32x32->64 multiply (x86 vpmuldq: one uop, vpmullq's 64x64 takes three).
@@ -274,8 +277,8 @@ def _emit(bb, b, value, plan: _Plan, intrin: DotProduct, padded: dict):
         table, offsets = plan.lookup
         # The index clip of take(mode="clip") is only emitted when an index can leave the
         # table (it costs a compare and select per output on a scalar gather).
-        lo, hi = (np.broadcast_to(np.asarray(v, np.int64), (o,)) for v in (rq.lo, rq.hi))
-        inside = bool(np.all(lo + offsets >= 0) and np.all(hi + offsets < len(table)))
+        inside = bool(np.all(by_channel(rq.lo) + offsets >= 0)
+                      and np.all(by_channel(rq.hi) + offsets < len(table)))
         kernel.update(table=relax.const(table), table_offset=per_channel(offsets, "int32"),
                       clip_index=not inside)
         name += "_lookup"

@@ -15,10 +15,10 @@ For an instruction computing ``C[i] += sum_k A[k] * B[i, k]`` over ``L`` lanes a
   requantize writes its int32 result (with the correction of the shift) as ``NCHW``.
 
 An instruction taking ``R > 1`` rows of activations (i8mm ``smmla``: ``R = 2`` pixels x
-``L = 2`` channels x ``K = 8``; RVV: 4 pixels sharing each weight vector) gets ``R`` adjacent output pixels of a row per step: the
-accumulator has an ``R`` axis inside the output columns, which are padded up to a multiple of
-``R`` (the input gets as many more padded columns), and a strided conv's input is split by
-column phase so those pixels read adjacent columns.
+``L = 2`` channels x ``K = 8``; RVV: 4 pixels sharing each weight vector) gets ``R`` adjacent
+output pixels of a row per step: the accumulator has an ``R`` axis inside the output columns,
+which are padded up to a multiple of ``R`` (the input gets as many more padded columns), and
+a strided conv's input is split by column phase so those pixels read adjacent columns.
 
 Channels are padded up to multiples of ``K`` and ``L`` with zero weights; the padded output
 channels are computed and never stored. Per-channel constants are kernel *inputs*, not
@@ -208,8 +208,8 @@ def conv2d_requant(xp, wp, mul, add, shift, lo, hi, strides, dilation, out_shape
     (``mul``..``hi``: int64 vectors, ``mul`` possibly int32, zero-padded to the ``O/L * L``
     channels of the blocks), in the accumulator's blocked layout ``N, O/L, OH, OW, L`` (see
     :func:`unpack` for ``out_shape``). A pixel's ``L`` channels are contiguous there, so the
-    requantize runs on whole vectors and stores them whole (written straight to NCHW, each
-    output gathered its accumulator at a stride of ``L`` words). Padded channels are computed,
+    requantize runs on whole vectors and stores them whole (writing NCHW instead, each output
+    would gather its accumulator at a stride of ``L`` words). Padded channels are computed,
     never unpacked.
 
     With ``table`` (a flat int8 lookup table) the kernel writes ``table[q + table_offset[o]]``
@@ -219,8 +219,11 @@ def conv2d_requant(xp, wp, mul, add, shift, lo, hi, strides, dilation, out_shape
     acc, _ = _packed_acc(xp, wp, strides, dilation, out_shape, rows, k_major)
     lanes = int(acc.shape[-1])
 
+    def channel(i):  # the output channel of a blocked index
+        return i[1] * lanes + i[-1]
+
     def requant(*i):
-        o = i[1] * lanes + i[-1]
+        o = channel(i)
         v = (acc[i].astype("int64") * mul[o].astype("int64") + add[o]) >> shift[o]
         return te.max(te.min(v, hi[o]), lo[o]).astype("int8")
 
@@ -230,7 +233,7 @@ def conv2d_requant(xp, wp, mul, add, shift, lo, hi, strides, dilation, out_shape
     top = int(table.shape[0]) - 1
 
     def lookup(*i):
-        index = q[i].astype("int32") + table_offset[i[1] * lanes + i[-1]]
+        index = q[i].astype("int32") + table_offset[channel(i)]
         return table[te.max(te.min(index, top), 0) if clip_index else index]
 
     # Its own stage: TVM vectorizes a gather only by scalarizing the whole expression, so a
