@@ -19,6 +19,10 @@ scalarizing the whole loop body. An epilogue writing another layout (a conv with
 result) is inlined into the block writing the output, a loop nest after the reduction,
 parallel over its outer loops and vectorized along its innermost. Anything the schedule
 cannot do leaves the function as it was (correct, just untensorized).
+
+A depthwise conv (:func:`.packed_kernels.depthwise_requant`) gets :func:`_apply_depthwise`.
+Kernels without a conv have no fixed schedule; :func:`injective_candidates` are what tuning
+measures for them beside their plain loops.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
 from .intrinsics import DotProduct, register
-from .packed_kernels import CONV_BLOCK, REQUANT_BLOCK
+from .packed_kernels import CONV_BLOCK, DEPTHWISE_BLOCK, LOOKUP_BLOCK, PAD_BLOCK, REQUANT_BLOCK
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +52,11 @@ def _name(sch, block) -> str:
     return sch.get(block).name_hint
 
 
-def has_packed_conv(func: tirx.PrimFunc) -> bool:
+def has_default(func: tirx.PrimFunc) -> bool:
+    """True for a kernel of :mod:`.packed_kernels` (a packed or a depthwise conv): one
+    :func:`apply_default` schedules."""
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
-    return any(_name(sch, b) == CONV_BLOCK for b in _blocks(sch))
+    return any(_name(sch, b) in (CONV_BLOCK, DEPTHWISE_BLOCK) for b in _blocks(sch))
 
 
 def _extent(sch, loop) -> int:
@@ -80,8 +86,12 @@ def _inline_epilogue(sch, keep) -> list:
 
 
 def apply_default(sch: s_tir.Schedule, intrin: DotProduct) -> None:
-    """Schedule the packed kernel ``main`` of ``sch`` in place (module docstring); raises on
-    what it cannot schedule. ``sch`` may be traced: the trace is a tuning record's."""
+    """Schedule the packed or depthwise kernel ``main`` of ``sch`` in place (module
+    docstring); raises on what it cannot schedule. ``sch`` may be traced: the trace is a
+    tuning record's."""
+    if DEPTHWISE_BLOCK in (_name(sch, b) for b in _blocks(sch)):
+        _apply_depthwise(sch, intrin)
+        return
     register()
     conv = sch.get_sblock(CONV_BLOCK, func_name="main")
     # A lookup table's gather cannot be vectorized: with the requantize apart, that can.
@@ -118,6 +128,16 @@ def apply_default(sch: s_tir.Schedule, intrin: DotProduct) -> None:
         loops = sch.get_loops(block)
         if tiled:
             gather = _gathers(sch.get(block))
+            if not gather and intrin.rows > 1:
+                # The L channels as the vector around the R pixels (unrolled): each channel
+                # constant is loaded once per tile, not once per pixel (RVV: TVM's vscale
+                # chunks reload them with masks; -11 % of the bundled model's instructions).
+                sch.reorder(loops[-1], loops[-2])
+                loops = sch.get_loops(block)
+                sch.vectorize(loops[-2])
+                for loop in loops[2:-2] + [loops[-1]]:
+                    sch.unroll(loop)
+                continue
             if not gather:  # vectorized along a pixel's L channels
                 sch.vectorize(loops[-1])
             for loop in loops[2:len(loops) - (not gather)]:
@@ -129,7 +149,74 @@ def apply_default(sch: s_tir.Schedule, intrin: DotProduct) -> None:
             sch.parallel(sch.fuse(*loops[:2]))
 
 
-def schedule_packed_conv(func: tirx.PrimFunc, intrin: DotProduct) -> tirx.PrimFunc:
+#: Output columns of a depthwise conv computed as one vector.
+_DEPTHWISE_VECTOR = 16
+
+
+def _apply_depthwise(sch: s_tir.Schedule, intrin: DotProduct) -> None:
+    """A depthwise conv (:func:`.packed_kernels.depthwise_requant`): parallel over channels,
+    the padded plane of a channel built in front of its rows, each output row computed (all
+    taps), requantized and looked up in turn. The rows are vectorized along the columns;
+    for a target TVM would vectorize with scalable vectors (RVV) they are left to LLVM's
+    loop vectorizer, which does better there: ``vwmacc.vx`` per tap and the lookup as one
+    indexed load (``vluxei``), where TVM's chunks take twice the instructions and scalarize
+    the gather (measured on the emulated board, the bundled model's 3x3: 66k instructions
+    against 141k)."""
+    conv = sch.get_sblock(DEPTHWISE_BLOCK, func_name="main")
+    n, c, y, x = sch.get_loops(conv)
+    channel = sch.fuse(n, c)
+    sch.parallel(channel)
+    present = {_name(sch, b) for b in _blocks(sch)}
+    vectorize = (lambda loop: None) if intrin.scalable else sch.vectorize
+    if PAD_BLOCK in present:
+        pad = sch.get_sblock(PAD_BLOCK, func_name="main")
+        sch.compute_at(pad, channel)
+        vectorize(sch.get_loops(pad)[-1])
+    for name in (REQUANT_BLOCK, LOOKUP_BLOCK):
+        if name in present:
+            block = sch.get_sblock(name, func_name="main")
+            sch.reverse_compute_at(block, y)
+            if name == REQUANT_BLOCK:
+                vectorize(_vector_chunks(sch, sch.get_loops(block)[-1]))
+    vectorize(_vector_chunks(sch, x))
+
+
+def _vector_chunks(sch, loop):
+    """The inner loop of ``loop`` split into chunks of at most :data:`_DEPTHWISE_VECTOR`."""
+    if _extent(sch, loop) <= _DEPTHWISE_VECTOR:
+        return loop
+    return sch.split(loop, [None, _DEPTHWISE_VECTOR])[1]
+
+
+def injective_candidates(mod: tvm.IRModule, lanes: int) -> list[s_tir.Schedule]:
+    """Schedules of a kernel without a conv (packing, unpacking, adds, concats, pools) worth
+    measuring beside its plain loop nest (tuning starts from them, :func:`.tune._measure_default`):
+    every stage inlined into the output (one loop nest LLVM vectorizes as a whole), and, for an
+    NCHW output of whole blocks of ``lanes`` channels, that nest in the blocked order (the
+    ``lanes`` channels of a block innermost): reading a packed conv's result through
+    ``unpack`` is then contiguous. On the emulated RVV board the bundled model's residual add
+    took 89k instructions plain, 65k inlined, 29k in the blocked order. MetaSchedule's space
+    holds neither (it inlines, but never reorders a loop nest without a reduction)."""
+    def inlined():
+        sch = s_tir.Schedule(mod)
+        return sch, _inline_epilogue(sch, keep=())
+
+    merged, out = inlined()
+    if any(iv.iter_type != tirx.IterVar.DataPar
+           for b in _blocks(merged) for iv in merged.get(b).iter_vars):
+        return []  # a reduction (a float conv, a sum): MetaSchedule's tiling is for those
+    if len(out) != 1 or len(merged.get_loops(out[0])) != 4:
+        return [merged]
+    blocked, (block,) = inlined()
+    n, c, y, x = blocked.get_loops(block)
+    if _extent(blocked, c) % lanes:
+        return [merged]
+    co, ci = blocked.split(c, [None, lanes])
+    blocked.reorder(n, co, y, x, ci)
+    return [merged, blocked]
+
+
+def schedule_default(func: tirx.PrimFunc, intrin: DotProduct) -> tirx.PrimFunc:
     """``func`` scheduled by :func:`apply_default`."""
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
     apply_default(sch, intrin)
@@ -138,8 +225,8 @@ def schedule_packed_conv(func: tirx.PrimFunc, intrin: DotProduct) -> tirx.PrimFu
 
 @tvm.transform.module_pass(opt_level=0, name="DefaultDotSchedule")
 class DefaultDotSchedule:
-    """Schedule every packed int8 kernel of the module that is not scheduled yet (no tuning
-    record applied) with :func:`schedule_packed_conv`."""
+    """Schedule every packed or depthwise int8 kernel of the module not scheduled yet (no tuning
+    record applied) with :func:`schedule_default`."""
 
     def __init__(self, intrin: DotProduct):
         self.intrin = intrin
@@ -148,10 +235,10 @@ class DefaultDotSchedule:
         updates = {}
         for gv, func in mod.functions_items():
             if (not isinstance(func, tirx.PrimFunc) or func.attrs is not None
-                    and func.attrs.get("tirx.is_scheduled", False) or not has_packed_conv(func)):
+                    and func.attrs.get("tirx.is_scheduled", False) or not has_default(func)):
                 continue
             try:
-                updates[gv] = schedule_packed_conv(func, self.intrin)
+                updates[gv] = schedule_default(func, self.intrin)
             except (RuntimeError, ValueError) as err:  # fall back: untensorized, still exact
                 log.warning("%s: default %s schedule failed (%s); compiled untensorized",
                             gv.name_hint, self.intrin.name, str(err).splitlines()[0])

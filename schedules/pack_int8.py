@@ -24,8 +24,11 @@ input channels packs its kernel windows instead of padding the channels to ``k``
 (:func:`.packed_kernels.pack_windows`).
 A dense ``matmul(x, Qw)`` is the same kernel as a 1x1 conv over the rows of ``x``. A
 conv2d/matmul not followed by that requantize keeps an int32 result (``acc - 128 * sum(Qw)``).
-Grouped/depthwise convs, non-constant weights and other layouts are left as they are
-(compiled untensorized, still exact).
+A depthwise conv (one input channel per output: no dot product to tensorize) with its
+requantize becomes :func:`.packed_kernels.depthwise_requant`, NCHW in and out, its padding and
+lookup table inside (as separate ops they were three passes over the tensor). Other grouped
+convs, non-constant weights and other layouts are left as they are (compiled untensorized,
+still exact).
 """
 
 from __future__ import annotations
@@ -180,20 +183,31 @@ def _plan(func, intrin: DotProduct) -> tuple[dict, set]:
             continue
         if name == "relax.nn.conv2d":
             a = call.attrs
-            if (int(a.groups) != 1 or str(a.data_layout) != "NCHW" or str(a.kernel_layout) != "OIHW"
+            if (str(a.data_layout) != "NCHW" or str(a.kernel_layout) != "OIHW"
                     or str(a.out_layout) != "NCHW" or any(int(p) for p in a.padding)):
                 continue
-            kind, weight, ndim = "conv2d", w, 4
+            groups = int(a.groups)
+            if groups == 1:
+                kind = "conv2d"
+            elif groups == shape_of(x)[1] == w.shape[0] and w.shape[1] == 1:
+                kind = "depthwise"
+            else:
+                continue
+            weight, ndim = w, 4
         else:
             if len(shape_of(x)) != 2 or w.ndim != 2:
                 continue
             kind, weight, ndim = "dense", np.ascontiguousarray(w.T)[:, :, None, None], 2
         channels = weight.shape[0]
         found = _requant_chain(b.var, users, ndim, 1, channels)
-        pad = _spatial_pad(x, users, defs) if kind == "conv2d" else None
+        if kind == "depthwise" and found is None:
+            continue  # an int32 result: left to TVM's conv2d
+        pad = _spatial_pad(x, users, defs) if kind != "dense" else None
         plan = _Plan(kind, weight, channels, pad=pad,
                      windows=kind == "conv2d" and _windows_pay(weight, intrin))
-        if found is not None:
+        if kind == "depthwise":  # signed x signed, no instruction: the requantize as it is
+            plan.chain, plan.rq = found
+        elif found is not None:
             plan.chain, rq = found
             other = tuple(range(1, weight.ndim))
             wsum = weight.astype(np.int64).sum(axis=other)
@@ -218,22 +232,70 @@ def _const(v, dtype):
     return relax.const(np.asarray(v).astype(dtype), dtype)
 
 
+def _input_padding(b, value, plan: _Plan, padded: dict):
+    """``(input, (top, left, bottom, right), zero point as a 0-d int8 constant)`` of the conv
+    ``b`` (rewritten: ``value``) whose spatial pad ``plan`` absorbs (none: the input as it is)."""
+    if plan.pad is None:
+        return value.args[0], (0, 0, 0, 0), _const(0, "int8")
+    x, padding, pad_value = padded[b.value.args[0]]
+    return x, padding, _const(int(pad_value), "int8")
+
+
+def _epilogue_args(plan: _Plan, lanes: int):
+    """The requantize constants (and lookup table) a kernel takes, per output channel,
+    zero-padded to whole blocks of ``lanes`` (the kernel reads them as vectors):
+    ``(positional args, keyword args, name suffix)``."""
+    rq, o = plan.rq, plan.channels
+    blocked = P.ceil_div(o, lanes) * lanes
+
+    def by_channel(v):  # a scalar or per-channel constant as one value per channel
+        return np.broadcast_to(np.asarray(v, np.int64), (o,))
+
+    def per_channel(v, dtype):
+        return _const(np.pad(by_channel(v), (0, blocked - o)), dtype)
+
+    # A multiplier that fits int32 is passed as int32: its int64 product then compiles to a
+    # 32x32->64 multiply (x86 vpmuldq: one uop, vpmullq's 64x64 takes three).
+    mul32 = bool(np.all(np.abs(np.asarray(rq.mul)) < 2**31))
+    args = [per_channel(rq.mul, "int32" if mul32 else "int64")] + \
+        [per_channel(v, "int64") for v in (rq.add, rq.shift, rq.lo, rq.hi)]
+    if plan.lookup is None:
+        return args, {}, ""
+    table, offsets = plan.lookup
+    # The index clip of take(mode="clip") is only emitted when an index can leave the table
+    # (it costs a compare and select per output on a scalar gather).
+    inside = bool(np.all(by_channel(rq.lo) + offsets >= 0)
+                  and np.all(by_channel(rq.hi) + offsets < len(table)))
+    return args, dict(table=relax.const(table), table_offset=per_channel(offsets, "int32"),
+                      clip_index=not inside), "_lookup"
+
+
+def _emit_depthwise(bb, b, value, plan: _Plan, padded: dict):
+    x, padding, pad_value = _input_padding(b, value, plan, padded)
+    args, lookup, suffix = _epilogue_args(plan, 1)
+    a = value.attrs
+    return bb.emit(bb.call_te(
+        P.depthwise_requant, x, pad_value, relax.const(np.ascontiguousarray(plan.weight[:, 0])),
+        *args, padding=padding, strides=tuple(int(s) for s in a.strides),
+        dilation=tuple(int(d) for d in a.dilation),
+        out_shape=tuple(int(d) for d in shape_of(plan.out)), **lookup,
+        primfunc_name_hint="depthwise_int8_requant" + suffix), plan.out.name)
+
+
 def _emit(bb, b, value, plan: _Plan, intrin: DotProduct, padded: dict):
+    if plan.kind == "depthwise":
+        return _emit_depthwise(bb, b, value, plan, padded)
     attrs = value.attrs if plan.kind == "conv2d" else None
-    x, weight = value.args[0], plan.weight
+    weight = plan.weight
     out = plan.out if plan.chain is not None else b.var
     out_shape = tuple(int(d) for d in shape_of(out))
     rows = intrin.rows
     packing = dict(k=intrin.k, offset=intrin.input_offset, dtype=intrin.data_dtype,
                    primfunc_name_hint="pack_int8")
     if plan.kind == "conv2d":
-        if plan.pad is not None:
-            x, padding, pad_value = padded[b.value.args[0]]
-        else:
-            padding, pad_value = (0, 0, 0, 0), 0.0
+        x, padding, pad_value = _input_padding(b, value, plan, padded)
         strides = tuple(int(s) for s in attrs.strides)
         dilation = tuple(int(d) for d in attrs.dilation)
-        pad_value = _const(int(pad_value), "int8")
         if plan.windows:
             xp = bb.emit_te(P.pack_windows, x, pad_value, padding=padding,
                             kernel=weight.shape[2:], strides=strides, dilation=dilation,
@@ -248,7 +310,7 @@ def _emit(bb, b, value, plan: _Plan, intrin: DotProduct, padded: dict):
             phases = strides[1] if rows > 1 else 1
             xp = bb.emit_te(P.pack_data, x, pad_value, padding=padding, phases=phases, **packing)
     else:
-        xp = bb.emit_te(P.pack_rows, x, width=rows, **packing)
+        xp = bb.emit_te(P.pack_rows, value.args[0], width=rows, **packing)
         strides, dilation = (1, 1), (1, 1)
     wp = relax.const(P.pack_weight(weight, intrin.lanes, intrin.k, intrin.weight_dtype,
                                    intrin.k_major))
@@ -258,31 +320,9 @@ def _emit(bb, b, value, plan: _Plan, intrin: DotProduct, padded: dict):
         corr = intrin.input_offset * plan.weight.astype(np.int64).sum(axis=(1, 2, 3))
         return bb.emit(bb.call_te(P.conv2d_int32, xp, wp, _const(corr, "int32"), **kernel,
                                   primfunc_name_hint=f"{plan.kind}_packed_int8"), b.var.name)
-    rq, o = plan.rq, plan.channels
-    blocked = P.ceil_div(o, intrin.lanes) * intrin.lanes
-
-    def by_channel(v):  # a scalar or per-channel constant as one value per channel
-        return np.broadcast_to(np.asarray(v, np.int64), (o,))
-
-    def per_channel(v, dtype):  # zero-padded to whole blocks: the kernel reads them as vectors
-        return _const(np.pad(by_channel(v), (0, blocked - o)), dtype)
-
-    # A multiplier that fits int32 is passed as int32: its int64 product then compiles to a
-    # 32x32->64 multiply (x86 vpmuldq: one uop, vpmullq's 64x64 takes three).
-    mul32 = bool(np.all(np.abs(np.asarray(rq.mul)) < 2**31))
-    args = [xp, wp, per_channel(rq.mul, "int32" if mul32 else "int64")] + \
-        [per_channel(v, "int64") for v in (rq.add, rq.shift, rq.lo, rq.hi)]
-    name = f"{plan.kind}_packed_int8_requant"
-    if plan.lookup is not None:
-        table, offsets = plan.lookup
-        # The index clip of take(mode="clip") is only emitted when an index can leave the
-        # table (it costs a compare and select per output on a scalar gather).
-        inside = bool(np.all(by_channel(rq.lo) + offsets >= 0)
-                      and np.all(by_channel(rq.hi) + offsets < len(table)))
-        kernel.update(table=relax.const(table), table_offset=per_channel(offsets, "int32"),
-                      clip_index=not inside)
-        name += "_lookup"
-    packed = bb.emit_te(P.conv2d_requant, *args, **kernel, primfunc_name_hint=name)
+    args, lookup, suffix = _epilogue_args(plan, intrin.lanes)
+    packed = bb.emit_te(P.conv2d_requant, xp, wp, *args, **kernel, **lookup,
+                        primfunc_name_hint=f"{plan.kind}_packed_int8_requant{suffix}")
     return bb.emit(bb.call_te(P.unpack, packed, out_shape=out_shape, rows=rows,
                               primfunc_name_hint="unpack"), plan.out.name)
 

@@ -20,6 +20,9 @@ output pixels of a row per step: the accumulator has an ``R`` axis inside the ou
 which are padded up to a multiple of ``R`` (the input gets as many more padded columns), and
 a strided conv's input is split by column phase so those pixels read adjacent columns.
 
+A depthwise conv has no dot product to give an instruction: :func:`depthwise_requant` keeps
+``NCHW`` and absorbs its padding, requantize and lookup table.
+
 Channels are padded up to multiples of ``K`` and ``L`` with zero weights; the padded output
 channels are computed and never stored. Per-channel constants are kernel *inputs*, not
 immediates, so one tuned kernel serves every calibration of the same shapes.
@@ -32,6 +35,10 @@ from tvm import te, tirx
 
 #: Name of the accumulation block; the default schedule and `inspect` find kernels by it.
 CONV_BLOCK = "conv2d_packed_int8"
+#: Name of a depthwise conv's accumulation block (:func:`depthwise_requant`), and of its
+#: padding stage.
+DEPTHWISE_BLOCK = "depthwise_int8"
+PAD_BLOCK = "pad_input"
 #: Names of a conv epilogue's stages (:func:`conv2d_requant`): the requantize, and a lookup
 #: table after it.
 REQUANT_BLOCK = "requantize"
@@ -203,24 +210,61 @@ def _packed_acc(xp, wp, strides, dilation, out_shape, rows, k_major):
 
 def conv2d_requant(xp, wp, mul, add, shift, lo, hi, strides, dilation, out_shape, rows: int = 1,
                    k_major: bool = False, table=None, table_offset=None, clip_index=True):
-    """Packed conv (or dense: 1x1 over ``M`` rows) + the layer's requantize
-    ``q = int8(clip((int64(acc) * MUL + ADD) >> S, lo, hi))``, per output channel ``o``
-    (``mul``..``hi``: int64 vectors, ``mul`` possibly int32, zero-padded to the ``O/L * L``
-    channels of the blocks), in the accumulator's blocked layout ``N, O/L, OH, OW, L`` (see
-    :func:`unpack` for ``out_shape``). A pixel's ``L`` channels are contiguous there, so the
-    requantize runs on whole vectors and stores them whole (writing NCHW instead, each output
-    would gather its accumulator at a stride of ``L`` words). Padded channels are computed,
-    never unpacked.
+    """Packed conv (or dense: 1x1 over ``M`` rows) + the layer's requantize (and lookup,
+    :func:`_epilogue`) in the accumulator's blocked layout ``N, O/L, OH, OW, L`` (see
+    :func:`unpack` for ``out_shape``); ``mul``..``hi`` are zero-padded to the ``O/L * L``
+    channels of the blocks. A pixel's ``L`` channels are contiguous there, so the requantize
+    runs on whole vectors and stores them whole (writing NCHW instead, each output would
+    gather its accumulator at a stride of ``L`` words). Padded channels are computed, never
+    unpacked."""
+    acc, _ = _packed_acc(xp, wp, strides, dilation, out_shape, rows, k_major)
+    lanes = int(acc.shape[-1])
+    return _epilogue(acc, lambda i: i[1] * lanes + i[-1], mul, add, shift, lo, hi, table,
+                     table_offset, clip_index)
+
+
+def depthwise_requant(x, pad_value, w, mul, add, shift, lo, hi, padding, strides, dilation,
+                      out_shape, table=None, table_offset=None, clip_index=True):
+    """Depthwise int8 conv (``groups == channels``, ``w``: ``C, KH, KW`` int8) + the layer's
+    requantize (and lookup, :func:`_epilogue`), ``NCHW`` in and out. No dot-product instruction
+    fits one input channel per output: the schedule vectorizes along output columns instead
+    (:func:`.default_schedule.apply_depthwise`). ``padding`` (``top, left, bottom, right``) is a
+    stage of the kernel (:data:`PAD_BLOCK`, the input zero point ``pad_value``), so a
+    channel's padded plane never leaves the cache."""
+    n, c, h, wd = (int(d) for d in x.shape)
+    top, left, bottom, right = padding
+    if any(padding):
+        xp = te.compute(
+            (n, c, h + top + bottom, wd + left + right),
+            lambda b, ch, y, xx: tirx.if_then_else(
+                tirx.all(y >= top, y < top + h, xx >= left, xx < left + wd),
+                x[b, ch, y - top, xx - left], pad_value[()]),
+            name=PAD_BLOCK, tag="injective")
+    else:
+        xp = x
+    kh, kw = (int(d) for d in w.shape[1:])
+    (sh, sw), (dh, dw) = strides, dilation
+
+    def taps(b, ch, y, xx):
+        # The taps as one expression, not a reduction: a block with a reduction axis cannot be
+        # vectorized along the output columns (TVM wants a loop over whole reductions there).
+        return sum(xp[b, ch, y * sh + ry * dh, xx * sw + rx * dw].astype("int32")
+                   * w[ch, ry, rx].astype("int32") for ry in range(kh) for rx in range(kw))
+
+    acc = te.compute(tuple(out_shape), taps, name=DEPTHWISE_BLOCK)
+    return _epilogue(acc, lambda i: i[1], mul, add, shift, lo, hi, table, table_offset,
+                     clip_index)
+
+
+def _epilogue(acc, channel, mul, add, shift, lo, hi, table, table_offset, clip_index):
+    """The layer's requantize of an int32 ``acc``,
+    ``q = int8(clip((int64(acc) * MUL + ADD) >> S, lo, hi))`` with the constants of output
+    channel ``channel(index)`` (int64 vectors, ``mul`` possibly int32), as :data:`REQUANT_BLOCK`.
 
     With ``table`` (a flat int8 lookup table) the kernel writes ``table[q + table_offset[o]]``
     instead (with ``clip_index``, the index clipped to the table, as the graph's
     ``take(mode="clip")``; without, the caller knows it stays inside): the following nonlinear
     layer's lookup in the same pass, as a stage of its own (:data:`LOOKUP_BLOCK`)."""
-    acc, _ = _packed_acc(xp, wp, strides, dilation, out_shape, rows, k_major)
-    lanes = int(acc.shape[-1])
-
-    def channel(i):  # the output channel of a blocked index
-        return i[1] * lanes + i[-1]
 
     def requant(*i):
         o = channel(i)

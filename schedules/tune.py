@@ -48,7 +48,7 @@ from tvm.s_tir.meta_schedule.search_strategy import PySearchStrategy
 
 from ..errors import IntqError
 from . import database as D
-from .default_schedule import apply_default, has_packed_conv
+from .default_schedule import apply_default, has_default, injective_candidates
 from .pipeline import dot_product_for
 from .space import design_space
 
@@ -363,8 +363,7 @@ def _tune_tasks(todo, trials, per_iter, skipped, count, target, intrin, folder, 
                      index=skipped + i + 1, count=count)
         bar.set_postfix_str(_postfix(state))
         measured = measured_kernels(recs)
-        packed = intrin if intrin is not None and has_packed_conv(t.mod["main"]) else None
-        seconds = _measure_default(t, packed, target, builder, runner, db, measured)
+        seconds = _measure_default(t, intrin, target, builder, runner, db, measured)
         added = len(D.records_of(db, t.mod)) - len(recs)
         if added:
             on_update(added, seconds)
@@ -434,20 +433,37 @@ def _us(seconds):
 
 
 def _measure_default(task, intrin, target, builder, runner, db, measured) -> float | None:
-    """Measure what compiling without a record builds as the task's first candidate: the
-    fixed schedule of :mod:`.default_schedule` for a packed conv (``intrin``), the kernel as
-    legalized (no schedule) for any other. The database then never holds only worse kernels
-    than compiling without it (light_resnet50's packing kernels: MetaSchedule's 8 candidates
-    were up to 25x slower than LLVM's vectorized plain loops), and the search starts from it.
-    Returns its seconds (None if it is already measured or failed)."""
-    sch = s_tir.Schedule(task.mod)
-    if intrin is not None:
+    """Measure what compiling without a record builds as the task's first candidates: the
+    fixed schedule of :mod:`.default_schedule` for a packed or depthwise conv; for any other
+    kernel, the kernel as legalized (no schedule) and its
+    :func:`.default_schedule.injective_candidates`.
+    The database then never holds only worse kernels than compiling without it
+    (light_resnet50's packing kernels: MetaSchedule's 8 candidates were up to 25x slower than
+    LLVM's vectorized plain loops), and the search starts from them. Returns the best of
+    their seconds (None if all are already measured or failed)."""
+    if intrin is not None and has_default(task.mod["main"]):
+        sch = s_tir.Schedule(task.mod)
         try:
             apply_default(sch, intrin)
         except (RuntimeError, ValueError):
             return None
+        candidates = [sch]
     else:
-        _plain_trace(sch)
+        plain = s_tir.Schedule(task.mod)
+        _plain_trace(plain)
+        lanes = 16 if intrin is None else intrin.lanes
+        candidates = [plain] + injective_candidates(task.mod, lanes)
+    best = None
+    for sch in candidates:
+        secs = _measure_schedule(task, sch, target, builder, runner, db, measured)
+        if secs is not None and (best is None or secs < best):
+            best = secs
+    return best
+
+
+def _measure_schedule(task, sch, target, builder, runner, db, measured) -> float | None:
+    """Build, run and record one schedule of ``task`` unless a kernel like it was measured;
+    its mean seconds (None: measured before, failed, or interrupted)."""
     key = _mod_hash(sch.mod)
     if key in measured:
         return None

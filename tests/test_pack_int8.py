@@ -144,8 +144,10 @@ def test_rewrite_packs_kernel_windows_of_few_channel_inputs():
         assert shape_of(pack)[1:] == shape, channels
 
 
-def test_rewrite_leaves_depthwise_and_grouped_convs():
-    mod = int8_layer((1, 8, 6, 6), 8, groups=8)
+def test_rewrite_gives_depthwise_convs_their_kernel_and_leaves_grouped_ones():
+    packed = PackInt8ForDot(VNNI)(int8_layer((1, 8, 6, 6), 8, groups=8, lookup="shared"))
+    assert ops(packed) == ["depthwise_int8_requant_lookup"]  # pad, requantize, lookup inside
+    mod = int8_layer((1, 8, 6, 6), 8, groups=2)
     assert ops(PackInt8ForDot(VNNI)(mod)) == ops(mod)
 
 
@@ -173,6 +175,24 @@ def test_packed_kernels_match_reference_bit_for_bit(case):
     assert "vpdpbusd" in asm
 
 
+@needs_vnni
+@pytest.mark.parametrize("case", [
+    dict(shape=(1, 8, 6, 6), out_channels=8, groups=8),
+    dict(shape=(2, 5, 9, 7), out_channels=5, groups=5, stride=2, zp_in=-128, relu=True),
+    dict(shape=(1, 3, 20, 37), out_channels=3, groups=3, dilation=2, pad=2, lookup="shared"),
+    dict(shape=(1, 6, 5, 5), out_channels=6, groups=6, kernel=1, pad=0, zp_in=127,
+         lookup="per-channel"),
+], ids=["basic", "batch2-stride2-relu", "dilated-wide-lookup", "1x1-per-channel-lookup"])
+def test_depthwise_kernel_matches_reference_bit_for_bit(case, caplog):
+    """Any target with a packed layout gets the depthwise kernel (output columns as vectors,
+    split past 16: the wide case), exact at the padded borders and with its lookup."""
+    mod = int8_layer(**case)
+    packed = PackInt8ForDot(VNNI)(mod)
+    assert [o for o in ops(packed) if o.startswith("depthwise")], ops(packed)
+    compile_and_compare(mod, case["shape"])
+    assert "schedule failed" not in caplog.text  # the default schedule, not the fallback
+
+
 def test_target_without_vnni_is_untouched_and_exact():
     mod = int8_layer((1, 8, 6, 6), 16)
     haswell = tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})
@@ -194,3 +214,35 @@ def test_default_schedule_failure_falls_back_untensorized(caplog):
     x = inputs((1, 8, 6, 6))
     out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_array_equal(out, run_reference(mod, {"x": x}))
+
+
+def test_injective_candidates_are_exact_and_read_blocks_in_order():
+    """Tuning measures these beside a kernel's plain loops (schedules/tune._measure_default):
+    everything inlined, and for whole blocks of channels the blocked loop order, whose
+    innermost loop runs over the ``lanes`` channels of a block (contiguous in the packed
+    conv's result that ``unpack`` reads). Same integers as the unscheduled kernel."""
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    from tvm_intq.schedules.database import extract_tasks
+    from tvm_intq.schedules.default_schedule import injective_candidates
+    from tvm_intq.schedules.runners import candidate_input
+
+    tasks = extract_tasks(int8_layer((1, 8, 6, 6), 32), HOST.target(), ("x86-vnni",))
+    unpack = next(t for t in tasks if t.name == "unpack")
+    merged, blocked = injective_candidates(unpack.mod, VNNI.lanes)
+    loops = blocked.get_loops(blocked.get_child_blocks(blocked.get_sblock("root"))[0])
+    assert [int(blocked.get(lp).extent) for lp in loops] == [1, 2, 6, 6, VNNI.lanes]
+    rng = np.random.default_rng(0)
+    args = [candidate_input(shape, dtype, rng) for _, dtype, shape in
+            (a.as_json() for a in ms.arg_info.ArgInfo.from_prim_func(unpack.mod["main"]))]
+    outs = []
+    for mod in (unpack.mod, merged.mod, blocked.mod):
+        tensors = [tvm.runtime.tensor(a) for a in args]
+        tvm.compile(mod, HOST.target())["main"](*tensors)
+        outs.append(tensors[-1].numpy())
+    np.testing.assert_array_equal(outs[1], outs[0])
+    np.testing.assert_array_equal(outs[2], outs[0])
+    # A kernel with a reduction (a float conv) has none: MetaSchedule tiles those.
+    conv = next(t for t in tasks if t.name.startswith("conv2d_packed"))
+    assert injective_candidates(conv.mod, VNNI.lanes) == []

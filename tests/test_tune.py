@@ -26,7 +26,7 @@ from tvm_intq.calibration import load_npz
 from tvm_intq.reference import run_reference
 from tvm_intq.schedules import database as D
 from tvm_intq.errors import IntqError
-from tvm_intq.schedules.default_schedule import has_packed_conv
+from tvm_intq.schedules.default_schedule import has_default
 from tvm_intq.schedules.pipeline import dot_product_for
 from tvm_intq.schedules.tune import measured_kernels
 from tvm_intq.targets import get_target
@@ -101,7 +101,7 @@ def test_tune_then_compile_is_tuned_and_bit_exact(tiny, capsys):
     for t in tasks:
         recs = by_task[D.workload_key(t.mod)]
         assert len(db.get_top_k(db.commit_workload(t.mod), len(recs) + 1)) == len(recs), t.name
-        if not has_packed_conv(t.mod["main"]):
+        if not has_default(t.mod["main"]):
             replayed = []
             for r in recs:
                 sch = s_tir.Schedule(t.mod)
