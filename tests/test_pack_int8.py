@@ -218,9 +218,10 @@ def test_default_schedule_failure_falls_back_untensorized(caplog):
 
 def test_injective_candidates_are_exact_and_read_blocks_in_order():
     """Tuning measures these beside a kernel's plain loops (schedules/tune._measure_default):
-    everything inlined, and for whole blocks of channels the blocked loop order, whose
-    innermost loop runs over the ``lanes`` channels of a block (contiguous in the packed
-    conv's result that ``unpack`` reads). Same integers as the unscheduled kernel."""
+    everything inlined; for whole blocks of channels the blocked loop order, whose innermost
+    loop runs over the ``lanes`` channels of a block (contiguous in the packed conv's result
+    that ``unpack`` reads); the two innermost loops swapped (a packing's ``k`` bytes outside
+    its columns). Same integers as the unscheduled kernel."""
     from tvm import s_tir
     from tvm.s_tir import meta_schedule as ms
 
@@ -230,19 +231,27 @@ def test_injective_candidates_are_exact_and_read_blocks_in_order():
 
     tasks = extract_tasks(int8_layer((1, 8, 6, 6), 32), HOST.target(), ("x86-vnni",))
     unpack = next(t for t in tasks if t.name == "unpack")
-    merged, blocked = injective_candidates(unpack.mod, VNNI.lanes)
-    loops = blocked.get_loops(blocked.get_child_blocks(blocked.get_sblock("root"))[0])
-    assert [int(blocked.get(lp).extent) for lp in loops] == [1, 2, 6, 6, VNNI.lanes]
-    rng = np.random.default_rng(0)
-    args = [candidate_input(shape, dtype, rng) for _, dtype, shape in
-            (a.as_json() for a in ms.arg_info.ArgInfo.from_prim_func(unpack.mod["main"]))]
-    outs = []
-    for mod in (unpack.mod, merged.mod, blocked.mod):
-        tensors = [tvm.runtime.tensor(a) for a in args]
-        tvm.compile(mod, HOST.target())["main"](*tensors)
-        outs.append(tensors[-1].numpy())
-    np.testing.assert_array_equal(outs[1], outs[0])
-    np.testing.assert_array_equal(outs[2], outs[0])
+    pack = next(t for t in tasks if t.name == "pack_int8")  # 1, 2, 8, 8, 4: k = 4 innermost
+
+    def extents(sch):
+        return [int(sch.get(lp).extent)
+                for lp in sch.get_loops(sch.get_child_blocks(sch.get_sblock("root"))[0])]
+
+    unpacks = injective_candidates(unpack.mod, VNNI.lanes)  # inlined, blocked, swapped
+    assert extents(unpacks[1]) == [1, 2, 6, 6, VNNI.lanes]
+    packs = injective_candidates(pack.mod, VNNI.lanes)  # inlined, swapped
+    assert [extents(c) for c in packs] == [[1, 2, 8, 8, VNNI.k], [1, 2, 8, VNNI.k, 8]]
+    for task, candidates in ((unpack, unpacks), (pack, packs)):
+        rng = np.random.default_rng(0)
+        args = [candidate_input(shape, dtype, rng) for _, dtype, shape in
+                (a.as_json() for a in ms.arg_info.ArgInfo.from_prim_func(task.mod["main"]))]
+        outs = []
+        for mod in (task.mod,) + tuple(c.mod for c in candidates):
+            tensors = [tvm.runtime.tensor(a) for a in args]
+            tvm.compile(mod, HOST.target())["main"](*tensors)
+            outs.append(tensors[-1].numpy())
+        for out in outs[1:]:
+            np.testing.assert_array_equal(out, outs[0])
     # A kernel with a reduction (a float conv) has none: MetaSchedule tiles those.
     conv = next(t for t in tasks if t.name.startswith("conv2d_packed"))
     assert injective_candidates(conv.mod, VNNI.lanes) == []
