@@ -228,7 +228,7 @@ def depthwise_requant(x, pad_value, w, mul, add, shift, lo, hi, padding, strides
     """Depthwise int8 conv (``groups == channels``, ``w``: ``C, KH, KW`` int8) + the layer's
     requantize (and lookup, :func:`_epilogue`), ``NCHW`` in and out. No dot-product instruction
     fits one input channel per output: the schedule vectorizes along output columns instead
-    (:func:`.default_schedule.apply_depthwise`). ``padding`` (``top, left, bottom, right``) is a
+    (:func:`.default_schedule._apply_depthwise`). ``padding`` (``top, left, bottom, right``) is a
     stage of the kernel (:data:`PAD_BLOCK`, the input zero point ``pad_value``), so a
     channel's padded plane never leaves the cache."""
     n, c, h, wd = (int(d) for d in x.shape)
