@@ -363,7 +363,7 @@ def _tune_tasks(todo, trials, per_iter, skipped, count, target, intrin, folder, 
                      index=skipped + i + 1, count=count)
         bar.set_postfix_str(_postfix(state))
         measured = measured_kernels(recs)
-        seconds = _measure_default(t, intrin, target, builder, runner, db, measured)
+        seconds = _measure_default(t, intrin, target, builder, runner, db, measured, remaining)
         added = len(D.records_of(db, t.mod)) - len(recs)
         if added:
             on_update(added, seconds)
@@ -432,15 +432,17 @@ def _us(seconds):
     return None if seconds is None else seconds * 1e6
 
 
-def _measure_default(task, intrin, target, builder, runner, db, measured) -> float | None:
+def _measure_default(task, intrin, target, builder, runner, db, measured,
+                     budget: int) -> float | None:
     """Measure what compiling without a record builds as the task's first candidates: the
     fixed schedule of :mod:`.default_schedule` for a packed or depthwise conv; for any other
     kernel, the kernel as legalized (no schedule) and its
     :func:`.default_schedule.injective_candidates`.
     The database then never holds only worse kernels than compiling without it
     (light_resnet50's packing kernels: MetaSchedule's 8 candidates were up to 25x slower than
-    LLVM's vectorized plain loops), and the search starts from them. Returns the best of
-    their seconds (None if all are already measured or failed)."""
+    LLVM's vectorized plain loops), and the search starts from them. At most ``budget`` of
+    them are measured (the kernel's trials left), in that order. Returns the best of their
+    seconds (None if all are already measured or failed)."""
     if intrin is not None and has_default(task.mod["main"]):
         sch = s_tir.Schedule(task.mod)
         try:
@@ -455,6 +457,11 @@ def _measure_default(task, intrin, target, builder, runner, db, measured) -> flo
         candidates = [plain] + injective_candidates(task.mod, lanes)
     best = None
     for sch in candidates:
+        if budget <= 0:
+            break
+        if _mod_hash(sch.mod) in measured:
+            continue
+        budget -= 1
         secs = _measure_schedule(task, sch, target, builder, runner, db, measured)
         if secs is not None and (best is None or secs < best):
             best = secs
