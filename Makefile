@@ -1,6 +1,8 @@
 # tvm-intq: setup, demo and tests. GNU make + bash.
-#   make test                        venv + system packages, then the test suite
+#   make test                        venv + system packages, lint, then the whole test suite
 #   make test PYTEST_ARGS="tests/test_targets.py -x"
+#   make test-fast                   lint and the unit tests (no boards, no tuning; ~2 min)
+#   make lint                        ruff check + ruff format --check
 #   make demo                        runs the command-line demo
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -19,7 +21,7 @@ APT_PACKAGES := g++-aarch64-linux-gnu g++-riscv64-linux-gnu qemu-user fonts-deja
 # QEMU with plugins: glib + ninja; llvm-19: the first llvm-mca with RVV core models).
 APT_PACKAGES += libglib2.0-dev ninja-build llvm-19
 
-.PHONY: all install system-deps boards demo test bench eval clean distclean
+.PHONY: all install system-deps boards demo lint test test-fast bench eval clean distclean
 
 all: test
 
@@ -70,8 +72,17 @@ boards: install system-deps
 	bash targets/boards/build_riscv64_emu.sh
 	bash targets/boards/build_insn_count.sh
 
-test: install system-deps boards
+# ruff's rules and format are in pyproject.toml; `ruff format .` fixes the format.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: lint system-deps boards
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+# Integration tests (boards, tuning, whole-model compiles) carry the `integration` marker.
+test-fast: lint
+	$(VENV)/bin/python -m pytest -q -m "not integration" $(PYTEST_ARGS)
 
 # Benchmark (not part of test): ONNX Runtime fp32/int8 vs TVM fp32 vs tvm-intq int8, batch 1,
 # 1 and 2 threads; tuning databases resume from bench/work/. Results: bench/results/<model>/.

@@ -32,7 +32,7 @@ def _session(path, threads):
 def _vm(path):
     import tvm
 
-    from tvm_intq.runner import Runner
+    from tvm_intq.compiler.runner import Runner
 
     runner = Runner(tvm.runtime.load_module(path), ["x"])  # what a tvm-intq user calls
     return lambda x: runner({"x": x})[0]
@@ -54,8 +54,11 @@ def main() -> None:
     p.add_argument("kind", choices=["ort", "tvm"])
     p.add_argument("model")
     p.add_argument("--threads", type=int, required=True)
-    p.add_argument("--input", required=True, help=".npz: the model input (samples on axis 0), "
-                                                  "optionally 'labels'")
+    p.add_argument(
+        "--input",
+        required=True,
+        help=".npz: the model input (samples on axis 0), optionally 'labels'",
+    )
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--max-iters", type=int, default=2000)
     p.add_argument("--accuracy-samples", type=int, default=500)
@@ -65,11 +68,15 @@ def main() -> None:
     x = data[next(k for k in data.files if k != "labels")].astype(np.float32)
     fn = _session(args.model, args.threads) if args.kind == "ort" else _vm(args.model)
     lat = latencies(fn, x[:1], warmup=50, seconds=args.seconds, max_iters=args.max_iters)
-    result = {"median_ms": float(np.median(lat)), "p10_ms": float(np.percentile(lat, 10)),
-              "p90_ms": float(np.percentile(lat, 90)), "iterations": len(lat)}
+    result = {
+        "median_ms": float(np.median(lat)),
+        "p10_ms": float(np.percentile(lat, 10)),
+        "p90_ms": float(np.percentile(lat, 90)),
+        "iterations": len(lat),
+    }
     if "labels" in data.files:
         n = min(args.accuracy_samples, len(x))
-        pred = [int(np.argmax(fn(x[i:i + 1]))) for i in range(n)]
+        pred = [int(np.argmax(fn(x[i : i + 1]))) for i in range(n)]
         result["top1"] = float(np.mean(np.array(pred) == data["labels"][:n]))
         result["accuracy_samples"] = n
     print(json.dumps(result))

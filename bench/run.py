@@ -1,6 +1,7 @@
 """``make bench``: ONNX Runtime fp32 / int8 vs TVM fp32 tuned vs tvm-intq int8 tuned.
 
-    python bench/run.py [--models bundled] [--trials 4] [--threads 1 2] [--rounds 1] [--out bench/results]
+    python bench/run.py [--models bundled] [--trials 4] [--threads 1 2] [--rounds 1]
+                        [--out bench/results]
 
 Per model, batch 1, for each thread count:
 
@@ -20,7 +21,7 @@ results.md, results.png.
 
 Then, for each of ``--emulated`` (default aarch64 riscv64): int8 vs fp32 built for that target
 and the deterministic figures ``tvm-intq bench --target T`` gives (qemu instructions per
-inference, llvm-mca cycle estimates per core; :mod:`tvm_intq.emulated_figures`), in
+inference, llvm-mca cycle estimates per core; :mod:`tvm_intq.deploy.emulated_figures`), in
 emulated.json, emulated.md, emulated.png. ``--parts emulated`` makes only these.
 """
 
@@ -49,13 +50,20 @@ def models() -> dict:
     from tvm_intq.demo import bundled
 
     return {
-        "bundled": dict(name="mnist_cnn", onnx=bundled("mnist_cnn.onnx"), calib=bundled("calib.npz"),
-                        eval=bundled("heldout.npz")),
+        "bundled": dict(
+            name="mnist_cnn",
+            onnx=bundled("mnist_cnn.onnx"),
+            calib=bundled("calib.npz"),
+            eval=bundled("heldout.npz"),
+        ),
         # onnx's "light" ResNet-50: the real architecture, every weight 0.02 (timing only; no
         # labels). Calibration/timing inputs: uniform [0, 1) images, made once in bench/work.
-        "light_resnet50": dict(name="light_resnet50", onnx=_light("resnet50"),
-                               calib=lambda work: _random_images(work, "calib.npz", 16),
-                               eval=lambda work: _random_images(work, "eval.npz", 2)),
+        "light_resnet50": dict(
+            name="light_resnet50",
+            onnx=_light("resnet50"),
+            calib=lambda work: _random_images(work, "calib.npz", 16),
+            eval=lambda work: _random_images(work, "eval.npz", 2),
+        ),
     }
 
 
@@ -75,8 +83,13 @@ def _random_images(work: Path, file: str, n: int, shape=(3, 224, 224)) -> Path:
 
 def run(cmd, env=None, log=None) -> str:
     print("$ " + " ".join(shlex.quote(str(c)) for c in cmd), flush=True)
-    proc = subprocess.run([str(c) for c in cmd], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=ROOT)
+    proc = subprocess.run(
+        [str(c) for c in cmd],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+    )
     if log is not None:
         with open(log, "a") as f:
             f.write(f"$ {' '.join(map(str, cmd))}\n{proc.stdout}\n{proc.stderr}\n")
@@ -99,8 +112,12 @@ def calibration_part(calib: Path, work: Path) -> Path:
 
 
 def ort_int8(model: Path, calib: Path, work: Path) -> Path:
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     out = work / "ort_int8.onnx"
@@ -113,14 +130,21 @@ def ort_int8(model: Path, calib: Path, work: Path) -> Path:
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.samples = iter(x[i:i + 1] for i in range(len(x)))
+            self.samples = iter(x[i : i + 1] for i in range(len(x)))
 
         def get_next(self):
             s = next(self.samples, None)
             return None if s is None else {name: s}
 
-    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    quantize_static(
+        str(pre),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+    )
     return out
 
 
@@ -151,14 +175,35 @@ def tvm_library(m: dict, work: Path, trials: int, fp32: bool, log: Path) -> Path
 
     kind = "fp32" if fp32 else "int8"
     db, lib = work / f"{kind}_db", work / f"{kind}.so"
-    shipped = [p for p in shipped_databases("host") if p.name == (m["name"] + ("_fp32" if fp32 else ""))]
+    shipped = [
+        p for p in shipped_databases("host") if p.name == (m["name"] + ("_fp32" if fp32 else ""))
+    ]
     if not db.exists() and shipped:
         shutil.copytree(shipped[0], db, ignore=shutil.ignore_patterns("logs"))
     data = ["--fp32"] if fp32 else ["--calib", m["calib"]]
-    run(CLI + ["tune", m["onnx"], *data, "--target", "host", "--trials", trials, "--db", db,
-               "--threads", 1, "--no-progress"], log=log)
-    out = run(CLI + ["compile", m["onnx"], *data, "--target", "host", "--db", db, "-o", lib,
-                     "--no-progress"], log=log)
+    run(
+        CLI
+        + [
+            "tune",
+            m["onnx"],
+            *data,
+            "--target",
+            "host",
+            "--trials",
+            trials,
+            "--db",
+            db,
+            "--threads",
+            1,
+            "--no-progress",
+        ],
+        log=log,
+    )
+    out = run(
+        CLI
+        + ["compile", m["onnx"], *data, "--target", "host", "--db", db, "-o", lib, "--no-progress"],
+        log=log,
+    )
     coverage = [line for line in out.splitlines() if line.startswith(("tuned kernels", "no tuned"))]
     return lib, coverage
 
@@ -166,29 +211,31 @@ def tvm_library(m: dict, work: Path, trials: int, fp32: bool, log: Path) -> Path
 def memory(m: dict) -> dict:
     from tvm_intq import api
     from tvm_intq.calibration import load_npz
-    from tvm_intq.frontend import import_onnx
+    from tvm_intq.frontends import import_model
     from tvm_intq.schedules.memory import constant_bytes, peak_activation_bytes
     from tvm_intq.targets import get_target
 
     spec = get_target("host")
-    mod, info = import_onnx(m["onnx"])
+    mod, info = import_model(m["onnx"])
     calib = load_npz(m["calib"], info.inputs)
     compiled = api.compile_onnx(m["onnx"], calib, api.QuantConfig(progress=False), spec)
     out = {}
     for kind, module in (("fp32", compiled.prepared), ("int8", compiled.integer)):
-        out[kind] = {"weight_bytes": constant_bytes(module),
-                     "peak_activation_bytes": peak_activation_bytes(module, spec.target(), spec.int8_dot)}
+        out[kind] = {
+            "weight_bytes": constant_bytes(module),
+            "peak_activation_bytes": peak_activation_bytes(module, spec.target(), spec.int8_dot),
+        }
     return out
 
 
 def emulated_model(key: str, args) -> dict:
     """Deterministic figures on the emulated boards, as `tvm-intq bench --target T` gives them."""
     from tvm_intq import api
-    from tvm_intq.emulated_figures import bench_emulated
-    from tvm_intq.frontend import import_onnx
+    from tvm_intq.deploy.emulated_figures import bench_emulated
+    from tvm_intq.frontends import import_model
 
     m, work = _model(key, args)
-    _, info = import_onnx(m["onnx"])
+    _, info = import_model(m["onnx"])
     calib = api.load_samples(m["calib"], info, "calibration data")
     targets = {}
     for target in args.emulated:
@@ -196,8 +243,9 @@ def emulated_model(key: str, args) -> dict:
         fig = bench_emulated(m["onnx"], calib, target, out_dir=work / target)
         fig["command"] = f"tvm-intq bench {m['onnx']} --calib {m['calib']} --target {target}"
         targets[target] = fig
-    return _relative({"model": m["name"], "onnx": m["onnx"], "targets": targets,
-                      "command": _command()})
+    return _relative(
+        {"model": m["name"], "onnx": m["onnx"], "targets": targets, "command": _command()}
+    )
 
 
 def _model(key: str, args) -> tuple[dict, Path]:
@@ -216,22 +264,54 @@ def machine() -> dict:
     import onnxruntime
     import tvm
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
-    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo")
-                  if line.startswith("flags")), [])
-    return {"cpu": cpu, "llvm_cpu": tvm.target.codegen.llvm_get_system_cpu(),
-            "cores_available": len(os.sched_getaffinity(0)), "cpu_count": os.cpu_count(),
-            "avx512_vnni": "avx512_vnni" in flags, "load_average": os.getloadavg(),
-            "python": platform.python_version(), "tvm": tvm.__version__,
-            "onnxruntime": onnxruntime.__version__, "platform": platform.platform(),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in open("/proc/cpuinfo")
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    flags = next(
+        (
+            line.split(":", 1)[1].split()
+            for line in open("/proc/cpuinfo")
+            if line.startswith("flags")
+        ),
+        [],
+    )
+    return {
+        "cpu": cpu,
+        "llvm_cpu": tvm.target.codegen.llvm_get_system_cpu(),
+        "cores_available": len(os.sched_getaffinity(0)),
+        "cpu_count": os.cpu_count(),
+        "avx512_vnni": "avx512_vnni" in flags,
+        "load_average": os.getloadavg(),
+        "python": platform.python_version(),
+        "tvm": tvm.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "platform": platform.platform(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
 
 
 def measure(kind: str, path: Path, threads: int, inputs: Path, seconds: float) -> dict:
     env = {"TVM_NUM_THREADS": str(threads), "OMP_NUM_THREADS": str(threads)}
-    out = run([sys.executable, HERE / "measure.py", kind, path, "--threads", threads,
-               "--input", inputs, "--seconds", seconds], env=env)
+    out = run(
+        [
+            sys.executable,
+            HERE / "measure.py",
+            kind,
+            path,
+            "--threads",
+            threads,
+            "--input",
+            inputs,
+            "--seconds",
+            seconds,
+        ],
+        env=env,
+    )
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -255,30 +335,54 @@ def bench_model(key: str, args) -> dict:
         for threads in args.threads:
             for name, (kind, path, _) in configs.items():
                 rounds[name][str(threads)].append(
-                    measure(kind, path, threads, Path(m["eval"]), args.seconds))
-    results = {name: {t: {**runs[0], "median_ms": statistics.median(r["median_ms"] for r in runs),
-                          "rounds_ms": [r["median_ms"] for r in runs]}
-                      for t, runs in res.items()} for name, res in rounds.items()}
+                    measure(kind, path, threads, Path(m["eval"]), args.seconds)
+                )
+    results = {
+        name: {
+            t: {
+                **runs[0],
+                "median_ms": statistics.median(r["median_ms"] for r in runs),
+                "rounds_ms": [r["median_ms"] for r in runs],
+            }
+            for t, runs in res.items()
+        }
+        for name, res in rounds.items()
+    }
     ours = results["tvm-intq int8 tuned"]
-    ratios = {name: {t: r["median_ms"] / ours[t]["median_ms"] for t, r in res.items()}
-              for name, res in results.items() if name != "tvm-intq int8 tuned"}
-    won = {name: {t: sum(o < other for o, other in zip(ours[t]["rounds_ms"], r["rounds_ms"]))
-                  for t, r in res.items()}
-           for name, res in results.items() if name != "tvm-intq int8 tuned"}
-    return _relative({
-        "model": m["name"], "onnx": m["onnx"], "batch": 1, "threads": args.threads,
-        "trials_per_kernel": args.trials, "rounds": args.rounds,
-        "latency": results,
-        "speedup_of_tvm_intq_int8": ratios,  # other median / tvm-intq int8 median
-        "rounds_tvm_intq_int8_faster": won,
-        "tuning_coverage": {name: cov for name, (_, _, cov) in configs.items() if cov},
-        "memory": memory(m),
-        "machine": facts_before, "load_average_after": os.getloadavg(),
-        "command": _command(),
-        "timing": "median of per-call wall times (Python loop, one batch-1 input, after 50 "
-                  "warm-up calls, >= %.0f s per configuration), the median over %d interleaved "
-                  "rounds; top-1 on the held-out set" % (args.seconds, args.rounds),
-    })
+    ratios = {
+        name: {t: r["median_ms"] / ours[t]["median_ms"] for t, r in res.items()}
+        for name, res in results.items()
+        if name != "tvm-intq int8 tuned"
+    }
+    won = {
+        name: {
+            t: sum(o < other for o, other in zip(ours[t]["rounds_ms"], r["rounds_ms"]))
+            for t, r in res.items()
+        }
+        for name, res in results.items()
+        if name != "tvm-intq int8 tuned"
+    }
+    return _relative(
+        {
+            "model": m["name"],
+            "onnx": m["onnx"],
+            "batch": 1,
+            "threads": args.threads,
+            "trials_per_kernel": args.trials,
+            "rounds": args.rounds,
+            "latency": results,
+            "speedup_of_tvm_intq_int8": ratios,  # other median / tvm-intq int8 median
+            "rounds_tvm_intq_int8_faster": won,
+            "tuning_coverage": {name: cov for name, (_, _, cov) in configs.items() if cov},
+            "memory": memory(m),
+            "machine": facts_before,
+            "load_average_after": os.getloadavg(),
+            "command": _command(),
+            "timing": "median of per-call wall times (Python loop, one batch-1 input, after 50 "
+            f"warm-up calls, >= {args.seconds:.0f} s per configuration), the median over "
+            f"{args.rounds} interleaved rounds; top-1 on the held-out set",
+        }
+    )
 
 
 def _relative(data):
@@ -296,25 +400,33 @@ def main(argv=None) -> int:
     p.add_argument("--trials", type=int, default=4, help="tuning trials per kernel (fp32 and int8)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--seconds", type=float, default=5.0, help="timing per configuration")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="time every configuration this many times, interleaved (median)")
-    p.add_argument("--emulated", nargs="*", default=["aarch64", "riscv64"],
-                   help="targets whose emulated board gives deterministic figures (none: skip)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="time every configuration this many times, interleaved (median)",
+    )
+    p.add_argument(
+        "--emulated",
+        nargs="*",
+        default=["aarch64", "riscv64"],
+        help="targets whose emulated board gives deterministic figures (none: skip)",
+    )
     p.add_argument("--parts", nargs="+", default=["host", "emulated"], choices=["host", "emulated"])
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--work", default=str(HERE / "work"))
     args = p.parse_args(argv)
-    from tvm_intq import report
+    from tvm_intq.reports.speed import bench_markdown, write_bench, write_emulated
 
     for key in args.models:
         if "host" in args.parts:
             data = bench_model(key, args)
-            written = report.write_bench(data, Path(args.out) / data["model"])
-            print("\n".join(report.bench_markdown(data).splitlines()[:20]))
+            written = write_bench(data, Path(args.out) / data["model"])
+            print("\n".join(bench_markdown(data).splitlines()[:20]))
             print("wrote " + ", ".join(map(str, written)))
         if "emulated" in args.parts and args.emulated:
             data = emulated_model(key, args)
-            written = report.write_emulated(data, Path(args.out) / data["model"])
+            written = write_emulated(data, Path(args.out) / data["model"])
             print("wrote " + ", ".join(map(str, written)))
     return 0
 

@@ -26,8 +26,14 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")  # Debian fonts-dejavu-core (Makefile)
-FONTS = ["DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSerif-Bold.ttf",
-         "DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf"]
+FONTS = [
+    "DejaVuSans.ttf",
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSerif.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSansMono.ttf",
+    "DejaVuSansMono-Bold.ttf",
+]
 PHOTOS = ["astronaut", "coffee", "chelsea", "rocket"]
 PAGE = 320  # det's fixed input size (eval/ocr_models.py)
 LINE_ASPECT = 6.0  # rec reads 48x320 (6.7:1); wider lines would be squeezed by its resize
@@ -86,7 +92,7 @@ def _background(rng, size: tuple[int, int], photo: bool) -> Image.Image:
         img = img if img.ndim == 3 else np.stack([img] * 3, -1)
         y = int(rng.integers(0, max(1, img.shape[0] - h)))
         x = int(rng.integers(0, max(1, img.shape[1] - w)))
-        crop = np.asarray(Image.fromarray(img[y:y + h, x:x + w, :3]).resize((w, h)), np.float32)
+        crop = np.asarray(Image.fromarray(img[y : y + h, x : x + w, :3]).resize((w, h)), np.float32)
         base = 0.35 * crop + 0.65 * 235.0
     else:
         base = np.ones((h, w, 3), np.float32) * rng.uniform(190, 255, 3)

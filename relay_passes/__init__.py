@@ -11,18 +11,27 @@ Each is an ordinary ``tvm.transform`` pass that drops into a ``tvm.transform.Seq
     CheckIntegerOnly()             error naming any float op left inside
 """
 
-from .annotate import Annotate
-from .canonicalize import CanonicalizeForQuantization, ClipKernelsToOps
-from .canonicalize_qdq import CanonicalizeQDQ
-from .check_integer import CheckIntegerOnly, float_ops
-from .expose_tensors import ExposeTensors
-from .fold_batch_norm import FoldBatchNorm
-from .fold_to_integer import FoldToInteger
-from .name_tensors import NameTensors
-from .quant_points import analyze
+from tvm_intq.relay_passes.analysis.quant_points import analyze
+from tvm_intq.relay_passes.annotate import Annotate
+from tvm_intq.relay_passes.canonicalize import CanonicalizeForQuantization
+from tvm_intq.relay_passes.canonicalize_qdq import CanonicalizeQDQ
+from tvm_intq.relay_passes.check_integer import CheckIntegerOnly, float_ops
+from tvm_intq.relay_passes.clip_kernels_to_ops import ClipKernelsToOps
+from tvm_intq.relay_passes.expose_tensors import ExposeTensors
+from tvm_intq.relay_passes.fold_batch_norm import FoldBatchNorm
+from tvm_intq.relay_passes.fold_to_integer import FoldToInteger
+from tvm_intq.relay_passes.name_tensors import NameTensors
 
 __all__ = [
-    "Annotate", "CanonicalizeForQuantization", "CanonicalizeQDQ", "CheckIntegerOnly",
-    "ClipKernelsToOps", "ExposeTensors", "FoldBatchNorm", "FoldToInteger", "NameTensors",
-    "analyze", "float_ops",
+    "Annotate",
+    "CanonicalizeForQuantization",
+    "CanonicalizeQDQ",
+    "CheckIntegerOnly",
+    "ClipKernelsToOps",
+    "ExposeTensors",
+    "FoldBatchNorm",
+    "FoldToInteger",
+    "NameTensors",
+    "analyze",
+    "float_ops",
 ]

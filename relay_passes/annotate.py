@@ -6,13 +6,13 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .. import intmath
-from ..errors import IntqError
-from ..schemes import Scheme, get_scheme
-from .fold_batch_norm import linear_layer_axes
-from .ir_utils import const_value, op_name
-from .quant_points import analyze, tensor_args
-from .rebuild import rewrite_main, substitute
+from tvm_intq.core import intmath
+from tvm_intq.core.schemes import Scheme, get_scheme
+from tvm_intq.errors import IntqError
+from tvm_intq.relay_passes.analysis.ir_utils import const_value, op_name
+from tvm_intq.relay_passes.analysis.quant_points import analyze, tensor_args
+from tvm_intq.relay_passes.analysis.rebuild import rewrite_main, substitute
+from tvm_intq.relay_passes.fold_batch_norm import linear_layer_axes
 
 
 def qdq(bb, x, params: intmath.QParams, name: str):
@@ -29,8 +29,12 @@ def quantized_weight(scheme: Scheme, call):
     w = const_value(call.args[1])
     qw, sw = scheme.weights(w, w_axis)
     return relax.op.dequantize(
-        relax.const(qw), relax.const(sw.astype(np.float32)),
-        relax.const(np.zeros(sw.shape, np.int8)), axis=w_axis, out_dtype=str(w.dtype))
+        relax.const(qw),
+        relax.const(sw.astype(np.float32)),
+        relax.const(np.zeros(sw.shape, np.int8)),
+        axis=w_axis,
+        out_dtype=str(w.dtype),
+    )
 
 
 @tvm.transform.module_pass(opt_level=0, name="Annotate")
@@ -54,7 +58,7 @@ class Annotate:
         same canonical module).
     scheme : str or Scheme
         ``"hybrid-asym"`` (default), ``"symmetric"`` or ``"pow2"``. A scheme whose
-        :meth:`~tvm_intq.schemes.Scheme.bias` returns a value (pow2) also replaces each
+        :meth:`~tvm_intq.core.schemes.Scheme.bias` returns a value (pow2) also replaces each
         conv/dense bias by the value the integer program will add.
     float_layers : iterable of str
         Quantization points to leave unquantized (hybrid precision, S0's H-PTQ): no
@@ -71,20 +75,25 @@ class Annotate:
 
     def params_for(self, var) -> intmath.QParams:
         if var.name not in self.ranges:
-            raise IntqError(f"no calibration range for tensor '{var.name}': calibrate the module "
-                            "returned by CanonicalizeForQuantization, then annotate that module")
+            raise IntqError(
+                f"no calibration range for tensor '{var.name}': calibrate the module "
+                "returned by CanonicalizeForQuantization, then annotate that module"
+            )
         return self.scheme.for_tensor(var.name).activation(*self.ranges[var.name])
 
     def transform_module(self, mod, ctx):
         plan = analyze(mod["main"])
         unknown = self.float_layers - {v.name for v in plan.points}
         if unknown:
-            raise IntqError(f"float layer(s) {', '.join(sorted(unknown))} are not quantization "
-                            f"points (known: {', '.join(v.name for v in plan.points)})")
+            raise IntqError(
+                f"float layer(s) {', '.join(sorted(unknown))} are not quantization "
+                f"points (known: {', '.join(v.name for v in plan.points)})"
+            )
         points = {v for v in plan.points if v.name not in self.float_layers}
         float_groups = {plan.nodes[v].group for v in plan.points if v.name in self.float_layers}
-        self._group_point = {plan.nodes[v].group: v.name for v in plan.points
-                             if plan.nodes[v].group >= 0}
+        self._group_point = {
+            plan.nodes[v].group: v.name for v in plan.points if plan.nodes[v].group >= 0
+        }
         dq_of: dict = {}  # new var of a quantization point -> its dequantized var
         new_of: dict = {}  # old var -> new var
 
@@ -97,11 +106,18 @@ class Annotate:
         def binding(bb, b, value):
             node = plan.nodes.get(b.var)
             reads = tensor_args(b.value) if isinstance(b.value, relax.Call) else []
-            outside = {new_of[a]: dq_of[new_of[a]] for a in reads
-                       if a in new_of and new_of[a] in dq_of and not plan.in_same_group(a, b.var)}
+            outside = {
+                new_of[a]: dq_of[new_of[a]]
+                for a in reads
+                if a in new_of and new_of[a] in dq_of and not plan.in_same_group(a, b.var)
+            }
             value = substitute(value, outside)
-            if node is not None and node.role == "anchor" and linear_layer_axes(node.call) \
-                    and node.group not in float_groups:
+            if (
+                node is not None
+                and node.role == "anchor"
+                and linear_layer_axes(node.call)
+                and node.group not in float_groups
+            ):
                 args = list(value.args)
                 args[1] = quantized_weight(self._scheme_of(node), node.call)
                 value = relax.Call(value.op, args, value.attrs, value.ty_args)
@@ -128,8 +144,12 @@ class Annotate:
             return value
         anchor = plan.nodes.get(node.call.args[0])
         bias = const_value(node.call.args[1])
-        if anchor is None or anchor.role != "anchor" or bias is None \
-                or not linear_layer_axes(anchor.call):
+        if (
+            anchor is None
+            or anchor.role != "anchor"
+            or bias is None
+            or not linear_layer_axes(anchor.call)
+        ):
             return value
         src = tensor_args(anchor.call)[0]
         while src in plan.nodes and plan.nodes[src].role == "passthrough":
@@ -140,8 +160,9 @@ class Annotate:
         scheme = self._scheme_of(node)
         _, sw = scheme.weights(const_value(anchor.call.args[1]), w_axis)
         sign = -1.0 if op_name(node.call) == "relax.subtract" else 1.0
-        held = held_bias(scheme, bias, self.params_for(src).scale, sw, acc_axis,
-                         len(anchor.call.ty.shape), sign)
+        held = held_bias(
+            scheme, bias, self.params_for(src).scale, sw, acc_axis, len(anchor.call.ty.shape), sign
+        )
         if held is None:
             return value
         args = list(value.args)
@@ -149,8 +170,15 @@ class Annotate:
         return relax.Call(value.op, args, value.attrs, value.ty_args)
 
 
-def held_bias(scheme: Scheme, bias: np.ndarray, s_in: float, sw: np.ndarray, acc_axis: int,
-              ndim: int, sign: float = 1.0) -> np.ndarray | None:
+def held_bias(
+    scheme: Scheme,
+    bias: np.ndarray,
+    s_in: float,
+    sw: np.ndarray,
+    acc_axis: int,
+    ndim: int,
+    sign: float = 1.0,
+) -> np.ndarray | None:
     """The bias constant (``bias``'s dtype) a conv/dense adds (``sign`` -1: subtracts) once
     ``scheme`` holds it as the integer program will, given the input scale ``s_in`` and the
     weight scales ``sw`` (accumulator scale ``s_in * sw`` along ``acc_axis`` of an
@@ -159,8 +187,9 @@ def held_bias(scheme: Scheme, bias: np.ndarray, s_in: float, sw: np.ndarray, acc
     shape = [1] * ndim
     shape[acc_axis] = -1
     s_acc = s_in * np.asarray(sw, np.float64).reshape(shape)
-    b = np.broadcast_to(bias.astype(np.float64).reshape((1,) * (len(shape) - bias.ndim)
-                                                        + bias.shape), np.broadcast_shapes(
-        (1,) * (len(shape) - bias.ndim) + bias.shape, s_acc.shape))
+    b = np.broadcast_to(
+        bias.astype(np.float64).reshape((1,) * (len(shape) - bias.ndim) + bias.shape),
+        np.broadcast_shapes((1,) * (len(shape) - bias.ndim) + bias.shape, s_acc.shape),
+    )
     held = scheme.bias(sign * b, np.broadcast_to(s_acc, b.shape))
     return None if held is None else (sign * held).astype(bias.dtype)

@@ -1,4 +1,5 @@
-"""Bring an imported QDQ module (a model another tool quantized) into the form FoldToInteger reads."""
+"""Bring an imported QDQ module (a model another tool quantized) into the form FoldToInteger
+reads."""
 
 from __future__ import annotations
 
@@ -7,18 +8,20 @@ import tvm
 from tvm import relax
 from tvm.relax import PyExprMutator, expr_functor
 
-from .canonicalize import ClipKernelsToOps, RemoveDropout, UnstackReductions
-from .ir_utils import const_value, op_name, shape_of
-from .name_tensors import NameTensors
-from .rebuild import bindings_of, rewrite_main
-from .sink_permutes import SinkPermutes
-
+from tvm_intq.relay_passes.analysis.ir_utils import const_value, op_name, shape_of
+from tvm_intq.relay_passes.analysis.rebuild import bindings_of, rewrite_main
+from tvm_intq.relay_passes.clip_kernels_to_ops import ClipKernelsToOps
+from tvm_intq.relay_passes.name_tensors import NameTensors
+from tvm_intq.relay_passes.remove_dropout import RemoveDropout
+from tvm_intq.relay_passes.sink_permutes import SinkPermutes
+from tvm_intq.relay_passes.unstack_reductions import UnstackReductions
 
 # Data movement an importer puts on a weight (ONNX Gemm's transpose, TFLite's HWIO and
 # depthwise reshapes, ConvertLayout's permutes): applied to the int8 constant instead.
 _MOVES = {
     "relax.permute_dims": lambda call, w: np.transpose(
-        w, None if call.attrs.axes is None else [int(a) for a in call.attrs.axes]),
+        w, None if call.attrs.axes is None else [int(a) for a in call.attrs.axes]
+    ),
     "relax.reshape": lambda call, w, shape: w.reshape(shape),
 }
 
@@ -66,12 +69,20 @@ class WeightsAsConstants:
                     axis = int(dq.attrs.axis) % c.ndim
                     new_axis = 0 if scale.size == 1 else _moved_axis(move, axis, c.shape)
                     if new_axis is not None:
-                        value = relax.op.dequantize(relax.const(move(c)), dq.args[1], dq.args[2],
-                                                    axis=new_axis, out_dtype=str(dq.attrs.out_dtype))
+                        value = relax.op.dequantize(
+                            relax.const(move(c)),
+                            dq.args[1],
+                            dq.args[2],
+                            axis=new_axis,
+                            out_dtype=str(dq.attrs.out_dtype),
+                        )
                         name = "relax.dequantize"
             new = bb.emit(value, b.var.name)
-            if name == "relax.dequantize" and const_value(value.args[0]) is not None \
-                    and const_value(value.args[0]).dtype == np.int8:
+            if (
+                name == "relax.dequantize"
+                and const_value(value.args[0]) is not None
+                and const_value(value.args[0]).dtype == np.int8
+            ):
                 dequantized[new] = value
             return new
 
@@ -136,18 +147,21 @@ class CanonicalizeQDQ:
         params = list(func.params) + [p for p, _ in lifter.lifted]
         lifted = tvm.IRModule({gv: f for gv, f in mod.functions_items() if gv.name_hint != "main"})
         lifted["main"] = relax.Function(params, func.body, func.ret_ty, func.is_pure, func.attrs)
-        folded = tvm.transform.Sequential([
-            relax.transform.DecomposeOpsForInference(),
-            RemoveDropout(),
-            UnstackReductions(),
-            relax.transform.FoldConstant(),
-            ClipKernelsToOps(),
-            relax.transform.FoldConstant(),
-            SinkPermutes(),
-            relax.transform.CanonicalizeBindings(),
-            relax.transform.DeadCodeElimination(),
-        ])(lifted)
+        folded = tvm.transform.Sequential(
+            [
+                relax.transform.DecomposeOpsForInference(),
+                RemoveDropout(),
+                UnstackReductions(),
+                relax.transform.FoldConstant(),
+                ClipKernelsToOps(),
+                relax.transform.FoldConstant(),
+                SinkPermutes(),
+                relax.transform.CanonicalizeBindings(),
+                relax.transform.DeadCodeElimination(),
+            ]
+        )(lifted)
         kept = {p.name for p in folded["main"].params}
         bound = relax.transform.BindParams(
-            "main", {p.name: c for p, c in lifter.lifted if p.name in kept})(folded)
+            "main", {p.name: c for p, c in lifter.lifted if p.name in kept}
+        )(folded)
         return NameTensors()(bound)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from ..errors import IntqError
-from .ir_utils import is_float, op_name, returned_vars
-from .rebuild import bindings_of
+from tvm_intq.errors import IntqError
+from tvm_intq.relay_passes.analysis.ir_utils import is_float, op_name, returned_vars
+from tvm_intq.relay_passes.analysis.rebuild import bindings_of
 
 # Float values may enter only through the input quantize and leave through the output
 # dequantize; everything else between them should be integer.
@@ -29,7 +29,8 @@ def float_ops(mod: tvm.IRModule) -> list[str]:
         if name == "relax.dequantize" and b.var in outputs:
             continue
         touches_float = is_float(b.var) or any(
-            isinstance(a, relax.Var) and is_float(a) for a in getattr(value, "args", []))
+            isinstance(a, relax.Var) and is_float(a) for a in getattr(value, "args", [])
+        )
         if touches_float and name not in ("Tuple", "TupleGetItem"):
             left.append(f"{b.var.name} = {name.replace('relax.', '')}")
     return left

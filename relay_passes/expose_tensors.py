@@ -5,8 +5,8 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from ..errors import IntqError
-from .rebuild import rewrite_main
+from tvm_intq.errors import IntqError
+from tvm_intq.relay_passes.analysis.rebuild import rewrite_main
 
 
 @tvm.transform.module_pass(opt_level=0, name="ExposeTensors")

@@ -7,8 +7,13 @@ import tvm
 from tvm import relax
 from tvm.relax import PyExprMutator, expr_functor
 
-from .ir_utils import channel_axis_of, const_value, mutate_functions, op_name
-from .rebuild import users_of
+from tvm_intq.relay_passes.analysis.ir_utils import (
+    channel_axis_of,
+    const_value,
+    mutate_functions,
+    op_name,
+)
+from tvm_intq.relay_passes.analysis.rebuild import users_of
 
 
 def linear_layer_axes(call) -> tuple[int, int] | None:
@@ -18,13 +23,21 @@ def linear_layer_axes(call) -> tuple[int, int] | None:
     name = op_name(call)
     if name == "relax.nn.conv2d_transpose":
         a = call.attrs
-        if (str(a.data_layout), str(a.kernel_layout), str(a.out_layout)) == ("NCHW", "IOHW", "NCHW") \
-                and int(a.groups) == 1 and const_value(call.args[1]) is not None:
+        if (
+            (str(a.data_layout), str(a.kernel_layout), str(a.out_layout))
+            == ("NCHW", "IOHW", "NCHW")
+            and int(a.groups) == 1
+            and const_value(call.args[1]) is not None
+        ):
             return 1, 1
     if name == "relax.nn.conv2d":
         a = call.attrs
-        if str(a.data_layout) == "NCHW" and str(a.kernel_layout) == "OIHW" \
-                and str(a.out_layout) == "NCHW" and const_value(call.args[1]) is not None:
+        if (
+            str(a.data_layout) == "NCHW"
+            and str(a.kernel_layout) == "OIHW"
+            and str(a.out_layout) == "NCHW"
+            and const_value(call.args[1]) is not None
+        ):
             return 1, 0
     if name == "relax.matmul":
         w = const_value(call.args[1])
@@ -75,8 +88,11 @@ class _Folder(PyExprMutator):
         if axis is False or (axis is not None and axis != out_axis):
             return call
         channels = w.shape[w_axis]
-        c = np.broadcast_to(np.asarray(c, np.float64).reshape(-1), (channels,)) if c.size > 1 \
+        c = (
+            np.broadcast_to(np.asarray(c, np.float64).reshape(-1), (channels,))
+            if c.size > 1
             else np.full(channels, float(c.reshape(())))
+        )
         bias = np.zeros(channels) if bias is None else bias
         w_shape = [1] * w.ndim
         w_shape[w_axis] = -1
@@ -89,12 +105,15 @@ class _Folder(PyExprMutator):
         else:
             w, bias = w / c.reshape(w_shape), bias / c
         dtype = str(layer_call.args[1].ty.dtype)
-        new_layer = relax.Call(layer_call.op, [layer_call.args[0], relax.const(w.astype(dtype))],
-                               layer_call.attrs)
+        new_layer = relax.Call(
+            layer_call.op, [layer_call.args[0], relax.const(w.astype(dtype))], layer_call.attrs
+        )
         b_shape = [1] * ndim
         b_shape[out_axis] = -1
         out = self.builder_.emit(new_layer)
-        folded = self.builder_.emit(relax.op.add(out, relax.const(bias.astype(dtype).reshape(b_shape))))
+        folded = self.builder_.emit(
+            relax.op.add(out, relax.const(bias.astype(dtype).reshape(b_shape)))
+        )
         self.linear[folded] = (new_layer, w, bias)
         return folded
 
@@ -114,6 +133,10 @@ class FoldBatchNorm:
     """
 
     def transform_module(self, mod, ctx):
-        uses = {v: len(u) for _, func in mod.functions_items()
-                if isinstance(func, relax.Function) for v, u in users_of(func).items()}
+        uses = {
+            v: len(u)
+            for _, func in mod.functions_items()
+            if isinstance(func, relax.Function)
+            for v, u in users_of(func).items()
+        }
         return mutate_functions(_Folder(mod, uses), mod)

@@ -6,12 +6,12 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .. import intmath
-from . import integer_kernels as K
-from .ir_utils import const_value, op_name, shape_of
-from .lookup_tables import NUMPY_OPS, build_table, region_function
-from .quant_points import CLAMPS, is_passthrough
-from .rebuild import rewrite_main
+from tvm_intq.core import intmath
+from tvm_intq.relay_passes.analysis.ir_utils import const_value, op_name, shape_of
+from tvm_intq.relay_passes.analysis.lookup_tables import NUMPY_OPS, build_table, region_function
+from tvm_intq.relay_passes.analysis.quant_points import CLAMPS, is_passthrough
+from tvm_intq.relay_passes.analysis.rebuild import rewrite_main
+from tvm_intq.relay_passes.ops import integer_kernels as K
 
 
 def _scalar(expr) -> float | None:
@@ -99,8 +99,11 @@ def _fold_linear(bb, st: _State, v, out: intmath.QParams, name: str):
         return K.add(bb, a[0], b[0], ar, name)
     if name_op not in ("relax.nn.conv2d", "relax.nn.conv2d_transpose", "relax.matmul"):
         return None
-    if name_op == "relax.nn.conv2d" and (str(call.attrs.data_layout), str(call.attrs.kernel_layout),
-                                         str(call.attrs.out_layout)) != ("NCHW", "OIHW", "NCHW"):
+    if name_op == "relax.nn.conv2d" and (
+        str(call.attrs.data_layout),
+        str(call.attrs.kernel_layout),
+        str(call.attrs.out_layout),
+    ) != ("NCHW", "OIHW", "NCHW"):
         return None  # the integer kernel is NCHW/OIHW
     x = st.dequantized(call.args[0])
     y = st.dequantized(call.args[1]) if name_op == "relax.matmul" else None
@@ -120,19 +123,22 @@ def _fold_linear(bb, st: _State, v, out: intmath.QParams, name: str):
     if name_op == "relax.nn.conv2d":
         channels = qw.shape[0]
         b = None if bias is None else np.broadcast_to(bias.reshape(-1), (channels,))
-        rq = intmath.conv_requant(x[1].scale, x[1].zero_point, sw, qw, 0, b, out, lo, hi,
-                                  acc_shape_axis=1, acc_ndim=4)
+        rq = intmath.conv_requant(
+            x[1].scale, x[1].zero_point, sw, qw, 0, b, out, lo, hi, acc_shape_axis=1, acc_ndim=4
+        )
         return K.conv2d(bb, x[0], x[1], call.attrs, qw, rq, name)
     if name_op == "relax.nn.conv2d_transpose":
         b = None if bias is None else np.broadcast_to(bias.reshape(-1), (qw.shape[1],))
         # The kernel subtracts zp_in before the product (see K.conv2d_transpose): zp_in 0 here.
-        rq = intmath.conv_requant(x[1].scale, 0, sw, qw, 1, b, out, lo, hi,
-                                  acc_shape_axis=1, acc_ndim=4)
+        rq = intmath.conv_requant(
+            x[1].scale, 0, sw, qw, 1, b, out, lo, hi, acc_shape_axis=1, acc_ndim=4
+        )
         return K.conv2d_transpose(bb, x[0], x[1], call.attrs, qw, rq, name)
     channels = qw.shape[1]
     b = None if bias is None else np.broadcast_to(bias.reshape(-1), (channels,))
-    rq = intmath.conv_requant(x[1].scale, x[1].zero_point, sw, qw, 1, b, out, lo, hi,
-                              acc_shape_axis=0, acc_ndim=1)
+    rq = intmath.conv_requant(
+        x[1].scale, x[1].zero_point, sw, qw, 1, b, out, lo, hi, acc_shape_axis=0, acc_ndim=1
+    )
     return K.matmul(bb, x[0], qw, rq, name)
 
 
@@ -143,9 +149,14 @@ def _fold_concat(bb, st, v, out, name):
     parts = [st.dequantized(f) for f in call.args[0].fields]
     if any(p is None for p in parts):
         return None
-    ints = [x if p == out else K.requantize(bb, x, intmath.rescale_requant(p.scale, p.zero_point, out),
-                                            f"{name}_in{i}")
-            for i, (x, p) in enumerate(parts)]
+    ints = [
+        x
+        if p == out
+        else K.requantize(
+            bb, x, intmath.rescale_requant(p.scale, p.zero_point, out), f"{name}_in{i}"
+        )
+        for i, (x, p) in enumerate(parts)
+    ]
     return bb.emit(relax.op.concat(ints, axis=int(call.attrs.axis)), name)
 
 
@@ -153,8 +164,11 @@ def window_counts(in_shape, attrs) -> np.ndarray:
     """How many non-padded input positions each output window of a pool covers."""
     n = len(in_shape)
     pad = [int(p) for p in attrs.padding]
-    k, strides, dil = ([int(v) for v in attrs.pool_size], [int(v) for v in attrs.strides],
-                       [int(v) for v in attrs.dilation])
+    k, strides, dil = (
+        [int(v) for v in attrs.pool_size],
+        [int(v) for v in attrs.strides],
+        [int(v) for v in attrs.dilation],
+    )
     ones = np.pad(np.ones(in_shape, np.int64), [(pad[i], pad[i + n]) for i in range(n)])
     span = [(k[i] - 1) * dil[i] + 1 for i in range(n)]
     win = np.lib.stride_tricks.sliding_window_view(ones, span)
@@ -248,16 +262,27 @@ def _fold_requantize(bb, st, v, out, name):
 
 
 # Tried in order on the tensor each quantize reads; the first that applies emits the layer.
-FOLDERS = (_fold_requantize, _fold_linear, _fold_concat, _fold_pool, _fold_softmax, _fold_lut,
-           _fold_binary)
+FOLDERS = (
+    _fold_requantize,
+    _fold_linear,
+    _fold_concat,
+    _fold_pool,
+    _fold_softmax,
+    _fold_lut,
+    _fold_binary,
+)
 
 
 def _passthrough_int(call, xq, p: intmath.QParams):
     """The same data movement on the int8 tensor (pads hold the zero point)."""
     args = [xq] + list(call.args[1:])
     if op_name(call) == "relax.nn.pad":
-        return relax.op.nn.pad(xq, [int(w) for w in call.attrs.pad_width],
-                               pad_mode="constant", pad_value=float(p.zero_point))
+        return relax.op.nn.pad(
+            xq,
+            [int(w) for w in call.attrs.pad_width],
+            pad_mode="constant",
+            pad_value=float(p.zero_point),
+        )
     return relax.Call(call.op, args, call.attrs, call.ty_args)
 
 
@@ -276,8 +301,9 @@ class FoldToInteger:
       from dequantized inputs (S1's unified scale, S2 Eqs. 6 and 11-14)::
 
           quantize(clip(conv2d(dq(x), dq(Qw)) + b))   ->  clip((conv2d_i32(x, Qw)*MUL + ADD) >> S)
-          quantize(matmul(dq(a), dq(b)))              ->  (matmul_i32(a - za, b - zb)*MUL + ADD) >> S
-          quantize(conv2d_transpose(dq(x), dq(Qw)) + b) ->  (conv2d_transpose_i32(x - zx, Qw)*MUL + ADD) >> S
+          quantize(matmul(dq(a), dq(b)))  ->  (matmul_i32(a - za, b - zb)*MUL + ADD) >> S
+          quantize(conv2d_transpose(dq(x), dq(Qw)) + b)
+                                          ->  (conv2d_transpose_i32(x - zx, Qw)*MUL + ADD) >> S
           quantize(dq(x, s1, z1), s2, z2)             ->  x, or (x*MUL + ADD) >> S
           quantize(dq(a) + dq(b))                     ->  (a*MA + b*MB + ADD) >> S
           quantize(concat(dq(x_i)))                   ->  concat(requantized x_i)
@@ -285,7 +311,7 @@ class FoldToInteger:
           quantize(softmax(dq(x)))                    ->  integer softmax (exp table + division)
           quantize(f(dq(x))), f elementwise           ->  take(T, x + 128), T[i] = Q(f(R(i)))
 
-      with MUL/ADD/S per output channel from :mod:`tvm_intq.intmath`. A weight is
+      with MUL/ADD/S per output channel from :mod:`tvm_intq.core.intmath`. A weight is
       ``dequantize(Qw, sw, 0, axis)`` of a constant int8 ``Qw`` (OIHW for conv2d), with one
       scale or one per output channel.
 
@@ -310,9 +336,16 @@ class FoldToInteger:
             if is_passthrough(value) and st.dequantized(value.args[0]) is not None:
                 xq, p = st.dequantized(value.args[0])
                 moved = bb.emit(_passthrough_int(value, xq, p), b.var.name + "_i8")
-                new = bb.emit(relax.op.dequantize(moved, relax.const(np.float32(p.scale)),
-                                                  relax.const(np.int8(p.zero_point)),
-                                                  axis=-1, out_dtype="float32"), b.var.name)
+                new = bb.emit(
+                    relax.op.dequantize(
+                        moved,
+                        relax.const(np.float32(p.scale)),
+                        relax.const(np.int8(p.zero_point)),
+                        axis=-1,
+                        out_dtype="float32",
+                    ),
+                    b.var.name,
+                )
                 st.dq[new] = (moved, p)
                 st.defs[new] = value
                 return new
@@ -327,7 +360,9 @@ class FoldToInteger:
             return new
 
         mod = rewrite_main(mod, binding)
-        return tvm.transform.Sequential([
-            relax.transform.CanonicalizeBindings(),
-            relax.transform.DeadCodeElimination(),
-        ])(mod)
+        return tvm.transform.Sequential(
+            [
+                relax.transform.CanonicalizeBindings(),
+                relax.transform.DeadCodeElimination(),
+            ]
+        )(mod)

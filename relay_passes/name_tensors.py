@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import tvm
 
-from .ir_utils import op_name
-from .rebuild import rewrite_main
+from tvm_intq.relay_passes.analysis.ir_utils import op_name
+from tvm_intq.relay_passes.analysis.rebuild import rewrite_main
 
 
 @tvm.transform.module_pass(opt_level=0, name="NameTensors")

@@ -6,11 +6,14 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .ir_utils import const_value, op_name
-from .rebuild import rewrite_main
+from tvm_intq.relay_passes.analysis.ir_utils import const_value, op_name
+from tvm_intq.relay_passes.analysis.rebuild import rewrite_main
 
-_ELEMENTWISE = {"relax.add": relax.op.add, "relax.subtract": relax.op.subtract,
-                "relax.multiply": relax.op.multiply}
+_ELEMENTWISE = {
+    "relax.add": relax.op.add,
+    "relax.subtract": relax.op.subtract,
+    "relax.multiply": relax.op.multiply,
+}
 
 
 @tvm.transform.module_pass(opt_level=0, name="SinkPermutes")

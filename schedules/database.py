@@ -4,7 +4,8 @@ A database is a folder holding MetaSchedule's JSON database (``database_workload
 ``database_tuning_record.json``; TVM's ``JSONDatabase`` appends each record to the file as it
 is committed, one line per record), ``tasks.json``, our note of which tasks a tune finished
 and with what budget, and ``cost.txt``, what its records' seconds are (wall time, or a
-deterministic cost of an emulated board, see :mod:`.runners`). The shipped databases live in ``schedules/databases/<target>/<model>/``;
+deterministic cost of an emulated board, see :mod:`.tune.runners`). The shipped databases live
+in ``schedules/databases/<target>/<model>/``;
 ``compile`` uses them for its target when no ``--db`` is given.
 
 A record is keyed by the kernel itself (the fused PrimFunc after :func:`tuning_pipeline`,
@@ -23,8 +24,8 @@ import tvm
 import tvm_ffi
 from tvm.s_tir import meta_schedule as ms
 
-from .intrinsics import register
-from .pipeline import tuning_pipeline
+from tvm_intq.schedules.intrinsics import register
+from tvm_intq.schedules.pipeline import tuning_pipeline
 
 WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
@@ -73,19 +74,26 @@ def open_database(folder, create: bool = True) -> ms.database.JSONDatabase:
         _repair(folder / name)
     register()  # the records' traces name our tensor intrinsics
     try:
-        return ms.database.JSONDatabase(str(folder / WORKLOADS), str(folder / RECORDS),
-                                        allow_missing=True, module_equality="structural")
+        return ms.database.JSONDatabase(
+            str(folder / WORKLOADS),
+            str(folder / RECORDS),
+            allow_missing=True,
+            module_equality="structural",
+        )
     except RuntimeError as err:  # TVM replays every record's trace when it loads them
-        from ..errors import IntqError
+        from tvm_intq.errors import IntqError
 
         if "is not registered" in str(err):
             intrin = str(err).split("TensorIntrin")[-1].split("is not registered")[0].strip(" '")
-            why = f"its records use the tensor intrinsic {intrin!r}, which this version of " \
-                  "tvm-intq does not have"
+            why = (
+                f"its records use the tensor intrinsic {intrin!r}, which this version of "
+                "tvm-intq does not have"
+            )
         else:
             why = f"its records do not replay on this version's kernels: {str(err).strip()[:200]}"
-        raise IntqError(f"{folder}: {why} (its kernels changed since): tune into a new --db "
-                        "folder") from None
+        raise IntqError(
+            f"{folder}: {why} (its kernels changed since): tune into a new --db folder"
+        ) from None
 
 
 def shipped_databases(target_name: str) -> list[Path]:
@@ -121,8 +129,11 @@ def records_of(db, mod: tvm.IRModule) -> list:
     if not db.has_workload(mod):
         return []
     workload = db.commit_workload(mod)  # the stored Workload: nothing is written
-    return [r for r in db.get_all_tuning_records()
-            if r.workload.same_as(workload) or tvm_ffi.structural_equal(r.workload.mod, mod)]
+    return [
+        r
+        for r in db.get_all_tuning_records()
+        if r.workload.same_as(workload) or tvm_ffi.structural_equal(r.workload.mod, mod)
+    ]
 
 
 def best_seconds(db, mod: tvm.IRModule, target) -> float | None:
@@ -155,11 +166,18 @@ def prune(folder, tasks: list[Task]) -> int:
     keep = [r for t in tasks for r in records_of(db, t.mod)]
     dropped = len(db.get_all_tuning_records()) - len(keep)
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
-        new = ms.database.JSONDatabase(str(Path(tmp) / WORKLOADS), str(Path(tmp) / RECORDS),
-                                       allow_missing=True, module_equality="structural")
+        new = ms.database.JSONDatabase(
+            str(Path(tmp) / WORKLOADS),
+            str(Path(tmp) / RECORDS),
+            allow_missing=True,
+            module_equality="structural",
+        )
         for r in keep:
-            new.commit_tuning_record(ms.database.TuningRecord(
-                r.trace, new.commit_workload(r.workload.mod), r.run_secs, r.target, r.args_info))
+            new.commit_tuning_record(
+                ms.database.TuningRecord(
+                    r.trace, new.commit_workload(r.workload.mod), r.run_secs, r.target, r.args_info
+                )
+            )
         for name in (WORKLOADS, RECORDS):
             (Path(tmp) / name).replace(folder / name)
     keys = {workload_key(t.mod) for t in tasks}
@@ -187,14 +205,19 @@ def note_task(folder, task: Task, budget: int, records: int) -> None:
 def check_cost(folder, cost: str) -> None:
     """Note that ``folder``'s records measure ``cost``; :class:`IntqError` if it already holds
     records of another cost (their numbers cannot be compared, and the best would be wrong)."""
-    from ..errors import IntqError
+    from tvm_intq.errors import IntqError
 
     path = Path(folder) / COST
-    held = path.read_text().strip() if path.is_file() else (
-        WALL_TIME if (Path(folder) / RECORDS).is_file() else None)
+    held = (
+        path.read_text().strip()
+        if path.is_file()
+        else (WALL_TIME if (Path(folder) / RECORDS).is_file() else None)
+    )
     if held is None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(cost + "\n")
     elif held != cost:
-        raise IntqError(f"{folder} holds records of {held}; this tune measures {cost}: "
-                        "tune into another --db folder")
+        raise IntqError(
+            f"{folder} holds records of {held}; this tune measures {cost}: "
+            "tune into another --db folder"
+        )

@@ -34,8 +34,14 @@ import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
-from .intrinsics import DotProduct, register
-from .packed_kernels import CONV_BLOCK, DEPTHWISE_BLOCK, LOOKUP_BLOCK, PAD_BLOCK, REQUANT_BLOCK
+from tvm_intq.schedules.intrinsics import DotProduct, register
+from tvm_intq.schedules.packed_kernels import (
+    CONV_BLOCK,
+    DEPTHWISE_BLOCK,
+    LOOKUP_BLOCK,
+    PAD_BLOCK,
+    REQUANT_BLOCK,
+)
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +122,7 @@ def apply_default(sch: s_tir.Schedule, intrin: DotProduct) -> None:
         for block in epilogue:
             sch.reverse_compute_at(block, xo)
     init = sch.decompose_reduction(conv, rc)
-    init_loops = sch.get_loops(init)[-len(inner):]
+    init_loops = sch.get_loops(init)[-len(inner) :]
     if tiled:  # LLVM vectorizes the zeros (TVM would make RVV's masked vscale-sized stores)
         for loop in init_loops:
             sch.unroll(loop)
@@ -140,7 +146,7 @@ def apply_default(sch: s_tir.Schedule, intrin: DotProduct) -> None:
                 continue
             if not gather:  # vectorized along a pixel's L channels
                 sch.vectorize(loops[-1])
-            for loop in loops[2:len(loops) - (not gather)]:
+            for loop in loops[2 : len(loops) - (not gather)]:
                 sch.unroll(loop)
             continue
         if len(loops) >= 3:  # vectorized along the innermost: a pixel's L channels
@@ -205,13 +211,17 @@ def injective_candidates(mod: tvm.IRModule, lanes: int) -> list[s_tir.Schedule]:
     Measured on the emulated RVV board (instructions; llvm-mca P670 cycles): the bundled
     model's residual add 89k plain, 65k inlined, 15k swapped (cycles -70 %); its padded
     packing 30k plain, 13k swapped (-30 %)."""
+
     def inlined():
         sch = s_tir.Schedule(mod)
         return sch, _inline_epilogue(sch, keep=())
 
     merged, out = inlined()
-    if any(iv.iter_type != tirx.IterVar.DataPar
-           for b in _blocks(merged) for iv in merged.get(b).iter_vars):
+    if any(
+        iv.iter_type != tirx.IterVar.DataPar
+        for b in _blocks(merged)
+        for iv in merged.get(b).iter_vars
+    ):
         return []  # a reduction (a float conv, a sum): MetaSchedule's tiling is for those
     candidates = [merged]
     if len(out) != 1:
@@ -249,14 +259,22 @@ class DefaultDotSchedule:
     def transform_module(self, mod, ctx):
         updates = {}
         for gv, func in mod.functions_items():
-            if (not isinstance(func, tirx.PrimFunc) or func.attrs is not None
-                    and func.attrs.get("tirx.is_scheduled", False) or not has_default(func)):
+            if (
+                not isinstance(func, tirx.PrimFunc)
+                or func.attrs is not None
+                and func.attrs.get("tirx.is_scheduled", False)
+                or not has_default(func)
+            ):
                 continue
             try:
                 updates[gv] = schedule_default(func, self.intrin)
             except (RuntimeError, ValueError) as err:  # fall back: untensorized, still exact
-                log.warning("%s: default %s schedule failed (%s); compiled untensorized",
-                            gv.name_hint, self.intrin.name, str(err).splitlines()[0])
+                log.warning(
+                    "%s: default %s schedule failed (%s); compiled untensorized",
+                    gv.name_hint,
+                    self.intrin.name,
+                    str(err).splitlines()[0],
+                )
         for gv, func in updates.items():
             mod[gv] = func
         return mod

@@ -62,7 +62,7 @@ class DotProduct:
     max_tile: int = 8
     #: TVM vectorizes loops for the instruction's targets with LLVM scalable vectors (RVV:
     #: ``vscale``-sized chunks): MetaSchedule's feature extractor cannot size them, so tuning
-    #: cannot use the XGBoost cost model (schedules/tune.py).
+    #: cannot use the XGBoost cost model (schedules/tune/session.py).
     scalable: bool = False
 
     @property
@@ -73,23 +73,56 @@ class DotProduct:
 INTRINSICS: dict[str, DotProduct] = {
     d.name: d
     for d in (
-        DotProduct("x86-vnni", tensor_intrin="intq_dot_16x4_vnni", lanes=16, k=4,
-                   data_dtype="uint8", weight_dtype="int8", llvm_features=("avx512vnni",),
-                   instruction="vpdpbusd"),
+        DotProduct(
+            "x86-vnni",
+            tensor_intrin="intq_dot_16x4_vnni",
+            lanes=16,
+            k=4,
+            data_dtype="uint8",
+            weight_dtype="int8",
+            llvm_features=("avx512vnni",),
+            instruction="vpdpbusd",
+        ),
         # i8mm before dotprod: smmla does 32 multiply-adds where sdot does 16.
-        DotProduct("arm-i8mm", tensor_intrin="intq_mmla_2x2x8_smmla", rows=2, lanes=2, k=8,
-                   data_dtype="int8", weight_dtype="int8", llvm_features=("i8mm",),
-                   instruction="smmla"),
-        DotProduct("arm-sdot", tensor_intrin="intq_dot_4x4_sdot", lanes=4, k=4,
-                   data_dtype="int8", weight_dtype="int8", llvm_features=("dotprod",),
-                   instruction="sdot"),
+        DotProduct(
+            "arm-i8mm",
+            tensor_intrin="intq_mmla_2x2x8_smmla",
+            rows=2,
+            lanes=2,
+            k=8,
+            data_dtype="int8",
+            weight_dtype="int8",
+            llvm_features=("i8mm",),
+            instruction="smmla",
+        ),
+        DotProduct(
+            "arm-sdot",
+            tensor_intrin="intq_dot_4x4_sdot",
+            lanes=4,
+            k=4,
+            data_dtype="int8",
+            weight_dtype="int8",
+            llvm_features=("dotprod",),
+            instruction="sdot",
+        ),
         # Per pixel and input channel one widening multiply-add over 16 output channels: the
         # weights are stored widened to int16 (vwmacc.vx at SEW 16); 4 pixels share each weight
         # vector, and their 4 accumulators (4 registers each at VLEN 128) fill 16 of the 32
         # vector registers, so one group of 4 per tile. k = 2: TVM cannot tensorize k = 1.
-        DotProduct("rvv-vwmacc", tensor_intrin="intq_vwmacc_4x16x2_rvv", rows=4, lanes=16, k=2,
-                   data_dtype="int8", weight_dtype="int16", llvm_features=("v",),
-                   instruction="vwmacc.vx", k_major=True, max_tile=1, scalable=True),
+        DotProduct(
+            "rvv-vwmacc",
+            tensor_intrin="intq_vwmacc_4x16x2_rvv",
+            rows=4,
+            lanes=16,
+            k=2,
+            data_dtype="int8",
+            weight_dtype="int16",
+            llvm_features=("v",),
+            instruction="vwmacc.vx",
+            k_major=True,
+            max_tile=1,
+            scalable=True,
+        ),
     )
 }
 
@@ -105,13 +138,14 @@ def _desc(d: DotProduct):
         return (kk, i) if d.k_major else (i, kk)
 
     if rows == 1:
+
         @T.prim_func(s_tir=True)
         def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
             A = T.match_buffer(a, (k,), d.data_dtype, offset_factor=1)
             B = T.match_buffer(b, b_shape, d.weight_dtype, offset_factor=1)
             C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
             with T.sblock("root"):
-                T.reads(C[0:lanes], A[0:k], B[0:b_shape[0], 0:b_shape[1]])
+                T.reads(C[0:lanes], A[0:k], B[0 : b_shape[0], 0 : b_shape[1]])
                 T.writes(C[0:lanes])
                 for i, kk in T.grid(lanes, k):
                     with T.sblock("update"):
@@ -127,13 +161,14 @@ def _desc(d: DotProduct):
         B = T.match_buffer(b, b_shape, d.weight_dtype, offset_factor=1)
         C = T.match_buffer(c, (rows, lanes), "int32", offset_factor=1)
         with T.sblock("root"):
-            T.reads(C[0:rows, 0:lanes], A[0:rows, 0:k], B[0:b_shape[0], 0:b_shape[1]])
+            T.reads(C[0:rows, 0:lanes], A[0:rows, 0:k], B[0 : b_shape[0], 0 : b_shape[1]])
             T.writes(C[0:rows, 0:lanes])
             for r, i, kk in T.grid(rows, lanes, k):
                 with T.sblock("update"):
                     vr, vi, vk = T.axis.remap("SSR", [r, i, kk])
-                    C[vr, vi] = (C[vr, vi] + T.cast(A[vr, vk], "int32")
-                                 * T.cast(B[weight(vi, vk)], "int32"))
+                    C[vr, vi] = C[vr, vi] + T.cast(A[vr, vk], "int32") * T.cast(
+                        B[weight(vi, vk)], "int32"
+                    )
 
     return desc_rows
 
@@ -187,8 +222,9 @@ def _impl_arm_i8mm(d: DotProduct):
             C[0, T.ramp(T.int32(0), 1, 4)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smmla.v4i32.v16i8"),
                 C.vload([0, 0], dtype="int32x4"),
-                T.vectorcombine("int8x16", A.vload([0, 0], dtype="int8x8"),
-                                A.vload([1, 0], dtype="int8x8")),
+                T.vectorcombine(
+                    "int8x16", A.vload([0, 0], dtype="int8x8"), A.vload([1, 0], dtype="int8x8")
+                ),
                 B.vload([0, 0], dtype="int8x16"),
                 dtype="int32x4",
             )
@@ -223,14 +259,18 @@ def _impl_rvv_vwmacc(d: DotProduct):
                 C[r, T.ramp(T.int32(0), 1, lanes)] = (
                     C.vload([r, 0], dtype=acc_t)
                     + T.Cast(acc_t, T.Broadcast(T.Cast("int16", A[r, 0]), lanes)) * w0
-                    + T.Cast(acc_t, T.Broadcast(T.Cast("int16", A[r, 1]), lanes)) * w1)
+                    + T.Cast(acc_t, T.Broadcast(T.Cast("int16", A[r, 1]), lanes)) * w1
+                )
 
     return impl
 
 
-_IMPLS = {"x86-vnni": _impl_word_dot("llvm.x86.avx512.vpdpbusd.512"),
-          "arm-sdot": _impl_word_dot("llvm.aarch64.neon.sdot.v4i32.v16i8"),
-          "arm-i8mm": _impl_arm_i8mm, "rvv-vwmacc": _impl_rvv_vwmacc}
+_IMPLS = {
+    "x86-vnni": _impl_word_dot("llvm.x86.avx512.vpdpbusd.512"),
+    "arm-sdot": _impl_word_dot("llvm.aarch64.neon.sdot.v4i32.v16i8"),
+    "arm-i8mm": _impl_arm_i8mm,
+    "rvv-vwmacc": _impl_rvv_vwmacc,
+}
 
 
 _REGISTERED = False
@@ -243,8 +283,10 @@ def register() -> None:
         import tvm
 
         if tvm.target.codegen.llvm_version_major() < 21:
-            raise RuntimeError("tvm-intq's VNNI intrinsic passes byte vectors to vpdpbusd, as "
-                               "LLVM >= 21 wants; this TVM links an older LLVM")
+            raise RuntimeError(
+                "tvm-intq's VNNI intrinsic passes byte vectors to vpdpbusd, as "
+                "LLVM >= 21 wants; this TVM links an older LLVM"
+            )
         from tvm.s_tir import TensorIntrin
 
         for d in INTRINSICS.values():
@@ -266,7 +308,9 @@ def select(names, target) -> DotProduct | None:
     for name in names or ():
         intrin = INTRINSICS.get(name)
         if intrin is None:
-            raise KeyError(f"unknown int8 dot-product instruction {name!r}; known: {', '.join(INTRINSICS)}")
+            raise KeyError(
+                f"unknown int8 dot-product instruction {name!r}; known: {', '.join(INTRINSICS)}"
+            )
         if supported(intrin, target):
             register()
             return intrin

@@ -14,8 +14,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ..relay_passes.ir_utils import const_value
-from .pipeline import tuning_pipeline
+from tvm_intq.relay_passes.analysis.ir_utils import const_value
+from tvm_intq.schedules.pipeline import tuning_pipeline
 
 
 def _tensor_bytes(ty) -> int:

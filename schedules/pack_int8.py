@@ -1,6 +1,6 @@
 """Lay int8 conv2d/dense out for a dot-product instruction: a Relax pass run at build time.
 
-The integer program (what :func:`tvm_intq.reference.run_reference` evaluates) stays as
+The integer program (what :func:`tvm_intq.evaluation.reference.run_reference` evaluates) stays as
 :class:`~tvm_intq.relay_passes.FoldToInteger` wrote it; only the module being compiled for a
 target whose definition names a dot-product intrinsic (``TargetSpec.int8_dot``) is rewritten::
 
@@ -14,7 +14,7 @@ target whose definition names a dot-product intrinsic (``TargetSpec.int8_dot``) 
 with ``Wp = Qw`` as ``O/16, I/4, KH, KW, 16, 4`` (for VNNI: ``O/L, I/K, .., L, K`` of the
 instruction, packed here, at compile time; an instruction taking ``R`` pixels pads and, for a
 strided conv, phase-splits the input, see :mod:`.packed_kernels`) and
-``ADD' = ADD - MUL * 128 * sum(Qw)`` (:func:`tvm_intq.intmath.shifted_input_requant`;
+``ADD' = ADD - MUL * 128 * sum(Qw)`` (:func:`tvm_intq.core.intmath.shifted_input_requant`;
 ``ADD' = ADD`` for a signed x signed instruction), so the result is the same integers.
 The kernel requantizes (and looks up) in the accumulator's blocked layout, where a pixel's
 channels are one vector; ``unpack`` is an injective op that FuseOps fuses into the next
@@ -37,15 +37,27 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ..intmath import QMAX, QMIN, Requant, shifted_input_requant
-from ..relay_passes.ir_utils import channel_axis_of, const_value, dtype_of, op_name, shape_of
-from ..relay_passes.rebuild import bindings_of, rewrite_main, users_of
-from . import packed_kernels as P
-from .intrinsics import DotProduct
+from tvm_intq.core.intmath import QMAX, QMIN, Requant, shifted_input_requant
+from tvm_intq.relay_passes.analysis.ir_utils import (
+    channel_axis_of,
+    const_value,
+    dtype_of,
+    op_name,
+    shape_of,
+)
+from tvm_intq.relay_passes.analysis.rebuild import bindings_of, rewrite_main, users_of
+from tvm_intq.schedules import packed_kernels as P
+from tvm_intq.schedules.intrinsics import DotProduct
 
 # The requantize FoldToInteger emits after an int8 conv/matmul (integer_kernels.requantize).
-_CHAIN = ("relax.astype", "relax.multiply", "relax.add", "relax.right_shift", "relax.clip",
-          "relax.astype")
+_CHAIN = (
+    "relax.astype",
+    "relax.multiply",
+    "relax.add",
+    "relax.right_shift",
+    "relax.clip",
+    "relax.astype",
+)
 
 
 def _per_channel(value: np.ndarray, ndim: int, axis: int, channels: int) -> np.ndarray | None:
@@ -53,8 +65,9 @@ def _per_channel(value: np.ndarray, ndim: int, axis: int, channels: int) -> np.n
     where = channel_axis_of(value, ndim)
     if where is False or where not in (None, axis):
         return None
-    return np.broadcast_to(value.reshape(-1) if where == axis else value.reshape(()),
-                           (channels,)).astype(np.int64)
+    return np.broadcast_to(
+        value.reshape(-1) if where == axis else value.reshape(()), (channels,)
+    ).astype(np.int64)
 
 
 def _single_user(var, users, op: str):
@@ -81,8 +94,12 @@ def _requant_chain(acc_var, users, ndim: int, axis: int, channels: int):
     cast64, mul, add, shift, clip, cast8 = (b.value for b in chain)
     if dtype_of(chain[0].var) != "int64" or dtype_of(chain[-1].var) != "int8":
         return None
-    vectors = [_per_channel(const_value(c.args[1]), ndim, axis, channels)
-               if const_value(c.args[1]) is not None else None for c in (mul, add, shift)]
+    vectors = [
+        _per_channel(const_value(c.args[1]), ndim, axis, channels)
+        if const_value(c.args[1]) is not None
+        else None
+        for c in (mul, add, shift)
+    ]
     if any(v is None for v in vectors):
         return None
     lo, hi = (int(a.value.value if hasattr(a.value, "value") else a.value) for a in clip.args[1:3])
@@ -91,7 +108,7 @@ def _requant_chain(acc_var, users, ndim: int, axis: int, channels: int):
 
 def _lookup_tail(q_var, users, ndim: int, axis: int, channels: int):
     """``(bindings, table, offsets)`` when the int8 ``q_var`` feeds only a lookup table
-    (:func:`tvm_intq.relay_passes.integer_kernels.lookup`: ``take(table, astype(q, int32) +
+    (:func:`tvm_intq.relay_passes.ops.integer_kernels.lookup`: ``take(table, astype(q, int32) +
     offsets, mode="clip")``), ``offsets`` an int32 vector over ``axis``; None otherwise."""
     cast = _single_user(q_var, users, "relax.astype")
     if cast is None or dtype_of(cast.var) != "int32":
@@ -106,8 +123,13 @@ def _lookup_tail(q_var, users, ndim: int, axis: int, channels: int):
         offsets, var = offsets + v, add.var
     take = _single_user(var, users, "relax.take")
     table = None if take is None else const_value(take.value.args[0])
-    if (table is None or table.dtype != np.int8 or table.ndim != 1
-            or int(take.value.attrs.axis) != 0 or str(take.value.attrs.mode) != "clip"):
+    if (
+        table is None
+        or table.dtype != np.int8
+        or table.ndim != 1
+        or int(take.value.attrs.axis) != 0
+        or str(take.value.attrs.mode) != "clip"
+    ):
         return None
     tail.append(take)
     # A requantize of the looked-up values (to a concat's or an add's scale) is a function of
@@ -125,7 +147,9 @@ def _requantized_table(table: np.ndarray, offsets: np.ndarray, rq: Requant):
     when the result differs between channels."""
     q = np.arange(QMIN, QMAX + 1)
     looked_up = table[np.clip(q[None, :] + offsets[:, None], 0, len(table) - 1)]
-    out = Requant(rq.mul[:, None], rq.add[:, None], rq.shift[:, None], rq.lo, rq.hi).apply(looked_up)
+    out = Requant(rq.mul[:, None], rq.add[:, None], rq.shift[:, None], rq.lo, rq.hi).apply(
+        looked_up
+    )
     if np.all(out == out[:1]):
         return out[0], np.full(len(offsets), -QMIN, np.int64)
     return out.reshape(-1), -QMIN + 256 * np.arange(len(offsets), dtype=np.int64)
@@ -183,8 +207,12 @@ def _plan(func, intrin: DotProduct) -> tuple[dict, set]:
             continue
         if name == "relax.nn.conv2d":
             a = call.attrs
-            if (str(a.data_layout) != "NCHW" or str(a.kernel_layout) != "OIHW"
-                    or str(a.out_layout) != "NCHW" or any(int(p) for p in a.padding)):
+            if (
+                str(a.data_layout) != "NCHW"
+                or str(a.kernel_layout) != "OIHW"
+                or str(a.out_layout) != "NCHW"
+                or any(int(p) for p in a.padding)
+            ):
                 continue
             groups = int(a.groups)
             if groups == 1:
@@ -203,8 +231,13 @@ def _plan(func, intrin: DotProduct) -> tuple[dict, set]:
         if kind == "depthwise" and found is None:
             continue  # an int32 result: left to TVM's conv2d
         pad = _spatial_pad(x, users, defs) if kind != "dense" else None
-        plan = _Plan(kind, weight, channels, pad=pad,
-                     windows=kind == "conv2d" and _windows_pay(weight, intrin))
+        plan = _Plan(
+            kind,
+            weight,
+            channels,
+            pad=pad,
+            windows=kind == "conv2d" and _windows_pay(weight, intrin),
+        )
         if kind == "depthwise":  # signed x signed, no instruction: the requantize as it is
             plan.chain, plan.rq = found
         elif found is not None:
@@ -257,29 +290,49 @@ def _epilogue_args(plan: _Plan, lanes: int):
     # A multiplier that fits int32 is passed as int32: its int64 product then compiles to a
     # 32x32->64 multiply (x86 vpmuldq: one uop, vpmullq's 64x64 takes three).
     mul32 = bool(np.all(np.abs(np.asarray(rq.mul)) < 2**31))
-    args = [per_channel(rq.mul, "int32" if mul32 else "int64")] + \
-        [per_channel(v, "int64") for v in (rq.add, rq.shift, rq.lo, rq.hi)]
+    args = [per_channel(rq.mul, "int32" if mul32 else "int64")] + [
+        per_channel(v, "int64") for v in (rq.add, rq.shift, rq.lo, rq.hi)
+    ]
     if plan.lookup is None:
         return args, {}, ""
     table, offsets = plan.lookup
     # The index clip of take(mode="clip") is only emitted when an index can leave the table
     # (it costs a compare and select per output on a scalar gather).
-    inside = bool(np.all(by_channel(rq.lo) + offsets >= 0)
-                  and np.all(by_channel(rq.hi) + offsets < len(table)))
-    return args, dict(table=relax.const(table), table_offset=per_channel(offsets, "int32"),
-                      clip_index=not inside), "_lookup"
+    inside = bool(
+        np.all(by_channel(rq.lo) + offsets >= 0)
+        and np.all(by_channel(rq.hi) + offsets < len(table))
+    )
+    return (
+        args,
+        dict(
+            table=relax.const(table),
+            table_offset=per_channel(offsets, "int32"),
+            clip_index=not inside,
+        ),
+        "_lookup",
+    )
 
 
 def _emit_depthwise(bb, b, value, plan: _Plan, padded: dict):
     x, padding, pad_value = _input_padding(b, value, plan, padded)
     args, lookup, suffix = _epilogue_args(plan, 1)
     a = value.attrs
-    return bb.emit(bb.call_te(
-        P.depthwise_requant, x, pad_value, relax.const(np.ascontiguousarray(plan.weight[:, 0])),
-        *args, padding=padding, strides=tuple(int(s) for s in a.strides),
-        dilation=tuple(int(d) for d in a.dilation),
-        out_shape=tuple(int(d) for d in shape_of(plan.out)), **lookup,
-        primfunc_name_hint="depthwise_int8_requant" + suffix), plan.out.name)
+    return bb.emit(
+        bb.call_te(
+            P.depthwise_requant,
+            x,
+            pad_value,
+            relax.const(np.ascontiguousarray(plan.weight[:, 0])),
+            *args,
+            padding=padding,
+            strides=tuple(int(s) for s in a.strides),
+            dilation=tuple(int(d) for d in a.dilation),
+            out_shape=tuple(int(d) for d in shape_of(plan.out)),
+            **lookup,
+            primfunc_name_hint="depthwise_int8_requant" + suffix,
+        ),
+        plan.out.name,
+    )
 
 
 def _emit(bb, b, value, plan: _Plan, intrin: DotProduct, padded: dict):
@@ -290,17 +343,29 @@ def _emit(bb, b, value, plan: _Plan, intrin: DotProduct, padded: dict):
     out = plan.out if plan.chain is not None else b.var
     out_shape = tuple(int(d) for d in shape_of(out))
     rows = intrin.rows
-    packing = dict(k=intrin.k, offset=intrin.input_offset, dtype=intrin.data_dtype,
-                   primfunc_name_hint="pack_int8")
+    packing = dict(
+        k=intrin.k,
+        offset=intrin.input_offset,
+        dtype=intrin.data_dtype,
+        primfunc_name_hint="pack_int8",
+    )
     if plan.kind == "conv2d":
         x, padding, pad_value = _input_padding(b, value, plan, padded)
         strides = tuple(int(s) for s in attrs.strides)
         dilation = tuple(int(d) for d in attrs.dilation)
         if plan.windows:
-            xp = bb.emit_te(P.pack_windows, x, pad_value, padding=padding,
-                            kernel=weight.shape[2:], strides=strides, dilation=dilation,
-                            out_hw=out_shape[2:], width=P.padded_width(out_shape[3], rows),
-                            **packing)
+            xp = bb.emit_te(
+                P.pack_windows,
+                x,
+                pad_value,
+                padding=padding,
+                kernel=weight.shape[2:],
+                strides=strides,
+                dilation=dilation,
+                out_hw=out_shape[2:],
+                width=P.padded_width(out_shape[3], rows),
+                **packing,
+            )
             weight, strides, dilation = P.window_weight(weight, intrin.k), (1, 1), (1, 1)
         else:
             # A multi-row instruction computes whole groups of `rows` pixels: pad the input
@@ -312,19 +377,39 @@ def _emit(bb, b, value, plan: _Plan, intrin: DotProduct, padded: dict):
     else:
         xp = bb.emit_te(P.pack_rows, value.args[0], width=rows, **packing)
         strides, dilation = (1, 1), (1, 1)
-    wp = relax.const(P.pack_weight(weight, intrin.lanes, intrin.k, intrin.weight_dtype,
-                                   intrin.k_major))
-    kernel = dict(strides=strides, dilation=dilation, out_shape=out_shape, rows=rows,
-                  k_major=intrin.k_major)
+    wp = relax.const(
+        P.pack_weight(weight, intrin.lanes, intrin.k, intrin.weight_dtype, intrin.k_major)
+    )
+    kernel = dict(
+        strides=strides, dilation=dilation, out_shape=out_shape, rows=rows, k_major=intrin.k_major
+    )
     if plan.chain is None:
         corr = intrin.input_offset * plan.weight.astype(np.int64).sum(axis=(1, 2, 3))
-        return bb.emit(bb.call_te(P.conv2d_int32, xp, wp, _const(corr, "int32"), **kernel,
-                                  primfunc_name_hint=f"{plan.kind}_packed_int8"), b.var.name)
+        return bb.emit(
+            bb.call_te(
+                P.conv2d_int32,
+                xp,
+                wp,
+                _const(corr, "int32"),
+                **kernel,
+                primfunc_name_hint=f"{plan.kind}_packed_int8",
+            ),
+            b.var.name,
+        )
     args, lookup, suffix = _epilogue_args(plan, intrin.lanes)
-    packed = bb.emit_te(P.conv2d_requant, xp, wp, *args, **kernel, **lookup,
-                        primfunc_name_hint=f"{plan.kind}_packed_int8_requant{suffix}")
-    return bb.emit(bb.call_te(P.unpack, packed, out_shape=out_shape, rows=rows,
-                              primfunc_name_hint="unpack"), plan.out.name)
+    packed = bb.emit_te(
+        P.conv2d_requant,
+        xp,
+        wp,
+        *args,
+        **kernel,
+        **lookup,
+        primfunc_name_hint=f"{plan.kind}_packed_int8_requant{suffix}",
+    )
+    return bb.emit(
+        bb.call_te(P.unpack, packed, out_shape=out_shape, rows=rows, primfunc_name_hint="unpack"),
+        plan.out.name,
+    )
 
 
 @tvm.transform.module_pass(opt_level=0, name="PackInt8ForDot")
@@ -339,8 +424,11 @@ class PackInt8ForDot:
         if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
             return mod
         main = mod["main"]
-        if not isinstance(main, relax.Function) or not isinstance(main.body, relax.SeqExpr) or \
-                any(not isinstance(b, relax.DataflowBlock) for b in main.body.blocks):
+        if (
+            not isinstance(main, relax.Function)
+            or not isinstance(main.body, relax.SeqExpr)
+            or any(not isinstance(b, relax.DataflowBlock) for b in main.body.blocks)
+        ):
             return mod  # only the pure dataflow graphs our passes produce are rewritten
         plans, skipped = _plan(mod["main"], self.intrin)
         if not plans:

@@ -49,8 +49,9 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def pack_weight(w: np.ndarray, lanes: int, k: int, dtype: str = "int8",
-                k_major: bool = False) -> np.ndarray:
+def pack_weight(
+    w: np.ndarray, lanes: int, k: int, dtype: str = "int8", k_major: bool = False
+) -> np.ndarray:
     """``OIHW`` int8 -> ``O/lanes, I/k, KH, KW, lanes, k`` of ``dtype`` (``k_major``:
     ``..., k, lanes``), zero-padded channels."""
     o, i, kh, kw = w.shape
@@ -59,11 +60,13 @@ def pack_weight(w: np.ndarray, lanes: int, k: int, dtype: str = "int8",
     padded[:o, :i] = w
     inner = (3, 1) if k_major else (1, 3)
     return np.ascontiguousarray(
-        padded.reshape(oo, lanes, io, k, kh, kw).transpose(0, 2, 4, 5, *inner))
+        padded.reshape(oo, lanes, io, k, kh, kw).transpose(0, 2, 4, 5, *inner)
+    )
 
 
-def pack_data(x: te.Tensor, pad_value: te.Tensor, padding, k: int, offset: int, dtype: str,
-              phases: int = 1):
+def pack_data(
+    x: te.Tensor, pad_value: te.Tensor, padding, k: int, offset: int, dtype: str, phases: int = 1
+):
     """``NCHW`` int8 -> ``N, C/k, H + pads, W + pads, k`` of ``dtype``, every value ``+ offset``.
 
     ``padding`` is ``(top, left, bottom, right)``; padded positions hold ``pad_value + offset``
@@ -84,15 +87,33 @@ def pack_data(x: te.Tensor, pad_value: te.Tensor, padding, k: int, offset: int, 
         return tirx.if_then_else(ch < c, shifted, tirx.const(0, dtype))
 
     if phases == 1:
-        return te.compute((n, ceil_div(c, k), h + top + bottom, width, k), value,
-                          name="pack_int8", tag="injective")
-    return te.compute((n, ceil_div(c, k), h + top + bottom, phases, ceil_div(width, phases), k),
-                      lambda b, co, y, p, j, ci: value(b, co, y, j * phases + p, ci),
-                      name="pack_int8", tag="injective")
+        return te.compute(
+            (n, ceil_div(c, k), h + top + bottom, width, k),
+            value,
+            name="pack_int8",
+            tag="injective",
+        )
+    return te.compute(
+        (n, ceil_div(c, k), h + top + bottom, phases, ceil_div(width, phases), k),
+        lambda b, co, y, p, j, ci: value(b, co, y, j * phases + p, ci),
+        name="pack_int8",
+        tag="injective",
+    )
 
 
-def pack_windows(x: te.Tensor, pad_value: te.Tensor, padding, kernel, strides, dilation,
-                 out_hw, width: int, k: int, offset: int, dtype: str):
+def pack_windows(
+    x: te.Tensor,
+    pad_value: te.Tensor,
+    padding,
+    kernel,
+    strides,
+    dilation,
+    out_hw,
+    width: int,
+    k: int,
+    offset: int,
+    dtype: str,
+):
     """``NCHW`` int8 -> ``N, C*KH*KB, OH, width, k`` of ``dtype`` (``KB = KW/k`` rounded up):
     for each output pixel, the input row segments its kernel window covers, ``k`` taps to a
     group (``g = (c * KH + ry) * KB + rx // k``, tap ``rx % k``), every value ``+ offset``; the
@@ -115,13 +136,17 @@ def pack_windows(x: te.Tensor, pad_value: te.Tensor, padding, kernel, strides, d
         ch, ry, rx = g // (kh * blocks), g // blocks % kh, g % blocks * k + ci
         iy, ix = y * sh + ry * dh - top, xx * sw + rx * dw - left
         inside = tirx.all(iy >= 0, iy < h, ix >= 0, ix < w)
-        v = tirx.if_then_else(inside, x[b, ch, tirx.max(tirx.min(iy, h - 1), 0),
-                                         tirx.max(tirx.min(ix, w - 1), 0)], pad_value[()])
+        v = tirx.if_then_else(
+            inside,
+            x[b, ch, tirx.max(tirx.min(iy, h - 1), 0), tirx.max(tirx.min(ix, w - 1), 0)],
+            pad_value[()],
+        )
         shifted = (v.astype("int32") + offset).astype(dtype)
         return tirx.if_then_else(rx < kw, shifted, tirx.const(0, dtype))
 
-    return te.compute((n, c * kh * blocks, int(out_hw[0]), width, k), value, name="pack_int8",
-                      tag="injective")
+    return te.compute(
+        (n, c * kh * blocks, int(out_hw[0]), width, k), value, name="pack_int8", tag="injective"
+    )
 
 
 def window_weight(w: np.ndarray, k: int) -> np.ndarray:
@@ -154,8 +179,7 @@ def padded_width(out_width: int, rows: int) -> int:
     return ceil_div(out_width, rows) * rows
 
 
-def _accumulate(xp: te.Tensor, wp: te.Tensor, strides, dilation, out_hw, rows: int,
-                k_major: bool):
+def _accumulate(xp: te.Tensor, wp: te.Tensor, strides, dilation, out_hw, rows: int, k_major: bool):
     """``N, O/L, OH, OW, L`` int32 (``rows == 1``), or ``N, O/L, OH, OW/R, R, L`` for an
     instruction taking ``R = rows`` pixels: pixel ``x = xb * R + r``. A strided conv's data is
     phase-split (:func:`pack_data`): column ``x * s + rx * d`` is at phase ``(rx * d) % s``,
@@ -179,26 +203,33 @@ def _accumulate(xp: te.Tensor, wp: te.Tensor, strides, dilation, out_hw, rows: i
             return ((rx * dw) % sw, x + (rx * dw) // sw)
         return (x * sw + rx * dw,)
 
-    def dot(b, o, y, x, l):
+    def dot(b, o, y, x, l):  # noqa: E741  l: the lane (TE names the loop after it)
         return te.sum(
             xp[(b, rc, y * sh + ry * dh) + column(x) + (rk,)].astype("int32")
             * wp[(o, rc, ry, rx) + ((rk, l) if k_major else (l, rk))].astype("int32"),
-            axis=[rc, ry, rx, rk])
+            axis=[rc, ry, rx, rk],
+        )
 
     if rows == 1:
         return te.compute((n, oo, oh, ow, lanes), dot, name=CONV_BLOCK)
-    return te.compute((n, oo, oh, ceil_div(ow, rows), rows, lanes),
-                      lambda b, o, y, xb, r, l: dot(b, o, y, xb * rows + r, l), name=CONV_BLOCK)
+    return te.compute(
+        (n, oo, oh, ceil_div(ow, rows), rows, lanes),
+        lambda b, o, y, xb, r, l: dot(b, o, y, xb * rows + r, l),  # noqa: E741
+        name=CONV_BLOCK,
+    )
 
 
 def _acc_index(out_shape, lanes: int, rows: int):
     """Map an output index (NCHW, or a dense ``M, N``) to ``(accumulator index, channel)``."""
     if len(out_shape) == 4:
+
         def pixel(b, o, y, x):
             return (b, o // lanes, y, x) if rows == 1 else (b, o // lanes, y, x // rows, x % rows)
     else:
+
         def pixel(m, o):
             return (m, o // lanes, 0, 0) if rows == 1 else (m, o // lanes, 0, 0, 0)
+
     return lambda *i: (pixel(*i) + (i[1] % lanes,), i[1])
 
 
@@ -208,8 +239,23 @@ def _packed_acc(xp, wp, strides, dilation, out_shape, rows, k_major):
     return acc, _acc_index(out_shape, int(acc.shape[-1]), rows)
 
 
-def conv2d_requant(xp, wp, mul, add, shift, lo, hi, strides, dilation, out_shape, rows: int = 1,
-                   k_major: bool = False, table=None, table_offset=None, clip_index=True):
+def conv2d_requant(
+    xp,
+    wp,
+    mul,
+    add,
+    shift,
+    lo,
+    hi,
+    strides,
+    dilation,
+    out_shape,
+    rows: int = 1,
+    k_major: bool = False,
+    table=None,
+    table_offset=None,
+    clip_index=True,
+):
     """Packed conv (or dense: 1x1 over ``M`` rows) + the layer's requantize (and lookup,
     :func:`_epilogue`) in the accumulator's blocked layout ``N, O/L, OH, OW, L`` (see
     :func:`unpack` for ``out_shape``); ``mul``..``hi`` are zero-padded to the ``O/L * L``
@@ -219,12 +265,37 @@ def conv2d_requant(xp, wp, mul, add, shift, lo, hi, strides, dilation, out_shape
     unpacked."""
     acc, _ = _packed_acc(xp, wp, strides, dilation, out_shape, rows, k_major)
     lanes = int(acc.shape[-1])
-    return _epilogue(acc, lambda i: i[1] * lanes + i[-1], mul, add, shift, lo, hi, table,
-                     table_offset, clip_index)
+    return _epilogue(
+        acc,
+        lambda i: i[1] * lanes + i[-1],
+        mul,
+        add,
+        shift,
+        lo,
+        hi,
+        table,
+        table_offset,
+        clip_index,
+    )
 
 
-def depthwise_requant(x, pad_value, w, mul, add, shift, lo, hi, padding, strides, dilation,
-                      out_shape, table=None, table_offset=None, clip_index=True):
+def depthwise_requant(
+    x,
+    pad_value,
+    w,
+    mul,
+    add,
+    shift,
+    lo,
+    hi,
+    padding,
+    strides,
+    dilation,
+    out_shape,
+    table=None,
+    table_offset=None,
+    clip_index=True,
+):
     """Depthwise int8 conv (``groups == channels``, ``w``: ``C, KH, KW`` int8) + the layer's
     requantize (and lookup, :func:`_epilogue`), ``NCHW`` in and out. No dot-product instruction
     fits one input channel per output: the schedule vectorizes along output columns instead
@@ -238,8 +309,12 @@ def depthwise_requant(x, pad_value, w, mul, add, shift, lo, hi, padding, strides
             (n, c, h + top + bottom, wd + left + right),
             lambda b, ch, y, xx: tirx.if_then_else(
                 tirx.all(y >= top, y < top + h, xx >= left, xx < left + wd),
-                x[b, ch, y - top, xx - left], pad_value[()]),
-            name=PAD_BLOCK, tag="injective")
+                x[b, ch, y - top, xx - left],
+                pad_value[()],
+            ),
+            name=PAD_BLOCK,
+            tag="injective",
+        )
     else:
         xp = x
     kh, kw = (int(d) for d in w.shape[1:])
@@ -248,12 +323,15 @@ def depthwise_requant(x, pad_value, w, mul, add, shift, lo, hi, padding, strides
     def taps(b, ch, y, xx):
         # The taps as one expression, not a reduction: a block with a reduction axis cannot be
         # vectorized along the output columns (TVM wants a loop over whole reductions there).
-        return sum(xp[b, ch, y * sh + ry * dh, xx * sw + rx * dw].astype("int32")
-                   * w[ch, ry, rx].astype("int32") for ry in range(kh) for rx in range(kw))
+        return sum(
+            xp[b, ch, y * sh + ry * dh, xx * sw + rx * dw].astype("int32")
+            * w[ch, ry, rx].astype("int32")
+            for ry in range(kh)
+            for rx in range(kw)
+        )
 
     acc = te.compute(tuple(out_shape), taps, name=DEPTHWISE_BLOCK)
-    return _epilogue(acc, lambda i: i[1], mul, add, shift, lo, hi, table, table_offset,
-                     clip_index)
+    return _epilogue(acc, lambda i: i[1], mul, add, shift, lo, hi, table, table_offset, clip_index)
 
 
 def _epilogue(acc, channel, mul, add, shift, lo, hi, table, table_offset, clip_index):
@@ -289,12 +367,12 @@ def unpack(q: te.Tensor, out_shape, rows: int = 1):
     """A blocked conv result (:func:`conv2d_requant`) as ``out_shape``: NCHW, or ``M, channels``
     for a dense layer."""
     index = _acc_index(tuple(out_shape), int(q.shape[-1]), rows)
-    return te.compute(tuple(out_shape), lambda *i: q[index(*i)[0]], name="unpack",
-                      tag="injective")
+    return te.compute(tuple(out_shape), lambda *i: q[index(*i)[0]], name="unpack", tag="injective")
 
 
-def conv2d_int32(xp, wp, correction, strides, dilation, out_shape, rows: int = 1,
-                 k_major: bool = False):
+def conv2d_int32(
+    xp, wp, correction, strides, dilation, out_shape, rows: int = 1, k_major: bool = False
+):
     """Packed conv (or dense) with a plain int32 result: ``acc - correction[o]`` (the shifted
     input's ``offset * sum(Qw)``), written unpacked as ``out_shape``."""
     acc, index = _packed_acc(xp, wp, strides, dilation, out_shape, rows, k_major)

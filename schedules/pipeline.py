@@ -16,9 +16,9 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from .default_schedule import DefaultDotSchedule
-from .intrinsics import DotProduct, select
-from .pack_int8 import PackInt8ForDot
+from tvm_intq.schedules.default_schedule import DefaultDotSchedule
+from tvm_intq.schedules.intrinsics import DotProduct, select
+from tvm_intq.schedules.pack_int8 import PackInt8ForDot
 
 #: ``int8_dot`` of a caller that names no target definition: whatever the target supports.
 ANY = None
@@ -27,7 +27,7 @@ ANY = None
 def dot_product_for(int8_dot, target) -> DotProduct | None:
     """The intrinsic the packed layout is for: the first of ``int8_dot`` the ``target``
     supports (``ANY``: every known intrinsic, in the registry's order)."""
-    from .intrinsics import INTRINSICS
+    from tvm_intq.schedules.intrinsics import INTRINSICS
 
     return select(tuple(INTRINSICS) if int8_dot is ANY else int8_dot, target)
 
@@ -65,8 +65,10 @@ class _ApplyDatabase:
 def _fuse() -> tvm.transform.Pass:
     # TVM's "zero" pipeline without its implicit Database.current() lookup (applied explicitly).
     t = relax.transform
-    return tvm.transform.Sequential([t.LegalizeOps(), t.AnnotateTIROpPattern(), t.FoldConstant(),
-                                     t.FuseOps(), t.FuseTIR()], name="intq_fuse")
+    return tvm.transform.Sequential(
+        [t.LegalizeOps(), t.AnnotateTIROpPattern(), t.FoldConstant(), t.FuseOps(), t.FuseTIR()],
+        name="intq_fuse",
+    )
 
 
 def tuning_pipeline(int8_dot=ANY) -> tvm.transform.Pass:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from tvm.s_tir import meta_schedule as ms
 
-from .intrinsics import DotProduct
+from tvm_intq.schedules.intrinsics import DotProduct
 
 _REUSE = ms.schedule_rule.ReuseType(req="may", levels=[1, 2], scope="global")
 
@@ -23,15 +23,26 @@ def schedule_rules(intrin: DotProduct) -> list:
     return [
         R.ApplyCustomRule(),
         R.InlineConstantScalars(),
-        R.AutoInline(into_producer=False, into_consumer=True, inline_const_tensor=True,
-                     disallow_if_then_else=True, require_injective=True, require_ordered=True,
-                     disallow_op=["tirx.exp"]),
+        R.AutoInline(
+            into_producer=False,
+            into_consumer=True,
+            inline_const_tensor=True,
+            disallow_if_then_else=True,
+            require_injective=True,
+            require_ordered=True,
+            disallow_op=["tirx.exp"],
+        ),
         R.AddRFactor(max_jobs_per_core=16, max_innermost_factor=64),
-        R.MultiLevelTilingWithIntrin(intrin.tensor_intrin, structure="SSRSRS",
-                                     max_innermost_factor=64, reuse_write=_REUSE),
+        R.MultiLevelTilingWithIntrin(
+            intrin.tensor_intrin, structure="SSRSRS", max_innermost_factor=64, reuse_write=_REUSE
+        ),
         R.MultiLevelTiling(structure="SSRSRS", max_innermost_factor=64, reuse_write=_REUSE),
-        R.ParallelizeVectorizeUnroll(max_jobs_per_core=16, max_vectorize_extent=64,
-                                     unroll_max_steps=[0, 16, 64, 512], unroll_explicit=True),
+        R.ParallelizeVectorizeUnroll(
+            max_jobs_per_core=16,
+            max_vectorize_extent=64,
+            unroll_max_steps=[0, 16, 64, 512],
+            unroll_explicit=True,
+        ),
         R.RandomComputeLocation(),
     ]
 
@@ -40,9 +51,13 @@ def postprocs(intrin: DotProduct) -> list:
     P = ms.postproc
     # RewriteTensorize can vectorize an init of one loop only: a multi-row intrinsic's init is
     # rows x lanes (TVM checks init_loops.size() == 1 and aborts the search).
-    return [P.DisallowDynamicLoop(), P.RewriteParallelVectorizeUnroll(),
-            P.RewriteReductionBlock(), P.RewriteTensorize(vectorize_init_loop=intrin.rows == 1),
-            P.RewriteLayout()]
+    return [
+        P.DisallowDynamicLoop(),
+        P.RewriteParallelVectorizeUnroll(),
+        P.RewriteReductionBlock(),
+        P.RewriteTensorize(vectorize_init_loop=intrin.rows == 1),
+        P.RewriteLayout(),
+    ]
 
 
 def design_space(intrin: DotProduct | None):
@@ -50,5 +65,6 @@ def design_space(intrin: DotProduct | None):
     target)."""
     if intrin is None:
         return "post-order-apply"
-    return ms.space_generator.PostOrderApply(sch_rules=schedule_rules(intrin),
-                                             postprocs=postprocs(intrin), mutator_probs="llvm")
+    return ms.space_generator.PostOrderApply(
+        sch_rules=schedule_rules(intrin), postprocs=postprocs(intrin), mutator_probs="llvm"
+    )

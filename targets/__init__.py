@@ -6,11 +6,10 @@ Adding a target kind = a new module defining a :class:`TargetSpec` + one line be
 from __future__ import annotations
 
 from tvm_intq.errors import IntqError
-
-from .aarch64 import AARCH64, AARCH64_I8MM
-from .host import HOST
-from .riscv64 import RISCV64
-from .spec import TargetSpec
+from tvm_intq.targets.aarch64 import AARCH64, AARCH64_I8MM
+from tvm_intq.targets.host import HOST
+from tvm_intq.targets.riscv64 import RISCV64
+from tvm_intq.targets.spec import TargetSpec
 
 TARGETS: dict[str, TargetSpec] = {
     spec.name: spec

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .spec import TargetSpec
+from tvm_intq.targets.spec import TargetSpec
 
 _COMMON = dict(
     cross_compiler="aarch64-linux-gnu-g++",

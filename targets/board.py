@@ -42,12 +42,12 @@ class Emulator:
     (libtvm_runtime.so, libtvm_ffi.so) into ``build/boards/<board name>/``.
     """
 
-    qemu: str                       # qemu-user binary, e.g. qemu-aarch64
-    qemu_args: tuple[str, ...]      # e.g. ("-cpu", "max")
-    sysroot: str                    # -L: the Debian cross sysroot with libc/libstdc++
-    build_script: str               # file name in targets/boards/
+    qemu: str  # qemu-user binary, e.g. qemu-aarch64
+    qemu_args: tuple[str, ...]  # e.g. ("-cpu", "max")
+    sysroot: str  # -L: the Debian cross sysroot with libc/libstdc++
+    build_script: str  # file name in targets/boards/
     apt_packages: tuple[str, ...] = ("qemu-user",)
-    min_qemu: tuple[int, int] = (0, 0)   # oldest QEMU that runs TVM's code for this board
+    min_qemu: tuple[int, int] = (0, 0)  # oldest QEMU that runs TVM's code for this board
 
     def qemu_path(self) -> str | None:
         """The qemu-user binary: the one ``make boards`` fetched (fetch_qemu.sh, Debian's
@@ -69,11 +69,11 @@ class BoardSpec:
     """One board kind."""
 
     name: str
-    target: str                     # name of a TargetSpec in tvm_intq.targets.TARGETS
-    key: str                        # RPC key its servers register under with the tracker
+    target: str  # name of a TargetSpec in tvm_intq.targets.TARGETS
+    key: str  # RPC key its servers register under with the tracker
     description: str
     emulator: Emulator | None = None
-    setup: tuple[str, ...] = field(default=())   # for real boards: what to install on it
+    setup: tuple[str, ...] = field(default=())  # for real boards: what to install on it
     #: Emulated boards that differ only in emulator options (e.g. the RISC-V VLEN) share the
     #: runtime `make boards` built for this board name (default: their own name).
     runtime: str = ""
@@ -83,7 +83,7 @@ class BoardSpec:
         return self.emulator is not None
 
     def target_spec(self):
-        from . import get_target
+        from tvm_intq.targets import get_target
 
         return get_target(self.target)
 
@@ -107,26 +107,42 @@ class BoardSpec:
         if not self.emulated:
             raise IntqError(
                 f"{self.name} is a real board: run on it `python -m tvm.exec.rpc_server "
-                f"--tracker HOST:PORT --key {self.key}` (see README, Measuring on your board)")
+                f"--tracker HOST:PORT --key {self.key}` (see README, Measuring on your board)"
+            )
         emu = self.emulator
         if emu.qemu_path() is None:
-            raise IntqError(f"{emu.qemu} not found (needed to emulate board '{self.name}'): "
-                            f"run `make boards` or install {' '.join(emu.apt_packages)}")
+            raise IntqError(
+                f"{emu.qemu} not found (needed to emulate board '{self.name}'): "
+                f"run `make boards` or install {' '.join(emu.apt_packages)}"
+            )
         version = emu.qemu_version()
         if version is not None and version < emu.min_qemu:
             need = ".".join(map(str, emu.min_qemu))
-            raise IntqError(f"{emu.qemu_path()} is QEMU {version[0]}.{version[1]}; board "
-                            f"'{self.name}' needs QEMU >= {need}: run `make boards` (fetches "
-                            "Debian's qemu-user 10 from bookworm-backports)")
+            raise IntqError(
+                f"{emu.qemu_path()} is QEMU {version[0]}.{version[1]}; board "
+                f"'{self.name}' needs QEMU >= {need}: run `make boards` (fetches "
+                "Debian's qemu-user 10 from bookworm-backports)"
+            )
         if not Path(emu.sysroot).is_dir():
-            raise IntqError(f"{emu.sysroot} missing (the cross sysroot board '{self.name}' runs "
-                            f"with): install the cross g++ of target {self.target} (make installs it)")
+            raise IntqError(
+                f"{emu.sysroot} missing (the cross sysroot board '{self.name}' runs "
+                f"with): install the cross g++ of target {self.target} (make installs it)"
+            )
         if not self.is_built():
-            raise IntqError(f"board '{self.name}' is not built ({self.server_binary()} missing): "
-                            f"run `make boards`")
+            raise IntqError(
+                f"board '{self.name}' is not built ({self.server_binary()} missing): "
+                f"run `make boards`"
+            )
 
     def command(self, sockfd: int, workdir: str) -> list[str]:
         """The command serving one RPC session on the connected socket ``sockfd``."""
         emu = self.emulator
-        return [emu.qemu_path() or emu.qemu, "-L", emu.sysroot, *emu.qemu_args, str(self.server_binary()),
-                str(sockfd), workdir]
+        return [
+            emu.qemu_path() or emu.qemu,
+            "-L",
+            emu.sysroot,
+            *emu.qemu_args,
+            str(self.server_binary()),
+            str(sockfd),
+            workdir,
+        ]

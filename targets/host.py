@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .spec import TargetSpec
+from tvm_intq.targets.spec import TargetSpec
 
 
 def _host_cores() -> int:

@@ -37,8 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from tvm_intq.errors import IntqError
-
-from .board import BoardSpec, boards_build_dir
+from tvm_intq.targets.board import BoardSpec, boards_build_dir
 
 #: Calls before the one :func:`executed_instructions` reports (see the module docstring).
 WARMUP_CALLS = 3
@@ -58,8 +57,8 @@ GUEST_ADDRESS_SPACE = "8G"
 class Execution:
     """What one counted run on an emulated board saw."""
 
-    per_call: tuple[int, ...]     # guest instructions executed by each call, in order
-    load_base: int                # guest address the library was loaded at
+    per_call: tuple[int, ...]  # guest instructions executed by each call, in order
+    load_base: int  # guest address the library was loaded at
     #: with ``blocks=True``: ``{(offset in the library, instructions): executions}`` summed over
     #: all calls, for the straight-line blocks (QEMU translation blocks) inside the library.
     blocks: dict[tuple[int, int], int] | None = None
@@ -70,8 +69,10 @@ class Execution:
         least two such calls and they agree within :data:`WARM_SPREAD`."""
         warm = self.per_call[warmup:]
         if len(warm) < 2 or max(warm) - min(warm) > WARM_SPREAD * max(warm):
-            raise IntqError(f"{what}: instructions per call {list(self.per_call)} do not settle "
-                            f"after {warmup} warm-up calls (within {WARM_SPREAD:g})")
+            raise IntqError(
+                f"{what}: instructions per call {list(self.per_call)} do not settle "
+                f"after {warmup} warm-up calls (within {WARM_SPREAD:g})"
+            )
         return sorted(warm)[len(warm) // 2]
 
 
@@ -80,21 +81,25 @@ def counting_tools(board: BoardSpec) -> tuple[Path, Path, Path]:
     what to build when one is missing."""
     board.check_runnable()
     build = boards_build_dir()
-    paths = (build / "qemu-plugins" / "bin" / board.emulator.qemu,
-             build / "insn-count" / "lib" / "libinsn_count.so",
-             # one runner per board runtime (riscv64-emu-vlen256 runs riscv64-emu's)
-             build / "insn-count" / "bin" / f"count_runner-{board.runtime_dir().name}")
+    paths = (
+        build / "qemu-plugins" / "bin" / board.emulator.qemu,
+        build / "insn-count" / "lib" / "libinsn_count.so",
+        # one runner per board runtime (riscv64-emu-vlen256 runs riscv64-emu's)
+        build / "insn-count" / "bin" / f"count_runner-{board.runtime_dir().name}",
+    )
     for p in paths:
         if not p.is_file():
-            raise IntqError(f"{p} missing (instruction counting for board '{board.name}'): run "
-                            "`make boards` (targets/boards/build_insn_count.sh)")
+            raise IntqError(
+                f"{p} missing (instruction counting for board '{board.name}'): run "
+                "`make boards` (targets/boards/build_insn_count.sh)"
+            )
     return paths
 
 
 def _board(board) -> BoardSpec:
     if isinstance(board, BoardSpec):
         return board
-    from .boards import get_board
+    from tvm_intq.targets.boards import get_board
 
     return get_board(board)
 
@@ -107,8 +112,16 @@ def _arg_spec(a: np.ndarray, folder: Path, i: int) -> str:
     return f"{a.dtype}:{shape}={path}"
 
 
-def run_counted(library, board, args, *, function: str = "main", calls: int = 3,
-                blocks: bool = False, timeout: float = 1800.0) -> Execution:
+def run_counted(
+    library,
+    board,
+    args,
+    *,
+    function: str = "main",
+    calls: int = 3,
+    blocks: bool = False,
+    timeout: float = 1800.0,
+) -> Execution:
     """Call ``function`` of ``library`` ``calls`` times on emulated ``board`` (a
     :class:`BoardSpec` or its name) with ``args`` (numpy arrays, in parameter order), counting
     instructions; with ``blocks`` also which blocks of the library ran how often (slower: one
@@ -121,27 +134,49 @@ def run_counted(library, board, args, *, function: str = "main", calls: int = 3,
     emu = board.emulator
     with tempfile.TemporaryDirectory(prefix="tvm-intq-count-") as tmp:
         tmp = Path(tmp)
-        plugin_arg = f"{plugin},out={tmp / 'counts'}" + (f",blocks={tmp / 'blocks'}" if blocks else "")
-        cmd = [str(qemu), "-R", GUEST_ADDRESS_SPACE, "-L", emu.sysroot, *emu.qemu_args,
-               "-E", f"LD_LIBRARY_PATH={board.runtime_dir() / 'lib'}", "-E", "LD_BIND_NOW=1",
-               "-E", "TVM_NUM_THREADS=1",
-               "-plugin", plugin_arg, str(runner), str(library), function, str(calls),
-               *(_arg_spec(a, tmp, i) for i, a in enumerate(args))]
+        plugin_arg = f"{plugin},out={tmp / 'counts'}" + (
+            f",blocks={tmp / 'blocks'}" if blocks else ""
+        )
+        cmd = [
+            str(qemu),
+            "-R",
+            GUEST_ADDRESS_SPACE,
+            "-L",
+            emu.sysroot,
+            *emu.qemu_args,
+            "-E",
+            f"LD_LIBRARY_PATH={board.runtime_dir() / 'lib'}",
+            "-E",
+            "LD_BIND_NOW=1",
+            "-E",
+            "TVM_NUM_THREADS=1",
+            "-plugin",
+            plugin_arg,
+            str(runner),
+            str(library),
+            function,
+            str(calls),
+            *(_arg_spec(a, tmp, i) for i, a in enumerate(args)),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
-            raise IntqError(f"{library.name} on {board.name} (counting run) failed: "
-                            f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
-        base = int(next(line.split()[1] for line in proc.stdout.splitlines()
-                        if line.startswith("base ")), 16)
+            raise IntqError(
+                f"{library.name} on {board.name} (counting run) failed: "
+                f"{(proc.stderr or proc.stdout).strip()[-2000:]}"
+            )
+        base = int(
+            next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("base ")),
+            16,
+        )
         marks = [int(v) for v in (tmp / "counts").read_text().split()]
         # marks: before call 1, after each call, at exit
-        per_call = tuple(b - a for a, b in zip(marks[:calls], marks[1:calls + 1]))
+        per_call = tuple(b - a for a, b in zip(marks[:calls], marks[1 : calls + 1]))
         profile = _library_blocks(tmp / "blocks", base, library) if blocks else None
     return Execution(per_call, base, profile)
 
 
 def _library_blocks(path: Path, base: int, library: Path) -> dict[tuple[int, int], int]:
-    size = library.stat().st_size    # the text of a shared library lies within its file size
+    size = library.stat().st_size  # the text of a shared library lies within its file size
     out: dict[tuple[int, int], int] = {}
     for line in path.read_text().splitlines():
         vaddr, n, executions = line.split()
@@ -152,8 +187,9 @@ def _library_blocks(path: Path, base: int, library: Path) -> dict[tuple[int, int
     return out
 
 
-def executed_instructions(library, board, args, *, function: str = "main",
-                          warmup: int = WARMUP_CALLS) -> int:
+def executed_instructions(
+    library, board, args, *, function: str = "main", warmup: int = WARMUP_CALLS
+) -> int:
     """Guest instructions one call of ``function`` executes on emulated ``board`` once warm
     (see :func:`run_counted` for the arguments and the module docstring for what "warm" means):
     the median of two calls after ``warmup`` calls (:meth:`Execution.warm_instructions`)."""

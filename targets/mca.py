@@ -31,10 +31,9 @@ import tempfile
 from pathlib import Path
 
 from tvm_intq.errors import IntqError
-from tvm_intq.inspect import kernel_of
-
-from .board import ELF_MACHINE_NAMES
-from .insn_count import Execution, _board, run_counted
+from tvm_intq.targets.board import ELF_MACHINE_NAMES
+from tvm_intq.targets.disassembly import kernel_of
+from tvm_intq.targets.insn_count import Execution, _board, run_counted
 
 #: Cores per architecture, as llvm-mca names them: in-order little (Cortex-A55), out-of-order
 #: big (Neoverse-N1 is a Cortex-A76 derivative with its own, recent scheduling model; LLVM 19
@@ -42,13 +41,20 @@ from .insn_count import Execution, _board, run_counted
 #: neoverse-n1 is the Cortex-A76-class figure to quote) and, for RVV, SiFive's P670
 #: (out-of-order, VLEN 128 like the emulated board; vector scheduling model since LLVM 19) and
 #: the in-order X280 (VLEN 512).
-CORES = {"aarch64": ("cortex-a55", "cortex-a76", "neoverse-n1"),
-         "riscv64": ("sifive-p670", "sifive-x280")}
+CORES = {
+    "aarch64": ("cortex-a55", "cortex-a76", "neoverse-n1"),
+    "riscv64": ("sifive-p670", "sifive-x280"),
+}
 #: What each core's figure is, for reports.
-CORE_NOTES = {"cortex-a76": "LLVM 19 uses its Cortex-A57 scheduling model",
-              "neoverse-n1": "Cortex-A76 class, LLVM's Neoverse-N1 model"}
+CORE_NOTES = {
+    "cortex-a76": "LLVM 19 uses its Cortex-A57 scheduling model",
+    "neoverse-n1": "Cortex-A76 class, LLVM's Neoverse-N1 model",
+}
 #: The oldest LLVM whose llvm-mca models all of CORES (sifive-p670 arrived in LLVM 19).
 MIN_LLVM = 19
+#: The deterministic costs an emulated board measures a kernel by (``tvm-intq tune --cost``):
+#: instructions executed (:mod:`.insn_count`) or llvm-mca cycles on a core (this module).
+COSTS = ("instructions", "mca")
 ITERATIONS = 100
 #: What the emulated CPUs execute (qemu -cpu max; rv64 with V): llvm-mca must parse every
 #: instruction a library for any target of the architecture can have.
@@ -56,8 +62,8 @@ _MATTR = {"aarch64": "+neon,+dotprod,+i8mm", "riscv64": "+m,+a,+f,+d,+c,+v"}
 
 _INSN = re.compile(r"^\s*([0-9a-f]+):\s+(.+)$")
 _SYMBOL = re.compile(r"^([0-9a-f]+) <(.+)>:$")
-_TARGET = re.compile(r"(?:0x)?[0-9a-f]+ <[^>]*>")   # a branch target as objdump prints it
-_ANNOTATION = re.compile(r"\s*<[^>]*>")                # what remains: symbol of an offset
+_TARGET = re.compile(r"(?:0x)?[0-9a-f]+ <[^>]*>")  # a branch target as objdump prints it
+_ANNOTATION = re.compile(r"\s*<[^>]*>")  # what remains: symbol of an offset
 _COMMENT = {"aarch64": re.compile(r"\s+//.*$"), "riscv64": re.compile(r"\s+#.*$")}
 
 
@@ -68,8 +74,10 @@ def llvm_tools() -> tuple[str, str]:
         mca, objdump = shutil.which(f"llvm-mca-{version}"), shutil.which(f"llvm-objdump-{version}")
         if mca and objdump:
             return mca, objdump
-    raise IntqError(f"llvm-mca >= {MIN_LLVM} not found (llvm-mca-{MIN_LLVM} and "
-                    f"llvm-objdump-{MIN_LLVM}): install llvm-{MIN_LLVM} (make system-deps)")
+    raise IntqError(
+        f"llvm-mca >= {MIN_LLVM} not found (llvm-mca-{MIN_LLVM} and "
+        f"llvm-objdump-{MIN_LLVM}): install llvm-{MIN_LLVM} (make system-deps)"
+    )
 
 
 def architecture(board) -> str:
@@ -106,14 +114,15 @@ def kernel_blocks(library, execution: Execution, arch: str, objdump: str):
         kernel = kernel_of(owner.get(offset, ""))
         if kernel is None or offset not in index:
             continue
-        body = [insns[a] for a in addresses[index[offset]:index[offset] + n]]
+        body = [insns[a] for a in addresses[index[offset] : index[offset] + n]]
         if len(body) == n and not any("<unknown>" in t for t in body):
             out.append((kernel, body, executions))
     return out
 
 
-def mca_cycles(library, board, args, cpu: str, *, function: str = "main",
-               execution: Execution | None = None) -> dict[str, float]:
+def mca_cycles(
+    library, board, args, cpu: str, *, function: str = "main", execution: Execution | None = None
+) -> dict[str, float]:
     """``{kernel: estimated cycles per call}`` of ``library`` on core ``cpu`` (llvm-mca's name,
     see :data:`CORES`) for one call of ``function`` with ``args`` on emulated ``board``
     (see the module docstring for the method). ``execution``: a block profile of that call from
@@ -129,19 +138,34 @@ def mca_cycles(library, board, args, cpu: str, *, function: str = "main",
     blocks = kernel_blocks(library, execution, arch, objdump)
     if not blocks:
         return {}
-    regions = "".join(f"# LLVM-MCA-BEGIN b{i}\n" + "\n".join(body) + "\n# LLVM-MCA-END\n"
-                      for i, (_, body, _) in enumerate(blocks))
+    regions = "".join(
+        f"# LLVM-MCA-BEGIN b{i}\n" + "\n".join(body) + "\n# LLVM-MCA-END\n"
+        for i, (_, body, _) in enumerate(blocks)
+    )
     with tempfile.NamedTemporaryFile("w", suffix=".s") as f:
         f.write(regions)
         f.flush()
-        proc = subprocess.run([mca, f"-mtriple={arch}-linux-gnu", f"-mcpu={cpu}",
-                               f"-mattr={_MATTR[arch]}", f"-iterations={ITERATIONS}", "-json",
-                               f.name], capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                mca,
+                f"-mtriple={arch}-linux-gnu",
+                f"-mcpu={cpu}",
+                f"-mattr={_MATTR[arch]}",
+                f"-iterations={ITERATIONS}",
+                "-json",
+                f.name,
+            ],
+            capture_output=True,
+            text=True,
+        )
     if proc.returncode != 0:
-        raise IntqError(f"llvm-mca -mcpu={cpu} on {Path(library).name}: "
-                        f"{proc.stderr.strip()[-1000:]}")
-    per_iteration = {r["Name"]: r["SummaryView"]["TotalCycles"] / r["SummaryView"]["Iterations"]
-                     for r in json.loads(proc.stdout)["CodeRegions"]}
+        raise IntqError(
+            f"llvm-mca -mcpu={cpu} on {Path(library).name}: {proc.stderr.strip()[-1000:]}"
+        )
+    per_iteration = {
+        r["Name"]: r["SummaryView"]["TotalCycles"] / r["SummaryView"]["Iterations"]
+        for r in json.loads(proc.stdout)["CodeRegions"]
+    }
     out: dict[str, float] = {}
     for i, (kernel, _, executions) in enumerate(blocks):
         out[kernel] = out.get(kernel, 0.0) + per_iteration[f"b{i}"] * executions / calls

@@ -3,7 +3,7 @@ Debian's riscv64 g++."""
 
 from __future__ import annotations
 
-from .spec import TargetSpec
+from tvm_intq.targets.spec import TargetSpec
 
 RISCV64 = TargetSpec(
     name="riscv64",

@@ -38,10 +38,10 @@ def bundled_integer():
     from tvm_intq import api
     from tvm_intq.calibration import load_npz
     from tvm_intq.demo import bundled
-    from tvm_intq.frontend import import_onnx
+    from tvm_intq.frontends import import_model
 
     model = bundled("mnist_cnn.onnx")
-    _, info = import_onnx(model)
+    _, info = import_model(model)
     calib = load_npz(bundled("calib.npz"), info.inputs)
     return api.compile_onnx(model, calib, api.QuantConfig(progress=False), "host").integer
 
@@ -50,31 +50,44 @@ def three_conv_model(rng, bias_mean: float = 0.0):
     """conv3x3+relu -> conv1x1 -> tanh -> conv1x1 on a 2x3x6x6 input, weights drawn from
     ``rng`` (first bias around ``bias_mean``), imported and prepared: a model small enough to
     search schemes and float layers over in seconds."""
-    import tvm_intq
     from onnx import TensorProto, helper, numpy_helper
     from tvm.relax.frontend.onnx import from_onnx
 
-    inits = {"w1": rng.normal(0, 0.4, (8, 3, 3, 3)), "b1": rng.normal(bias_mean, 0.3, 8),
-             "w2": rng.normal(0, 0.3, (8, 8, 1, 1)), "b2": rng.normal(0, 0.2, 8),
-             "w3": rng.normal(0, 0.3, (4, 8, 1, 1)), "b3": rng.normal(0, 0.2, 4)}
-    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c1"], ["r1"]),
-             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"]),
-             helper.make_node("Tanh", ["c2"], ["t2"]),
-             helper.make_node("Conv", ["t2", "w3", "b3"], ["y"])]
+    import tvm_intq
+
+    inits = {
+        "w1": rng.normal(0, 0.4, (8, 3, 3, 3)),
+        "b1": rng.normal(bias_mean, 0.3, 8),
+        "w2": rng.normal(0, 0.3, (8, 8, 1, 1)),
+        "b2": rng.normal(0, 0.2, 8),
+        "w3": rng.normal(0, 0.3, (4, 8, 1, 1)),
+        "b3": rng.normal(0, 0.2, 4),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"]),
+        helper.make_node("Tanh", ["c2"], ["t2"]),
+        helper.make_node("Conv", ["t2", "w3", "b3"], ["y"]),
+    ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 6, 6])],
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 6, 6])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
-    return tvm_intq.prepare(from_onnx(helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17)])))
+        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()],
+    )
+    return tvm_intq.prepare(
+        from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    )
 
 
 def run_vm(mod, x, extra=()):
     """Build ``mod`` for the host and run its main on ``x`` (and ``extra`` inputs)."""
     import tvm
-    import tvm_intq
     from tvm import relax
+
+    import tvm_intq
 
     vm = relax.VirtualMachine(tvm_intq.build(mod), tvm.cpu())
     return vm["main"](tvm.runtime.tensor(x), *[tvm.runtime.tensor(e) for e in extra]).numpy()

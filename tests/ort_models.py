@@ -19,8 +19,12 @@ CALIB_SAMPLES = 64  # of calib.npz; enough for min/max ranges, keeps the tests q
 def ort_quantize(folder: Path, fmt: str = "QDQ", activations: str = "QInt8") -> Path:
     """Path of the bundled model quantized by ONNX Runtime (``fmt`` QDQ|QOperator,
     ``activations`` QInt8|QUInt8), written into ``folder``."""
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     pre = folder / "mnist_cnn.pre.onnx"
@@ -30,14 +34,20 @@ def ort_quantize(folder: Path, fmt: str = "QDQ", activations: str = "QInt8") -> 
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.samples = iter(x[i:i + 1] for i in range(len(x)))
+            self.samples = iter(x[i : i + 1] for i in range(len(x)))
 
         def get_next(self):
             sample = next(self.samples, None)
             return None if sample is None else {"input": sample}
 
     out = folder / f"mnist_cnn.{fmt}.{activations}.onnx"
-    quantize_static(str(pre), str(out), Reader(), quant_format=getattr(QuantFormat, fmt),
-                    per_channel=True, activation_type=getattr(QuantType, activations),
-                    weight_type=QuantType.QInt8)
+    quantize_static(
+        str(pre),
+        str(out),
+        Reader(),
+        quant_format=getattr(QuantFormat, fmt),
+        per_channel=True,
+        activation_type=getattr(QuantType, activations),
+        weight_type=QuantType.QInt8,
+    )
     return out

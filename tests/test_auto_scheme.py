@@ -3,14 +3,15 @@ per-layer choice by measured output error."""
 
 import numpy as np
 import pytest
+from conftest import run_vm, three_conv_model
 
 import tvm_intq
-from conftest import run_vm, three_conv_model
-from tvm_intq import auto_scheme, intmath
 from tvm_intq.calibration import SampleSet
-from tvm_intq.metrics import sqnr_db
+from tvm_intq.core import intmath
+from tvm_intq.core.metrics import sqnr_db
+from tvm_intq.core.schemes import PerLayer, get_scheme
 from tvm_intq.relay_passes import Annotate, float_ops
-from tvm_intq.schemes import PerLayer, get_scheme
+from tvm_intq.search import scheme_choice
 
 pytestmark = pytest.mark.filterwarnings("ignore:Field 'shape' of 'type' is required")
 
@@ -21,13 +22,13 @@ def small():
     rng = np.random.default_rng(0)
     prepared = three_conv_model(rng, bias_mean=0.3)
     samples = SampleSet({"x": rng.normal(0, 1, (32, 3, 6, 6)).astype(np.float32)})
-    by_scheme = auto_scheme.calibrate_all(prepared, samples, "minmax")
+    by_scheme = scheme_choice.calibrate_all(prepared, samples, "minmax")
     return prepared, samples, by_scheme
 
 
 def test_one_calibration_gives_every_candidates_ranges(small):
     prepared, samples, by = small
-    assert set(by) == set(auto_scheme.CANDIDATES)
+    assert set(by) == set(scheme_choice.CANDIDATES)
     for name, (lo, hi) in by["symmetric"].items():
         assert lo == -hi
         assert by["hybrid-asym"][name][0] >= lo and by["hybrid-asym"][name][1] <= hi
@@ -40,12 +41,12 @@ def test_one_calibration_gives_every_candidates_ranges(small):
 
 def test_one_hot_gates_reproduce_each_schemes_qdq_model(small):
     prepared, samples, by = small
-    mod, points = auto_scheme.multi_gated_module(prepared, by)
-    k = len(auto_scheme.CANDIDATES)
+    mod, points = scheme_choice.multi_gated_module(prepared, by)
+    k = len(scheme_choice.CANDIDATES)
     x = samples.arrays["x"][:2]
     zeros = np.zeros(len(points) * k, np.float32)
     np.testing.assert_array_equal(run_vm(mod, x, [zeros]), run_vm(prepared, x))
-    for j, name in enumerate(auto_scheme.CANDIDATES):
+    for j, name in enumerate(scheme_choice.CANDIDATES):
         g = zeros.copy()
         g[j::k] = 1.0
         qdq = Annotate(by[name], name)(prepared)
@@ -56,17 +57,19 @@ def test_one_hot_gates_reproduce_each_schemes_qdq_model(small):
 
 def test_choice_is_at_least_the_best_uniform_scheme_and_folds_to_integers(small):
     prepared, samples, by = small
-    scheme, ranges, report = auto_scheme.choose(prepared, by, samples)
+    scheme, ranges, report = scheme_choice.choose(prepared, by, samples)
     sim = report["simulated_output_sqnr_db"]
     assert sim["auto"] >= max(sim["uniform"].values())
-    assert isinstance(scheme, PerLayer) and set(report["choice"].values()) <= set(auto_scheme.CANDIDATES)
+    assert isinstance(scheme, PerLayer) and set(report["choice"].values()) <= set(
+        scheme_choice.CANDIDATES
+    )
     for p, name in report["choice"].items():
         assert ranges[p] == by[name][p]
     _, integer = tvm_intq.lower(prepared, ranges, tvm_intq.QuantConfig(scheme=scheme))
     assert float_ops(integer) == []
     x = samples.arrays["x"][:8]
-    got = np.concatenate([run_vm(integer, x[i:i + 2]) for i in range(0, 8, 2)])
-    ref = np.concatenate([run_vm(prepared, x[i:i + 2]) for i in range(0, 8, 2)])
+    got = np.concatenate([run_vm(integer, x[i : i + 2]) for i in range(0, 8, 2)])
+    ref = np.concatenate([run_vm(prepared, x[i : i + 2]) for i in range(0, 8, 2)])
     assert sqnr_db(ref, got) >= sim["auto"] - 3.0
 
 

@@ -11,8 +11,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from conftest import require_tool
+
 from tvm_intq.cli import main
 from tvm_intq.errors import IntqError
 from tvm_intq.targets import TARGETS
@@ -67,7 +67,9 @@ def test_unknown_board_lists_the_known_ones():
 
 
 def test_real_board_cannot_be_started_here_and_says_what_to_run():
-    with pytest.raises(IntqError, match=r"real board.*tvm\.exec\.rpc_server --tracker .* --key rk3588"):
+    with pytest.raises(
+        IntqError, match=r"real board.*tvm\.exec\.rpc_server --tracker .* --key rk3588"
+    ):
         get_board("rk3588").check_runnable()
 
 
@@ -104,7 +106,11 @@ def test_boards_command_lists_every_board(capsys):
 def test_runtime_is_built_for_the_board_architecture(board):
     require_built(board)
     root = board.runtime_dir()
-    files = [board.server_binary(), root / "lib" / "libtvm_runtime.so", root / "lib" / "libtvm_ffi.so"]
+    files = [
+        board.server_binary(),
+        root / "lib" / "libtvm_runtime.so",
+        root / "lib" / "libtvm_ffi.so",
+    ]
     for f in files:
         assert f.is_file(), f"{f} missing"
         assert elf_machine(f) == board.elf_machine, f"{f.name} is not a {board.target} ELF"
@@ -214,9 +220,23 @@ def test_compat_headers_behave_as_the_runtime_needs(tmp_path):
     (tmp_path / "t.cc").write_text(COMPAT_TEST)
     exe = tmp_path / "t"
     build = subprocess.run(
-        [cxx, "-std=c++17", "-O1", f"-I{BOARDS_SRC / 'compat' / 'src'}", f"-I{tmp_path}",
-         f"-I{ffi / 'include'}", str(tmp_path / "t.cc"), "-o", str(exe), f"-L{ffi / 'lib'}",
-         "-ltvm_ffi", f"-Wl,-rpath,{ffi / 'lib'}"], capture_output=True, text=True)
+        [
+            cxx,
+            "-std=c++17",
+            "-O1",
+            f"-I{BOARDS_SRC / 'compat' / 'src'}",
+            f"-I{tmp_path}",
+            f"-I{ffi / 'include'}",
+            str(tmp_path / "t.cc"),
+            "-o",
+            str(exe),
+            f"-L{ffi / 'lib'}",
+            "-ltvm_ffi",
+            f"-Wl,-rpath,{ffi / 'lib'}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert build.returncode == 0, build.stderr[-3000:]
     run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stdout + run.stderr
@@ -227,7 +247,12 @@ def test_build_scripts_are_no_ops_when_up_to_date():
     for board in EMULATED:
         require_built(board)
     script = BOARDS_SRC / "build_aarch64_emu.sh"
-    run = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PY": sys.executable})
+    run = subprocess.run(
+        ["bash", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PY": sys.executable},
+    )
     assert run.returncode == 0, run.stderr
     assert "up to date" in run.stderr or "reused" in run.stderr

@@ -7,18 +7,18 @@ import pytest
 import tvm_intq
 from tvm_intq import api
 from tvm_intq.calibration import load_npz
+from tvm_intq.compiler.runner import Runner, run_all
 from tvm_intq.demo import bundled
-from tvm_intq.frontend import import_onnx
-from tvm_intq.reference import run_reference
+from tvm_intq.evaluation.reference import run_reference
+from tvm_intq.frontends import import_model
 from tvm_intq.relay_passes import ExposeTensors
-from tvm_intq.relay_passes.rebuild import bindings_of
-from tvm_intq.runner import Runner, run_all
+from tvm_intq.relay_passes.analysis.rebuild import bindings_of
 
 
 @pytest.fixture(scope="module")
 def compiled():
     model = bundled("mnist_cnn.onnx")
-    _, info = import_onnx(model)
+    _, info = import_model(model)
     calib = load_npz(bundled("calib.npz"), info.inputs)
     heldout = load_npz(bundled("heldout.npz"), info.inputs)
     config = api.QuantConfig(integer_only=True, progress=False)
@@ -50,8 +50,8 @@ def test_every_layer_bit_exact_with_numpy_reference(compiled):
     runner = Runner(tvm_intq.build(exposed), ["input"])
     x = heldout.arrays["input"][:32]
     for i in range(len(x)):
-        compiled_out = runner({"input": x[i:i + 1]})
-        reference = run_reference(exposed, {"input": x[i:i + 1]})
+        compiled_out = runner({"input": x[i : i + 1]})
+        reference = run_reference(exposed, {"input": x[i : i + 1]})
         for name, got, want in zip(["logits"] + names, compiled_out, reference):
             assert got.dtype == want.dtype, name
             np.testing.assert_array_equal(got, want, err_msg=f"{name}, sample {i}")
@@ -59,10 +59,15 @@ def test_every_layer_bit_exact_with_numpy_reference(compiled):
 
 def test_symmetric_scheme_is_integer_only_too(compiled):
     c, heldout = compiled
-    ranges = tvm_intq.calibrate(c.prepared, load_npz(bundled("calib.npz"), c.info.inputs),
-                                scheme="symmetric", progress=False)
-    _, integer = tvm_intq.lower(c.prepared, ranges,
-                                tvm_intq.QuantConfig(scheme="symmetric", integer_only=True))
+    ranges = tvm_intq.calibrate(
+        c.prepared,
+        load_npz(bundled("calib.npz"), c.info.inputs),
+        scheme="symmetric",
+        progress=False,
+    )
+    _, integer = tvm_intq.lower(
+        c.prepared, ranges, tvm_intq.QuantConfig(scheme="symmetric", integer_only=True)
+    )
     (logits,) = run_all(Runner(tvm_intq.build(integer), ["input"]), heldout, 1)
     labels = heldout.extras["labels"]
     assert np.mean(logits.argmax(1) == labels) >= c.report["top1"]["fp32"] - 0.02

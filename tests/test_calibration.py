@@ -4,8 +4,15 @@ import numpy as np
 import pytest
 from scipy.stats import entropy
 
-from tvm_intq.calibration import (CALIBRATORS, Calibrator, SampleSet, TensorStats,
-                                  collect_ranges, get_calibrator, register)
+from tvm_intq.calibration import (
+    CALIBRATORS,
+    Calibrator,
+    SampleSet,
+    TensorStats,
+    collect_ranges,
+    get_calibrator,
+    register,
+)
 from tvm_intq.calibration.base import MIN_RANGE_WIDTH, hist_quantile
 from tvm_intq.calibration.kl import SMOOTHING_EPS, best_kept_bins
 from tvm_intq.errors import IntqError
@@ -41,8 +48,7 @@ def test_stats_streaming_equals_all_at_once():
     assert parts.min == float(x.min()) and parts.max == float(x.max()) and parts.count == x.size
     np.testing.assert_array_equal(parts.hist, whole.hist)
     assert parts.hist.sum() == x.size
-    np.testing.assert_array_equal(
-        parts.hist, np.histogram(x, bins=64, range=(x.min(), x.max()))[0])
+    np.testing.assert_array_equal(parts.hist, np.histogram(x, bins=64, range=(x.min(), x.max()))[0])
 
 
 def test_abs_histogram_folds_mass_onto_abs():
@@ -143,8 +149,8 @@ def test_percentile_clips_outlier_keeps_bulk():
     x = RNG.standard_normal(100_000)
     x[123] = 50.0
     lo, hi = get_calibrator("percentile", percentile=99.9).compute_range(stats_of(x), False)
-    assert hi < 10.0 and lo > -10.0                               # the outlier is clipped
-    assert hi == pytest.approx(np.quantile(x, 0.999), rel=0.05)   # the bulk is not
+    assert hi < 10.0 and lo > -10.0  # the outlier is clipped
+    assert hi == pytest.approx(np.quantile(x, 0.999), rel=0.05)  # the bulk is not
     assert lo == pytest.approx(np.quantile(x, 0.001), rel=0.05)
     lo, hi = get_calibrator("percentile", percentile=99.9).compute_range(stats_of(x), True)
     assert hi == pytest.approx(np.quantile(np.abs(x), 0.999), rel=0.05) and lo == -hi
@@ -267,13 +273,17 @@ def test_register_a_new_calibrator_in_one_class():
     @register
     class Half(Calibrator):
         """Half the min/max range."""
+
         name = "test-half"
 
         def select_range(self, stats, symmetric):
             return stats.min / 2, stats.max / 2
 
     try:
-        assert get_calibrator("test-half").compute_range(stats_of([-4.0, 2.0]), False) == (-2.0, 1.0)
+        assert get_calibrator("test-half").compute_range(stats_of([-4.0, 2.0]), False) == (
+            -2.0,
+            1.0,
+        )
     finally:
         del CALIBRATORS["test-half"]
 
@@ -297,9 +307,10 @@ class CountingModel:
 def test_collect_ranges_minmax_matches_whole_data_single_pass():
     x = RNG.standard_normal((10, 3)).astype(np.float32)
     model = CountingModel()
-    ranges = collect_ranges(model, SampleSet({"x": x}), 4, get_calibrator("minmax"),
-                            symmetric=False, progress=False)
-    assert model.calls == [4, 4, 4]          # one pass, last batch padded to 4
+    ranges = collect_ranges(
+        model, SampleSet({"x": x}), 4, get_calibrator("minmax"), symmetric=False, progress=False
+    )
+    assert model.calls == [4, 4, 4]  # one pass, last batch padded to 4
     assert ranges["double"] == (float(2 * x.min()), float(2 * x.max()))
     relu = np.maximum(x @ model.w, 0.0)
     assert ranges["relu"] == (0.0, float(relu.max()))
@@ -308,8 +319,9 @@ def test_collect_ranges_minmax_matches_whole_data_single_pass():
 def test_collect_ranges_two_passes_only_for_histogram_calibrators():
     x = RNG.standard_normal((10, 3)).astype(np.float32)
     model = CountingModel()
-    ranges = collect_ranges(model, SampleSet({"x": x}), 5, get_calibrator("percentile"),
-                            symmetric=True, progress=False)
+    ranges = collect_ranges(
+        model, SampleSet({"x": x}), 5, get_calibrator("percentile"), symmetric=True, progress=False
+    )
     assert model.calls == [5, 5, 5, 5]
     assert set(ranges) == {"relu", "double"}
 
@@ -321,13 +333,14 @@ def test_collect_ranges_drops_padded_rows():
     def run(feeds):
         out = feeds["x"].copy()
         if out.shape[0] == 4 and np.array_equal(out[1], x[4]):  # the last, padded batch
-            out[1:] = 1e6                                        # only in padding rows
+            out[1:] = 1e6  # only in padding rows
             planted["yes"] = True
         return {"y": out}
 
     for name in ("minmax", "percentile", "kl"):
-        ranges = collect_ranges(run, SampleSet({"x": x}), 4, get_calibrator(name),
-                                symmetric=False, progress=False)
+        ranges = collect_ranges(
+            run, SampleSet({"x": x}), 4, get_calibrator(name), symmetric=False, progress=False
+        )
         assert planted.pop("yes")
         assert ranges["y"][1] <= float(x.max()) + 1e-6
 
@@ -352,8 +365,7 @@ def test_collect_ranges_nan_in_model_output_names_tensor():
             return {"good": feeds["x"], "conv3/out": feeds["x"] * 0.0 / feeds["x"]}
 
     with pytest.raises(IntqError, match=r"NaN in tensor 'conv3/out'.*sample 2"):
-        collect_ranges(run, SampleSet({"x": x}), 2, get_calibrator("minmax"), False,
-                       progress=False)
+        collect_ranges(run, SampleSet({"x": x}), 2, get_calibrator("minmax"), False, progress=False)
 
 
 def test_collect_ranges_inf_in_model_output_names_tensor():
@@ -371,23 +383,29 @@ def test_collect_ranges_tensor_without_batch_axis_and_padding():
 
     x = np.ones((3, 2), np.float32)
     with pytest.raises(IntqError, match=r"tensor 'flat'.*batch axis"):
-        collect_ranges(run, SampleSet({"x": x}), 2, get_calibrator("minmax"), False,
-                       progress=False)
+        collect_ranges(run, SampleSet({"x": x}), 2, get_calibrator("minmax"), False, progress=False)
 
 
 def test_collect_ranges_progress_bar_on_stderr(capsys):
     x = np.ones((3, 2), np.float32)
-    collect_ranges(lambda f: {"y": f["x"]}, SampleSet({"x": x}), 2, get_calibrator("kl"),
-                   False, progress=True)
+    collect_ranges(
+        lambda f: {"y": f["x"]}, SampleSet({"x": x}), 2, get_calibrator("kl"), False, progress=True
+    )
     err = capsys.readouterr().err
     assert "calibrate (pass 1/2)" in err and "calibrate (pass 2/2)" in err
-    collect_ranges(lambda f: {"y": f["x"]}, SampleSet({"x": x}), 2, get_calibrator("kl"),
-                   False, progress=False)
+    collect_ranges(
+        lambda f: {"y": f["x"]}, SampleSet({"x": x}), 2, get_calibrator("kl"), False, progress=False
+    )
     assert capsys.readouterr().err == ""
 
 
-@pytest.mark.parametrize("values", [np.full(10, 1.19e21, np.float32),  # light vgg19: v +- 0.5 == v
-                                    np.array([0.0, 1e-44], np.float32)])  # a denormal maximum
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.full(10, 1.19e21, np.float32),  # light vgg19: v +- 0.5 == v
+        np.array([0.0, 1e-44], np.float32),
+    ],
+)  # a denormal maximum
 def test_histogram_of_extreme_near_constant_tensors(values):
     stats = TensorStats.from_array(values, 2048, histogram=True)
     assert stats.hist.sum() == values.size

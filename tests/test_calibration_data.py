@@ -28,7 +28,7 @@ def test_batches_pad_last_batch_with_last_sample_and_are_reiterable():
 
 def test_batch_larger_than_sample_count():
     s = SampleSet({"x": np.array([[1.0], [2.0]])})
-    (feeds, valid), = list(s.batches(8))
+    ((feeds, valid),) = list(s.batches(8))
     assert valid == 2 and feeds["x"].ravel().tolist() == [1, 2, 2, 2, 2, 2, 2, 2]
 
 
@@ -58,8 +58,10 @@ def save(tmp_path, **arrays):
 
 def good_arrays(n=6):
     rng = np.random.default_rng(0)
-    return {"image": rng.standard_normal((n, 3, 4, 4)).astype(np.float32),
-            "mask": np.ones((n, 4), np.float64)}
+    return {
+        "image": rng.standard_normal((n, 3, 4, 4)).astype(np.float32),
+        "mask": np.ones((n, 4), np.float64),
+    }
 
 
 def test_load_npz_reads_inputs_and_keeps_extras(tmp_path):
@@ -106,8 +108,11 @@ def test_load_npz_missing_input_lists_file_keys(tmp_path):
 def test_load_npz_wrong_sample_shape(tmp_path):
     arrays = good_arrays()
     arrays["image"] = arrays["image"][:, :, :3]
-    with pytest.raises(IntqError, match=r"input 'image' has shape \(6, 3, 3, 4\), expected "
-                                        r"\(num_samples, 3, 4, 4\)"):
+    with pytest.raises(
+        IntqError,
+        match=r"input 'image' has shape \(6, 3, 3, 4\), expected "
+        r"\(num_samples, 3, 4, 4\)",
+    ):
         load_npz(save(tmp_path, **arrays), SHAPES)
 
 
@@ -129,8 +134,11 @@ def test_load_npz_non_finite_names_input_and_sample(tmp_path, bad, word):
 def test_load_npz_different_sample_counts(tmp_path):
     arrays = good_arrays()
     arrays["mask"] = arrays["mask"][:4]
-    with pytest.raises(IntqError, match=r"different numbers of samples: 'image' has 6, "
-                                        r"'mask' has 4"):
+    with pytest.raises(
+        IntqError,
+        match=r"different numbers of samples: 'image' has 6, "
+        r"'mask' has 4",
+    ):
         load_npz(save(tmp_path, **arrays), SHAPES)
 
 
@@ -171,8 +179,15 @@ def test_image_folder_nchw_rgb(tmp_path):
 
 def test_image_folder_nhwc_bgr(tmp_path):
     pix = write_images(tmp_path / "imgs")
-    s = load_image_folder(tmp_path / "imgs", "data", (1, 2, 3, 3), mean=MEAN, std=STD,
-                          layout="NHWC", channel_order="BGR")
+    s = load_image_folder(
+        tmp_path / "imgs",
+        "data",
+        (1, 2, 3, 3),
+        mean=MEAN,
+        std=STD,
+        layout="NHWC",
+        channel_order="BGR",
+    )
     x = s.arrays["data"]
     assert x.shape == (2, 2, 3, 3)
     np.testing.assert_allclose(x[0], expected(pix[0], "BGR"), rtol=1e-6)
@@ -224,15 +239,18 @@ def test_image_folder_unreadable_image_named(tmp_path):
         load_image_folder(folder, "x", (1, 3, 2, 3), mean=MEAN, std=STD)
 
 
-@pytest.mark.parametrize("kwargs,shape,match", [
-    (dict(layout="NCWH"), (1, 3, 2, 2), "layout must be NCHW or NHWC"),
-    (dict(channel_order="RGBA"), (1, 3, 2, 2), "channel order must be RGB or BGR"),
-    (dict(), (1, 4, 2, 2), r"input 'x' has 4 channels"),
-    (dict(), (3, 2, 2), r"input 'x' has shape \(3, 2, 2\)"),
-    (dict(mean=(0.1, 0.2)), (1, 3, 2, 2), "mean must have 1 or 3 values"),
-    (dict(std=(1.0, 0.0, 1.0)), (1, 3, 2, 2), "std must not be 0"),
-    (dict(resize=1), (1, 3, 2, 2), "resize 1 is smaller"),
-])
+@pytest.mark.parametrize(
+    "kwargs,shape,match",
+    [
+        (dict(layout="NCWH"), (1, 3, 2, 2), "layout must be NCHW or NHWC"),
+        (dict(channel_order="RGBA"), (1, 3, 2, 2), "channel order must be RGB or BGR"),
+        (dict(), (1, 4, 2, 2), r"input 'x' has 4 channels"),
+        (dict(), (3, 2, 2), r"input 'x' has shape \(3, 2, 2\)"),
+        (dict(mean=(0.1, 0.2)), (1, 3, 2, 2), "mean must have 1 or 3 values"),
+        (dict(std=(1.0, 0.0, 1.0)), (1, 3, 2, 2), "std must not be 0"),
+        (dict(resize=1), (1, 3, 2, 2), "resize 1 is smaller"),
+    ],
+)
 def test_image_folder_bad_options(tmp_path, kwargs, shape, match):
     write_images(tmp_path / "imgs")
     args = dict(mean=0.0, std=1.0) | kwargs

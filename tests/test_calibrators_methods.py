@@ -3,14 +3,18 @@ on degenerate tensors (no TVM: numpy statistics only)."""
 
 import numpy as np
 import pytest
-from scipy import special, stats as sstats
+from scipy import special
+from scipy import stats as sstats
 
-from tvm_intq import intmath
 from tvm_intq.calibration import CALIBRATORS, TensorStats, get_calibrator
 from tvm_intq.calibration.kl import KL
 from tvm_intq.calibration.mse import quantization_mse
-from tvm_intq.calibration.redistribution import (boxcox_llf_weighted, boxcox_normmax_weighted,
-                                                 rebinned_stats)
+from tvm_intq.calibration.redistribution import (
+    boxcox_llf_weighted,
+    boxcox_normmax_weighted,
+    rebinned_stats,
+)
+from tvm_intq.core import intmath
 from tvm_intq.errors import IntqError
 
 
@@ -81,7 +85,9 @@ def test_mse_choice_beats_every_point_of_a_fine_grid():
 
 def test_mse_relu_output_starts_at_zero_and_all_negative_ends_at_zero():
     rng = np.random.default_rng(2)
-    lo, hi = get_calibrator("mse").compute_range(stats_of(np.maximum(rng.normal(size=50_000), 0)), False)
+    lo, hi = get_calibrator("mse").compute_range(
+        stats_of(np.maximum(rng.normal(size=50_000), 0)), False
+    )
     assert lo == 0.0 and 2.5 < hi <= 4.5
     lo, hi = get_calibrator("mse").compute_range(stats_of(-rng.exponential(size=50_000)), False)
     assert hi == 0.0 and -12 < lo < -4
@@ -95,15 +101,19 @@ def test_weighted_boxcox_likelihood_is_scipys_for_unit_and_repeated_weights():
     x = rng.lognormal(0.0, 0.6, 400)
     for lam in (-1.3, 0.0, 0.4, 2.0):
         assert boxcox_llf_weighted(lam, x, np.ones_like(x)) == pytest.approx(
-            sstats.boxcox_llf(lam, x), rel=1e-9)
+            sstats.boxcox_llf(lam, x), rel=1e-9
+        )
     values, counts = np.array([0.5, 1.0, 2.0, 7.0]), np.array([3.0, 10.0, 5.0, 1.0])
     repeated = np.repeat(values, counts.astype(int))
     assert boxcox_llf_weighted(0.7, values, counts) == pytest.approx(
-        sstats.boxcox_llf(0.7, repeated), rel=1e-9)
+        sstats.boxcox_llf(0.7, repeated), rel=1e-9
+    )
     assert boxcox_normmax_weighted(values, counts) == pytest.approx(
-        sstats.boxcox_normmax(repeated, method="mle"), abs=1e-4)
+        sstats.boxcox_normmax(repeated, method="mle"), abs=1e-4
+    )
     assert boxcox_normmax_weighted(x, np.ones_like(x)) == pytest.approx(
-        sstats.boxcox_normmax(x, method="mle"), abs=1e-4)
+        sstats.boxcox_normmax(x, method="mle"), abs=1e-4
+    )
 
 
 def test_boxcox_fit_without_spread_is_the_identity_power():
@@ -202,8 +212,9 @@ def test_heavy_tailed_tensor(name):
     lo, hi = get_calibrator(name).compute_range(stats_of(x), symmetric=False)
     assert np.isfinite([lo, hi]).all() and x.min() <= lo < 0 < hi <= x.max()
     if name == "mse":
-        err = quantization_mse(x, np.ones_like(x), [(lo, hi), (x.min(), x.max()),
-                                                    (lo / 2, hi / 2)], symmetric=False)
+        err = quantization_mse(
+            x, np.ones_like(x), [(lo, hi), (x.min(), x.max()), (lo / 2, hi / 2)], symmetric=False
+        )
         assert err[0] <= err[1] and err[0] <= err[2]
 
 
@@ -240,21 +251,25 @@ def test_kl_keeps_the_bundled_model_within_one_point_of_float(scheme):
     # it) folded onto |x| and the first ReLU output's zeros (55 %) made KL clip both hard.
     from tvm_intq import api
     from tvm_intq.calibration import SampleSet, load_npz
+    from tvm_intq.compiler.runner import Runner, run_all
     from tvm_intq.demo import bundled
-    from tvm_intq.frontend import import_onnx
-    from tvm_intq.runner import Runner, run_all
+    from tvm_intq.frontends import import_model
 
-    mod, info = import_onnx(bundled("mnist_cnn.onnx"))
+    mod, info = import_model(bundled("mnist_cnn.onnx"))
     prepared = api.prepare(mod)
-    ranges = api.calibrate(prepared, load_npz(bundled("calib.npz"), info.inputs), "kl", scheme,
-                           progress=False)
+    ranges = api.calibrate(
+        prepared, load_npz(bundled("calib.npz"), info.inputs), "kl", scheme, progress=False
+    )
     assert ranges["input"][1] > 0.5 * 2.82 and ranges["relu_0"][1] > 0.4 * 4.66
     heldout = np.load(bundled("heldout.npz"))
     digits, labels = SampleSet({"input": heldout["input"][:300]}), heldout["labels"][:300]
 
     def top1(m):
-        out = run_all(Runner(api.build(m, "host"), api.input_names(prepared)), digits,
-                      api.batch_size(prepared))[0]
+        out = run_all(
+            Runner(api.build(m, "host"), api.input_names(prepared)),
+            digits,
+            api.batch_size(prepared),
+        )[0]
         return 100 * np.mean(out.argmax(axis=1) == labels)
 
     _, integer = api.lower(prepared, ranges, api.QuantConfig(scheme=scheme))

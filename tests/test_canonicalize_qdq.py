@@ -36,11 +36,26 @@ ZW = np.zeros(10, np.int8)
 
 def test_weights_as_constants_moves_a_transpose_into_the_int8_constant():
     x = relax.Var("x", relax.TensorType((1, 6), "float32"))
-    before = function([x], lambda bb, x: bb.emit(R.matmul(x, bb.emit(R.permute_dims(
-        bb.emit(R.dequantize(const(QW), const(SW), const(ZW), axis=0)), [1, 0])))))
+    before = function(
+        [x],
+        lambda bb, x: bb.emit(
+            R.matmul(
+                x,
+                bb.emit(
+                    R.permute_dims(
+                        bb.emit(R.dequantize(const(QW), const(SW), const(ZW), axis=0)), [1, 0]
+                    )
+                ),
+            )
+        ),
+    )
     x = relax.Var("x", relax.TensorType((1, 6), "float32"))
-    expected = function([x], lambda bb, x: bb.emit(R.matmul(
-        x, bb.emit(R.dequantize(const(QW.T.copy()), const(SW), const(ZW), axis=1)))))
+    expected = function(
+        [x],
+        lambda bb, x: bb.emit(
+            R.matmul(x, bb.emit(R.dequantize(const(QW.T.copy()), const(SW), const(ZW), axis=1)))
+        ),
+    )
     tvm.ir.assert_structural_equal(WeightsAsConstants()(before), expected)
 
 
@@ -53,14 +68,21 @@ def test_weights_as_constants_follows_a_depthwise_reshape_and_an_int8_transpose(
     x = relax.Var("x", relax.TensorType((1, 3, 3, 4), "float32"))
 
     def body(bb, x):
-        wd = bb.emit(R.reshape(bb.emit(R.dequantize(const(w), const(s), const(z), axis=3)), (3, 3, 4, 1)))
-        wt = bb.emit(R.dequantize(bb.emit(R.permute_dims(const(QW), [1, 0])), const(SW), const(ZW), axis=1))
+        wd = bb.emit(
+            R.reshape(bb.emit(R.dequantize(const(w), const(s), const(z), axis=3)), (3, 3, 4, 1))
+        )
+        wt = bb.emit(
+            R.dequantize(bb.emit(R.permute_dims(const(QW), [1, 0])), const(SW), const(ZW), axis=1)
+        )
         return relax.Tuple([wd, wt])
 
     after = WeightsAsConstants()(function([x], body))
-    deqs = {b.value.args[0].value.numpy().shape: b.value for blk in after["main"].body.blocks
-            for b in blk.bindings if isinstance(b.value, relax.Call)
-            and b.value.op.name == "relax.dequantize"}
+    deqs = {
+        b.value.args[0].value.numpy().shape: b.value
+        for blk in after["main"].body.blocks
+        for b in blk.bindings
+        if isinstance(b.value, relax.Call) and b.value.op.name == "relax.dequantize"
+    }
     assert sorted(deqs) == [(3, 3, 4, 1), (6, 10)]
     assert int(deqs[(3, 3, 4, 1)].attrs.axis) == 2 and int(deqs[(6, 10)].attrs.axis) == 1
     np.testing.assert_array_equal(deqs[(3, 3, 4, 1)].args[0].value.numpy(), w.reshape(3, 3, 4, 1))
@@ -95,10 +117,16 @@ def _qdq_dense(bias_q, weight_zp=ZW, axis=0):
     def body(bb, x):
         q = bb.emit(R.quantize(x, const(sx), const(np.int8(-3)), axis=1, out_dtype="int8"))
         xd = bb.emit(R.dequantize(q, const(sx), const(np.int8(-3)), axis=1, out_dtype="float32"))
-        w = bb.emit(R.permute_dims(bb.emit(R.dequantize(const(QW), const(SW), const(weight_zp),
-                                                        axis=axis)), [1, 0]))
-        bias = bb.emit(R.dequantize(const(bias_q), const((sx * SW).astype(F32)), const(np.zeros(10, np.int32)),
-                                    axis=0))
+        w = bb.emit(
+            R.permute_dims(
+                bb.emit(R.dequantize(const(QW), const(SW), const(weight_zp), axis=axis)), [1, 0]
+            )
+        )
+        bias = bb.emit(
+            R.dequantize(
+                const(bias_q), const((sx * SW).astype(F32)), const(np.zeros(10, np.int32)), axis=0
+            )
+        )
         y = bb.emit(R.add(bb.emit(R.matmul(xd, w)), bias))
         qo = bb.emit(R.quantize(y, const(so), const(np.int8(4)), axis=1, out_dtype="int8"))
         return bb.emit(R.dequantize(qo, const(so), const(np.int8(4)), axis=1, out_dtype="float32"))
@@ -128,9 +156,15 @@ def test_fold_to_integer_leaves_weights_it_cannot_fold_exactly_in_float():
 
     def body(bb, x):  # weight (6, 10) scaled per input row: axis 0 of a matmul weight
         q = bb.emit(R.quantize(x, const(F32(0.05)), const(np.int8(0)), axis=1, out_dtype="int8"))
-        xd = bb.emit(R.dequantize(q, const(F32(0.05)), const(np.int8(0)), axis=1, out_dtype="float32"))
-        w = bb.emit(R.dequantize(const(QW.T.copy()), const(sw_in), const(np.zeros(6, np.int8)), axis=0))
+        xd = bb.emit(
+            R.dequantize(q, const(F32(0.05)), const(np.int8(0)), axis=1, out_dtype="float32")
+        )
+        w = bb.emit(
+            R.dequantize(const(QW.T.copy()), const(sw_in), const(np.zeros(6, np.int8)), axis=0)
+        )
         y = bb.emit(R.matmul(xd, w))
         return bb.emit(R.quantize(y, const(F32(0.2)), const(np.int8(0)), axis=1, out_dtype="int8"))
 
-    assert any("matmul" in op for op in float_ops(FoldToInteger()(CanonicalizeQDQ()(function([x], body)))))
+    assert any(
+        "matmul" in op for op in float_ops(FoldToInteger()(CanonicalizeQDQ()(function([x], body))))
+    )

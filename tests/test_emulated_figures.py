@@ -7,13 +7,15 @@ import json
 
 import pytest
 
-from tvm_intq import report
-from tvm_intq.emulated_figures import INSTRUCTIONS_LABEL, emulated_board, mca_label
+from tvm_intq.deploy.emulated_figures import INSTRUCTIONS_LABEL, emulated_board, mca_label
 from tvm_intq.errors import IntqError
+from tvm_intq.reports.speed import emulated_markdown, write_emulated
 
 
-@pytest.mark.parametrize("target, board", [("aarch64", "aarch64-emu"), ("aarch64-i8mm", "aarch64-emu"),
-                                           ("riscv64", "riscv64-emu")])
+@pytest.mark.parametrize(
+    "target, board",
+    [("aarch64", "aarch64-emu"), ("aarch64-i8mm", "aarch64-emu"), ("riscv64", "riscv64-emu")],
+)
 def test_each_target_has_its_emulated_board(target, board):
     assert emulated_board(target).name == board
 
@@ -25,21 +27,29 @@ def test_host_has_no_emulated_board():
 
 def figures():
     core = "neoverse-n1"
-    progs = {p: {"instructions": n, "mca_cycles": {core: {"total": c, "convs": c * 0.8, "kernels": {}}}}
-             for p, n, c in (("int8", 1000, 500.0), ("fp32", 4000, 2000.0))}
-    return {"board": "aarch64-emu", "emulator": "qemu-aarch64 -cpu max",
-            "instructions_label": INSTRUCTIONS_LABEL, "mca_method": "m",
-            "mca_labels": {core: mca_label(core)}, "programs": progs, "command": "tvm-intq bench ...",
-            "fp32_over_int8": {"instructions": 4.0,
-                               "mca_cycles": {core: {"total": 4.0, "convs": 4.0}}}}
+    progs = {
+        p: {"instructions": n, "mca_cycles": {core: {"total": c, "convs": c * 0.8, "kernels": {}}}}
+        for p, n, c in (("int8", 1000, 500.0), ("fp32", 4000, 2000.0))
+    }
+    return {
+        "board": "aarch64-emu",
+        "emulator": "qemu-aarch64 -cpu max",
+        "instructions_label": INSTRUCTIONS_LABEL,
+        "mca_method": "m",
+        "mca_labels": {core: mca_label(core)},
+        "programs": progs,
+        "command": "tvm-intq bench ...",
+        "fp32_over_int8": {"instructions": 4.0, "mca_cycles": {core: {"total": 4.0, "convs": 4.0}}},
+    }
 
 
 def test_figures_are_labelled_as_what_they_are(tmp_path):
-    md = report.emulated_markdown(figures())
+    md = emulated_markdown(figures())
     assert "qemu instructions executed per inference" in md
     assert "llvm-mca estimate, neoverse-n1 (Cortex-A76 class" in md
     assert "| 1,000 | 4,000 | 4.00x |" in md
-    written = report.write_emulated({"model": "m", "targets": {"aarch64": figures()}, "command": "c"},
-                                    tmp_path)
+    written = write_emulated(
+        {"model": "m", "targets": {"aarch64": figures()}, "command": "c"}, tmp_path
+    )
     assert [p.name for p in written] == ["emulated.json", "emulated.md", "emulated.png"]
     assert json.loads((tmp_path / "emulated.json").read_text())["command"] == "c"

@@ -30,9 +30,26 @@ def evaluated(tmp_path_factory, heldout):
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        code = main(["eval", str(MODEL), "--calib", str(CALIB), "--eval", str(heldout),
-                     "--scheme", "pow2", "--calibrator", "mse", "--float-layers", "add_9",
-                     "--per-layer", "--out", str(out), "--no-progress"])
+        code = main(
+            [
+                "eval",
+                str(MODEL),
+                "--calib",
+                str(CALIB),
+                "--eval",
+                str(heldout),
+                "--scheme",
+                "pow2",
+                "--calibrator",
+                "mse",
+                "--float-layers",
+                "add_9",
+                "--per-layer",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
     assert code == 0
     return out, buf.getvalue(), json.loads((out / "report.json").read_text())
 
@@ -57,8 +74,9 @@ def test_report_has_the_three_metrics_for_every_layer(evaluated):
         assert layer["sqnr_db"] is not None
     by_name = {layer["name"]: layer for layer in layers}
     assert by_name["add_9"]["precision"] == "float"
-    assert report["float_layers"] == [{"name": "add_9", "op": "matmul+add",
-                                       "reason": "requested (--float-layers)"}]
+    assert report["float_layers"] == [
+        {"name": "add_9", "op": "matmul+add", "reason": "requested (--float-layers)"}
+    ]
 
 
 def test_pow2_accumulators_are_pure_shifts_and_fit_int32(evaluated):
@@ -87,22 +105,53 @@ def test_plot_and_histograms_of_the_worst_layers(evaluated):
 
 
 def test_auto_without_a_target_fails_before_calibrating(capsys):
-    assert main(["eval", str(MODEL), "--calib", str(CALIB), "--float-layers", "auto",
-                 "--no-progress"]) == 2
+    assert (
+        main(["eval", str(MODEL), "--calib", str(CALIB), "--float-layers", "auto", "--no-progress"])
+        == 2
+    )
     assert "--max-drop" in capsys.readouterr().err
 
 
 def test_unknown_float_layer_is_named(capsys):
-    assert main(["eval", str(MODEL), "--calib", str(CALIB), "--float-layers", "relu_0,nosuch",
-                 "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                str(MODEL),
+                "--calib",
+                str(CALIB),
+                "--float-layers",
+                "relu_0,nosuch",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "nosuch" in err and "relu_0" in err  # the known points are listed
 
 
 def test_compile_takes_the_hybrid_flags(tmp_path, heldout):
-    assert main(["compile", str(MODEL), "--calib", str(CALIB), "--eval", str(heldout),
-                 "--float-layers", "relu_0", "-o", str(tmp_path / "m.so"),
-                 "--report", str(tmp_path / "r.json"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "compile",
+                str(MODEL),
+                "--calib",
+                str(CALIB),
+                "--eval",
+                str(heldout),
+                "--float-layers",
+                "relu_0",
+                "-o",
+                str(tmp_path / "m.so"),
+                "--report",
+                str(tmp_path / "r.json"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "r.json").read_text())
     assert [f["name"] for f in report["float_layers"]] == ["relu_0"]
     assert not report["integer_only"]

@@ -22,9 +22,9 @@ from tvm import relax
 
 from tvm_intq import api
 from tvm_intq.calibration import load_npz
+from tvm_intq.core.schemes import get_scheme
 from tvm_intq.demo import bundled
-from tvm_intq.export_qdq import export_qdq, quantized_tensors, save
-from tvm_intq.schemes import get_scheme
+from tvm_intq.export.qdq import export_qdq, quantized_tensors, save
 
 SHAPE = {"input": (1, 1, 28, 28)}
 
@@ -48,11 +48,15 @@ def test_the_model_holds_our_parameters_and_int8_weights(exported):
     inits = {t.name: numpy_helper.to_array(t) for t in g.initializer}
     scheme = get_scheme("hybrid-asym")
     params = quantized_tensors(exported.prepared, exported.ranges, scheme)
-    quantize = {n.input[0].removesuffix("_float"): n for n in g.node if n.op_type == "QuantizeLinear"}
+    quantize = {
+        n.input[0].removesuffix("_float"): n for n in g.node if n.op_type == "QuantizeLinear"
+    }
     for ours, theirs in exported.tensors.items():
         q = quantize[theirs]
         assert float(inits[q.input[1]]) == np.float32(params[ours].scale)
-        assert int(inits[q.input[2]]) == params[ours].zero_point and inits[q.input[2]].dtype == np.int8
+        assert (
+            int(inits[q.input[2]]) == params[ours].zero_point and inits[q.input[2]].dtype == np.int8
+        )
     for node in g.node:
         if node.op_type in ("Conv", "Gemm"):
             (dq,) = [n for n in g.node if n.output[0] == node.input[1]]
@@ -62,33 +66,53 @@ def test_the_model_holds_our_parameters_and_int8_weights(exported):
     onnx.checker.check_model(exported.model, full_check=True)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_onnxruntime_agrees_with_our_int8_program(exported, tmp_path):
     path = tmp_path / "m.qdq.onnx"
     save(exported, path)
     held = load_npz(bundled("heldout.npz"), SHAPE)
     x, labels = held.arrays["input"], held.extras["labels"]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    theirs = np.concatenate([session.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))])
+    theirs = np.concatenate([session.run(None, {"input": x[i : i + 1]})[0] for i in range(len(x))])
     _, integer = api.lower(exported.prepared, exported.ranges)
     vm = relax.VirtualMachine(api.build(integer), tvm.cpu())
-    ours = np.concatenate([vm["main"](tvm.runtime.tensor(x[i:i + 1])).numpy() for i in range(len(x))])
+    ours = np.concatenate(
+        [vm["main"](tvm.runtime.tensor(x[i : i + 1])).numpy() for i in range(len(x))]
+    )
     agreement = np.mean(ours.argmax(1) == theirs.argmax(1))
     assert agreement >= 0.99, agreement
     assert np.mean(theirs.argmax(1) == labels) >= 0.95
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_cli_export_qdq(tmp_path):
     out = tmp_path / "m.qdq.onnx"
-    done = subprocess.run([sys.executable, "-m", "tvm_intq.cli", "export-qdq", str(bundled("mnist_cnn.onnx")),
-                           "--calib", str(bundled("calib.npz")), "--scheme", "symmetric",
-                           "--calibrator", "minmax", "-o", str(out), "--no-progress"],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tvm_intq.cli",
+            "export-qdq",
+            str(bundled("mnist_cnn.onnx")),
+            "--calib",
+            str(bundled("calib.npz")),
+            "--scheme",
+            "symmetric",
+            "--calibrator",
+            "minmax",
+            "-o",
+            str(out),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr
     assert "int8 tensors (symmetric)" in done.stdout
     model = onnx.load(str(out))
-    zps = [numpy_helper.to_array(t) for t in model.graph.initializer if t.name.endswith("_zero_point")]
+    zps = [
+        numpy_helper.to_array(t) for t in model.graph.initializer if t.name.endswith("_zero_point")
+    ]
     assert zps and not any(z.any() for z in zps)  # symmetric: every zero point is 0
     x = np.load(bundled("heldout.npz"))["input"][:4]
     ort.InferenceSession(str(out)).run(None, {"input": x[:1]})

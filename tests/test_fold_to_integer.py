@@ -5,8 +5,9 @@ pipeline: CanonicalizeForQuantization -> calibrate (min/max, compiled ExposeTens
 Annotate (both schemes) -> FoldToInteger. Then:
 
 1. the program is integer only, with the kernel we expect in the IR;
-2. the compiled int8 output equals, bit for bit, (a) ``tvm_intq.reference.run_reference`` on
-   the same IR and (b) an independent numpy computation straight from intmath's equations,
+2. the compiled int8 output equals, bit for bit, (a)
+   ``tvm_intq.evaluation.reference.run_reference`` on the same IR and (b) an independent numpy
+   computation straight from intmath's equations,
    with parameters recomputed from the calibration ranges and the float weights;
 3. the dequantized output is close to the float model (an SQNR bound per op).
 
@@ -29,14 +30,20 @@ from onnx import TensorProto, helper, numpy_helper
 from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 
-from tvm_intq import intmath
-from tvm_intq.intmath import QMAX, QMIN, QParams
-from tvm_intq.metrics import sqnr_db
-from tvm_intq.reference import run_reference
-from tvm_intq.relay_passes import (Annotate, CanonicalizeForQuantization, ExposeTensors,
-                                   FoldToInteger, analyze, float_ops)
-from tvm_intq.relay_passes.ir_utils import const_value, op_name
-from tvm_intq.schemes import get_scheme
+from tvm_intq.core import intmath
+from tvm_intq.core.intmath import QMAX, QMIN, QParams
+from tvm_intq.core.metrics import sqnr_db
+from tvm_intq.core.schemes import get_scheme
+from tvm_intq.evaluation.reference import run_reference
+from tvm_intq.relay_passes import (
+    Annotate,
+    CanonicalizeForQuantization,
+    ExposeTensors,
+    FoldToInteger,
+    analyze,
+    float_ops,
+)
+from tvm_intq.relay_passes.analysis.ir_utils import const_value, op_name
 
 pytestmark = pytest.mark.filterwarnings("ignore:Field 'shape' of 'type' is required")
 
@@ -51,9 +58,12 @@ F32 = np.float32
 # ---------------------------------------------------------------------------------------------
 def onnx_module(nodes, in_shape, inits=(), opset=17) -> tvm.IRModule:
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(in_shape))],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(np.asarray(v, F32), k) for k, v in inits.items()])
+        [numpy_helper.from_array(np.asarray(v, F32), k) for k, v in inits.items()],
+    )
     return from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]))
 
 
@@ -104,7 +114,7 @@ class Quantized:
         return QParams(float(F32(p.scale)), p.zero_point)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def prepared(name) -> Prepared:
     case = CASES[name]
     mod = CanonicalizeForQuantization()(onnx_module(case.nodes, case.in_shape, case.inits))
@@ -134,7 +144,7 @@ def output_int8_name(imod) -> str:
     return deq.args[0].name
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def quantized(name, scheme) -> Quantized:
     p = prepared(name)
     qdq = Annotate(p.ranges, scheme)(p.canonical)
@@ -147,13 +157,18 @@ def quantized(name, scheme) -> Quantized:
 
 
 def ops_of(mod) -> Counter:
-    return Counter(op_name(b.value) for blk in mod["main"].body.blocks for b in blk.bindings
-                   if op_name(b.value))
+    return Counter(
+        op_name(b.value)
+        for blk in mod["main"].body.blocks
+        for b in blk.bindings
+        if op_name(b.value)
+    )
 
 
 def calls_of(mod, name):
-    return [b.value for blk in mod["main"].body.blocks for b in blk.bindings
-            if op_name(b.value) == name]
+    return [
+        b.value for blk in mod["main"].body.blocks for b in blk.bindings if op_name(b.value) == name
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,8 +193,10 @@ def weights(w, axis=0):
 def conv_acc(q, qw, zp_in, stride=(1, 1), pads=(0, 0, 0, 0), groups=1, dilation=(1, 1)):
     """int8 conv with int64 accumulation; the input is padded with its zero point (real 0).
     ``pads`` is (top, left, bottom, right), as in ONNX and Relax."""
-    t, l, b, r = pads
-    qp = np.pad(q.astype(np.int64), [(0, 0), (0, 0), (t, b), (l, r)], constant_values=zp_in)
+    top, left, bottom, right = pads
+    qp = np.pad(
+        q.astype(np.int64), [(0, 0), (0, 0), (top, bottom), (left, right)], constant_values=zp_in
+    )
     (kh, kw), (dh, dw), (sh, sw) = qw.shape[2:], dilation, stride
     win = sliding_window_view(qp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
     win = win[:, :, ::sh, ::sw, ::dh, ::dw]
@@ -193,9 +210,17 @@ def conv_acc(q, qw, zp_in, stride=(1, 1), pads=(0, 0, 0, 0), groups=1, dilation=
 def conv_layer(q, pin: QParams, w, b, out: QParams, lo_real=-np.inf, hi_real=np.inf, **geometry):
     qw, sw = weights(w)
     lo, hi = intmath.relu_bounds(out, lo_real, hi_real)
-    rq = intmath.conv_requant(pin.scale, pin.zero_point, sw, qw, 0,
-                              None if b is None else np.asarray(b, F32).astype(np.float64),
-                              out, lo, hi)
+    rq = intmath.conv_requant(
+        pin.scale,
+        pin.zero_point,
+        sw,
+        qw,
+        0,
+        None if b is None else np.asarray(b, F32).astype(np.float64),
+        out,
+        lo,
+        hi,
+    )
     return rq.apply(conv_acc(q, qw, pin.zero_point, **geometry))
 
 
@@ -203,8 +228,9 @@ def pool_windows(q, k, stride, pads, fill):
     """The pooling windows of an N, C, spatial... tensor, as trailing axes; ``pads`` is ONNX's
     ``[begin_1..begin_n, end_1..end_n]``, filled with ``fill``."""
     n = len(k)
-    qp = np.pad(q.astype(np.int64), [(0, 0), (0, 0)] + list(zip(pads[:n], pads[n:])),
-                constant_values=fill)
+    qp = np.pad(
+        q.astype(np.int64), [(0, 0), (0, 0)] + list(zip(pads[:n], pads[n:])), constant_values=fill
+    )
     win = sliding_window_view(qp, k, axis=tuple(range(2, 2 + n)))
     return win[(slice(None), slice(None)) + tuple(slice(None, None, st) for st in stride)]
 
@@ -224,17 +250,35 @@ def _last(ranges):
 def _conv(lo_real=-np.inf, hi_real=np.inf, pads=(1, 1, 1, 1), **geometry):
     def f(x, qz, r, c):
         pin, out = qz.qp(r, "x"), qz.qp(r, _last(r))
-        return conv_layer(quantize_input(x, pin), pin, c.inits["W"], c.inits.get("B"), out,
-                          lo_real, hi_real, pads=pads, **geometry)
+        return conv_layer(
+            quantize_input(x, pin),
+            pin,
+            c.inits["W"],
+            c.inits.get("B"),
+            out,
+            lo_real,
+            hi_real,
+            pads=pads,
+            **geometry,
+        )
+
     return f
 
 
 def dense_layer(q, pin: QParams, w, b, out: QParams):
     qw, sw = weights(w, 0)  # Gemm transB=1: W is (N, K)
     acc = q.astype(np.int64) @ qw.T.astype(np.int64)
-    rq = intmath.conv_requant(pin.scale, pin.zero_point, sw, qw.T, 1,
-                              np.asarray(b, F32).astype(np.float64), out,
-                              acc_shape_axis=1, acc_ndim=2)
+    rq = intmath.conv_requant(
+        pin.scale,
+        pin.zero_point,
+        sw,
+        qw.T,
+        1,
+        np.asarray(b, F32).astype(np.float64),
+        out,
+        acc_shape_axis=1,
+        acc_ndim=2,
+    )
     return rq.apply(acc)
 
 
@@ -264,10 +308,14 @@ def _residual(x, qz, r, c):
 def _concat(x, qz, r, c):
     px, p1, p2, out = (qz.qp(r, n) for n in r)
     qx = quantize_input(x, px)
-    parts = [conv_layer(qx, px, c.inits[w], c.inits[b], p, pads=(1, 1, 1, 1))
-             for w, b, p in (("W1", "B1", p1), ("W2", "B2", p2))]
-    parts = [q if p == out else intmath.rescale_requant(p.scale, p.zero_point, out).apply(q)
-             for q, p in zip(parts, (p1, p2))]
+    parts = [
+        conv_layer(qx, px, c.inits[w], c.inits[b], p, pads=(1, 1, 1, 1))
+        for w, b, p in (("W1", "B1", p1), ("W2", "B2", p2))
+    ]
+    parts = [
+        q if p == out else intmath.rescale_requant(p.scale, p.zero_point, out).apply(q)
+        for q, p in zip(parts, (p1, p2))
+    ]
     return np.concatenate(parts, axis=1)
 
 
@@ -286,6 +334,7 @@ def _avgpool(k, stride, pads, include_pad):
         divisor = count if include_pad else window_counts(q.shape[2:], k, stride, pads)
         rq = intmath.rescale_requant(pin.scale, pin.zero_point, out, count=count, divisor=divisor)
         return rq.apply(sums)
+
     return f
 
 
@@ -314,6 +363,7 @@ def _lut(fn, per_channel=False):
         pin, out = qz.qp(r, "x"), qz.qp(r, _last(r))
         table = intmath.lut(fn(c) if per_channel else fn, pin, out)
         return intmath.apply_lut(quantize_input(x, pin), table, 1 if per_channel else None)
+
     return f
 
 
@@ -339,85 +389,188 @@ def conv_node(w="W", b="B", out="y", **attrs):
 
 CASES = {
     "conv_s1": Case([conv_node(pads=[1, 1, 1, 1])], {"W": _w(6, 4, 3, 3), "B": _w(6, amp=1)}),
-    "conv_s2": Case([conv_node(pads=[1, 1, 1, 1], strides=[2, 2])],
-                    {"W": _w(6, 4, 3, 3), "B": _w(6, amp=1)}),
-    "conv_asym_pad_dilation": Case([conv_node(pads=[0, 1, 2, 0], strides=[1, 2], dilations=[2, 1])],
-                                   {"W": _w(6, 4, 3, 3), "B": _w(6, amp=1)}),
-    "depthwise": Case([conv_node(pads=[1, 1, 1, 1], group=4)],
-                      {"W": _w(4, 1, 3, 3), "B": _w(4, amp=1)}),
-    "grouped": Case([conv_node(pads=[1, 1, 1, 1], group=2)],
-                    {"W": _w(6, 2, 3, 3), "B": _w(6, amp=1)}),
-    "conv_relu": Case([conv_node(out="c", pads=[1, 1, 1, 1]),
-                       helper.make_node("Relu", ["c"], ["y"])],
-                      {"W": _w(6, 4, 3, 3), "B": _w(6, amp=1)}),
-    "conv_relu6": Case([conv_node(out="c", pads=[1, 1, 1, 1]),
-                        helper.make_node("Clip", ["c", "lo", "hi"], ["y"])],
-                       {"W": _w(6, 4, 3, 3, amp=1.5), "B": _w(6, amp=1), "lo": F32(0), "hi": F32(6)}),
-    "gemm": Case([helper.make_node("Gemm", ["x", "W", "B"], ["y"], transB=1)],
-                 {"W": _w(10, 16), "B": _w(10, amp=1)}, in_shape=(3, 16), kind="dense"),
+    "conv_s2": Case(
+        [conv_node(pads=[1, 1, 1, 1], strides=[2, 2])], {"W": _w(6, 4, 3, 3), "B": _w(6, amp=1)}
+    ),
+    "conv_asym_pad_dilation": Case(
+        [conv_node(pads=[0, 1, 2, 0], strides=[1, 2], dilations=[2, 1])],
+        {"W": _w(6, 4, 3, 3), "B": _w(6, amp=1)},
+    ),
+    "depthwise": Case(
+        [conv_node(pads=[1, 1, 1, 1], group=4)], {"W": _w(4, 1, 3, 3), "B": _w(4, amp=1)}
+    ),
+    "grouped": Case(
+        [conv_node(pads=[1, 1, 1, 1], group=2)], {"W": _w(6, 2, 3, 3), "B": _w(6, amp=1)}
+    ),
+    "conv_relu": Case(
+        [conv_node(out="c", pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])],
+        {"W": _w(6, 4, 3, 3), "B": _w(6, amp=1)},
+    ),
+    "conv_relu6": Case(
+        [conv_node(out="c", pads=[1, 1, 1, 1]), helper.make_node("Clip", ["c", "lo", "hi"], ["y"])],
+        {"W": _w(6, 4, 3, 3, amp=1.5), "B": _w(6, amp=1), "lo": F32(0), "hi": F32(6)},
+    ),
+    "gemm": Case(
+        [helper.make_node("Gemm", ["x", "W", "B"], ["y"], transB=1)],
+        {"W": _w(10, 16), "B": _w(10, amp=1)},
+        in_shape=(3, 16),
+        kind="dense",
+    ),
     "pool_resize_flatten_gemm": Case(
-        [helper.make_node("MaxPool", ["x"], ["m"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
-                          strides=[2, 2]),
-         helper.make_node("Resize", ["m", "", "sc"], ["r"], mode="nearest",
-                          coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
-         helper.make_node("Flatten", ["r"], ["f"]),
-         helper.make_node("Gemm", ["f", "W", "B"], ["y"], transB=1)],
+        [
+            helper.make_node(
+                "MaxPool", ["x"], ["m"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]
+            ),
+            helper.make_node(
+                "Resize",
+                ["m", "", "sc"],
+                ["r"],
+                mode="nearest",
+                coordinate_transformation_mode="asymmetric",
+                nearest_mode="floor",
+            ),
+            helper.make_node("Flatten", ["r"], ["f"]),
+            helper.make_node("Gemm", ["f", "W", "B"], ["y"], transB=1),
+        ],
         {"sc": np.array([1, 1, 2, 2], F32), "W": _w(5, 4 * 6 * 6, amp=0.1), "B": _w(5, amp=1)},
-        kind="data_movement"),
-    "residual_add_relu": Case([conv_node(out="c", pads=[1, 1, 1, 1]),
-                               helper.make_node("Add", ["c", "x"], ["a"]),
-                               helper.make_node("Relu", ["a"], ["y"])],
-                              {"W": _w(4, 4, 3, 3), "B": _w(4, amp=1)}, kind="add"),
-    "concat": Case([conv_node("W1", "B1", "c1", pads=[1, 1, 1, 1]),
-                    conv_node("W2", "B2", "c2", pads=[1, 1, 1, 1]),
-                    helper.make_node("Concat", ["c1", "c2"], ["y"], axis=1)],
-                   {"W1": _w(3, 4, 3, 3, amp=0.05), "B1": _w(3, amp=0.1),
-                    "W2": _w(5, 4, 3, 3, amp=1.0), "B2": _w(5, amp=1)}, kind="concat"),
-    "maxpool": Case([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2])],
-                    kind="maxpool"),
+        kind="data_movement",
+    ),
+    "residual_add_relu": Case(
+        [
+            conv_node(out="c", pads=[1, 1, 1, 1]),
+            helper.make_node("Add", ["c", "x"], ["a"]),
+            helper.make_node("Relu", ["a"], ["y"]),
+        ],
+        {"W": _w(4, 4, 3, 3), "B": _w(4, amp=1)},
+        kind="add",
+    ),
+    "concat": Case(
+        [
+            conv_node("W1", "B1", "c1", pads=[1, 1, 1, 1]),
+            conv_node("W2", "B2", "c2", pads=[1, 1, 1, 1]),
+            helper.make_node("Concat", ["c1", "c2"], ["y"], axis=1),
+        ],
+        {
+            "W1": _w(3, 4, 3, 3, amp=0.05),
+            "B1": _w(3, amp=0.1),
+            "W2": _w(5, 4, 3, 3, amp=1.0),
+            "B2": _w(5, amp=1),
+        },
+        kind="concat",
+    ),
+    "maxpool": Case(
+        [helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2])],
+        kind="maxpool",
+    ),
     "avgpool3d_exclude_pad": Case(
-        [helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[2, 3, 3], strides=[2, 1, 2],
-                          pads=[0, 1, 1, 1, 0, 1], count_include_pad=0)],
-        in_shape=(1, 2, 4, 6, 6), kind="avgpool"),
+        [
+            helper.make_node(
+                "AveragePool",
+                ["x"],
+                ["y"],
+                kernel_shape=[2, 3, 3],
+                strides=[2, 1, 2],
+                pads=[0, 1, 1, 1, 0, 1],
+                count_include_pad=0,
+            )
+        ],
+        in_shape=(1, 2, 4, 6, 6),
+        kind="avgpool",
+    ),
     "avgpool_count_include_pad": Case(
-        [helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
-                          pads=[1, 1, 1, 1], count_include_pad=1)], kind="avgpool"),
+        [
+            helper.make_node(
+                "AveragePool",
+                ["x"],
+                ["y"],
+                kernel_shape=[3, 3],
+                strides=[2, 2],
+                pads=[1, 1, 1, 1],
+                count_include_pad=1,
+            )
+        ],
+        kind="avgpool",
+    ),
     "avgpool_exclude_pad": Case(
-        [helper.make_node("AveragePool", ["x"], ["y"], kernel_shape=[3, 3], strides=[2, 2],
-                          pads=[1, 1, 1, 1], count_include_pad=0)], kind="avgpool"),
+        [
+            helper.make_node(
+                "AveragePool",
+                ["x"],
+                ["y"],
+                kernel_shape=[3, 3],
+                strides=[2, 2],
+                pads=[1, 1, 1, 1],
+                count_include_pad=0,
+            )
+        ],
+        kind="avgpool",
+    ),
     "global_avgpool": Case([helper.make_node("GlobalAveragePool", ["x"], ["y"])], kind="gap"),
     "product_of_two_activations": Case(
         [conv_node(out="c", pads=[1, 1, 1, 1]), helper.make_node("Mul", ["c", "x"], ["y"])],
-        {"W": _w(4, 4, 3, 3), "B": _w(4, amp=1)}, kind="lut2"),
-    "softmax": Case([helper.make_node("Softmax", ["x"], ["y"], axis=1)], in_shape=(4, 10),
-                    kind="softmax", scale=3.0),
+        {"W": _w(4, 4, 3, 3), "B": _w(4, amp=1)},
+        kind="lut2",
+    ),
+    "softmax": Case(
+        [helper.make_node("Softmax", ["x"], ["y"], axis=1)],
+        in_shape=(4, 10),
+        kind="softmax",
+        scale=3.0,
+    ),
     "sigmoid": Case([helper.make_node("Sigmoid", ["x"], ["y"])], kind="lut", sqnr=25, scale=3.0),
     "tanh": Case([helper.make_node("Tanh", ["x"], ["y"])], kind="lut", sqnr=25, scale=2.0),
-    "leaky_relu": Case([helper.make_node("LeakyRelu", ["x"], ["y"], alpha=0.1)], kind="lut", sqnr=25),
-    "hardsigmoid": Case([helper.make_node("HardSigmoid", ["x"], ["y"], alpha=0.2, beta=0.5)],
-                        kind="lut", sqnr=25, scale=3.0),
-    "hardswish": Case([helper.make_node("HardSwish", ["x"], ["y"])], kind="lut", sqnr=25, scale=3.0),
-    "silu": Case([helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["x", "s"], ["y"])],
-                 kind="lut", sqnr=25, scale=3.0),
+    "leaky_relu": Case(
+        [helper.make_node("LeakyRelu", ["x"], ["y"], alpha=0.1)], kind="lut", sqnr=25
+    ),
+    "hardsigmoid": Case(
+        [helper.make_node("HardSigmoid", ["x"], ["y"], alpha=0.2, beta=0.5)],
+        kind="lut",
+        sqnr=25,
+        scale=3.0,
+    ),
+    "hardswish": Case(
+        [helper.make_node("HardSwish", ["x"], ["y"])], kind="lut", sqnr=25, scale=3.0
+    ),
+    "silu": Case(
+        [helper.make_node("Sigmoid", ["x"], ["s"]), helper.make_node("Mul", ["x", "s"], ["y"])],
+        kind="lut",
+        sqnr=25,
+        scale=3.0,
+    ),
     "batchnorm_affine": Case(
         [helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["y"])],
-        {"g": RNG.uniform(0.5, 2, 4), "b": RNG.normal(size=4), "m": 0.3 * RNG.normal(size=4),
-         "v": RNG.uniform(0.5, 2, 4)}, kind="lut_channel", sqnr=25),
+        {
+            "g": RNG.uniform(0.5, 2, 4),
+            "b": RNG.normal(size=4),
+            "m": 0.3 * RNG.normal(size=4),
+            "v": RNG.uniform(0.5, 2, 4),
+        },
+        kind="lut_channel",
+        sqnr=25,
+    ),
 }
 
 EXPECTED = {
-    "conv_s1": _conv(), "conv_s2": _conv(stride=(2, 2)),
+    "conv_s1": _conv(),
+    "conv_s2": _conv(stride=(2, 2)),
     "conv_asym_pad_dilation": _conv(pads=(0, 1, 2, 0), stride=(1, 2), dilation=(2, 1)),
-    "pool_resize_flatten_gemm": _data_movement_then_dense, "depthwise": _conv(groups=4),
-    "grouped": _conv(groups=2), "conv_relu": _conv(lo_real=0.0),
-    "conv_relu6": _conv(lo_real=0.0, hi_real=6.0), "gemm": _dense,
-    "residual_add_relu": _residual, "concat": _concat, "maxpool": _maxpool,
+    "pool_resize_flatten_gemm": _data_movement_then_dense,
+    "depthwise": _conv(groups=4),
+    "grouped": _conv(groups=2),
+    "conv_relu": _conv(lo_real=0.0),
+    "conv_relu6": _conv(lo_real=0.0, hi_real=6.0),
+    "gemm": _dense,
+    "residual_add_relu": _residual,
+    "concat": _concat,
+    "maxpool": _maxpool,
     "avgpool_count_include_pad": _avgpool((3, 3), (2, 2), (1,) * 4, True),
     "avgpool_exclude_pad": _avgpool((3, 3), (2, 2), (1,) * 4, False),
     "avgpool3d_exclude_pad": _avgpool((2, 3, 3), (2, 1, 2), (0, 1, 1, 1, 0, 1), False),
     "product_of_two_activations": _product_of_two_activations,
-    "global_avgpool": _gap, "softmax": _softmax,
-    "sigmoid": _lut(intmath.sigmoid), "tanh": _lut(np.tanh),
+    "global_avgpool": _gap,
+    "softmax": _softmax,
+    "sigmoid": _lut(intmath.sigmoid),
+    "tanh": _lut(np.tanh),
     "leaky_relu": _lut(lambda r: np.where(r >= 0, r, 0.1 * r)),
     "hardsigmoid": _lut(lambda r: np.clip(0.2 * r + 0.5, 0.0, 1.0)),
     "hardswish": _lut(lambda r: r * np.clip(r + 3.0, 0.0, 6.0) / 6.0),
@@ -449,8 +602,9 @@ def check_conv_ir(imod):
 
 def check_dense_ir(imod):
     mm = calls_of(imod, "relax.matmul")
-    assert [(str(c.args[0].ty.dtype), str(c.args[1].ty.dtype), str(c.ty.dtype)) for c in mm] \
-        == [("int8", "int8", "int32")]
+    assert [(str(c.args[0].ty.dtype), str(c.args[1].ty.dtype), str(c.ty.dtype)) for c in mm] == [
+        ("int8", "int8", "int32")
+    ]
     assert ops_of(imod)["relax.right_shift"] == 1
 
 
@@ -509,17 +663,31 @@ def check_softmax_ir(imod):
 def check_lut_ir(imod, channels=None):
     ops = ops_of(imod)
     assert ops["relax.take"] == 1, ops
-    assert not {"relax.sigmoid", "relax.tanh", "relax.nn.leakyrelu", "relax.clip", "relax.multiply",
-                "relax.divide", "relax.subtract"} & set(ops), ops
+    assert not {
+        "relax.sigmoid",
+        "relax.tanh",
+        "relax.nn.leakyrelu",
+        "relax.clip",
+        "relax.multiply",
+        "relax.divide",
+        "relax.subtract",
+    } & set(ops), ops
     table = const_value(calls_of(imod, "relax.take")[0].args[0])
     assert table.dtype == np.int8 and table.shape == (256 * (channels or 1),)
 
 
 IR_CHECKS = {
-    "conv": check_conv_ir, "dense": check_dense_ir, "add": check_add_ir,
-    "data_movement": check_data_movement_ir, "lut2": check_lut2_ir,
-    "concat": check_concat_ir, "maxpool": check_maxpool_ir, "avgpool": check_avgpool_ir,
-    "gap": check_gap_ir, "softmax": check_softmax_ir, "lut": check_lut_ir,
+    "conv": check_conv_ir,
+    "dense": check_dense_ir,
+    "add": check_add_ir,
+    "data_movement": check_data_movement_ir,
+    "lut2": check_lut2_ir,
+    "concat": check_concat_ir,
+    "maxpool": check_maxpool_ir,
+    "avgpool": check_avgpool_ir,
+    "gap": check_gap_ir,
+    "softmax": check_softmax_ir,
+    "lut": check_lut_ir,
     "lut_channel": functools.partial(check_lut_ir, channels=4),
 }
 
@@ -564,8 +732,9 @@ def test_annotated_parameters_are_the_schemes(name, scheme):
     for blk in qz.qdq["main"].body.blocks:
         for b in blk.bindings:
             if op_name(b.value) == "relax.quantize":
-                seen[b.var.name] = QParams(float(const_value(b.value.args[1])),
-                                           int(const_value(b.value.args[2])))
+                seen[b.var.name] = QParams(
+                    float(const_value(b.value.args[1])), int(const_value(b.value.args[2]))
+                )
     assert seen == {f"{t}_q": qz.qp(p.ranges, t) for t in p.points}
 
 
@@ -585,7 +754,9 @@ def test_dequantized_output_close_to_float(name, scheme):
 def test_layer_and_requantize_fuse_into_one_kernel(name):
     imod = quantized(name, "hybrid-asym").imod
     built = relax.get_pipeline("zero")(imod)
-    prims = {gv.name_hint: f for gv, f in built.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+    prims = {
+        gv.name_hint: f for gv, f in built.functions_items() if isinstance(f, tvm.tirx.PrimFunc)
+    }
     layer = "conv2d" if name == "conv_relu" else "matmul"
     with_layer = [n for n in prims if layer in n]
     assert len(with_layer) == 1, sorted(prims)
@@ -628,9 +799,13 @@ def test_subtract_of_two_activations_symmetric():
 
 def test_conv_plus_constant_along_width_is_not_a_bias():
     w = _w(4, 4, 3, 3)
-    nodes = [conv_node(b=None, out="c", pads=[1, 1, 1, 1]), helper.make_node("Add", ["c", "k"], ["y"])]
-    x, y_float, y_qdq, y_int, imod = _pipeline_on(nodes, {"W": w, "k": _w(4, amp=2)},
-                                                  in_shape=(1, 4, 6, 4))
+    nodes = [
+        conv_node(b=None, out="c", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c", "k"], ["y"]),
+    ]
+    x, y_float, y_qdq, y_int, imod = _pipeline_on(
+        nodes, {"W": w, "k": _w(4, amp=2)}, in_shape=(1, 4, 6, 4)
+    )
     assert sqnr_db(y_float, y_qdq) >= 30
     assert sqnr_db(y_float, y_int) >= 30
 
@@ -641,12 +816,14 @@ def test_matmul_of_two_activations_is_integer(scheme):
     products are int32 matmuls of zero-point-shifted int8 codes with one requantize each,
     bit-exact with the reference."""
     rng = np.random.default_rng(5)
-    nodes = [helper.make_node("MatMul", ["x", "Wq"], ["q"]),
-             helper.make_node("MatMul", ["x", "Wk"], ["k"]),
-             helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
-             helper.make_node("MatMul", ["q", "kt"], ["s"]),
-             helper.make_node("Softmax", ["s"], ["a"], axis=-1),
-             helper.make_node("MatMul", ["a", "x"], ["y"])]
+    nodes = [
+        helper.make_node("MatMul", ["x", "Wq"], ["q"]),
+        helper.make_node("MatMul", ["x", "Wk"], ["k"]),
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["s"]),
+        helper.make_node("Softmax", ["s"], ["a"], axis=-1),
+        helper.make_node("MatMul", ["a", "x"], ["y"]),
+    ]
     inits = {"Wq": rng.normal(size=(8, 8)) / 3, "Wk": rng.normal(size=(8, 8)) / 3}
     x, y_float, y_qdq, y_int, imod = _pipeline_on(nodes, inits, in_shape=(2, 6, 8), scheme=scheme)
     assert float_ops(imod) == []
@@ -662,12 +839,21 @@ def test_conv_transpose_is_integer(scheme):
     conv2d_transpose of zero-point-shifted codes and one requantize, bit-exact with the
     reference (which computes it independently, tap by tap)."""
     rng = np.random.default_rng(6)
-    nodes = [helper.make_node("ConvTranspose", ["x", "W", "B"], ["c"], strides=[2, 2],
-                              pads=[1, 1, 1, 1], output_padding=[1, 1]),
-             helper.make_node("Relu", ["c"], ["y"])]
+    nodes = [
+        helper.make_node(
+            "ConvTranspose",
+            ["x", "W", "B"],
+            ["c"],
+            strides=[2, 2],
+            pads=[1, 1, 1, 1],
+            output_padding=[1, 1],
+        ),
+        helper.make_node("Relu", ["c"], ["y"]),
+    ]
     inits = {"W": rng.normal(size=(4, 3, 3, 3)) / 4, "B": rng.normal(size=3) / 4}
-    x, y_float, y_qdq, y_int, imod = _pipeline_on(nodes, inits, in_shape=(1, 4, 5, 5),
-                                                  scheme=scheme)
+    x, y_float, y_qdq, y_int, imod = _pipeline_on(
+        nodes, inits, in_shape=(1, 4, 5, 5), scheme=scheme
+    )
     assert float_ops(imod) == [] and y_int.shape == (1, 3, 10, 10)
     (ct,) = calls_of(imod, "relax.nn.conv2d_transpose")
     assert str(ct.ty.dtype) == "int32" and ops_of(imod)["relax.right_shift"] == 1
@@ -678,8 +864,11 @@ def test_conv_transpose_is_integer(scheme):
 # ---------------------------------------------------------------------------------------------
 # The reference evaluator itself, op by op, against TVM
 # ---------------------------------------------------------------------------------------------
-RESIZE_MODES = [(m, r) for m in ("asymmetric", "half_pixel", "align_corners")
-                for r in ("", "round", "round_prefer_floor", "round_prefer_ceil", "floor", "ceil")]
+RESIZE_MODES = [
+    (m, r)
+    for m in ("asymmetric", "half_pixel", "align_corners")
+    for r in ("", "round", "round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
+]
 RESIZE_SIZES = [(14, 18), (5, 4), (11, 13)]  # integer upsampling, downsampling, odd ratios
 
 
@@ -694,6 +883,7 @@ def _reference_op_module():
     named = []
     with bb.function("main", [q, i, f]):
         with bb.dataflow():
+
             def emit(name, expr):
                 named.append(name)
                 return bb.emit(expr)
@@ -701,44 +891,107 @@ def _reference_op_module():
             outs = []
             for mode, rounding in RESIZE_MODES:
                 for size in RESIZE_SIZES:
-                    outs.append(emit(f"resize2d[{mode},{rounding or 'default'},{size}]",
-                                     R.image.resize2d(q, size, method="nearest_neighbor",
-                                                      coordinate_transformation_mode=mode,
-                                                      rounding_method=rounding)))
+                    outs.append(
+                        emit(
+                            f"resize2d[{mode},{rounding or 'default'},{size}]",
+                            R.image.resize2d(
+                                q,
+                                size,
+                                method="nearest_neighbor",
+                                coordinate_transformation_mode=mode,
+                                rounding_method=rounding,
+                            ),
+                        )
+                    )
             w = relax.const(RNG.integers(-127, 128, size=(6, 1, 3, 2)).astype(np.int8))
             outs += [
                 emit("max_pool2d[pad,stride]", R.nn.max_pool2d(q, (3, 3), (2, 2), (1, 1, 1, 1))),
-                emit("max_pool2d[dilation]", R.nn.max_pool2d(q, (2, 2), (1, 1), (0, 1, 1, 0), (2, 2))),
-                emit("avg_pool2d[int32,trunc]", R.nn.avg_pool2d(i, (2, 3), (1, 2), (1, 0, 1, 1),
-                                                                count_include_pad=True)),
-                emit("conv2d[groups,stride,dilation,pad]",
-                     R.nn.conv2d(q, w, strides=(2, 1), padding=(1, 2, 0, 1), dilation=(2, 1),
-                                 groups=3, out_dtype="int32")),
-                emit("matmul[int8->int32]", R.matmul(R.reshape(q, (2, 3, 63)),
-                                                     R.permute_dims(R.reshape(q, (6, 63))),
-                                                     out_dtype="int32")),
+                emit(
+                    "max_pool2d[dilation]", R.nn.max_pool2d(q, (2, 2), (1, 1), (0, 1, 1, 0), (2, 2))
+                ),
+                emit(
+                    "avg_pool2d[int32,trunc]",
+                    R.nn.avg_pool2d(i, (2, 3), (1, 2), (1, 0, 1, 1), count_include_pad=True),
+                ),
+                emit(
+                    "conv2d[groups,stride,dilation,pad]",
+                    R.nn.conv2d(
+                        q,
+                        w,
+                        strides=(2, 1),
+                        padding=(1, 2, 0, 1),
+                        dilation=(2, 1),
+                        groups=3,
+                        out_dtype="int32",
+                    ),
+                ),
+                emit(
+                    "matmul[int8->int32]",
+                    R.matmul(
+                        R.reshape(q, (2, 3, 63)),
+                        R.permute_dims(R.reshape(q, (6, 63))),
+                        out_dtype="int32",
+                    ),
+                ),
                 emit("strided_slice", R.strided_slice(q, [1, 3], [1, 2], [3, 9], [1, 3])),
                 emit("permute_dims", R.permute_dims(q, [0, 2, 3, 1])),
                 emit("flatten", R.flatten(q)),
                 emit("squeeze/expand_dims", R.squeeze(R.expand_dims(q, [0, -1]), [0])),
                 emit("concat", R.concat([q, q], axis=2)),
-                emit("broadcast_to", R.broadcast_to(R.max(q, axis=[1], keepdims=True), (2, 3, 7, 9))),
-                emit("right_shift[negative]", R.right_shift(R.astype(i, "int64"),
-                                                            relax.const(3, "int64"))),
+                emit(
+                    "broadcast_to", R.broadcast_to(R.max(q, axis=[1], keepdims=True), (2, 3, 7, 9))
+                ),
+                emit(
+                    "right_shift[negative]",
+                    R.right_shift(R.astype(i, "int64"), relax.const(3, "int64")),
+                ),
                 emit("floor_divide[negative]", R.floor_divide(i, relax.const(7, "int32"))),
-                emit("multiply/add/subtract", R.subtract(R.add(R.multiply(i, i), i), relax.const(5, "int32"))),
+                emit(
+                    "multiply/add/subtract",
+                    R.subtract(R.add(R.multiply(i, i), i), relax.const(5, "int32")),
+                ),
                 emit("clip+astype", R.astype(R.clip(i, -100, 100), "int8")),
-                emit("take[clip]", R.take(relax.const(np.arange(256, dtype=np.int32) * 3 - 400),
-                                          i, axis=0, mode="clip")),
+                emit(
+                    "take[clip]",
+                    R.take(
+                        relax.const(np.arange(256, dtype=np.int32) * 3 - 400),
+                        i,
+                        axis=0,
+                        mode="clip",
+                    ),
+                ),
                 emit("sum", R.sum(R.astype(q, "int32"), axis=[2, 3], keepdims=True)),
                 emit("max", R.max(q, axis=[1])),
-                emit("quantize[ties]", R.quantize(f, relax.const(0.5, "float32"),
-                                                  relax.const(3, "int8"), axis=-1, out_dtype="int8")),
-                emit("quantize[per-channel]", R.quantize(f, relax.const(np.linspace(0.1, 0.6, 6).astype(F32)),
-                                                         relax.const(np.arange(-3, 3).astype(np.int8)),
-                                                         axis=1, out_dtype="int8")),
-                emit("dequantize", R.dequantize(q, relax.const(0.0371, "float32"),
-                                                relax.const(-7, "int8"), axis=-1, out_dtype="float32")),
+                emit(
+                    "quantize[ties]",
+                    R.quantize(
+                        f,
+                        relax.const(0.5, "float32"),
+                        relax.const(3, "int8"),
+                        axis=-1,
+                        out_dtype="int8",
+                    ),
+                ),
+                emit(
+                    "quantize[per-channel]",
+                    R.quantize(
+                        f,
+                        relax.const(np.linspace(0.1, 0.6, 6).astype(F32)),
+                        relax.const(np.arange(-3, 3).astype(np.int8)),
+                        axis=1,
+                        out_dtype="int8",
+                    ),
+                ),
+                emit(
+                    "dequantize",
+                    R.dequantize(
+                        q,
+                        relax.const(0.0371, "float32"),
+                        relax.const(-7, "int8"),
+                        axis=-1,
+                        out_dtype="float32",
+                    ),
+                ),
             ]
             gv = bb.emit_output(relax.Tuple(outs))
         bb.emit_func_output(gv)

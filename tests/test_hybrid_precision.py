@@ -3,18 +3,19 @@ automatic choice of float layers on the bundled model."""
 
 import numpy as np
 import pytest
+from conftest import run_vm, three_conv_model
 
 import tvm_intq
-from conftest import run_vm, three_conv_model
-from tvm_intq import api, hybrid
+from tvm_intq import api
 from tvm_intq.calibration import SampleSet, load_npz
+from tvm_intq.core.metrics import sqnr_db
 from tvm_intq.demo import bundled
 from tvm_intq.errors import IntqError
-from tvm_intq.frontend import import_onnx
-from tvm_intq.metrics import sqnr_db
+from tvm_intq.frontends import import_model
 from tvm_intq.relay_passes import Annotate, FoldToInteger, analyze, float_ops
-from tvm_intq.relay_passes.ir_utils import const_value
-from tvm_intq.relay_passes.rebuild import bindings_of
+from tvm_intq.relay_passes.analysis.ir_utils import const_value
+from tvm_intq.relay_passes.analysis.rebuild import bindings_of
+from tvm_intq.search import float_layers
 
 pytestmark = pytest.mark.filterwarnings("ignore:Field 'shape' of 'type' is required")
 
@@ -57,7 +58,7 @@ def test_annotate_rejects_unknown_float_layers(small):
 
 def test_gated_model_is_float_at_zero_and_qdq_at_one(small):
     prepared, ranges, samples, relu, points = small
-    gated, names = hybrid.gated_module(prepared, ranges, "hybrid-asym")
+    gated, names = float_layers.gated_module(prepared, ranges, "hybrid-asym")
     assert names == points
     x = samples.arrays["x"][:2]
     zeros, ones = np.zeros(len(names), np.float32), np.ones(len(names), np.float32)
@@ -72,28 +73,29 @@ def test_gated_model_is_float_at_zero_and_qdq_at_one(small):
 
 def test_min_sqnr_target_on_the_small_model(small):
     prepared, ranges, samples, _, points = small
-    target = hybrid.Target(min_sqnr=30.0)
-    sel = hybrid.select_float_layers(prepared, ranges, "hybrid-asym", samples, target)
+    target = float_layers.Target(min_sqnr=30.0)
+    sel = float_layers.select_float_layers(prepared, ranges, "hybrid-asym", samples, target)
     assert sel.int8["sqnr_db"] < 30.0 <= sel.hybrid["sqnr_db"]
     assert 1 <= len(sel.layers) < len(points)
     assert all(layer["reason"].startswith("kept float alone") for layer in sel.layers)
     # The integer program with those layers float reaches what the simulation said.
     _, integer = api.lower(prepared, ranges, api.QuantConfig(float_layers=sel.names))
     x = samples.arrays["x"][:8]
-    ref = np.concatenate([run_vm(prepared, x[i:i + 2]) for i in range(0, 8, 2)])
-    got = np.concatenate([run_vm(integer, x[i:i + 2]) for i in range(0, 8, 2)])
+    ref = np.concatenate([run_vm(prepared, x[i : i + 2]) for i in range(0, 8, 2)])
+    got = np.concatenate([run_vm(integer, x[i : i + 2]) for i in range(0, 8, 2)])
     assert sqnr_db(ref, got) >= 29.0
 
 
 def test_targets_need_a_goal_and_labels(small):
     prepared, ranges, samples, *_ = small
     with pytest.raises(IntqError, match="--max-drop.*--min-sqnr"):
-        hybrid.Target()
+        float_layers.Target()
     with pytest.raises(IntqError, match="labels"):
-        hybrid.select_float_layers(prepared, ranges, "hybrid-asym", samples,
-                                   hybrid.Target(max_drop=1.0))
-    assert hybrid.parse_float_layers(" a, b ,") == ["a", "b"]
-    assert hybrid.parse_float_layers("AUTO") == "auto"
+        float_layers.select_float_layers(
+            prepared, ranges, "hybrid-asym", samples, float_layers.Target(max_drop=1.0)
+        )
+    assert float_layers.parse_float_layers(" a, b ,") == ["a", "b"]
+    assert float_layers.parse_float_layers("AUTO") == "auto"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,14 +104,14 @@ def test_targets_need_a_goal_and_labels(small):
 @pytest.fixture(scope="module")
 def kl_auto():  # about a minute: calibration, the gated model, ~20 search runs, the int8 model
     model = bundled("mnist_cnn.onnx")
-    _, info = import_onnx(model)
+    _, info = import_model(model)
     calib = load_npz(bundled("calib.npz"), info.inputs)
     heldout = load_npz(bundled("heldout.npz"), info.inputs)
     config = api.QuantConfig(calibrator="kl", float_layers="auto", max_drop=0.5, progress=False)
     return api.compile_onnx(model, calib, config, "host", eval_samples=heldout).report
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_auto_float_layers_bring_kl_within_half_a_point_of_float(kl_auto):
     report = kl_auto
     sim = report["hybrid_precision"]["simulated_int8"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import missing
+
 from tvm_intq.errors import IntqError
 from tvm_intq.targets.boards import get_board
 from tvm_intq.targets.insn_count import counting_tools, executed_instructions, run_counted
@@ -31,7 +31,9 @@ def scale_library(n: int, board, folder):
     b = te.compute((n,), lambda i: a[i] * 3 + 1, name="b")
     spec = board.target_spec()
     path = folder / f"scale{n}.so"
-    spec.export(tvm.compile(tvm.IRModule({"main": te.create_prim_func([a, b])}), spec.target()), path)
+    spec.export(
+        tvm.compile(tvm.IRModule({"main": te.create_prim_func([a, b])}), spec.target()), path
+    )
     return path
 
 
@@ -44,7 +46,7 @@ def test_counts_are_deterministic_and_scale_with_work(name, tmp_path):
         lib = scale_library(n, board, tmp_path)
         args = [np.arange(n, dtype=np.int32), np.zeros(n, np.int32)]
         first = executed_instructions(lib, board, args)
-        assert executed_instructions(lib, board, args) == first       # a second process
+        assert executed_instructions(lib, board, args) == first  # a second process
         counts[n] = first
     ratio = counts[1 << 15] / counts[1 << 14]
     assert 1.9 < ratio < 2.05, counts
@@ -55,7 +57,9 @@ def test_run_counted_reports_each_call_and_the_library_blocks(tmp_path):
     require_counting(board)
     n = 1 << 12
     lib = scale_library(n, board, tmp_path)
-    run = run_counted(lib, board, [np.ones(n, np.int32), np.zeros(n, np.int32)], calls=3, blocks=True)
+    run = run_counted(
+        lib, board, [np.ones(n, np.int32), np.zeros(n, np.int32)], calls=3, blocks=True
+    )
     assert len(run.per_call) == 3 and run.per_call[1] == run.per_call[2] > 0
     assert run.load_base > 0 and run.blocks
     # Instructions inside the library are a part of what the calls executed (the rest is the

@@ -1,20 +1,20 @@
-"""`tvm-intq inspect` (tvm_intq/inspect.py): instruction counts per kernel from the library's
+"""`tvm-intq inspect` (targets/disassembly.py): instruction counts per kernel from the library's
 disassembly, and the bundled model's int8 convs using vpdpbusd on the host, sdot on aarch64,
 smmla on aarch64-i8mm and RVV widening multiply-adds on riscv64."""
 
 from __future__ import annotations
 
 import pytest
-
 from conftest import require_tool
+
 from tvm_intq import api, cli
 from tvm_intq.demo import bundled
-from tvm_intq.frontend import import_onnx
-from tvm_intq.inspect import count_instructions, inspect_library, kernel_of
-from tvm_intq.relay_passes.ir_utils import op_name
-from tvm_intq.relay_passes.rebuild import bindings_of
+from tvm_intq.frontends import import_model
+from tvm_intq.relay_passes.analysis.ir_utils import op_name
+from tvm_intq.relay_passes.analysis.rebuild import bindings_of
 from tvm_intq.schedules.intrinsics import INTRINSICS, select, supported
 from tvm_intq.targets import get_target
+from tvm_intq.targets.disassembly import count_instructions, inspect_library, kernel_of
 
 ASM = """
 0000000000001120 <__tvm_ffi_fused_conv2d_packed_int8_requant1_add>:
@@ -60,12 +60,12 @@ def test_rvv_counts_by_instruction_family():
 def grouped_convs(model) -> tuple[int, int]:
     """``(int8 convs, grouped ones)`` of an ONNX model: the grouped (depthwise) ones fit no
     dot-product layout (they get a depthwise kernel of their own)."""
-    mod, _ = import_onnx(model)
+    mod, _ = import_model(model)
     convs = [b.value for b in bindings_of(mod["main"]) if op_name(b.value) == "relax.nn.conv2d"]
     return len(convs), sum(int(c.attrs.groups) != 1 for c in convs)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("target", ["aarch64", "aarch64-i8mm", "riscv64"])
 def test_bundled_model_int8_convs_use_the_targets_instruction(target, bundled_integer, tmp_path):
     """sdot (dotprod), smmla (i8mm) or vwmacc (RVV): every packed int8 conv/dense kernel."""
@@ -82,13 +82,27 @@ def test_bundled_model_int8_convs_use_the_targets_instruction(target, bundled_in
     assert all(n > 0 for n in packed.values()), packed
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not supported(INTRINSICS["x86-vnni"], get_target("host").target()),
-                    reason="this CPU has no AVX512-VNNI")
+@pytest.mark.integration
+@pytest.mark.skipif(
+    not supported(INTRINSICS["x86-vnni"], get_target("host").target()),
+    reason="this CPU has no AVX512-VNNI",
+)
 def test_bundled_model_int8_convs_use_vpdpbusd(tmp_path, capsys):
     lib = tmp_path / "mnist.so"
-    assert cli.main(["compile", str(bundled("mnist_cnn.onnx")), "--calib", str(bundled("calib.npz")),
-                     "-o", str(lib), "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "compile",
+                str(bundled("mnist_cnn.onnx")),
+                "--calib",
+                str(bundled("calib.npz")),
+                "-o",
+                str(lib),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     kernels = inspect_library(lib)["kernels"]
     packed = {k: v for k, v in kernels.items() if "packed_int8" in k}
     assert packed and all(v["vpdpbusd"] > 0 and v["zmm"] > 0 for v in packed.values()), packed

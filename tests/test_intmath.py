@@ -6,8 +6,8 @@ import functools
 import numpy as np
 import pytest
 
-from tvm_intq import intmath, metrics
-from tvm_intq.intmath import QMAX, QMIN, QParams
+from tvm_intq.core import intmath, metrics
+from tvm_intq.core.intmath import QMAX, QMIN, QParams
 
 RNG = np.random.default_rng(2024)
 TIE_TOL = 1e-6  # "at a tie": the float64 value is this close to k + 0.5
@@ -152,10 +152,18 @@ def test_conv_requant_equals_eq6_rounded_half_up(seed):
 def test_conv_requant_exact_ties_round_half_up():
     # s_in * sw / s_out = 1/2 exactly and offset 0: odd accumulators are exact ties.
     qw = np.ones((1, 4), np.int8)
-    rq = intmath.conv_requant(1.0, 0, np.array([1.0]), qw, 0, None, QParams(2.0, 0),
-                              acc_shape_axis=1, acc_ndim=2)
+    rq = intmath.conv_requant(
+        1.0, 0, np.array([1.0]), qw, 0, None, QParams(2.0, 0), acc_shape_axis=1, acc_ndim=2
+    )
     acc = np.array([[-5], [-3], [-1], [1], [3], [5]])
-    assert rq.apply(acc).ravel().tolist() == [-2, -1, 0, 1, 2, 3]  # round half up, like Eq. 6's >> S
+    assert rq.apply(acc).ravel().tolist() == [
+        -2,
+        -1,
+        0,
+        1,
+        2,
+        3,
+    ]  # round half up, like Eq. 6's >> S
     np.testing.assert_array_equal(rq.apply(acc).ravel(), round_half_up(acc.ravel() / 2))
 
 
@@ -190,8 +198,10 @@ def test_conv_requant_never_overflows_int64_at_the_accumulator_bound(scale_ratio
     rq = intmath.conv_requant(1.0, zp_in, sw, qw, 0, bias, out, acc_shape_axis=1, acc_ndim=2)
     bound = 128 * 127 * k
     for acc in (-bound, bound, 0, zp_in * 127 * k):
-        exact = [((acc * int(m) + int(a)) >> int(s)) for m, a, s in
-                 zip(rq.mul.ravel(), rq.add.ravel(), rq.shift.ravel())]
+        exact = [
+            ((acc * int(m) + int(a)) >> int(s))
+            for m, a, s in zip(rq.mul.ravel(), rq.add.ravel(), rq.shift.ravel())
+        ]
         for m, a in zip(rq.mul.ravel(), rq.add.ravel()):
             assert abs(acc * int(m) + int(a)) < 2**63  # Python ints: no wraparound here
         got = rq.apply(np.full((1, 3), acc)).ravel()
@@ -220,8 +230,9 @@ def test_dense_requant_with_relu_bounds(seed):
     qw, sw, s_in, zp_in, out, bias = random_layer(rng, k=64, channels=10)
     lo, hi = intmath.relu_bounds(out, 0.0, 6.0)  # ReLU6 folded into the clip
     w_kn = qw.T  # dense weights are (K, N): output channel on axis 1
-    rq = intmath.conv_requant(s_in, zp_in, sw, w_kn, 1, bias, out, lo, hi,
-                              acc_shape_axis=0, acc_ndim=1)
+    rq = intmath.conv_requant(
+        s_in, zp_in, sw, w_kn, 1, bias, out, lo, hi, acc_shape_axis=0, acc_ndim=1
+    )
     acc = targeted_accumulators(rng, 500, s_in, zp_in, sw, qw, bias, out)
     v = conv_formula(acc, s_in, zp_in, sw, qw, bias, out)
     np.testing.assert_array_equal(rq.apply(acc), np.clip(round_half_up(v), lo, hi))
@@ -241,13 +252,17 @@ def test_relu_bounds():
 @pytest.mark.parametrize("seed", range(8))
 def test_add_requant_equals_float_formula_on_all_code_pairs(seed):
     rng = np.random.default_rng(200 + seed)
-    a, b, o = (QParams(float(np.exp(rng.uniform(-5, 1))), int(rng.integers(-128, 128)))
-               for _ in range(3))
+    a, b, o = (
+        QParams(float(np.exp(rng.uniform(-5, 1))), int(rng.integers(-128, 128))) for _ in range(3)
+    )
     lo, hi = (QMIN, QMAX) if seed % 2 else intmath.relu_bounds(o)  # add (+ relu)
     ar = intmath.add_requant(a, b, o, lo, hi)
     qa, qb = np.meshgrid(np.arange(QMIN, QMAX + 1), np.arange(QMIN, QMAX + 1))
-    v = a.scale / o.scale * (qa - a.zero_point) + b.scale / o.scale * (qb - b.zero_point) \
+    v = (
+        a.scale / o.scale * (qa - a.zero_point)
+        + b.scale / o.scale * (qb - b.zero_point)
         + o.zero_point
+    )
     got = ar.apply(qa.astype(np.int8), qb.astype(np.int8)).astype(np.int64)
     want = np.clip(round_half_up(v), lo, hi)
     assert not np.any((got != want) & ~near_tie(v))
@@ -312,8 +327,11 @@ def eq16(fn, inp: QParams, out: QParams):
 LUT_CASES = {
     "relu": (intmath.ACTIVATIONS["relu"], (-4.0, 3.0), (0.0, 3.0)),
     "relu6": (intmath.ACTIVATIONS["relu6"], (-2.0, 9.0), (0.0, 6.0)),
-    "leaky_relu": (functools.partial(intmath.ACTIVATIONS["leaky_relu"], alpha=0.1),
-                   (-5.0, 4.0), (-0.5, 4.0)),
+    "leaky_relu": (
+        functools.partial(intmath.ACTIVATIONS["leaky_relu"], alpha=0.1),
+        (-5.0, 4.0),
+        (-0.5, 4.0),
+    ),
     "sigmoid": (intmath.sigmoid, (-8.0, 8.0), (0.0, 1.0)),
     "tanh": (np.tanh, (-3.0, 3.5), (-1.0, 1.0)),
     "hardsigmoid": (intmath.ACTIVATIONS["hardsigmoid"], (-4.0, 4.0), (0.0, 1.0)),
@@ -362,7 +380,7 @@ def test_per_channel_lut_shape_and_values():
     assert table.shape == (256, 1, c, 1, 1) and table.dtype == np.int8
     flat = table.reshape(256, c)
     for ch in range(c):
-        want, v = eq16(lambda r: r * gamma.ravel()[ch] + beta.ravel()[ch], inp, out)
+        want, v = eq16(lambda r, ch=ch: r * gamma.ravel()[ch] + beta.ravel()[ch], inp, out)
         assert not np.any((flat[:, ch] != want) & ~near_tie(v, 1e-4))
     # apply_lut with a (256, C) table picks each element's channel.
     q = RNG.integers(QMIN, QMAX + 1, size=(2, c, 3, 3)).astype(np.int8)
@@ -448,6 +466,7 @@ def test_add_requant_keeps_precision_when_only_one_ratio_is_a_power_of_two():
     ar = intmath.add_requant(a, b, out)
     assert ar.shift >= 30
     qa, qb = np.meshgrid(np.arange(QMIN, QMAX + 1), np.arange(QMIN, QMAX + 1))
-    want = np.clip(np.floor(0.6 * (qa - a.zero_point) + (qb - b.zero_point) + out.zero_point + 0.5),
-                   QMIN, QMAX)
+    want = np.clip(
+        np.floor(0.6 * (qa - a.zero_point) + (qb - b.zero_point) + out.zero_point + 0.5), QMIN, QMAX
+    )
     assert np.array_equal(ar.apply(qa, qb), want)

@@ -11,13 +11,13 @@ import re
 import numpy as np
 import pytest
 import tvm
-
 from test_boards import require_built
 from test_pack_int8 import inputs, int8_layer
 from test_rpc import free_port, kill_group, start_tracker_cli
+
 from tvm_intq import api
 from tvm_intq.demo import bundled
-from tvm_intq.reference import run_reference
+from tvm_intq.evaluation.reference import run_reference
 from tvm_intq.schedules import build_pipeline
 from tvm_intq.schedules.intrinsics import select
 from tvm_intq.targets import get_target, rpc
@@ -28,12 +28,15 @@ def _target(mtriple, *mattr):
     return tvm.target.Target({"kind": "llvm", "mtriple": mtriple, "mattr": list(mattr)})
 
 
-@pytest.mark.parametrize("target, expected", [
-    ("aarch64", "arm-sdot"),
-    ("aarch64-i8mm", "arm-i8mm"),
-    ("riscv64", "rvv-vwmacc"),
-    ("host-like", None),
-])
+@pytest.mark.parametrize(
+    "target, expected",
+    [
+        ("aarch64", "arm-sdot"),
+        ("aarch64-i8mm", "arm-i8mm"),
+        ("riscv64", "rvv-vwmacc"),
+        ("host-like", None),
+    ],
+)
 def test_target_features_select_the_best_instruction(target, expected):
     if target == "host-like":  # an x86 CPU without VNNI: nothing fits, convs stay untensorized
         spec = get_target("host")
@@ -47,8 +50,13 @@ def test_target_features_select_the_best_instruction(target, expected):
 
 def test_plain_neon_and_scalar_riscv_fall_back_untensorized():
     assert select(get_target("aarch64").int8_dot, _target("aarch64-linux-gnu", "+neon")) is None
-    assert select(get_target("riscv64").int8_dot,
-                  _target("riscv64-linux-gnu", "+m", "+a", "+f", "+d", "+c")) is None
+    assert (
+        select(
+            get_target("riscv64").int8_dot,
+            _target("riscv64-linux-gnu", "+m", "+a", "+f", "+d", "+c"),
+        )
+        is None
+    )
 
 
 # ---------------------------------------------------------------- bit-exact on the boards
@@ -57,16 +65,27 @@ def test_plain_neon_and_scalar_riscv_fall_back_untensorized():
 # the extreme zero point (phase-split input for smmla), an odd output width, a dense layer.
 CASES = {
     "odd-channels-stride2": dict(shape=(1, 3, 9, 7), out_channels=7, stride=2, zp_in=-128),
-    "dilated-relu-oddwidth": dict(shape=(1, 17, 8, 7), out_channels=20, dilation=2, pad=2,
-                                  relu=True),
+    "dilated-relu-oddwidth": dict(
+        shape=(1, 17, 8, 7), out_channels=20, dilation=2, pad=2, relu=True
+    ),
     "dense": dict(shape=(3, 37), out_channels=10, dense=True),
     # a 1-channel input; a lookup table and a requantize after it, applied in the kernel
-    "1-channel-lookup": dict(shape=(1, 1, 9, 7), out_channels=18, stride=2, zp_in=-128,
-                             lookup="per-channel", rescale="channel"),
+    "1-channel-lookup": dict(
+        shape=(1, 1, 9, 7),
+        out_channels=18,
+        stride=2,
+        zp_in=-128,
+        lookup="per-channel",
+        rescale="channel",
+    ),
 }
 # (target compiled for, board run on): qemu-aarch64 -cpu max has dotprod and i8mm.
-RUNS = [("aarch64", "aarch64-emu"), ("aarch64-i8mm", "aarch64-emu"),
-        ("riscv64", "riscv64-emu"), ("riscv64", "riscv64-emu-vlen256")]
+RUNS = [
+    ("aarch64", "aarch64-emu"),
+    ("aarch64-i8mm", "aarch64-emu"),
+    ("riscv64", "riscv64-emu"),
+    ("riscv64", "riscv64-emu-vlen256"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +100,9 @@ def libraries(tmp_path_factory):
             ex = tvm.compile(mod, spec.target(), relax_pipeline=build_pipeline(spec.int8_dot))
             intrin = select(spec.int8_dot, spec.target())
             asm = ex.mod.imports[0].inspect_source("asm")
-            assert re.search(rf"\b{re.escape(intrin.instruction)}\b", asm), \
+            assert re.search(rf"\b{re.escape(intrin.instruction)}\b", asm), (
                 f"{target}/{case}: no {intrin.instruction} in the kernels"
+            )
             path = tmp_path_factory.mktemp(f"{target}-{case}") / "layer.so"
             spec.export(ex, path)
             cache[target, case] = (path, mod)
@@ -118,7 +138,7 @@ def board_sessions(tracker, tmp_path_factory):
             b.kill()
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("target, board", RUNS, ids=[f"{t}-on-{b}" for t, b in RUNS])
 def test_tensorized_kernels_are_bit_exact_on_the_board(target, board, libraries, board_sessions):
     with board_sessions(board) as session:
@@ -128,16 +148,18 @@ def test_tensorized_kernels_are_bit_exact_on_the_board(target, board, libraries,
             for seed in (1, 2):
                 x = inputs(params["shape"], seed)
                 (got,) = session.run(vm, [x])
-                np.testing.assert_array_equal(got, run_reference(mod, {"x": x}),
-                                              err_msg=f"{case}, seed {seed}")
+                np.testing.assert_array_equal(
+                    got, run_reference(mod, {"x": x}), err_msg=f"{case}, seed {seed}"
+                )
 
 
-
-@pytest.mark.slow
-@pytest.mark.parametrize("target, board", [("aarch64-i8mm", "aarch64-emu"),
-                                           ("riscv64", "riscv64-emu-vlen256")])
-def test_bundled_model_is_bit_exact_on_the_board(target, board, bundled_integer, board_sessions,
-                                                 tmp_path):
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "target, board", [("aarch64-i8mm", "aarch64-emu"), ("riscv64", "riscv64-emu-vlen256")]
+)
+def test_bundled_model_is_bit_exact_on_the_board(
+    target, board, bundled_integer, board_sessions, tmp_path
+):
     spec = get_target(target)
     lib = tmp_path / "mnist.so"
     spec.export(api.build(bundled_integer, spec), lib)
@@ -145,6 +167,6 @@ def test_bundled_model_is_bit_exact_on_the_board(target, board, bundled_integer,
     with board_sessions(board) as session:
         vm = session.load_vm(session.upload(lib))
         for i in range(len(x)):
-            (got,) = session.run(vm, [x[i:i + 1]])
-            want = run_reference(bundled_integer, {"input": x[i:i + 1]})
+            (got,) = session.run(vm, [x[i : i + 1]])
+            want = run_reference(bundled_integer, {"input": x[i : i + 1]})
             np.testing.assert_array_equal(got, want)

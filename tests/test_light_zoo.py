@@ -15,21 +15,30 @@ from onnx import numpy_helper
 
 import tvm_intq
 from tvm_intq.calibration import SampleSet
-from tvm_intq.frontend import import_onnx
-from tvm_intq.metrics import sqnr_db
+from tvm_intq.compiler.runner import Runner
+from tvm_intq.core.metrics import sqnr_db
+from tvm_intq.frontends import import_model
 from tvm_intq.relay_passes import float_ops
-from tvm_intq.runner import Runner
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
-MODELS = ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50",
-          "shufflenet", "squeezenet", "vgg19", "zfnet512"]
+MODELS = [
+    "bvlc_alexnet",
+    "densenet121",
+    "inception_v1",
+    "inception_v2",
+    "resnet50",
+    "shufflenet",
+    "squeezenet",
+    "vgg19",
+    "zfnet512",
+]
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("name", MODELS)
 def test_light_model_is_integer_only_and_runs(name):
-    mod, info = import_onnx(LIGHT / f"light_{name}.onnx")
-    (input_name, shape), = info.inputs.items()
+    mod, info = import_model(LIGHT / f"light_{name}.onnx")
+    ((input_name, shape),) = info.inputs.items()
     n = int(np.prod(shape))
     x = (np.arange(n).reshape(shape) / n).astype(np.float32)
     prepared = tvm_intq.prepare(mod)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import missing
 from test_insn_count import require_counting
+
 from tvm_intq.errors import IntqError
 from tvm_intq.targets.boards import get_board
 from tvm_intq.targets.insn_count import run_counted
@@ -42,9 +42,15 @@ def conv_library(dtype: str, board, folder):
     spec.export(api.build(bb.get(), spec), path)
     rng = np.random.default_rng(0)
     if dtype == "int8":
-        args = [rng.integers(-128, 128, X, dtype=np.int8), rng.integers(-128, 128, W, dtype=np.int8)]
+        args = [
+            rng.integers(-128, 128, X, dtype=np.int8),
+            rng.integers(-128, 128, W, dtype=np.int8),
+        ]
     else:
-        args = [rng.standard_normal(X).astype(np.float32), rng.standard_normal(W).astype(np.float32)]
+        args = [
+            rng.standard_normal(X).astype(np.float32),
+            rng.standard_normal(W).astype(np.float32),
+        ]
     return path, args
 
 
@@ -69,8 +75,10 @@ def test_int8_conv_fewer_cycles_than_fp32_on_cortex_a76_class(tmp_path):
     for dtype in ("int8", "float32"):
         lib, args = conv_library(dtype, board, tmp_path)
         run = run_counted(lib, board, args, calls=1, blocks=True)
-        totals[dtype] = {core: sum(mca_cycles(lib, board, args, core, execution=run).values())
-                         for core in ("cortex-a76", "neoverse-n1")}
+        totals[dtype] = {
+            core: sum(mca_cycles(lib, board, args, core, execution=run).values())
+            for core in ("cortex-a76", "neoverse-n1")
+        }
     print(totals)
     for core in ("cortex-a76", "neoverse-n1"):
         assert totals["int8"][core] < totals["float32"][core], totals

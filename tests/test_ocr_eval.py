@@ -30,10 +30,14 @@ def test_box_iou_and_precision_recall():
     assert ocr_models.box_iou(box(0, 0, 10, 10), box(5, 0, 15, 10)) == pytest.approx(50 / 150)
     assert ocr_models.box_iou(box(0, 0, 1, 1), box(2, 2, 3, 3)) == 0.0
     truth = [[box(0, 0, 10, 10), box(20, 0, 30, 10)], [box(0, 0, 10, 10)]]
-    preds = [[box(0, 0, 10, 9),  # IoU 0.9: a match
-              box(0, 0, 10, 10),  # a second match of the same box: a false positive
-              box(25, 0, 35, 10)],  # IoU 1/3: no match
-             []]
+    preds = [
+        [
+            box(0, 0, 10, 9),  # IoU 0.9: a match
+            box(0, 0, 10, 10),  # a second match of the same box: a false positive
+            box(25, 0, 35, 10),
+        ],  # IoU 1/3: no match
+        [],
+    ]
     assert ocr_models.match_boxes(preds, truth) == (1, 3, 3)
     m = ocr_models.precision_recall(preds, truth)
     assert m["precision"] == pytest.approx(1 / 3) and m["recall"] == pytest.approx(1 / 3)
@@ -54,15 +58,16 @@ def test_renderer_is_deterministic():
     assert set("".join(a_txt)) <= ocr_models.rec_charset()  # rec can read every character
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_cls_model_int8_close_to_float(tmp_path):
     """rapidocr's direction classifier, prepared (Constants -> initializers, opset 13, BN
     folded) and quantized with 16 rendered lines: integer only, and on 64 other lines its
     top-1 is within 3.2 points (2 lines) of float's."""
     task = load_task("cls", sizes=(16, 64))
     ref = methods.float_outputs(task)
-    tvm = methods.TvmIntq(task, methods.float_outputs(task, "calib"), progress=False,
-                          columns=["percentile"])
+    tvm = methods.TvmIntq(
+        task, methods.float_outputs(task, "calib"), progress=False, columns=["percentile"]
+    )
     out, facts = tvm.column("percentile")
     assert facts["integer_only"]
     float_top1, int8_top1 = task.score(ref)["top1"], task.score(out)["top1"]

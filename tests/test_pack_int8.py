@@ -12,10 +12,10 @@ import pytest
 import tvm
 from tvm import relax
 
-from tvm_intq import intmath
-from tvm_intq.reference import run_reference
-from tvm_intq.relay_passes import integer_kernels as K
-from tvm_intq.relay_passes.ir_utils import shape_of
+from tvm_intq.core import intmath
+from tvm_intq.evaluation.reference import run_reference
+from tvm_intq.relay_passes.analysis.ir_utils import shape_of
+from tvm_intq.relay_passes.ops import integer_kernels as K
 from tvm_intq.schedules import build_pipeline
 from tvm_intq.schedules.default_schedule import DefaultDotSchedule
 from tvm_intq.schedules.intrinsics import INTRINSICS, supported
@@ -24,12 +24,26 @@ from tvm_intq.targets import get_target
 
 VNNI = INTRINSICS["x86-vnni"]
 HOST = get_target("host")
-needs_vnni = pytest.mark.skipif(not supported(VNNI, HOST.target()),
-                                reason="this CPU has no AVX512-VNNI")
+needs_vnni = pytest.mark.skipif(
+    not supported(VNNI, HOST.target()), reason="this CPU has no AVX512-VNNI"
+)
 
 
-def int8_layer(shape, out_channels, kernel=3, stride=1, pad=1, dilation=1, groups=1, zp_in=-5,
-               dense=False, seed=0, relu=False, lookup=None, rescale=None):
+def int8_layer(
+    shape,
+    out_channels,
+    kernel=3,
+    stride=1,
+    pad=1,
+    dilation=1,
+    groups=1,
+    zp_in=-5,
+    dense=False,
+    seed=0,
+    relu=False,
+    lookup=None,
+    rescale=None,
+):
     """``main(x int8) -> int8``: one conv2d (or dense) layer as FoldToInteger writes it;
     ``lookup`` ("shared" or "per-channel"): then a random lookup table, as for a nonlinear
     layer after it; ``rescale`` ("tensor" or "channel"): then a requantize of the looked-up
@@ -43,29 +57,38 @@ def int8_layer(shape, out_channels, kernel=3, stride=1, pad=1, dilation=1, group
             if dense:
                 qw = rng.integers(-127, 128, size=(shape[1], out_channels)).astype(np.int8)
                 sw = rng.uniform(0.001, 0.02, out_channels)
-                rq = intmath.conv_requant(inp.scale, inp.zero_point, sw, qw, 1, None, out,
-                                          acc_shape_axis=0, acc_ndim=1)
+                rq = intmath.conv_requant(
+                    inp.scale, inp.zero_point, sw, qw, 1, None, out, acc_shape_axis=0, acc_ndim=1
+                )
                 y = K.matmul(bb, x, qw, rq, "y_q")
             else:
-                qw = rng.integers(-127, 128, size=(out_channels, shape[1] // groups, kernel,
-                                                   kernel)).astype(np.int8)
+                qw = rng.integers(
+                    -127, 128, size=(out_channels, shape[1] // groups, kernel, kernel)
+                ).astype(np.int8)
                 sw = rng.uniform(0.001, 0.02, out_channels)
                 lo, hi = intmath.relu_bounds(out) if relu else (intmath.QMIN, intmath.QMAX)
-                rq = intmath.conv_requant(inp.scale, inp.zero_point, sw, qw, 0,
-                                          rng.normal(size=out_channels), out, lo, hi)
-                attrs = SimpleNamespace(padding=[pad] * 4, strides=[stride] * 2,
-                                        dilation=[dilation] * 2, groups=groups)
+                rq = intmath.conv_requant(
+                    inp.scale, inp.zero_point, sw, qw, 0, rng.normal(size=out_channels), out, lo, hi
+                )
+                attrs = SimpleNamespace(
+                    padding=[pad] * 4, strides=[stride] * 2, dilation=[dilation] * 2, groups=groups
+                )
                 y = K.conv2d(bb, x, inp, attrs, qw, rq, "y_q")
             if lookup is not None:
-                table = rng.integers(-128, 128, size=(256,) if lookup == "shared" else
-                                     (256, out_channels)).astype(np.int8)
+                table = rng.integers(
+                    -128, 128, size=(256,) if lookup == "shared" else (256, out_channels)
+                ).astype(np.int8)
                 y = K.lookup(bb, y, table, None if lookup == "shared" else 1, "z_q")
             if rescale is not None:
                 n = 1 if rescale == "tensor" else out_channels
                 shape_c = (1, n) if dense else (1, n, 1, 1)
-                rq = intmath.Requant(rng.integers(2**29, 2**31, n).reshape(shape_c),
-                                     rng.integers(-2**40, 2**40, n).reshape(shape_c),
-                                     np.full(shape_c, 33), -100, 90)
+                rq = intmath.Requant(
+                    rng.integers(2**29, 2**31, n).reshape(shape_c),
+                    rng.integers(-(2**40), 2**40, n).reshape(shape_c),
+                    np.full(shape_c, 33),
+                    -100,
+                    90,
+                )
                 y = K.requantize(bb, y, rq, "r_q")
             gv = bb.emit_output(y)
         bb.emit_func_output(gv)
@@ -95,8 +118,9 @@ def compile_and_compare(mod, shape, target=None, seeds=(1, 2)):
     vm = relax.VirtualMachine(ex, tvm.cpu())
     for seed in seeds:
         x = inputs(shape, seed)
-        np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(x)).numpy(),
-                                      run_reference(mod, {"x": x}))
+        np.testing.assert_array_equal(
+            vm["main"](tvm.runtime.tensor(x)).numpy(), run_reference(mod, {"x": x})
+        )
     return ex
 
 
@@ -104,7 +128,9 @@ def test_shifted_input_requant_is_the_same_integers():
     rng = np.random.default_rng(0)
     qw = rng.integers(-127, 128, size=(5, 7)).astype(np.int64)  # 5 channels, 7 inputs
     q = rng.integers(-128, 128, size=(100, 7)).astype(np.int64)
-    rq = intmath.Requant(np.full(5, 1_500_000_000), rng.integers(-2**40, 2**40, 5), np.full(5, 33))
+    rq = intmath.Requant(
+        np.full(5, 1_500_000_000), rng.integers(-(2**40), 2**40, 5), np.full(5, 33)
+    )
     acc = q @ qw.T
     shifted = intmath.shifted_input_requant(rq, qw.sum(1), np.abs(qw).sum(1))
     np.testing.assert_array_equal(shifted.apply((q + 128) @ qw.T), rq.apply(acc))
@@ -152,22 +178,37 @@ def test_rewrite_gives_depthwise_convs_their_kernel_and_leaves_grouped_ones():
 
 
 @needs_vnni
-@pytest.mark.parametrize("case", [
-    dict(shape=(1, 8, 6, 6), out_channels=16),
-    dict(shape=(1, 3, 9, 7), out_channels=24, kernel=3, stride=2, pad=1, zp_in=-128),
-    dict(shape=(2, 5, 8, 8), out_channels=7, kernel=1, pad=0, zp_in=127),
-    dict(shape=(1, 17, 10, 10), out_channels=33, kernel=3, dilation=2, pad=2, relu=True),
-    dict(shape=(3, 37), out_channels=10, dense=True),
-    dict(shape=(1, 1, 13, 11), out_channels=24, stride=2, zp_in=-128, lookup="shared"),
-    dict(shape=(2, 1, 9, 9), out_channels=17, dilation=2, pad=2, zp_in=127,
-         lookup="per-channel"),
-    dict(shape=(3, 37), out_channels=10, dense=True, lookup="per-channel"),
-    dict(shape=(1, 8, 6, 6), out_channels=20, lookup="shared", rescale="tensor"),
-    dict(shape=(1, 8, 6, 6), out_channels=20, lookup="shared", rescale="channel"),
-    dict(shape=(3, 37), out_channels=10, dense=True, lookup="per-channel", rescale="channel"),
-], ids=["basic", "odd-channels-stride2", "batch2-1x1", "dilated-relu", "dense",
-        "windows-stride2-lookup", "windows-dilated-per-channel-lookup", "dense-lookup",
-        "lookup-rescaled", "lookup-rescaled-per-channel", "dense-lookup-rescaled"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(shape=(1, 8, 6, 6), out_channels=16),
+        dict(shape=(1, 3, 9, 7), out_channels=24, kernel=3, stride=2, pad=1, zp_in=-128),
+        dict(shape=(2, 5, 8, 8), out_channels=7, kernel=1, pad=0, zp_in=127),
+        dict(shape=(1, 17, 10, 10), out_channels=33, kernel=3, dilation=2, pad=2, relu=True),
+        dict(shape=(3, 37), out_channels=10, dense=True),
+        dict(shape=(1, 1, 13, 11), out_channels=24, stride=2, zp_in=-128, lookup="shared"),
+        dict(
+            shape=(2, 1, 9, 9), out_channels=17, dilation=2, pad=2, zp_in=127, lookup="per-channel"
+        ),
+        dict(shape=(3, 37), out_channels=10, dense=True, lookup="per-channel"),
+        dict(shape=(1, 8, 6, 6), out_channels=20, lookup="shared", rescale="tensor"),
+        dict(shape=(1, 8, 6, 6), out_channels=20, lookup="shared", rescale="channel"),
+        dict(shape=(3, 37), out_channels=10, dense=True, lookup="per-channel", rescale="channel"),
+    ],
+    ids=[
+        "basic",
+        "odd-channels-stride2",
+        "batch2-1x1",
+        "dilated-relu",
+        "dense",
+        "windows-stride2-lookup",
+        "windows-dilated-per-channel-lookup",
+        "dense-lookup",
+        "lookup-rescaled",
+        "lookup-rescaled-per-channel",
+        "dense-lookup-rescaled",
+    ],
+)
 def test_packed_kernels_match_reference_bit_for_bit(case):
     mod = int8_layer(**case)
     ex = compile_and_compare(mod, case["shape"])
@@ -176,13 +217,24 @@ def test_packed_kernels_match_reference_bit_for_bit(case):
 
 
 @needs_vnni
-@pytest.mark.parametrize("case", [
-    dict(shape=(1, 8, 6, 6), out_channels=8, groups=8),
-    dict(shape=(2, 5, 9, 7), out_channels=5, groups=5, stride=2, zp_in=-128, relu=True),
-    dict(shape=(1, 3, 20, 37), out_channels=3, groups=3, dilation=2, pad=2, lookup="shared"),
-    dict(shape=(1, 6, 5, 5), out_channels=6, groups=6, kernel=1, pad=0, zp_in=127,
-         lookup="per-channel"),
-], ids=["basic", "batch2-stride2-relu", "dilated-wide-lookup", "1x1-per-channel-lookup"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(shape=(1, 8, 6, 6), out_channels=8, groups=8),
+        dict(shape=(2, 5, 9, 7), out_channels=5, groups=5, stride=2, zp_in=-128, relu=True),
+        dict(shape=(1, 3, 20, 37), out_channels=3, groups=3, dilation=2, pad=2, lookup="shared"),
+        dict(
+            shape=(1, 6, 5, 5),
+            out_channels=6,
+            groups=6,
+            kernel=1,
+            pad=0,
+            zp_in=127,
+            lookup="per-channel",
+        ),
+    ],
+    ids=["basic", "batch2-stride2-relu", "dilated-wide-lookup", "1x1-per-channel-lookup"],
+)
 def test_depthwise_kernel_matches_reference_bit_for_bit(case, caplog):
     """Any target with a packed layout gets the depthwise kernel (output columns as vectors,
     split past 16: the wide case), exact at the padded borders and with its lookup."""
@@ -210,32 +262,35 @@ def test_default_schedule_failure_falls_back_untensorized(caplog):
         fused = relax.get_pipeline("zero")(PackInt8ForDot(VNNI)(mod))
         scheduled = DefaultDotSchedule(broken)(fused)
     assert "default" in caplog.text and "untensorized" in caplog.text
-    ex = tvm.compile(scheduled, HOST.target(), relax_pipeline=relax.pipeline.default_build_pipeline())
+    ex = tvm.compile(
+        scheduled, HOST.target(), relax_pipeline=relax.pipeline.default_build_pipeline()
+    )
     x = inputs((1, 8, 6, 6))
     out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_array_equal(out, run_reference(mod, {"x": x}))
 
 
 def test_injective_candidates_are_exact_and_read_blocks_in_order():
-    """Tuning measures these beside a kernel's plain loops (schedules/tune._measure_default):
+    """Tuning measures these beside a kernel's plain loops (schedules/tune/first_candidates.py):
     everything inlined; for whole blocks of channels the blocked loop order, whose innermost
     loop runs over the ``lanes`` channels of a block (contiguous in the packed conv's result
     that ``unpack`` reads); the two innermost loops swapped (a packing's ``k`` bytes outside
     its columns). Same integers as the unscheduled kernel."""
-    from tvm import s_tir
     from tvm.s_tir import meta_schedule as ms
 
     from tvm_intq.schedules.database import extract_tasks
     from tvm_intq.schedules.default_schedule import injective_candidates
-    from tvm_intq.schedules.runners import candidate_input
+    from tvm_intq.schedules.tune.workers import candidate_input
 
     tasks = extract_tasks(int8_layer((1, 8, 6, 6), 32), HOST.target(), ("x86-vnni",))
     unpack = next(t for t in tasks if t.name == "unpack")
     pack = next(t for t in tasks if t.name == "pack_int8")  # 1, 2, 8, 8, 4: k = 4 innermost
 
     def extents(sch):
-        return [int(sch.get(lp).extent)
-                for lp in sch.get_loops(sch.get_child_blocks(sch.get_sblock("root"))[0])]
+        return [
+            int(sch.get(lp).extent)
+            for lp in sch.get_loops(sch.get_child_blocks(sch.get_sblock("root"))[0])
+        ]
 
     unpacks = injective_candidates(unpack.mod, VNNI.lanes)  # inlined, blocked, swapped
     assert extents(unpacks[1]) == [1, 2, 6, 6, VNNI.lanes]
@@ -243,8 +298,12 @@ def test_injective_candidates_are_exact_and_read_blocks_in_order():
     assert [extents(c) for c in packs] == [[1, 2, 8, 8, VNNI.k], [1, 2, 8, VNNI.k, 8]]
     for task, candidates in ((unpack, unpacks), (pack, packs)):
         rng = np.random.default_rng(0)
-        args = [candidate_input(shape, dtype, rng) for _, dtype, shape in
-                (a.as_json() for a in ms.arg_info.ArgInfo.from_prim_func(task.mod["main"]))]
+        args = [
+            candidate_input(shape, dtype, rng)
+            for _, dtype, shape in (
+                a.as_json() for a in ms.arg_info.ArgInfo.from_prim_func(task.mod["main"])
+            )
+        ]
         outs = []
         for mod in (task.mod,) + tuple(c.mod for c in candidates):
             tensors = [tvm.runtime.tensor(a) for a in args]

@@ -9,16 +9,16 @@ from tvm import relax
 from tvm.relax.frontend.onnx import from_onnx
 
 import tvm_intq
-from tvm_intq import intmath
 from tvm_intq.calibration import SampleSet, TensorStats, get_calibrator
 from tvm_intq.calibration.pow2_exponent import Pow2Exponent
-from tvm_intq.metrics import sqnr_db
-from tvm_intq.reference import run_reference
+from tvm_intq.core import intmath
+from tvm_intq.core.metrics import sqnr_db
+from tvm_intq.core.schemes import PowerOfTwo, get_scheme
+from tvm_intq.evaluation.reference import run_reference
 from tvm_intq.relay_passes import float_ops
-from tvm_intq.relay_passes.accumulators import accumulator_report
-from tvm_intq.relay_passes.ir_utils import const_value, op_name
-from tvm_intq.relay_passes.rebuild import bindings_of
-from tvm_intq.schemes import PowerOfTwo, get_scheme
+from tvm_intq.relay_passes.analysis.accumulators import accumulator_report
+from tvm_intq.relay_passes.analysis.ir_utils import const_value, op_name
+from tvm_intq.relay_passes.analysis.rebuild import bindings_of
 
 pytestmark = pytest.mark.filterwarnings("ignore:Field 'shape' of 'type' is required")
 
@@ -32,8 +32,9 @@ def test_pow2_exponent_of():
     assert got.tolist() == [0, -2, 3, n, n, n, -40]
 
 
-@pytest.mark.parametrize("t, e", [(1.0, -6), (127.0, 0), (127.0001, 1), (3.0, -5),
-                                  (127 * 2.0**-5, -5), (0.0, 0)])
+@pytest.mark.parametrize(
+    "t, e", [(1.0, -6), (127.0, 0), (127.0001, 1), (3.0, -5), (127 * 2.0**-5, -5), (0.0, 0)]
+)
 def test_minmax_exponent_is_the_smallest_covering_one(t, e):
     # 127 * 2^e >= t for the smallest e: 1.0 -> 127/64 = 1.98 (127/128 < 1).
     assert intmath.pow2_minmax_exponent(t) == e
@@ -50,16 +51,21 @@ def test_exponent_search_by_hand():
     x = np.array([19 / 64, 2.5])
     w = np.array([9999.0, 1.0])
     best, table = intmath.pow2_search(x, intmath.pow2_minmax_exponent(2.5), w)
-    want = {-7: (2.5 - 127 / 128) ** 2 / 1e4, -6: (2.5 - 127 / 64) ** 2 / 1e4,
-            -5: 9999 * (1 / 64) ** 2 / 1e4, -4: 9999 * (1 / 64) ** 2 / 1e4,
-            -3: 9999 * (3 / 64) ** 2 / 1e4}
+    want = {
+        -7: (2.5 - 127 / 128) ** 2 / 1e4,
+        -6: (2.5 - 127 / 64) ** 2 / 1e4,
+        -5: 9999 * (1 / 64) ** 2 / 1e4,
+        -4: 9999 * (1 / 64) ** 2 / 1e4,
+        -3: 9999 * (3 / 64) ** 2 / 1e4,
+    }
     assert set(table) == set(want)
     for e, v in want.items():
         assert table[e] == pytest.approx(v, rel=1e-12)
     assert best == -6  # one below the min/max exponent: the outlier is cheaper clipped
     # Ties go to the larger exponent (less clipping): here -5 and -4 tie.
-    best, _ = intmath.pow2_search(np.array([19 / 64, 2.5]), -5, np.array([1.0, 0.0]), span=0,
-                                  lowest=-5)
+    best, _ = intmath.pow2_search(
+        np.array([19 / 64, 2.5]), -5, np.array([1.0, 0.0]), span=0, lowest=-5
+    )
     assert best == -5
 
 
@@ -110,7 +116,7 @@ def test_accumulator_range_and_bits_by_hand():
     lo, hi = intmath.accumulator_range(qw, 0, 0, 127)  # a ReLU input
     assert lo.tolist() == [-254, 0] and hi.tolist() == [381, 32258]
     assert intmath.signed_bits(-128, 127) == 8 and intmath.signed_bits(-129, 0) == 9
-    assert intmath.signed_bits(0, 128) == 9 and intmath.signed_bits(-2**31, 2**31 - 1) == 32
+    assert intmath.signed_bits(0, 128) == 9 and intmath.signed_bits(-(2**31), 2**31 - 1) == 32
     assert intmath.signed_bits(0, 0) == 1
 
 
@@ -175,18 +181,28 @@ def folded():
     rng = np.random.default_rng(2)
     # conv 3x3 + bias + relu, then two 1x1 convs of it added (a residual-style add of two
     # differently scaled int8 tensors).
-    inits = {"w1": rng.normal(0, 0.3, (8, 3, 3, 3)), "b1": rng.normal(0, 0.5, 8),
-             "w2": rng.normal(0, 0.3, (6, 8, 1, 1)), "b2": rng.normal(0, 0.2, 6),
-             "w3": rng.normal(0, 0.05, (6, 8, 1, 1)), "b3": rng.normal(0, 0.1, 6)}
-    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
-             helper.make_node("Relu", ["c1"], ["r1"]),
-             helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"]),
-             helper.make_node("Conv", ["r1", "w3", "b3"], ["c3"]),
-             helper.make_node("Add", ["c2", "c3"], ["y"])]
+    inits = {
+        "w1": rng.normal(0, 0.3, (8, 3, 3, 3)),
+        "b1": rng.normal(0, 0.5, 8),
+        "w2": rng.normal(0, 0.3, (6, 8, 1, 1)),
+        "b2": rng.normal(0, 0.2, 6),
+        "w3": rng.normal(0, 0.05, (6, 8, 1, 1)),
+        "b3": rng.normal(0, 0.1, 6),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"]),
+        helper.make_node("Conv", ["r1", "w3", "b3"], ["c3"]),
+        helper.make_node("Add", ["c2", "c3"], ["y"]),
+    ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 6, 6])],
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 6, 6])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+        [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()],
+    )
     mod = from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
     prepared = tvm_intq.prepare(mod)
     samples = SampleSet({"x": rng.normal(0, 1, (16, 3, 6, 6)).astype(np.float32)})
@@ -223,7 +239,7 @@ def test_folded_pow2_model_is_bit_exact_with_the_reference(folded):
     vm_float = relax.VirtualMachine(tvm_intq.build(prepared), tvm.cpu())
     x = samples.arrays["x"]
     for i in range(0, 8, 2):
-        xb = x[i:i + 2]
+        xb = x[i : i + 2]
         got = vm["main"](tvm.runtime.tensor(xb)).numpy()
         np.testing.assert_array_equal(got, run_reference(integer, {"x": xb}))
         assert sqnr_db(vm_float["main"](tvm.runtime.tensor(xb)).numpy(), got) > 25.0
@@ -242,7 +258,8 @@ def test_pow2_bias_is_an_integer_in_accumulator_units(folded):
         s_in = const_value(defs[conv.args[0]].args[1])
         sw = const_value(defs[conv.args[1]].args[1])
         steps = const_value(b.value.args[1]).reshape(-1).astype(np.float64) / (
-            float(s_in) * sw.astype(np.float64))
+            float(s_in) * sw.astype(np.float64)
+        )
         np.testing.assert_array_equal(steps, np.rint(steps))
         assert np.all(np.abs(steps) <= 32767 * 2**7)
         checked += 1

@@ -29,14 +29,18 @@ torch = pytest.importorskip("torch")
 
 from tvm_intq import api, qat  # noqa: E402
 from tvm_intq.calibration import SampleSet, load_npz  # noqa: E402
+from tvm_intq.core.schemes import PowerOfTwo  # noqa: E402
 from tvm_intq.demo import bundled  # noqa: E402
-from tvm_intq.prequantized import import_prequantized  # noqa: E402
-from tvm_intq.reference import run_reference  # noqa: E402
-from tvm_intq.schemes import PowerOfTwo  # noqa: E402
+from tvm_intq.evaluation.reference import run_reference  # noqa: E402
+from tvm_intq.frontends.prequantized import import_prequantized  # noqa: E402
 
 SHAPE = {"input": (1, 1, 28, 28)}
 # pow2 with S3's 8-bit bias data: the setting where post-training quantization loses most.
-SCHEMES = {"hybrid-asym": "hybrid-asym", "symmetric": "symmetric", "pow2-bias8": PowerOfTwo(bias_bits=8)}
+SCHEMES = {
+    "hybrid-asym": "hybrid-asym",
+    "symmetric": "symmetric",
+    "pow2-bias8": PowerOfTwo(bias_bits=8),
+}
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +54,15 @@ def data():
 @pytest.fixture(scope="module")
 def models(data):
     calib = data[0]
-    return {name: qat.prepare(bundled("mnist_cnn.onnx"), calib, scheme=s) for name, s in SCHEMES.items()}
+    return {
+        name: qat.prepare(bundled("mnist_cnn.onnx"), calib, scheme=s) for name, s in SCHEMES.items()
+    }
 
 
 def reference(integer, x, input_name="input"):
-    return np.concatenate([run_reference(integer, {input_name: x[i:i + 1]}) for i in range(len(x))])
+    return np.concatenate(
+        [run_reference(integer, {input_name: x[i : i + 1]}) for i in range(len(x))]
+    )
 
 
 @pytest.mark.parametrize("scheme", list(SCHEMES))
@@ -81,56 +89,90 @@ def tiny_model(kind: str) -> onnx.ModelProto:
     if kind == "attention":
         shape = [1, 8, 16]
         inits = [init(n, 16, 16) for n in ("wq", "wk", "wv")] + [init("wo", 4, 128), init("bo", 4)]
-        nodes = [h.make_node("MatMul", ["x", w], [o]) for w, o in (("wq", "q"), ("wk", "k"), ("wv", "v"))]
-        nodes += [h.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
-                  h.make_node("MatMul", ["q", "kt"], ["s"]),
-                  h.make_node("Softmax", ["s"], ["a"], axis=-1),
-                  h.make_node("MatMul", ["a", "v"], ["o"]),
-                  h.make_node("Add", ["o", "x"], ["r"]),
-                  h.make_node("Flatten", ["r"], ["f"]),
-                  h.make_node("Gemm", ["f", "wo", "bo"], ["y"], transB=1)]
+        nodes = [
+            h.make_node("MatMul", ["x", w], [o]) for w, o in (("wq", "q"), ("wk", "k"), ("wv", "v"))
+        ]
+        nodes += [
+            h.make_node("Transpose", ["k"], ["kt"], perm=[0, 2, 1]),
+            h.make_node("MatMul", ["q", "kt"], ["s"]),
+            h.make_node("Softmax", ["s"], ["a"], axis=-1),
+            h.make_node("MatMul", ["a", "v"], ["o"]),
+            h.make_node("Add", ["o", "x"], ["r"]),
+            h.make_node("Flatten", ["r"], ["f"]),
+            h.make_node("Gemm", ["f", "wo", "bo"], ["y"], transB=1),
+        ]
     elif kind == "upsample":
         shape = [1, 3, 8, 8]
-        inits = [init("w1", 4, 3, 3, 3), init("wt", 4, 2, 2, 2),
-                 onnx.numpy_helper.from_array(np.float32([1, 1, 2, 2]), "scales")]
-        nodes = [h.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),
-                 h.make_node("Relu", ["c"], ["r"]),
-                 h.make_node("Resize", ["r", "", "scales"], ["u"], mode="nearest"),
-                 h.make_node("ConvTranspose", ["u", "wt"], ["y"], strides=[2, 2])]
+        inits = [
+            init("w1", 4, 3, 3, 3),
+            init("wt", 4, 2, 2, 2),
+            onnx.numpy_helper.from_array(np.float32([1, 1, 2, 2]), "scales"),
+        ]
+        nodes = [
+            h.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),
+            h.make_node("Relu", ["c"], ["r"]),
+            h.make_node("Resize", ["r", "", "scales"], ["u"], mode="nearest"),
+            h.make_node("ConvTranspose", ["u", "wt"], ["y"], strides=[2, 2]),
+        ]
     elif kind == "affine":  # PP-OCR rec's blocks: conv, scalar affine, hardswish; HardSigmoid
         shape = [1, 3, 8, 8]
-        inits = [init("w1", 4, 3, 3, 3), init("b1", 4), init("w2", 4, 3, 1, 1), init("b2", 4),
-                 onnx.numpy_helper.from_array(np.float32(1.7), "s"),
-                 onnx.numpy_helper.from_array(np.float32([0.1, -0.2, 0.3, 0.0]).reshape(1, 4, 1, 1), "t"),
-                 onnx.numpy_helper.from_array(np.float32(3), "three"),
-                 onnx.numpy_helper.from_array(np.float32(0), "zero"),
-                 onnx.numpy_helper.from_array(np.float32(6), "six")]
-        nodes = [h.make_node("Conv", ["x", "w1", "b1"], ["c"], pads=[1, 1, 1, 1]),
-                 h.make_node("Mul", ["s", "c"], ["cs"]),
-                 h.make_node("Add", ["cs", "t"], ["a"]),
-                 h.make_node("Add", ["a", "three"], ["a3"]),
-                 h.make_node("Clip", ["a3", "zero", "six"], ["g"]),
-                 h.make_node("Mul", ["a", "g"], ["ag"]),
-                 h.make_node("Div", ["ag", "six"], ["hs"]),
-                 h.make_node("Conv", ["x", "w2", "b2"], ["c2"]),
-                 h.make_node("HardSigmoid", ["c2"], ["gate"], alpha=1 / 6, beta=0.5),
-                 h.make_node("Mul", ["hs", "gate"], ["y"])]
+        inits = [
+            init("w1", 4, 3, 3, 3),
+            init("b1", 4),
+            init("w2", 4, 3, 1, 1),
+            init("b2", 4),
+            onnx.numpy_helper.from_array(np.float32(1.7), "s"),
+            onnx.numpy_helper.from_array(
+                np.float32([0.1, -0.2, 0.3, 0.0]).reshape(1, 4, 1, 1), "t"
+            ),
+            onnx.numpy_helper.from_array(np.float32(3), "three"),
+            onnx.numpy_helper.from_array(np.float32(0), "zero"),
+            onnx.numpy_helper.from_array(np.float32(6), "six"),
+        ]
+        nodes = [
+            h.make_node("Conv", ["x", "w1", "b1"], ["c"], pads=[1, 1, 1, 1]),
+            h.make_node("Mul", ["s", "c"], ["cs"]),
+            h.make_node("Add", ["cs", "t"], ["a"]),
+            h.make_node("Add", ["a", "three"], ["a3"]),
+            h.make_node("Clip", ["a3", "zero", "six"], ["g"]),
+            h.make_node("Mul", ["a", "g"], ["ag"]),
+            h.make_node("Div", ["ag", "six"], ["hs"]),
+            h.make_node("Conv", ["x", "w2", "b2"], ["c2"]),
+            h.make_node("HardSigmoid", ["c2"], ["gate"], alpha=1 / 6, beta=0.5),
+            h.make_node("Mul", ["hs", "gate"], ["y"]),
+        ]
     else:
         shape = [1, 3, 8, 8]
         inits = [init("w1", 6, 3, 3, 3), init("b1", 6), init("w2", 6, 3, 1, 1)]
-        nodes = [h.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
-                 h.make_node("Conv", ["x", "w2"], ["c2"]),
-                 h.make_node("AveragePool", ["c1"], ["p"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
-                             count_include_pad=0),
-                 h.make_node("Sub", ["p", "c2"], ["d"]),
-                 h.make_node("Mul", ["d", "c2"], ["m"]),
-                 h.make_node("LeakyRelu", ["m"], ["l"], alpha=0.2),
-                 h.make_node("Concat", ["l", "c1"], ["y"], axis=1)]
-    y = h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, {"attention": [1, 4], "pools": [1, 12, 8, 8],
-                                                                "upsample": [1, 2, 32, 32],
-                                                                "affine": [1, 4, 8, 8]}[kind])
-    graph = h.make_graph(nodes, kind, [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)],
-                         [y], inits)
+        nodes = [
+            h.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+            h.make_node("Conv", ["x", "w2"], ["c2"]),
+            h.make_node(
+                "AveragePool",
+                ["c1"],
+                ["p"],
+                kernel_shape=[3, 3],
+                pads=[1, 1, 1, 1],
+                count_include_pad=0,
+            ),
+            h.make_node("Sub", ["p", "c2"], ["d"]),
+            h.make_node("Mul", ["d", "c2"], ["m"]),
+            h.make_node("LeakyRelu", ["m"], ["l"], alpha=0.2),
+            h.make_node("Concat", ["l", "c1"], ["y"], axis=1),
+        ]
+    y = h.make_tensor_value_info(
+        "y",
+        onnx.TensorProto.FLOAT,
+        {
+            "attention": [1, 4],
+            "pools": [1, 12, 8, 8],
+            "upsample": [1, 2, 32, 32],
+            "affine": [1, 4, 8, 8],
+        }[kind],
+    )
+    graph = h.make_graph(
+        nodes, kind, [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, shape)], [y], inits
+    )
     return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
 
 
@@ -147,9 +189,13 @@ def tiny_outputs(kind, tmp_path, compiled=False):
         ours = model(torch.from_numpy(x[32:])).numpy()
     if compiled:
         vm = relax.VirtualMachine(api.build(integer), tvm.cpu())
-        theirs = np.concatenate([vm["main"](tvm.runtime.tensor(x[i:i + 1])).numpy() for i in range(32, 36)])
+        theirs = np.concatenate(
+            [vm["main"](tvm.runtime.tensor(x[i : i + 1])).numpy() for i in range(32, 36)]
+        )
     else:
-        theirs = np.concatenate([run_reference(integer, {"x": x[i:i + 1]}) for i in range(32, 36)])
+        theirs = np.concatenate(
+            [run_reference(integer, {"x": x[i : i + 1]}) for i in range(32, 36)]
+        )
     return ours, theirs, model.qparams[model.output].scale
 
 
@@ -218,12 +264,22 @@ def test_constant_affine_folds_in_onnx_as_in_relax(tmp_path):
     is the fine-tuned program."""
     model = tiny_model("affine")
     folded = qat.fold_batch_norm(model)
-    assert [n.op_type for n in folded.graph.node] == ["Conv", "Add", "Clip", "Mul", "Div", "Conv",
-                                                      "Clip", "Mul"]
+    assert [n.op_type for n in folded.graph.node] == [
+        "Conv",
+        "Add",
+        "Clip",
+        "Mul",
+        "Div",
+        "Conv",
+        "Clip",
+        "Mul",
+    ]
     x = np.random.default_rng(1).normal(0, 1, (36, 3, 8, 8)).astype(np.float32)
-    run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-           for m in (model, folded)]
-    a, b = (np.concatenate([r.run(None, {"x": x[i:i + 1]})[0] for i in range(4)]) for r in run)
+    run = [
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        for m in (model, folded)
+    ]
+    a, b = (np.concatenate([r.run(None, {"x": x[i : i + 1]})[0] for i in range(4)]) for r in run)
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     path = tmp_path / "affine.onnx"
     onnx.save(model, path)
@@ -239,9 +295,14 @@ def test_batch_norm_folds_in_onnx(data):
     folded = qat.fold_batch_norm(model)
     assert "BatchNormalization" not in {n.op_type for n in folded.graph.node}
     x = data[1][:4]
-    run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-           for m in (model, folded)]
-    a, b = (np.concatenate([r.run(None, {"input": x[i:i + 1]})[0] for i in range(len(x))]) for r in run)
+    run = [
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        for m in (model, folded)
+    ]
+    a, b = (
+        np.concatenate([r.run(None, {"input": x[i : i + 1]})[0] for i in range(len(x))])
+        for r in run
+    )
     np.testing.assert_allclose(a, b, atol=1e-4)
 
 
@@ -299,8 +360,9 @@ def test_prepare_with_given_ranges_does_not_calibrate(models, data, monkeypatch)
         raise AssertionError("prepare calibrated although ranges were given")
 
     monkeypatch.setattr(api, "calibrate", no_calibration)
-    again = qat.prepare(bundled("mnist_cnn.onnx"), data[0], SCHEMES["hybrid-asym"],
-                        ranges=first.ranges)
+    again = qat.prepare(
+        bundled("mnist_cnn.onnx"), data[0], SCHEMES["hybrid-asym"], ranges=first.ranges
+    )
     assert again.ranges == first.ranges
     x = torch.from_numpy(data[1][:4])
     with torch.no_grad():

@@ -15,24 +15,24 @@ import time
 
 import numpy as np
 import pytest
-
 from test_boards import require_built
 from test_insn_count import require_counting
 from test_rpc import free_port, kill_group, start_tracker_cli
 from test_tune import records_by_workload, tiny_model
+
 from tvm_intq import api, cli
 from tvm_intq.calibration import load_npz
 from tvm_intq.errors import IntqError
-from tvm_intq.reference import run_reference
+from tvm_intq.evaluation.reference import run_reference
 from tvm_intq.schedules import database as D
-from tvm_intq.schedules.runners import BoardsRunner
-from tvm_intq.schedules.tune import NOT_MEASURED, tune
-from tvm_intq.schedules.tune import build_kernel, export_kernel
+from tvm_intq.schedules.tune import tune
+from tvm_intq.schedules.tune.runners import BoardsRunner
+from tvm_intq.schedules.tune.workers import NOT_MEASURED, build_kernel, export_kernel
 from tvm_intq.targets import get_target, rpc
-from tvm_intq.targets.insn_count import executed_instructions
 from tvm_intq.targets.boards import get_board
+from tvm_intq.targets.insn_count import executed_instructions
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 AARCH64 = get_target("aarch64")
 KEY = "aarch64-emu"
 
@@ -54,8 +54,9 @@ def arm_pair(tmp_path):
     proc = start_tracker_cli(port)
     started = []
     try:
-        started = rpc.start_boards(get_board(KEY), f"127.0.0.1:{port}", 2,
-                                   log_dir=str(tmp_path / "boards"))
+        started = rpc.start_boards(
+            get_board(KEY), f"127.0.0.1:{port}", 2, log_dir=str(tmp_path / "boards")
+        )
         yield f"127.0.0.1:{port}", started, tmp_path / "boards"
     finally:
         for b in started:
@@ -64,8 +65,12 @@ def arm_pair(tmp_path):
 
 
 def valid_records(folder) -> list:
-    return [r for recs in records_by_workload(folder).values() for r in recs
-            if max(float(s) for s in r.run_secs) < 1e9]
+    return [
+        r
+        for recs in records_by_workload(folder).values()
+        for r in recs
+        if max(float(s) for s in r.run_secs) < 1e9
+    ]
 
 
 def sessions_served(log_dir, board) -> int:
@@ -98,9 +103,27 @@ def test_tune_on_boards_then_compile_is_bit_exact_on_a_board(tiny, arm_pair, tmp
     model, calib, integer = tiny
     url, boards, logs = arm_pair
     db = tmp_path / "db"
-    rc = cli.main(["tune", str(model), "--calib", str(calib), "--target", "aarch64",
-                   "--trials", "2", "--trials-per-iter", "2", "--db", str(db), "--no-progress",
-                   "--tracker", url, "--key", KEY])
+    rc = cli.main(
+        [
+            "tune",
+            str(model),
+            "--calib",
+            str(calib),
+            "--target",
+            "aarch64",
+            "--trials",
+            "2",
+            "--trials-per-iter",
+            "2",
+            "--db",
+            str(db),
+            "--no-progress",
+            "--tracker",
+            url,
+            "--key",
+            KEY,
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     assert f"measured by wall time on the boards under '{KEY}'" in out
@@ -114,8 +137,20 @@ def test_tune_on_boards_then_compile_is_bit_exact_on_a_board(tiny, arm_pair, tmp
 
     # The tuned library runs on a board and equals the numpy reference bit for bit.
     lib = tmp_path / "tuned.so"
-    rc = cli.main(["compile", str(model), "--calib", str(calib), "--target", "aarch64",
-                   "--db", str(db), "-o", str(lib)])
+    rc = cli.main(
+        [
+            "compile",
+            str(model),
+            "--calib",
+            str(calib),
+            "--target",
+            "aarch64",
+            "--db",
+            str(db),
+            "-o",
+            str(lib),
+        ]
+    )
     assert rc == 0
     assert "tuned kernels: " in capsys.readouterr().out
     x = np.load(calib)["input"][:1]
@@ -133,8 +168,16 @@ def test_killing_one_board_mid_tune_keeps_records_and_finishes(tiny, arm_pair, t
     runner = BoardsRunner(url, KEY, wait=60)
     killed = kill_after_records(db, boards[:1], count=2)
     try:
-        results = tune(integer, AARCH64, db, trials=4, trials_per_iter=2, progress=False,
-                       runner=runner, echo=lambda *_: None)
+        results = tune(
+            integer,
+            AARCH64,
+            db,
+            trials=4,
+            trials_per_iter=2,
+            progress=False,
+            runner=runner,
+            echo=lambda *_: None,
+        )
     finally:
         runner.shutdown()
     assert killed.is_set(), "the tune ended before the first records arrived"
@@ -157,8 +200,16 @@ def test_no_board_left_stops_the_tune_with_one_line_and_keeps_records(tiny, arm_
     kill_after_records(db, boards, count=1)
     try:
         with pytest.raises(IntqError, match=f"no board left under key '{KEY}'.*keeps every record"):
-            tune(integer, AARCH64, db, trials=8, trials_per_iter=2, progress=False,
-                 runner=runner, echo=lambda *_: None)
+            tune(
+                integer,
+                AARCH64,
+                db,
+                trials=8,
+                trials_per_iter=2,
+                progress=False,
+                runner=runner,
+                echo=lambda *_: None,
+            )
     finally:
         runner.shutdown()
     kept = D.open_database(db, create=False).get_all_tuning_records()
@@ -167,20 +218,62 @@ def test_no_board_left_stops_the_tune_with_one_line_and_keeps_records(tiny, arm_
 
 def test_tune_for_a_board_target_needs_tracker_and_key(tiny, capsys):
     model, calib, _ = tiny
-    rc = cli.main(["tune", str(model), "--calib", str(calib), "--target", "riscv64",
-                   "--trials", "2", "--db", "unused"])
+    rc = cli.main(
+        [
+            "tune",
+            str(model),
+            "--calib",
+            str(calib),
+            "--target",
+            "riscv64",
+            "--trials",
+            "2",
+            "--db",
+            "unused",
+        ]
+    )
     assert rc == 2
     assert "pass --tracker HOST:PORT --key KEY" in capsys.readouterr().err
-    rc = cli.main(["tune", str(model), "--calib", str(calib), "--target", "riscv64",
-                   "--trials", "2", "--db", "unused", "--tracker", "127.0.0.1:9"])
+    rc = cli.main(
+        [
+            "tune",
+            str(model),
+            "--calib",
+            str(calib),
+            "--target",
+            "riscv64",
+            "--trials",
+            "2",
+            "--db",
+            "unused",
+            "--tracker",
+            "127.0.0.1:9",
+        ]
+    )
     assert rc == 2
     assert "--tracker and --key go together" in capsys.readouterr().err
 
 
 def test_tune_refuses_a_key_whose_boards_run_another_architecture(tiny, capsys):
     model, calib, _ = tiny
-    rc = cli.main(["tune", str(model), "--calib", str(calib), "--target", "riscv64",
-                   "--trials", "2", "--db", "unused", "--tracker", "127.0.0.1:9", "--key", KEY])
+    rc = cli.main(
+        [
+            "tune",
+            str(model),
+            "--calib",
+            str(calib),
+            "--target",
+            "riscv64",
+            "--trials",
+            "2",
+            "--db",
+            "unused",
+            "--tracker",
+            "127.0.0.1:9",
+            "--key",
+            KEY,
+        ]
+    )
     assert rc == 2
     assert "use --target aarch64" in capsys.readouterr().err
 
@@ -202,9 +295,27 @@ def test_tune_by_instructions_records_what_the_board_counts(tiny, tmp_path, caps
     board = get_board(KEY)
     require_counting(board)
     db = tmp_path / "db"
-    rc = cli.main(["tune", str(model), "--calib", str(calib), "--target", "aarch64",
-                   "--trials", "2", "--trials-per-iter", "2", "--db", str(db), "--no-progress",
-                   "--key", KEY, "--cost", "instructions"])
+    rc = cli.main(
+        [
+            "tune",
+            str(model),
+            "--calib",
+            str(calib),
+            "--target",
+            "aarch64",
+            "--trials",
+            "2",
+            "--trials-per-iter",
+            "2",
+            "--db",
+            str(db),
+            "--no-progress",
+            "--key",
+            KEY,
+            "--cost",
+            "instructions",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "measured by instructions executed on emulated board aarch64-emu" in out
@@ -212,11 +323,16 @@ def test_tune_by_instructions_records_what_the_board_counts(tiny, tmp_path, caps
     conv = next(r for r in valid_records(db) if "conv2d_packed" in str(r.workload.mod))
     # The recorded cost is the instruction count of that very kernel, to the instruction.
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
-    from tvm_intq.schedules.runners import candidate_input
+
+    from tvm_intq.schedules.tune.workers import candidate_input
 
     rng = np.random.default_rng(0)
-    args = [candidate_input(shape, dtype, rng) for _, dtype, shape in
-            (a.as_json() for a in ArgInfo.from_prim_func(conv.workload.mod["main"]))]
+    args = [
+        candidate_input(shape, dtype, rng)
+        for _, dtype, shape in (
+            a.as_json() for a in ArgInfo.from_prim_func(conv.workload.mod["main"])
+        )
+    ]
     count = executed_instructions(rebuilt(conv), board, args)
     assert float(conv.run_secs[0]) == pytest.approx(count * 1e-9, rel=0, abs=1e-15)
 
@@ -229,24 +345,64 @@ def test_tune_by_mca_cycles_on_a_named_core(tiny, tmp_path, capsys):
     model, calib, _ = tiny
     require_counting(get_board(KEY))
     db = tmp_path / "db"
-    rc = cli.main(["tune", str(model), "--calib", str(calib), "--target", "aarch64",
-                   "--trials", "1", "--db", str(db), "--no-progress",
-                   "--key", KEY, "--cost", "mca", "--core", "cortex-a55"])
+    rc = cli.main(
+        [
+            "tune",
+            str(model),
+            "--calib",
+            str(calib),
+            "--target",
+            "aarch64",
+            "--trials",
+            "1",
+            "--db",
+            str(db),
+            "--no-progress",
+            "--key",
+            KEY,
+            "--cost",
+            "mca",
+            "--core",
+            "cortex-a55",
+        ]
+    )
     assert rc == 0, capsys.readouterr().out
     assert (db / D.COST).read_text().startswith("llvm-mca cycles on cortex-a55")
     assert any("conv2d_packed" in str(r.workload.mod) for r in valid_records(db))
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--key", "rk3588", "--cost", "instructions"], "counted on an emulated board"),
-    (["--key", KEY, "--cost", "mca", "--core", "cortex-x9"], "--core cortex-x9: llvm-mca cores"),
-    (["--key", KEY, "--core", "cortex-a55"], "--core goes with --cost mca"),
-    (["--tracker", "127.0.0.1:9", "--key", KEY, "--threads", "1"], "a board's threads are its own"),
-    (["--threads", "0"], "--threads N (N >= 1)"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--key", "rk3588", "--cost", "instructions"], "counted on an emulated board"),
+        (
+            ["--key", KEY, "--cost", "mca", "--core", "cortex-x9"],
+            "--core cortex-x9: llvm-mca cores",
+        ),
+        (["--key", KEY, "--core", "cortex-a55"], "--core goes with --cost mca"),
+        (
+            ["--tracker", "127.0.0.1:9", "--key", KEY, "--threads", "1"],
+            "a board's threads are its own",
+        ),
+        (["--threads", "0"], "--threads N (N >= 1)"),
+    ],
+)
 def test_cost_options_are_checked_before_compiling(tiny, capsys, extra, message):
     model, calib, _ = tiny
-    rc = cli.main(["tune", str(model), "--calib", str(calib), "--target", "aarch64",
-                   "--trials", "2", "--db", "unused", *extra])
+    rc = cli.main(
+        [
+            "tune",
+            str(model),
+            "--calib",
+            str(calib),
+            "--target",
+            "aarch64",
+            "--trials",
+            "2",
+            "--db",
+            "unused",
+            *extra,
+        ]
+    )
     assert rc == 2
     assert message in capsys.readouterr().err

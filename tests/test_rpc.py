@@ -11,26 +11,26 @@ from __future__ import annotations
 import os
 import queue
 import signal
-import threading
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import psutil
 import pytest
-
 from test_boards import require_built
+
 from tvm_intq import api
-from tvm_intq.bench import EMULATED_NOTE, bench, prepare, run
 from tvm_intq.cli import main
 from tvm_intq.demo import bundled
+from tvm_intq.deploy.board_bench import EMULATED_NOTE, bench, plan_bench, run
 from tvm_intq.errors import IntqError
-from tvm_intq.frontend import import_onnx
+from tvm_intq.frontends import import_model
 from tvm_intq.targets import HOST, rpc
 from tvm_intq.targets.boards import get_board
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 MODEL = bundled("mnist_cnn.onnx")
 KEYS = {"aarch64": "aarch64-emu", "riscv64": "riscv64-emu"}
@@ -95,9 +95,14 @@ def wait_for(cond, timeout: float = 30, what: str = "condition"):
 
 
 def start_tracker_cli(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "tvm_intq.cli", "tracker", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, preexec_fn=_die_with_pytest)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tvm_intq.cli", "tracker", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_die_with_pytest,
+    )
     try:
         wait_line(proc, "tracker listening on 127.0.0.1:")
     except BaseException:
@@ -108,7 +113,7 @@ def start_tracker_cli(port: int) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def data():
-    _, info = import_onnx(MODEL)
+    _, info = import_model(MODEL)
     return api.load_samples(bundled("calib.npz"), info, "calib")
 
 
@@ -119,8 +124,14 @@ def plans(data, tmp_path_factory):
 
     def get(target):
         if target not in cache:
-            cache[target] = prepare(MODEL, data, target, fp32=True, check_samples=3,
-                                    out_dir=tmp_path_factory.mktemp(f"plan-{target}"))
+            cache[target] = plan_bench(
+                MODEL,
+                data,
+                target,
+                fp32=True,
+                check_samples=3,
+                out_dir=tmp_path_factory.mktemp(f"plan-{target}"),
+            )
         return cache[target]
 
     return get
@@ -162,7 +173,8 @@ def check_bench_result(result: dict, key: str, repeat: int):
         assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
     assert result["results"]["int8"]["max_abs_diff"] == 0.0
     assert result["ratio_int8_over_fp32"] == pytest.approx(
-        result["results"]["int8"]["p50_ms"] / result["results"]["fp32"]["p50_ms"])
+        result["results"]["int8"]["p50_ms"] / result["results"]["fp32"]["p50_ms"]
+    )
     assert "error" not in result
 
 
@@ -182,19 +194,24 @@ def test_bench_bundled_int8_model_on_emulated_board(target, tracker, boards, pla
 
 
 @pytest.mark.parametrize("target", ["aarch64", "riscv64"])
-def test_shipped_database_kernels_are_bit_exact_on_the_board(target, tracker, boards, data, tmp_path):
+def test_shipped_database_kernels_are_bit_exact_on_the_board(
+    target, tracker, boards, data, tmp_path
+):
     """The database shipped for each board target (tuned by llvm-mca cycles) covers the bundled
     model, and its tuned kernels compute exactly what the numpy reference does, on the board."""
     import numpy as np
-    from tvm_intq.reference import run_reference
+
+    from tvm_intq.evaluation.reference import run_reference
     from tvm_intq.schedules import database as D
     from tvm_intq.targets import get_target
 
     spec = get_target(target)
     compiled = api.compile_onnx(MODEL, data, api.QuantConfig(progress=False), target)
     folders = D.shipped_databases(target)
-    assert [f.parent.name + "/" + f.name for f in folders] == [f"{target}/mnist_cnn",
-                                                               f"{target}/mnist_cnn_fp32"]
+    assert [f.parent.name + "/" + f.name for f in folders] == [
+        f"{target}/mnist_cnn",
+        f"{target}/mnist_cnn_fp32",
+    ]
     db = D.union(folders)
     tasks = D.extract_tasks(compiled.integer, spec.target(), spec.int8_dot)
     tuned, missing = D.coverage(db, tasks, spec.target())
@@ -205,14 +222,33 @@ def test_shipped_database_kernels_are_bit_exact_on_the_board(target, tracker, bo
     with rpc.TrackerClient(tracker[0]).request(KEYS[target]) as board:
         vm = board.load_vm(board.upload(lib))
         for i in range(len(x)):
-            (got,) = board.run(vm, [x[i:i + 1]])
-            np.testing.assert_array_equal(got, run_reference(compiled.integer, {"input": x[i:i + 1]}))
+            (got,) = board.run(vm, [x[i : i + 1]])
+            np.testing.assert_array_equal(
+                got, run_reference(compiled.integer, {"input": x[i : i + 1]})
+            )
 
 
 def test_bench_command_prints_percentiles_and_emulated(tracker, boards, capsys, tmp_path):
-    rc = main(["bench", str(MODEL), "--calib", str(bundled("calib.npz")), "--target", "aarch64",
-               "--tracker", tracker[0], "--key", "aarch64-emu", "--repeat", "2", "--check-samples", "1",
-               "--json", str(tmp_path / "r.json")])
+    rc = main(
+        [
+            "bench",
+            str(MODEL),
+            "--calib",
+            str(bundled("calib.npz")),
+            "--target",
+            "aarch64",
+            "--tracker",
+            tracker[0],
+            "--key",
+            "aarch64-emu",
+            "--repeat",
+            "2",
+            "--check-samples",
+            "1",
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "EMULATED BOARD" in out and "not of any hardware" in out
@@ -225,15 +261,32 @@ def test_real_board_path_with_tvms_own_rpc_server(tracker, data, tmp_path):
     here on this machine as an x86-64 "board" - serves bench unchanged (not emulated)."""
     key = "x86-host-test"
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1",
-                             "--port", str(port), "--port-end", str(port + 1),
-                             "--tracker", tracker[0], "--key", key],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_pytest)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tvm.exec.rpc_server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--port-end",
+            str(port + 1),
+            "--tracker",
+            tracker[0],
+            "--key",
+            key,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_die_with_pytest,
+    )
     try:
         client = rpc.TrackerClient(tracker[0])
         wait_for(lambda: client.boards(key)["total"] == 1, 90, "TVM's rpc_server to register")
-        plan = prepare(MODEL, data, "host", check_samples=2, out_dir=tmp_path)
+        plan = plan_bench(MODEL, data, "host", check_samples=2, out_dir=tmp_path)
         result = run(plan, tracker[0], key, repeat=3)
         assert result["emulated"] is False and result["board_kind"] is None
         r = result["results"]["int8"]
@@ -254,8 +307,12 @@ def two_arm_boards(tmp_path_factory):
     proc = start_tracker_cli(port)
     started = []
     try:
-        started = rpc.start_boards(get_board("aarch64-emu"), f"127.0.0.1:{port}", 2,
-                                   log_dir=str(tmp_path_factory.mktemp("arm-pair")))
+        started = rpc.start_boards(
+            get_board("aarch64-emu"),
+            f"127.0.0.1:{port}",
+            2,
+            log_dir=str(tmp_path_factory.mktemp("arm-pair")),
+        )
         yield f"127.0.0.1:{port}", started
     finally:
         for b in started:
@@ -265,7 +322,9 @@ def two_arm_boards(tmp_path_factory):
 
 def test_killing_one_of_two_boards_mid_bench_keeps_results_and_finishes(two_arm_boards, plans):
     url, started = two_arm_boards
-    assert all(b.proc.poll() is None for b in started), "runs before the test that kills every board"
+    assert all(b.proc.poll() is None for b in started), (
+        "runs before the test that kills every board"
+    )
     by_port = {b.port: b for b in started}
     killed = []
 
@@ -304,20 +363,35 @@ def test_run_stops_with_one_message_when_every_board_is_gone(two_arm_boards):
 
     # Usually the tracker already knows both are gone; if it still lists one, the request for
     # it fails too and the job runs out of attempts. Either way: one message, nothing lost.
-    with pytest.raises(rpc.RunStopped, match="every board under key 'aarch64-emu' is gone|"
-                                             "boards died 3 times") as err:
+    with pytest.raises(
+        rpc.RunStopped, match="every board under key 'aarch64-emu' is gone|boards died 3 times"
+    ) as err:
         rpc.run_on_boards(client, "aarch64-emu", [rpc.Job("only", job)], timeout=10)
     assert err.value.outcome.lost and not err.value.outcome.results
 
 
 def test_no_tracker_is_one_clear_line(capsys):
     port = free_port()
-    rc = main(["bench", str(MODEL), "--calib", str(bundled("calib.npz")), "--target", "aarch64",
-               "--tracker", f"127.0.0.1:{port}", "--key", "aarch64-emu"])
+    rc = main(
+        [
+            "bench",
+            str(MODEL),
+            "--calib",
+            str(bundled("calib.npz")),
+            "--target",
+            "aarch64",
+            "--tracker",
+            f"127.0.0.1:{port}",
+            "--key",
+            "aarch64-emu",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
-    assert err == [f"tvm-intq: error: no RPC tracker at 127.0.0.1:{port} (Connection refused); "
-                   f"start one with `tvm-intq tracker --host 127.0.0.1 --port {port}`"]
+    assert err == [
+        f"tvm-intq: error: no RPC tracker at 127.0.0.1:{port} (Connection refused); "
+        f"start one with `tvm-intq tracker --host 127.0.0.1 --port {port}`"
+    ]
     with pytest.raises(IntqError, match="no RPC tracker"):
         rpc.start_boards(get_board("aarch64-emu"), f"127.0.0.1:{port}")
 
@@ -332,8 +406,11 @@ def test_request_for_a_busy_board_times_out_clearly(tracker, boards):
     held = client.request("riscv64-emu", timeout=30)  # the only riscv64 board
     try:
         t0 = time.time()
-        with pytest.raises(rpc.BoardBusy, match=r"no board under key 'riscv64-emu' became free "
-                                                r"within 2 s \(1 registered, 0 free"):
+        with pytest.raises(
+            rpc.BoardBusy,
+            match=r"no board under key 'riscv64-emu' became free "
+            r"within 2 s \(1 registered, 0 free",
+        ):
             client.request("riscv64-emu", timeout=2)
         assert time.time() - t0 < 10
     finally:
@@ -354,8 +431,11 @@ def _try_request(client, key):
 
 def test_wrong_architecture_is_a_clear_error(tracker, boards, data, tmp_path):
     # Before compiling: the key's boards cannot load what the target builds.
-    with pytest.raises(IntqError, match=r"key 'aarch64-emu'.*aarch64 libraries; --target riscv64 "
-                                        r"builds riscv64 ones: use --target aarch64"):
+    with pytest.raises(
+        IntqError,
+        match=r"key 'aarch64-emu'.*aarch64 libraries; --target riscv64 "
+        r"builds riscv64 ones: use --target aarch64",
+    ):
         bench(MODEL, data, "riscv64", tracker[0], "aarch64-emu")
     # At upload: an x86-64 library is refused before it is sent.
     from test_targets import identity_module
@@ -365,8 +445,11 @@ def test_wrong_architecture_is_a_clear_error(tracker, boards, data, tmp_path):
     client = rpc.TrackerClient(tracker[0])
     board = client.request("aarch64-emu", timeout=60)
     try:
-        with pytest.raises(IntqError, match=r"x86\.so is built for x86-64, but board 'aarch64-emu'.*"
-                                            r"runs aarch64 libraries: compile with --target aarch64"):
+        with pytest.raises(
+            IntqError,
+            match=r"x86\.so is built for x86-64, but board 'aarch64-emu'.*"
+            r"runs aarch64 libraries: compile with --target aarch64",
+        ):
             board.upload(lib)
         # A board we know nothing about (a user's key): the board's loader refuses it, the
         # error says why, and the board lives on.
@@ -414,9 +497,23 @@ def test_board_up_command_registers_and_stops_cleanly(tracker):
     require_built(get_board("aarch64-emu"))
     client = rpc.TrackerClient(tracker[0])
     before = client.boards("aarch64-emu")["total"]
-    proc = subprocess.Popen([sys.executable, "-m", "tvm_intq.cli", "board", "up", "aarch64-emu",
-                             "--tracker", tracker[0]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_pytest)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tvm_intq.cli",
+            "board",
+            "up",
+            "aarch64-emu",
+            "--tracker",
+            tracker[0],
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_die_with_pytest,
+    )
     try:
         line = wait_line(proc, "up: key 'aarch64-emu'")
         assert "listening on 127.0.0.1:" in line
@@ -426,9 +523,14 @@ def test_board_up_command_registers_and_stops_cleanly(tracker):
         assert len(agents) == 1
         os.kill(proc.pid, signal.SIGTERM)  # Ctrl-C/SIGTERM stops the boards it started
         proc.wait(timeout=30)
-        wait_for(lambda: not any(a.is_running() and a.status() != psutil.STATUS_ZOMBIE for a in agents),
-                 20, "the board agent to exit")
-        wait_for(lambda: client.boards("aarch64-emu")["total"] == before, 20, "the tracker to drop it")
+        wait_for(
+            lambda: not any(a.is_running() and a.status() != psutil.STATUS_ZOMBIE for a in agents),
+            20,
+            "the board agent to exit",
+        )
+        wait_for(
+            lambda: client.boards("aarch64-emu")["total"] == before, 20, "the tracker to drop it"
+        )
     finally:
         kill_group(proc)
 
@@ -436,7 +538,11 @@ def test_board_up_command_registers_and_stops_cleanly(tracker):
 def test_rpc_config_reaches_a_board_as_metaschedule_does(tracker, boards):
     config = rpc.rpc_config(tracker[0], "riscv64-emu", session_timeout=30)
     host, port = tracker[0].rsplit(":", 1)
-    assert (config.tracker_host, config.tracker_port, config.tracker_key) == (host, int(port), "riscv64-emu")
+    assert (config.tracker_host, config.tracker_port, config.tracker_key) == (
+        host,
+        int(port),
+        "riscv64-emu",
+    )
     # MetaSchedule's own RPCRunner gets its sessions this way: an emulated board serves them
     # like a real one (tuning on boards: tests/test_remote_tune.py).
     session = config.connect_server()

@@ -7,15 +7,19 @@ import struct
 
 import numpy as np
 import pytest
-
 from conftest import require_tool
+
 from tvm_intq.errors import IntqError
 from tvm_intq.targets import AARCH64, HOST, RISCV64, TARGETS, TargetSpec, get_target
 
 # ELF e_machine values.
 EM_X86_64, EM_AARCH64, EM_RISCV = 62, 183, 243
-EXPECTED_MACHINE = {"host": EM_X86_64, "aarch64": EM_AARCH64, "aarch64-i8mm": EM_AARCH64,
-                    "riscv64": EM_RISCV}
+EXPECTED_MACHINE = {
+    "host": EM_X86_64,
+    "aarch64": EM_AARCH64,
+    "aarch64-i8mm": EM_AARCH64,
+    "riscv64": EM_RISCV,
+}
 EF_RISCV_FLOAT_ABI_MASK, EF_RISCV_FLOAT_ABI_DOUBLE = 0x6, 0x4
 
 
@@ -59,7 +63,9 @@ def conv_ref(x, w):
     out = np.zeros((1, w.shape[0], x.shape[2], x.shape[3]), np.int32)
     for i in range(x.shape[2]):
         for j in range(x.shape[3]):
-            out[0, :, i, j] = np.einsum("cij,ocij->o", xp[0, :, i:i + 3, j:j + 3], w.astype(np.int32))
+            out[0, :, i, j] = np.einsum(
+                "cij,ocij->o", xp[0, :, i : i + 3, j : j + 3], w.astype(np.int32)
+            )
     return out
 
 
@@ -166,8 +172,12 @@ class _MustNotExport:
 
 
 def test_missing_cross_compiler_names_tool_and_package(tmp_path):
-    spec = dataclasses.replace(AARCH64, name="fake-board", cross_compiler="no-such-arch-linux-gnu-g++",
-                               apt_packages=("g++-no-such-arch-linux-gnu",))
+    spec = dataclasses.replace(
+        AARCH64,
+        name="fake-board",
+        cross_compiler="no-such-arch-linux-gnu-g++",
+        apt_packages=("g++-no-such-arch-linux-gnu",),
+    )
     with pytest.raises(IntqError) as err:
         spec.export(_MustNotExport(), tmp_path / "m.so")
     msg = str(err.value)

@@ -23,15 +23,15 @@ from tvm import relax, s_tir
 
 from tvm_intq import api, cli
 from tvm_intq.calibration import load_npz
-from tvm_intq.reference import run_reference
-from tvm_intq.schedules import database as D
 from tvm_intq.errors import IntqError
+from tvm_intq.evaluation.reference import run_reference
+from tvm_intq.schedules import database as D
 from tvm_intq.schedules.default_schedule import has_default
 from tvm_intq.schedules.pipeline import dot_product_for
-from tvm_intq.schedules.tune import measured_kernels
+from tvm_intq.schedules.tune.search import measured_kernels
 from tvm_intq.targets import get_target
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 HOST = get_target("host")
 HOST_INTRIN = dot_product_for(HOST.int8_dot, HOST.target()).tensor_intrin
 SHAPE = (1, 3, 8, 8)
@@ -44,12 +44,18 @@ def tiny_model(folder: Path) -> tuple[Path, Path]:
     w1 = numpy_helper.from_array(rng.normal(0, 0.3, (8, 3, 3, 3)).astype(np.float32), "w1")
     b1 = numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "b1")
     w2 = numpy_helper.from_array(rng.normal(0, 0.2, (16, 8, 3, 3)).astype(np.float32), "w2")
-    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
-             helper.make_node("Sigmoid", ["c1"], ["r1"]),
-             helper.make_node("Conv", ["r1", "w2"], ["out"], pads=[1, 1, 1, 1], strides=[2, 2])]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, SHAPE)],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, (1, 16, 4, 4))],
-                              [w1, b1, w2])
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["out"], pads=[1, 1, 1, 1], strides=[2, 2]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, SHAPE)],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, (1, 16, 4, 4))],
+        [w1, b1, w2],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     path, calib = folder / "tiny.onnx", folder / "tiny_calib.npz"
     onnx.save(model, path)
@@ -71,9 +77,21 @@ class SimpleModel:
         self.folder, self.model, self.calib, self.integer = folder, model, calib, integer
 
     def tune_args(self, db, trials=2, per_iter=2):
-        return ["tune", str(self.model), "--calib", str(self.calib), "--target", "host",
-                "--trials", str(trials), "--trials-per-iter", str(per_iter), "--db", str(db),
-                "--no-progress"]
+        return [
+            "tune",
+            str(self.model),
+            "--calib",
+            str(self.calib),
+            "--target",
+            "host",
+            "--trials",
+            str(trials),
+            "--trials-per-iter",
+            str(per_iter),
+            "--db",
+            str(db),
+            "--no-progress",
+        ]
 
 
 def records_by_workload(folder) -> dict:
@@ -121,16 +139,30 @@ def test_tune_then_compile_is_tuned_and_bit_exact(tiny, capsys):
     vm = relax.VirtualMachine(ex, tvm.cpu())
     x = np.load(tiny.calib)["input"]
     for i in range(6):
-        got = vm["main"](tvm.runtime.tensor(x[i:i + 1])).numpy()
-        np.testing.assert_array_equal(got, run_reference(tiny.integer, {"input": x[i:i + 1]}))
+        got = vm["main"](tvm.runtime.tensor(x[i : i + 1])).numpy()
+        np.testing.assert_array_equal(got, run_reference(tiny.integer, {"input": x[i : i + 1]}))
 
 
 def test_compile_says_which_kernels_have_no_record(tiny, capsys, tmp_path):
     empty = tmp_path / "empty_db"
     D.open_database(empty)
     out = tmp_path / "tiny.so"
-    assert cli.main(["compile", str(tiny.model), "--calib", str(tiny.calib), "--db", str(empty),
-                     "-o", str(out), "--no-progress"]) == 0
+    assert (
+        cli.main(
+            [
+                "compile",
+                str(tiny.model),
+                "--calib",
+                str(tiny.calib),
+                "--db",
+                str(empty),
+                "-o",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "tuned kernels: 0 of" in text and "no tuned record for" in text
 
@@ -140,8 +172,9 @@ def test_resume_after_kill_does_not_measure_twice(tiny):
     trials = 4
     cmd = [sys.executable, "-m", "tvm_intq.cli"] + tiny.tune_args(db_path, trials=trials)
     records = db_path / D.RECORDS
-    first = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.time() + 600
         while time.time() < deadline and first.poll() is None:

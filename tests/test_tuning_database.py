@@ -12,8 +12,8 @@ from tvm import relax
 from tvm_intq import api
 from tvm_intq.calibration import load_npz
 from tvm_intq.demo import bundled
-from tvm_intq.frontend import import_onnx
-from tvm_intq.reference import run_reference
+from tvm_intq.evaluation.reference import run_reference
+from tvm_intq.frontends import import_model
 from tvm_intq.schedules import database as D
 from tvm_intq.schedules.intrinsics import INTRINSICS, supported
 from tvm_intq.targets import get_target
@@ -24,9 +24,9 @@ HOST = get_target("host")
 def test_partial_last_line_is_dropped(tmp_path):
     D.open_database(tmp_path)  # creates the two files
     records = tmp_path / D.RECORDS
-    records.write_text('[0, [[], [], [1.0]]]\n[1, [[')  # a kill in the middle of a write
+    records.write_text("[0, [[], [], [1.0]]]\n[1, [[")  # a kill in the middle of a write
     assert D._repair(records) == 1
-    assert records.read_text() == '[0, [[], [], [1.0]]]\n'
+    assert records.read_text() == "[0, [[], [], [1.0]]]\n"
 
 
 def test_missing_folder_is_an_error_when_not_creating(tmp_path):
@@ -34,14 +34,16 @@ def test_missing_folder_is_an_error_when_not_creating(tmp_path):
         D.open_database(tmp_path / "nope", create=False)
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not supported(INTRINSICS["x86-vnni"], HOST.target()),
-                    reason="the shipped host database was tuned on an AVX512-VNNI CPU")
+@pytest.mark.integration
+@pytest.mark.skipif(
+    not supported(INTRINSICS["x86-vnni"], HOST.target()),
+    reason="the shipped host database was tuned on an AVX512-VNNI CPU",
+)
 def test_shipped_database_covers_the_bundled_model_and_is_exact():
     shipped = [p for p in D.shipped_databases("host") if p.name == "mnist_cnn"]
     assert shipped, "schedules/databases/host/mnist_cnn is missing"
     model = bundled("mnist_cnn.onnx")
-    _, info = import_onnx(model)
+    _, info = import_model(model)
     calib = load_npz(bundled("calib.npz"), info.inputs)
     # What `tvm-intq compile mnist_cnn.onnx --calib calib.npz` builds (the shipped command).
     integer = api.compile_onnx(model, calib, api.QuantConfig(progress=False), "host").integer
@@ -52,5 +54,5 @@ def test_shipped_database_covers_the_bundled_model_and_is_exact():
     vm = relax.VirtualMachine(api.build(integer, HOST, database=db), tvm.cpu())
     x = np.load(bundled("heldout.npz"))["input"][:8]
     for i in range(len(x)):
-        got = vm["main"](tvm.runtime.tensor(x[i:i + 1])).numpy()
-        np.testing.assert_array_equal(got, run_reference(integer, {"input": x[i:i + 1]}))
+        got = vm["main"](tvm.runtime.tensor(x[i : i + 1])).numpy()
+        np.testing.assert_array_equal(got, run_reference(integer, {"input": x[i : i + 1]}))

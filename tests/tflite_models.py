@@ -51,9 +51,11 @@ def _weights():
     s2 = RNG.uniform(4e-3, 8e-3, C1).astype(F32)
     w3 = RNG.integers(-127, 128, (OUT, 4 * 4 * C1)).astype(I8)  # (out, in)
     s3 = RNG.uniform(2e-3, 4e-3, OUT).astype(F32)
-    b = {"b1": (RNG.integers(-2000, 2000, C1).astype(I32), ACT["xq"][1] * s1),
-         "b2": (RNG.integers(-500, 500, C1).astype(I32), ACT["conv"][1] * s2),
-         "b3": (RNG.integers(-3000, 3000, OUT).astype(I32), ACT["flat"][1] * s3)}
+    b = {
+        "b1": (RNG.integers(-2000, 2000, C1).astype(I32), ACT["xq"][1] * s1),
+        "b2": (RNG.integers(-500, 500, C1).astype(I32), ACT["conv"][1] * s2),
+        "b3": (RNG.integers(-3000, 3000, OUT).astype(I32), ACT["flat"][1] * s3),
+    }
     return {"w1": (w1, s1, 0), "w2": (w2, s2, 3), "w3": (w3, s3, 0)}, b
 
 
@@ -63,16 +65,44 @@ WEIGHTS, BIASES = _weights()
 def build(quantized: bool = True) -> bytes:
     """The model as a .tflite flatbuffer; ``quantized=False``: the same network in float32
     (weights ``s * Qw``, biases ``s * B``, no QUANTIZE/DEQUANTIZE)."""
-    from tflite import ActivationFunctionType as Act, BuiltinOperator as Op, BuiltinOptions as Opt
+    from tflite import ActivationFunctionType as Act
+    from tflite import BuiltinOperator as Op
+    from tflite import BuiltinOptions as Opt
     from tflite import Padding, TensorType
 
     # the generated builder functions live in the modules (the package exports the classes)
-    (AddOptions, Buffer, Conv2DOptions, DepthwiseConv2DOptions, FullyConnectedOptions, Model,
-     Operator, OperatorCode, Pool2DOptions, QuantizationParameters, ReshapeOptions, SubGraph,
-     Tensor) = (importlib.import_module(f"tflite.{m}") for m in (
-        "AddOptions", "Buffer", "Conv2DOptions", "DepthwiseConv2DOptions", "FullyConnectedOptions",
-        "Model", "Operator", "OperatorCode", "Pool2DOptions", "QuantizationParameters",
-        "ReshapeOptions", "SubGraph", "Tensor"))
+    (
+        AddOptions,
+        Buffer,
+        Conv2DOptions,
+        DepthwiseConv2DOptions,
+        FullyConnectedOptions,
+        Model,
+        Operator,
+        OperatorCode,
+        Pool2DOptions,
+        QuantizationParameters,
+        ReshapeOptions,
+        SubGraph,
+        Tensor,
+    ) = (
+        importlib.import_module(f"tflite.{m}")
+        for m in (
+            "AddOptions",
+            "Buffer",
+            "Conv2DOptions",
+            "DepthwiseConv2DOptions",
+            "FullyConnectedOptions",
+            "Model",
+            "Operator",
+            "OperatorCode",
+            "Pool2DOptions",
+            "QuantizationParameters",
+            "ReshapeOptions",
+            "SubGraph",
+            "Tensor",
+        )
+    )
 
     b = flatbuffers.Builder(4096)
     buffers = [None]  # buffer 0: empty, by convention
@@ -89,7 +119,10 @@ def build(quantized: bool = True) -> bytes:
             buffers.append(np.ascontiguousarray(data).tobytes())
         q = None
         if scale is not None:
-            scale, zp = np.atleast_1d(np.asarray(scale, F32)), np.atleast_1d(np.asarray(zp, np.int64))
+            scale, zp = (
+                np.atleast_1d(np.asarray(scale, F32)),
+                np.atleast_1d(np.asarray(zp, np.int64)),
+            )
             sv = vector(QuantizationParameters.StartScaleVector, list(scale), b.PrependFloat32)
             zv = vector(QuantizationParameters.StartZeroPointVector, list(zp), b.PrependInt64)
             QuantizationParameters.Start(b)
@@ -127,8 +160,16 @@ def build(quantized: bool = True) -> bytes:
             tensor(name, v.shape, TensorType.FLOAT32, data=(v * s).astype(F32))
     tensor("shape", (2,), TensorType.INT32, data=np.array(ACT["flat"][0], I32))
 
-    codes = [Op.QUANTIZE, Op.CONV_2D, Op.DEPTHWISE_CONV_2D, Op.ADD, Op.MAX_POOL_2D, Op.RESHAPE,
-             Op.FULLY_CONNECTED, Op.DEQUANTIZE]
+    codes = [
+        Op.QUANTIZE,
+        Op.CONV_2D,
+        Op.DEPTHWISE_CONV_2D,
+        Op.ADD,
+        Op.MAX_POOL_2D,
+        Op.RESHAPE,
+        Op.FULLY_CONNECTED,
+        Op.DEQUANTIZE,
+    ]
 
     def options(kind):
         if kind == Op.CONV_2D:
@@ -156,8 +197,12 @@ def build(quantized: bool = True) -> bytes:
         if kind == Op.MAX_POOL_2D:
             Pool2DOptions.Start(b)
             Pool2DOptions.AddPadding(b, Padding.VALID)
-            for f in (Pool2DOptions.AddStrideW, Pool2DOptions.AddStrideH,
-                      Pool2DOptions.AddFilterWidth, Pool2DOptions.AddFilterHeight):
+            for f in (
+                Pool2DOptions.AddStrideW,
+                Pool2DOptions.AddStrideH,
+                Pool2DOptions.AddFilterWidth,
+                Pool2DOptions.AddFilterHeight,
+            ):
                 f(b, 2)
             return Opt.Pool2DOptions, Pool2DOptions.End(b)
         if kind == Op.RESHAPE:
@@ -170,13 +215,21 @@ def build(quantized: bool = True) -> bytes:
             return Opt.FullyConnectedOptions, FullyConnectedOptions.End(b)
         return None, None
 
-    graph = [(Op.QUANTIZE, ["x"], "xq"), (Op.CONV_2D, ["xq", "w1", "b1"], "conv"),
-             (Op.DEPTHWISE_CONV_2D, ["conv", "w2", "b2"], "dw"), (Op.ADD, ["conv", "dw"], "add"),
-             (Op.MAX_POOL_2D, ["add"], "pool"), (Op.RESHAPE, ["pool", "shape"], "flat"),
-             (Op.FULLY_CONNECTED, ["flat", "w3", "b3"], "fc"), (Op.DEQUANTIZE, ["fc"], "y")]
+    graph = [
+        (Op.QUANTIZE, ["x"], "xq"),
+        (Op.CONV_2D, ["xq", "w1", "b1"], "conv"),
+        (Op.DEPTHWISE_CONV_2D, ["conv", "w2", "b2"], "dw"),
+        (Op.ADD, ["conv", "dw"], "add"),
+        (Op.MAX_POOL_2D, ["add"], "pool"),
+        (Op.RESHAPE, ["pool", "shape"], "flat"),
+        (Op.FULLY_CONNECTED, ["flat", "w3", "b3"], "fc"),
+        (Op.DEQUANTIZE, ["fc"], "y"),
+    ]
     if not quantized:
-        graph = [(kind, ["x" if i == "xq" else i for i in ins], "y" if out == "fc" else out)
-                 for kind, ins, out in graph[1:-1]]
+        graph = [
+            (kind, ["x" if i == "xq" else i for i in ins], "y" if out == "fc" else out)
+            for kind, ins, out in graph[1:-1]
+        ]
     operators = []
     for kind, ins, out in graph:
         kind_options, opts = options(kind)
@@ -232,6 +285,7 @@ def build(quantized: bool = True) -> bytes:
 
 def reference(x: np.ndarray) -> np.ndarray:
     """The network in numpy, ``Q(op(DQ(inputs)))`` per layer in float64 (NHWC)."""
+
     def q(name, r):
         _, s, z = ACT[name]
         return np.clip(np.rint(r / s) + z, -128, 127)
@@ -246,7 +300,7 @@ def reference(x: np.ndarray) -> np.ndarray:
         out = np.zeros(x.shape[:3] + (wr.shape[3] if depthwise else wr.shape[0],))
         for i in range(3):
             for j in range(3):
-                patch = xp[:, i:i + x.shape[1], j:j + x.shape[2], :]
+                patch = xp[:, i : i + x.shape[1], j : j + x.shape[2], :]
                 out += patch * wr[0, i, j] if depthwise else patch @ wr[:, i, j, :].T
         return out + bias[0] * bias[1]
 
@@ -257,5 +311,8 @@ def reference(x: np.ndarray) -> np.ndarray:
     p = a.reshape(1, 4, 2, 4, 2, C1).max(axis=(2, 4))
     f = p.reshape(1, -1)
     w3, s3, _ = WEIGHTS["w3"]
-    fc = q("fc", dq("flat", f) @ (w3.astype(np.float64) * s3[:, None]).T + BIASES["b3"][0] * BIASES["b3"][1])
+    fc = q(
+        "fc",
+        dq("flat", f) @ (w3.astype(np.float64) * s3[:, None]).T + BIASES["b3"][0] * BIASES["b3"][1],
+    )
     return dq("fc", fc).astype(F32)

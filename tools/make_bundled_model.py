@@ -64,7 +64,9 @@ from torch import nn  # noqa: E402
 
 SEED = 0
 MEAN, STD = 0.1307, 0.3081
-PREPROCESSING = f"x = (pixel / 255 - {MEAN}) / {STD}; float32 NCHW (1, 1, 28, 28); pixel in [0, 255]"
+PREPROCESSING = (
+    f"x = (pixel / 255 - {MEAN}) / {STD}; float32 NCHW (1, 1, 28, 28); pixel in [0, 255]"
+)
 N_HELDOUT_PER_CLASS = 100
 N_CALIB = 256
 N_TVM_CHECK = 8
@@ -88,7 +90,9 @@ class Residual(nn.Module):
 
     def __init__(self, ch: int):
         super().__init__()
-        self.body = nn.Sequential(*conv_bn(ch, ch, 3, groups=ch), nn.Hardswish(), *conv_bn(ch, ch, 1))
+        self.body = nn.Sequential(
+            *conv_bn(ch, ch, 3, groups=ch), nn.Hardswish(), *conv_bn(ch, ch, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -121,16 +125,22 @@ def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.nda
     x = ((pixels.reshape(-1, 1, 28, 28) / 255.0 - MEAN) / STD).astype(np.float32)
     y = labels.astype(np.int64)
     rng = np.random.default_rng(SEED)
-    heldout = np.sort(np.concatenate(
-        [rng.choice(np.flatnonzero(y == c), N_HELDOUT_PER_CLASS, replace=False) for c in range(10)]
-    ))
+    heldout = np.sort(
+        np.concatenate(
+            [
+                rng.choice(np.flatnonzero(y == c), N_HELDOUT_PER_CLASS, replace=False)
+                for c in range(10)
+            ]
+        )
+    )
     train = rng.permutation(np.setdiff1d(np.arange(len(y)), heldout))
     calib = np.sort(rng.choice(train, N_CALIB, replace=False))
     return x[train], y[train], x[calib], x[heldout], y[heldout]
 
 
 def random_shift(x: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> torch.Tensor:
-    """Translate each image by up to ``max_shift`` pixels; the border is background (pixel value 0)."""
+    """Translate each image by up to ``max_shift`` pixels; the border is background (pixel
+    value 0)."""
     n = x.shape[0]
     background = -MEAN / STD
     padded = nn.functional.pad(x, [max_shift] * 4, value=background)
@@ -150,7 +160,7 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray) -> None:
     for _ in range(EPOCHS):
         order = torch.randperm(len(x), generator=gen)
         for start in range(0, len(x), BATCH):
-            idx = order[start:start + BATCH]
+            idx = order[start : start + BATCH]
             loss = nn.functional.cross_entropy(model(random_shift(xt[idx], gen)), yt[idx])
             opt.zero_grad()
             loss.backward()
@@ -171,14 +181,16 @@ def export(model: nn.Module, path: Path) -> None:
         do_constant_folding=False,  # keep BatchNormalization nodes un-fused
     )
     proto = onnx.load(str(path))
-    proto.doc_string = "MNIST digit classifier bundled with tvm-intq (float32; see tools/make_bundled_model.py)."
+    proto.doc_string = (
+        "MNIST digit classifier bundled with tvm-intq (float32; see tools/make_bundled_model.py)."
+    )
     onnx.helper.set_model_props(proto, {"preprocessing": PREPROCESSING})
     onnx.save(proto, str(path))
 
 
 def onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    preds = [int(sess.run(None, {"input": x[i:i + 1]})[0].argmax()) for i in range(len(x))]
+    preds = [int(sess.run(None, {"input": x[i : i + 1]})[0].argmax()) for i in range(len(x))]
     return float(np.mean(np.array(preds) == y))
 
 
@@ -193,7 +205,9 @@ def tvm_max_diff(path: Path, x: np.ndarray) -> float:
     vm = relax.VirtualMachine(tvm.compile(mod, target), tvm.cpu())
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     diffs = [
-        np.abs(vm["main"](tvm.runtime.tensor(s[None])).numpy() - sess.run(None, {"input": s[None]})[0]).max()
+        np.abs(
+            vm["main"](tvm.runtime.tensor(s[None])).numpy() - sess.run(None, {"input": s[None]})[0]
+        ).max()
         for s in x
     ]
     return float(max(diffs))
@@ -211,7 +225,9 @@ def main() -> int:
     train(model, train_x, train_y)
     train_s = time.perf_counter() - t0
     with torch.no_grad():
-        torch_acc = float((model(torch.from_numpy(heldout_x)).argmax(1).numpy() == heldout_y).mean())
+        torch_acc = float(
+            (model(torch.from_numpy(heldout_x)).argmax(1).numpy() == heldout_y).mean()
+        )
 
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     model_path = DATA_DIR / "mnist_cnn.onnx"

@@ -12,8 +12,7 @@ import importlib
 import pkgutil
 
 from tvm_intq.errors import IntqError
-
-from ..board import BoardSpec
+from tvm_intq.targets.board import BoardSpec
 
 
 def _discover() -> dict[str, BoardSpec]:

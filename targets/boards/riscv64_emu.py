@@ -3,13 +3,14 @@ the same at VLEN 256) under qemu-riscv64.
 No riscv64 wheel of TVM exists: ``build_riscv64_emu.sh`` cross-builds libtvm_ffi and the TVM
 runtime from the C++ sources the installed x86 wheels ship."""
 
-from ..board import BoardSpec, Emulator
+from tvm_intq.targets.board import BoardSpec, Emulator
 
 BOARD = BoardSpec(
     name="riscv64-emu",
     target="riscv64",
     key="riscv64-emu",
-    description="emulated RV64GCV (qemu-riscv64 -cpu rv64,v=true,vlen=128), TVM runtime cross-built from the wheel's sources",
+    description="emulated RV64GCV (qemu-riscv64 -cpu rv64,v=true,vlen=128), TVM runtime "
+    "cross-built from the wheel's sources",
     emulator=Emulator(
         qemu="qemu-riscv64",
         qemu_args=("-cpu", "rv64,v=true,vlen=128,vext_spec=v1.0"),

@@ -4,15 +4,16 @@ under qemu with wider vector registers, so one library is checked at two vector 
 
 import dataclasses
 
-from .riscv64_emu import BOARD as VLEN128
+from tvm_intq.targets.boards.riscv64_emu import BOARD as VLEN128
 
 BOARD = dataclasses.replace(
     VLEN128,
     name="riscv64-emu-vlen256",
     key="riscv64-emu-vlen256",
-    description="emulated RV64GCV (qemu-riscv64 -cpu rv64,v=true,vlen=256), the riscv64-emu runtime",
+    description="emulated RV64GCV (qemu-riscv64 -cpu rv64,v=true,vlen=256), "
+    "the riscv64-emu runtime",
     emulator=dataclasses.replace(
-        VLEN128.emulator, qemu_args=("-cpu", "rv64,v=true,vlen=256,vext_spec=v1.0")),
+        VLEN128.emulator, qemu_args=("-cpu", "rv64,v=true,vlen=256,vext_spec=v1.0")
+    ),
     runtime=VLEN128.name,
 )
-

@@ -28,8 +28,8 @@ from contextlib import closing
 
 import numpy as np
 
-from ..errors import IntqError
-from .data import SampleSet
+from tvm_intq.calibration.data import SampleSet
+from tvm_intq.errors import IntqError
 
 #: Every range :meth:`Calibrator.compute_range` returns is at least this wide. Only tensors
 #: that are (nearly) all zero need widening: any other range already contains 0 and a value
@@ -61,8 +61,9 @@ class TensorStats:
         self.hist: np.ndarray | None = None
 
     @classmethod
-    def from_array(cls, x, num_bins: int = DEFAULT_NUM_BINS, histogram: bool = True,
-                   name: str = "") -> "TensorStats":
+    def from_array(
+        cls, x, num_bins: int = DEFAULT_NUM_BINS, histogram: bool = True, name: str = ""
+    ) -> TensorStats:
         """Statistics of one in-memory array (both passes at once): for tests and tools."""
         stats = cls(name, num_bins)
         stats.update_minmax(x)
@@ -112,8 +113,9 @@ class TensorStats:
         if x.size == 0:
             return
         # float64: float32 bin edges underflow for ranges near the denormals.
-        counts, _ = np.histogram(x.astype(np.float64, copy=False), bins=self.num_bins,
-                                 range=self.hist_range)
+        counts, _ = np.histogram(
+            x.astype(np.float64, copy=False), bins=self.num_bins, range=self.hist_range
+        )
         self.hist += counts
 
     def abs_histogram(self) -> tuple[np.ndarray, np.ndarray]:
@@ -145,13 +147,16 @@ class TensorStats:
     def quantile(self, q: float, absolute: bool = False) -> float:
         """The ``q``-quantile (0 <= q <= 1) of the values, or of ``|x|`` if ``absolute``,
         read from the histogram with values spread uniformly within each bin."""
-        counts, edges = self.abs_histogram() if absolute else (
-            self.hist.astype(np.float64), self.bin_edges)
+        counts, edges = (
+            self.abs_histogram() if absolute else (self.hist.astype(np.float64), self.bin_edges)
+        )
         return hist_quantile(counts, edges, q)
 
     def __repr__(self) -> str:
         h = "" if self.hist is None else f", hist={self.num_bins} bins"
-        return f"TensorStats({self.name!r}: min={self.min:g}, max={self.max:g}, count={self.count}{h})"
+        return (
+            f"TensorStats({self.name!r}: min={self.min:g}, max={self.max:g}, count={self.count}{h})"
+        )
 
 
 def hist_quantile(counts: np.ndarray, edges: np.ndarray, q: float) -> float:
@@ -187,8 +192,9 @@ class Calibrator(ABC):
 
     def __init__(self, **options):
         if options:
-            raise IntqError(f"calibrator '{self.name}' has no option "
-                            f"{', '.join(repr(k) for k in options)}")
+            raise IntqError(
+                f"calibrator '{self.name}' has no option {', '.join(repr(k) for k in options)}"
+            )
 
     @abstractmethod
     def select_range(self, stats: TensorStats, symmetric: bool) -> tuple[float, float]:
@@ -210,40 +216,50 @@ class Calibrator(ABC):
         if stats.count == 0:
             raise IntqError(f"tensor '{stats.name}' has no values to calibrate (empty)")
         if not (np.isfinite(stats.min) and np.isfinite(stats.max)):
-            raise IntqError(f"tensor '{stats.name}' has non-finite values (min {stats.min}, "
-                            f"max {stats.max})")
+            raise IntqError(
+                f"tensor '{stats.name}' has non-finite values (min {stats.min}, max {stats.max})"
+            )
         if stats.max > stats.min:
             if self.needs_histogram and stats.hist is None:
-                raise RuntimeError(f"calibrator '{self.name}' needs the histogram of tensor "
-                                   f"'{stats.name}', which was not collected")
+                raise RuntimeError(
+                    f"calibrator '{self.name}' needs the histogram of tensor "
+                    f"'{stats.name}', which was not collected"
+                )
             lo, hi = (float(v) for v in self.select_range(stats, symmetric))
             if not (np.isfinite(lo) and np.isfinite(hi)) or lo > hi:
-                raise RuntimeError(f"calibrator '{self.name}' chose range [{lo}, {hi}] for "
-                                   f"tensor '{stats.name}'")
+                raise RuntimeError(
+                    f"calibrator '{self.name}' chose range [{lo}, {hi}] for tensor '{stats.name}'"
+                )
         else:
             lo = hi = float(stats.min)
         return widen_range(lo, hi, symmetric)
 
     def __repr__(self) -> str:
-        opts = ", ".join(f"{p}={getattr(self, p)!r}" for p in _option_names(type(self))
-                         if hasattr(self, p))
+        opts = ", ".join(
+            f"{p}={getattr(self, p)!r}" for p in _option_names(type(self)) if hasattr(self, p)
+        )
         return f"{type(self).__name__}({opts})"
 
 
 def _option_names(cls: type) -> list[str]:
     params = inspect.signature(cls.__init__).parameters.values()
-    return [p.name for p in params if p.name != "self"
-            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    return [
+        p.name
+        for p in params
+        if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
 
 
 def int_option(calibrator: Calibrator, option: str, value, minimum: int = 1) -> int:
     """Check an integer option of ``calibrator``: an IntqError naming both if it is not one."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise IntqError(f"calibrator '{calibrator.name}': {option} must be an integer, "
-                        f"got {value!r}")
+        raise IntqError(
+            f"calibrator '{calibrator.name}': {option} must be an integer, got {value!r}"
+        )
     if value < minimum:
-        raise IntqError(f"calibrator '{calibrator.name}': {option} must be at least {minimum}, "
-                        f"got {value}")
+        raise IntqError(
+            f"calibrator '{calibrator.name}': {option} must be at least {minimum}, got {value}"
+        )
     return int(value)
 
 
@@ -270,8 +286,9 @@ def register(cls: type[Calibrator]) -> type[Calibrator]:
     if not cls.name or cls.name != cls.name.lower():
         raise ValueError(f"calibrator {cls.__name__} needs a lower-case name, got {cls.name!r}")
     if cls.name in CALIBRATORS and CALIBRATORS[cls.name] is not cls:
-        raise ValueError(f"calibrator name '{cls.name}' is taken by "
-                         f"{CALIBRATORS[cls.name].__name__}")
+        raise ValueError(
+            f"calibrator name '{cls.name}' is taken by {CALIBRATORS[cls.name].__name__}"
+        )
     CALIBRATORS[cls.name] = cls
     return cls
 
@@ -284,8 +301,10 @@ def get_calibrator(name: str, **options) -> Calibrator:
     known = _option_names(cls)
     unknown = [k for k in options if k not in known]
     if unknown:
-        raise IntqError(f"calibrator '{cls.name}' has no option {', '.join(map(repr, unknown))} "
-                        f"(its options: {', '.join(known) or 'none'})")
+        raise IntqError(
+            f"calibrator '{cls.name}' has no option {', '.join(map(repr, unknown))} "
+            f"(its options: {', '.join(known) or 'none'})"
+        )
     return cls(**options)
 
 
@@ -295,8 +314,14 @@ def get_calibrator(name: str, **options) -> Calibrator:
 RunFn = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
 
 
-def collect_ranges(run: RunFn, samples: SampleSet, batch_size: int, calibrator: Calibrator,
-                   symmetric: bool, progress: bool = True) -> dict[str, tuple[float, float]]:
+def collect_ranges(
+    run: RunFn,
+    samples: SampleSet,
+    batch_size: int,
+    calibrator: Calibrator,
+    symmetric: bool,
+    progress: bool = True,
+) -> dict[str, tuple[float, float]]:
     """Run the float model over ``samples`` and return ``{tensor name: (lo, hi)}``.
 
     Parameters
@@ -328,8 +353,13 @@ def collect_ranges(run: RunFn, samples: SampleSet, batch_size: int, calibrator: 
     stats: dict[str, TensorStats] = {}
 
     def sweep(k: int):
-        bar = tqdm(total=samples.num_samples, desc=f"calibrate (pass {k}/{passes})",
-                   unit="sample", file=sys.stderr, disable=not progress)
+        bar = tqdm(
+            total=samples.num_samples,
+            desc=f"calibrate (pass {k}/{passes})",
+            unit="sample",
+            file=sys.stderr,
+            disable=not progress,
+        )
         start = 0
         try:
             for feeds, valid in samples.batches(batch_size):
@@ -349,12 +379,15 @@ def collect_ranges(run: RunFn, samples: SampleSet, batch_size: int, calibrator: 
             st.update_minmax(x)
             if not (np.isfinite(st.min) and np.isfinite(st.max)):
                 what = "NaN" if np.isnan(st.min) else "Inf"
-                raise IntqError(f"the float model produced {what} in tensor '{name}' (batch "
-                                f"starting at sample {start})")
+                raise IntqError(
+                    f"the float model produced {what} in tensor '{name}' (batch "
+                    f"starting at sample {start})"
+                )
     for name, st in stats.items():
         if st.count == 0:
-            raise IntqError(f"the float model produced an empty tensor '{name}'; nothing to "
-                            "calibrate")
+            raise IntqError(
+                f"the float model produced an empty tensor '{name}'; nothing to calibrate"
+            )
 
     if passes == 2:
         with closing(sweep(2)) as values:
@@ -370,7 +403,9 @@ def _real_rows(name: str, x: np.ndarray, valid: int, batch_size: int) -> np.ndar
     if valid == batch_size:
         return x
     if x.ndim == 0 or x.shape[0] != batch_size:
-        raise IntqError(f"tensor '{name}' has shape {tuple(x.shape)}: axis 0 is not the batch "
-                        f"axis ({batch_size}), so the padding of the last partial batch cannot "
-                        "be dropped; use a number of samples divisible by the batch size")
+        raise IntqError(
+            f"tensor '{name}' has shape {tuple(x.shape)}: axis 0 is not the batch "
+            f"axis ({batch_size}), so the padding of the last partial batch cannot "
+            "be dropped; use a number of samples divisible by the batch size"
+        )
     return x[:valid]

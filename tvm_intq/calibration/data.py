@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import IntqError
+from tvm_intq.errors import IntqError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -41,8 +41,10 @@ class SampleSet:
         for name, a in arrays.items():
             a = np.asarray(a)
             if a.ndim == 0:
-                raise IntqError(f"input '{name}': a scalar is not a list of samples "
-                                "(axis 0 must run over samples)")
+                raise IntqError(
+                    f"input '{name}': a scalar is not a list of samples "
+                    "(axis 0 must run over samples)"
+                )
             self._arrays[name] = a
         counts = {name: a.shape[0] for name, a in self._arrays.items()}
         if len(set(counts.values())) > 1:
@@ -76,7 +78,7 @@ class SampleSet:
         shapes = ", ".join(f"{n}: {a.dtype}{list(a.shape[1:])}" for n, a in self._arrays.items())
         return f"SampleSet({self._num_samples} samples; {shapes})"
 
-    def head(self, n: int) -> "SampleSet":
+    def head(self, n: int) -> SampleSet:
         """The first ``n`` samples (all of them if there are fewer); extras are kept as they are."""
         if n < 1:
             raise IntqError(f"number of samples must be at least 1, got {n}")
@@ -110,8 +112,9 @@ class SampleSet:
 # ---------------------------------------------------------------------------------------------
 # .npz
 # ---------------------------------------------------------------------------------------------
-def load_npz(path, input_shapes: Mapping[str, Sequence[int]],
-             input_dtypes: Mapping[str, str] | None = None) -> SampleSet:
+def load_npz(
+    path, input_shapes: Mapping[str, Sequence[int]], input_dtypes: Mapping[str, str] | None = None
+) -> SampleSet:
     """Load samples for the model inputs from an ``.npz`` archive.
 
     Parameters
@@ -148,8 +151,10 @@ def load_npz(path, input_shapes: Mapping[str, Sequence[int]],
     except Exception as e:  # noqa: BLE001 - numpy raises many types for a bad file
         raise IntqError(f"{path}: cannot read as an .npz archive ({_reason(e)})") from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise IntqError(f"{path}: is a single .npy array, not an .npz archive of named inputs "
-                        "(save with np.savez(path, <input name>=array, ...))")
+        raise IntqError(
+            f"{path}: is a single .npy array, not an .npz archive of named inputs "
+            "(save with np.savez(path, <input name>=array, ...))"
+        )
     with archive:
         keys = list(archive.files)
         stored = {}
@@ -164,8 +169,9 @@ def load_npz(path, input_shapes: Mapping[str, Sequence[int]],
         if name not in stored:
             have = ", ".join(f"'{k}'" for k in keys) or "nothing"
             raise IntqError(f"{path}: model input '{name}' is missing (the file has {have})")
-        arrays[name] = _check_input(path, name, stored[name], tuple(int(d) for d in shape),
-                                    input_dtypes.get(name))
+        arrays[name] = _check_input(
+            path, name, stored[name], tuple(int(d) for d in shape), input_dtypes.get(name)
+        )
     counts = {name: a.shape[0] for name, a in arrays.items()}
     if len(set(counts.values())) > 1:
         listed = ", ".join(f"'{n}' has {c}" for n, c in counts.items())
@@ -174,19 +180,30 @@ def load_npz(path, input_shapes: Mapping[str, Sequence[int]],
     return SampleSet(arrays, extras)
 
 
-def _check_input(path: Path, name: str, a: np.ndarray, shape: tuple[int, ...],
-                 dtype: str | None) -> np.ndarray:
+def _check_input(
+    path: Path, name: str, a: np.ndarray, shape: tuple[int, ...], dtype: str | None
+) -> np.ndarray:
     sample_shape = shape[1:]
     if a.dtype.kind not in "biuf":
         raise IntqError(f"{path}: input '{name}' has dtype {a.dtype}, not numbers")
-    if shape and shape[0] == 1 and a.ndim == len(shape) + 1 and a.shape[1] == 1 \
-            and tuple(a.shape[2:]) == sample_shape:
+    if (
+        shape
+        and shape[0] == 1
+        and a.ndim == len(shape) + 1
+        and a.shape[1] == 1
+        and tuple(a.shape[2:]) == sample_shape
+    ):
         a = a[:, 0]  # stored as (num_samples, 1, *sample_shape)
     if a.ndim == 0 or tuple(a.shape[1:]) != sample_shape:
-        expected = f"(num_samples, {', '.join(map(str, sample_shape))})" if sample_shape \
+        expected = (
+            f"(num_samples, {', '.join(map(str, sample_shape))})"
+            if sample_shape
             else "(num_samples,)"
-        raise IntqError(f"{path}: input '{name}' has shape {tuple(a.shape)}, expected "
-                        f"{expected} for model input shape {shape}")
+        )
+        raise IntqError(
+            f"{path}: input '{name}' has shape {tuple(a.shape)}, expected "
+            f"{expected} for model input shape {shape}"
+        )
     if a.shape[0] == 0:
         raise IntqError(f"{path}: input '{name}' has no samples")
     if dtype is not None:
@@ -212,10 +229,18 @@ def _reason(e: Exception) -> str:
 # ---------------------------------------------------------------------------------------------
 # Image folder
 # ---------------------------------------------------------------------------------------------
-def load_image_folder(path, input_name: str, input_shape: Sequence[int], *,
-                      mean: Sequence[float], std: Sequence[float], layout: str = "NCHW",
-                      channel_order: str = "RGB", scale: float = 255.0,
-                      resize: int | Sequence[int] | None = None) -> SampleSet:
+def load_image_folder(
+    path,
+    input_name: str,
+    input_shape: Sequence[int],
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    layout: str = "NCHW",
+    channel_order: str = "RGB",
+    scale: float = 255.0,
+    resize: int | Sequence[int] | None = None,
+) -> SampleSet:
     """Load every image under a folder as one sample of a single image input.
 
     Files ending in ``.png``, ``.jpg``, ``.jpeg`` or ``.bmp`` (any case) are found recursively
@@ -255,12 +280,15 @@ def load_image_folder(path, input_name: str, input_shape: Sequence[int], *,
         raise IntqError(f"channel order must be RGB or BGR, got '{channel_order}'")
     shape = tuple(int(d) for d in input_shape)
     if len(shape) != 4:
-        raise IntqError(f"input '{input_name}' has shape {shape}; an image input needs 4 axes "
-                        f"({layout})")
+        raise IntqError(
+            f"input '{input_name}' has shape {shape}; an image input needs 4 axes ({layout})"
+        )
     c, h, w = (shape[1], shape[2], shape[3]) if layout == "NCHW" else (shape[3], shape[1], shape[2])
     if c not in (1, 3):
-        raise IntqError(f"input '{input_name}' has {c} channels in layout {layout} (shape "
-                        f"{shape}); image inputs need 1 or 3")
+        raise IntqError(
+            f"input '{input_name}' has {c} channels in layout {layout} (shape "
+            f"{shape}); image inputs need 1 or 3"
+        )
     mean_v = _per_channel("mean", mean, c)
     std_v = _per_channel("std", std, c)
     if np.any(std_v == 0):
@@ -271,12 +299,14 @@ def load_image_folder(path, input_name: str, input_shape: Sequence[int], *,
 
     if not folder.is_dir():
         raise IntqError(f"{folder}: image folder not found")
-    files = sorted((p for p in folder.rglob("*")
-                    if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
-                   key=lambda p: p.relative_to(folder).as_posix())
+    files = sorted(
+        (p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
+        key=lambda p: p.relative_to(folder).as_posix(),
+    )
     if not files:
-        raise IntqError(f"{folder}: no images found (looked for "
-                        f"{', '.join(IMAGE_SUFFIXES)} files, recursively)")
+        raise IntqError(
+            f"{folder}: no images found (looked for {', '.join(IMAGE_SUFFIXES)} files, recursively)"
+        )
 
     mode = "RGB" if c == 3 else "L"
     out = np.empty((len(files), h, w, c), np.float32)
@@ -301,7 +331,9 @@ def load_image_folder(path, input_name: str, input_shape: Sequence[int], *,
 def _per_channel(what: str, values, c: int) -> np.ndarray:
     v = np.atleast_1d(np.asarray(values, np.float64))
     if v.ndim != 1 or v.size not in (1, c):
-        raise IntqError(f"{what} must have 1 or {c} values (one per channel), got {tuple(v.ravel())}")
+        raise IntqError(
+            f"{what} must have 1 or {c} values (one per channel), got {tuple(v.ravel())}"
+        )
     return np.broadcast_to(v, (c,))
 
 
@@ -310,13 +342,17 @@ def _resize_size(resize, h: int, w: int):
         return None
     if isinstance(resize, (int, np.integer)):
         if resize < max(h, w):
-            raise IntqError(f"resize {resize} is smaller than the input's {h}x{w}; the centre "
-                            f"crop needs the shorter side to be at least {max(h, w)}")
+            raise IntqError(
+                f"resize {resize} is smaller than the input's {h}x{w}; the centre "
+                f"crop needs the shorter side to be at least {max(h, w)}"
+            )
         return int(resize)
     size = tuple(int(s) for s in resize)
     if len(size) != 2 or size[0] < h or size[1] < w:
-        raise IntqError(f"resize must be an int or (height, width) at least the input's "
-                        f"{h}x{w}, got {tuple(resize)}")
+        raise IntqError(
+            f"resize must be an int or (height, width) at least the input's "
+            f"{h}x{w}, got {tuple(resize)}"
+        )
     return size
 
 

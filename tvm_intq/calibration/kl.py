@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import rel_entr
 
-from .base import DEFAULT_NUM_BINS, Calibrator, TensorStats, int_option, register
+from tvm_intq.calibration.base import (
+    DEFAULT_NUM_BINS,
+    Calibrator,
+    TensorStats,
+    int_option,
+    register,
+)
 
 #: Count given to an empty bin before normalising (MXNet's and ONNX Runtime's 1e-4, in counts).
 SMOOTHING_EPS = 1e-4
@@ -82,8 +88,14 @@ class KL(Calibrator):
         return max(stats.min, -t), min(stats.max, t)
 
 
-def best_window(hist: np.ndarray, start: np.ndarray, stop: np.ndarray, levels: np.ndarray,
-                exact_bin: int | None = None, chunk: int = 128) -> int:
+def best_window(
+    hist: np.ndarray,
+    start: np.ndarray,
+    stop: np.ndarray,
+    levels: np.ndarray,
+    exact_bin: int | None = None,
+    chunk: int = 128,
+) -> int:
     """The candidate ``r`` whose window ``hist[start[r]:stop[r]]`` quantized to ``levels[r]``
     levels loses the least information, ``argmin_r KL(P_r || Q_r)`` (first minimum), with
     ``P``, ``Q`` as in :class:`KL`; bin ``exact_bin`` (inside every window) is its own level.
@@ -98,13 +110,13 @@ def best_window(hist: np.ndarray, start: np.ndarray, stop: np.ndarray, levels: n
     k = np.arange(n)
     best_r, best_kl = 0, np.inf
     for c0 in range(0, len(start), chunk):
-        a, b, g = start[c0:c0 + chunk], stop[c0:c0 + chunk], levels[c0:c0 + chunk]
+        a, b, g = start[c0 : c0 + chunk], stop[c0 : c0 + chunk], levels[c0 : c0 + chunk]
         rows = np.arange(len(a))
         keep = (k[None, :] >= a[:, None]) & (k[None, :] < b[:, None])
-        kept = np.where(keep, hist[None, :], 0.0)              # hist[a:b]
+        kept = np.where(keep, hist[None, :], 0.0)  # hist[a:b]
         p = kept.copy()
-        p[rows, a] += prefix[a]                                # left outliers into the first bin
-        p[rows, b - 1] += prefix[-1] - prefix[b]               # right ones into the last
+        p[rows, a] += prefix[a]  # left outliers into the first bin
+        p[rows, b - 1] += prefix[-1] - prefix[b]  # right ones into the last
         nonzero = p != 0
         # Q: merge hist[a:b] into g groups of (b - a) // g bins (the last takes the rest),
         # spread each over its bins that are non-zero in P; exact_bin is group g.
@@ -113,7 +125,7 @@ def best_window(hist: np.ndarray, start: np.ndarray, stop: np.ndarray, levels: n
         if exact_bin is not None:
             group[:, exact_bin] = g
         stride = int(g.max()) + 1
-        ids = (rows[:, None] * stride + group).ravel()        # bins outside carry zero weight
+        ids = (rows[:, None] * stride + group).ravel()  # bins outside carry zero weight
         group_sum = np.bincount(ids, weights=kept.ravel(), minlength=len(a) * stride)
         group_nz = np.bincount(ids, weights=nonzero.ravel(), minlength=len(a) * stride)
         avg = group_sum / np.maximum(group_nz, 1.0)
@@ -123,7 +135,7 @@ def best_window(hist: np.ndarray, start: np.ndarray, stop: np.ndarray, levels: n
         q = np.where(keep & (q == 0), SMOOTHING_EPS, q)
         p /= p.sum(axis=1, keepdims=True)
         q /= q.sum(axis=1, keepdims=True)
-        kl = rel_entr(p, q).sum(axis=1)                        # 0 where p == q == 0
+        kl = rel_entr(p, q).sum(axis=1)  # 0 where p == q == 0
         j = int(np.argmin(kl))
         if kl[j] < best_kl:
             best_r, best_kl = c0 + j, float(kl[j])
@@ -139,5 +151,6 @@ def best_kept_bins(hist: np.ndarray, num_quantized_bins: int, chunk: int = 128) 
     if n <= nq:
         return n
     stop = np.arange(nq, n + 1)
-    return int(stop[best_window(hist, np.zeros_like(stop), stop, np.full_like(stop, nq),
-                                chunk=chunk)])
+    return int(
+        stop[best_window(hist, np.zeros_like(stop), stop, np.full_like(stop, nq), chunk=chunk)]
+    )

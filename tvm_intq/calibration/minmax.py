@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Calibrator, TensorStats, register
+from tvm_intq.calibration.base import Calibrator, TensorStats, register
 
 
 @register

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import intmath
-from .base import DEFAULT_NUM_BINS, Calibrator, TensorStats, int_option, register
+from tvm_intq.calibration.base import (
+    DEFAULT_NUM_BINS,
+    Calibrator,
+    TensorStats,
+    int_option,
+    register,
+)
+from tvm_intq.core import intmath
 
 
 @register
@@ -14,7 +20,7 @@ class MSE(Calibrator):
     tensor, ``sum_k n_k (c_k - Q(c_k))^2 / sum_k n_k`` over the pass-2 histogram (bin centres
     ``c_k`` with counts ``n_k``, as NVIDIA's pytorch-quantization ``mse`` calibrator does),
     where ``Q`` is the int8 quantizer of the range as the schemes build it
-    (:func:`tvm_intq.intmath.activation_qparams`, S2 Eqs. 18-21: scale, integer zero point,
+    (:func:`tvm_intq.core.intmath.activation_qparams`, S2 Eqs. 18-21: scale, integer zero point,
     clip to [-128, 127]). Clipped values count with their full clipping error, so the search
     trades clipping against resolution on the data itself.
 
@@ -70,17 +76,17 @@ class MSE(Calibrator):
 
 def quantization_mse(values, weights, ranges, symmetric: bool, chunk: int = 256) -> np.ndarray:
     """``sum w (v - Q(v))^2 / sum w`` for each clipping range in ``ranges``, with ``Q`` the
-    int8 quantizer :func:`tvm_intq.intmath.activation_qparams` builds for that range."""
+    int8 quantizer :func:`tvm_intq.core.intmath.activation_qparams` builds for that range."""
     values = np.asarray(values, np.float64)
     weights = np.asarray(weights, np.float64)
     total = max(float(weights.sum()), np.finfo(np.float64).tiny)
     params = [intmath.activation_qparams(lo, hi, symmetric) for lo, hi in ranges]
     out = np.empty(len(params))
     for c0 in range(0, len(params), chunk):
-        part = params[c0:c0 + chunk]
+        part = params[c0 : c0 + chunk]
         scale = np.array([p.scale for p in part])[:, None]
         zp = np.array([p.zero_point for p in part])[:, None]
         q = intmath.quantize(values[None, :], scale, zp)
         r = scale * (q.astype(np.float64) - zp)  # dequantize, in float64
-        out[c0:c0 + chunk] = np.square(values[None, :] - r) @ weights / total
+        out[c0 : c0 + chunk] = np.square(values[None, :] - r) @ weights / total
     return out

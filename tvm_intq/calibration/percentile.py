@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from ..errors import IntqError
-from .base import DEFAULT_NUM_BINS, Calibrator, TensorStats, int_option, register
+from tvm_intq.calibration.base import (
+    DEFAULT_NUM_BINS,
+    Calibrator,
+    TensorStats,
+    int_option,
+    register,
+)
+from tvm_intq.errors import IntqError
 
 
 @register
@@ -23,11 +29,13 @@ class Percentile(Calibrator):
         try:
             self.percentile = float(percentile)
         except (TypeError, ValueError):
-            raise IntqError(f"calibrator 'percentile': percentile must be a number, "
-                            f"got {percentile!r}") from None
+            raise IntqError(
+                f"calibrator 'percentile': percentile must be a number, got {percentile!r}"
+            ) from None
         if not 50.0 <= self.percentile <= 100.0:
-            raise IntqError(f"calibrator 'percentile': percentile must be in [50, 100], "
-                            f"got {percentile}")
+            raise IntqError(
+                f"calibrator 'percentile': percentile must be in [50, 100], got {percentile}"
+            )
         self.num_bins = int_option(self, "num_bins", num_bins)
 
     def select_range(self, stats: TensorStats, symmetric: bool) -> tuple[float, float]:
@@ -36,4 +44,3 @@ class Percentile(Calibrator):
             t = stats.quantile(p, absolute=True)
             return -t, t
         return stats.quantile(1.0 - p), stats.quantile(p)
-

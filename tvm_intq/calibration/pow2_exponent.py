@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .. import intmath
-from .base import Calibrator, TensorStats, int_option
+from tvm_intq.calibration.base import Calibrator, TensorStats, int_option
+from tvm_intq.core import intmath
 
 
 class Pow2Exponent(Calibrator):
@@ -16,8 +16,8 @@ class Pow2Exponent(Calibrator):
     mean squared error over the histogram (bin centres weighted by their counts) wins, and the
     range returned is ``[-127 * 2^s, 127 * 2^s]`` (so the scheme maps it back to ``2^s``).
 
-    Not registered: :meth:`tvm_intq.schemes.PowerOfTwo.wrap_calibrator` puts it around the
-    calibrator the user chose.
+    Not registered: :func:`tvm_intq.calibration.for_scheme` puts it around the calibrator the
+    user chose when the scheme has pow2 scales.
     """
 
     name = "pow2-exponent"
@@ -36,8 +36,9 @@ class Pow2Exponent(Calibrator):
         s0 = intmath.pow2_minmax_exponent(max(-lo, hi))
         edges = stats.bin_edges
         centres = (edges[:-1] + edges[1:]) / 2
-        best, table = intmath.pow2_search(centres, s0, stats.hist, span=self.span,
-                                          qmin=intmath.QMIN, qmax=intmath.QMAX)
+        best, table = intmath.pow2_search(
+            centres, s0, stats.hist, span=self.span, qmin=intmath.QMIN, qmax=intmath.QMAX
+        )
         self.searches[stats.name] = {"initial": s0, "chosen": best, "mse": table}
         t = intmath.WMAX * 2.0**best
         return -t, t

@@ -6,8 +6,14 @@ from __future__ import annotations
 import numpy as np
 from scipy import optimize, special
 
-from .base import DEFAULT_NUM_BINS, Calibrator, TensorStats, int_option, register
-from .kl import KL
+from tvm_intq.calibration.base import (
+    DEFAULT_NUM_BINS,
+    Calibrator,
+    TensorStats,
+    int_option,
+    register,
+)
+from tvm_intq.calibration.kl import KL
 
 #: Box-Cox exponents are searched in [-LAMBDA_MAX, LAMBDA_MAX]: beyond, x^lambda over- or
 #: underflows for data that spans a few decades, and the shape no longer changes usefully.
@@ -53,12 +59,14 @@ class Redistribution(Calibrator):
     name = "redistribution"
     needs_histogram = True
 
-    def __init__(self, offset: float = 0.01, num_quantized_bins: int = 128,
-                 num_bins: int = DEFAULT_NUM_BINS):
+    def __init__(
+        self, offset: float = 0.01, num_quantized_bins: int = 128, num_bins: int = DEFAULT_NUM_BINS
+    ):
         super().__init__()
         self.offset = float(offset)
         if not self.offset > 0:
-            from ..errors import IntqError
+            from tvm_intq.errors import IntqError
+
             raise IntqError(f"calibrator 'redistribution': offset must be positive, got {offset!r}")
         self.num_quantized_bins = int_option(self, "num_quantized_bins", num_quantized_bins, 2)
         self.num_bins = int_option(self, "num_bins", num_bins)
@@ -101,8 +109,10 @@ class Redistribution(Calibrator):
         return min(lo, hi), max(lo, hi)
 
     def __repr__(self) -> str:
-        return (f"Redistribution(offset={self.offset!r}, num_quantized_bins="
-                f"{self.num_quantized_bins!r}, num_bins={self.num_bins!r})")
+        return (
+            f"Redistribution(offset={self.offset!r}, num_quantized_bins="
+            f"{self.num_quantized_bins!r}, num_bins={self.num_bins!r})"
+        )
 
 
 def boxcox_llf_weighted(lam: float, x: np.ndarray, w: np.ndarray) -> float:
@@ -134,17 +144,21 @@ def boxcox_normmax_weighted(x: np.ndarray, w: np.ndarray) -> float:
     if len(x) < 2 or np.ptp(x) <= 0:
         return 1.0
     with np.errstate(all="ignore"):
-        res = optimize.minimize_scalar(lambda lam: -boxcox_llf_weighted(lam, x, w),
-                                       bounds=(-LAMBDA_MAX, LAMBDA_MAX), method="bounded",
-                                       options={"xatol": 1e-6})
+        res = optimize.minimize_scalar(
+            lambda lam: -boxcox_llf_weighted(lam, x, w),
+            bounds=(-LAMBDA_MAX, LAMBDA_MAX),
+            method="bounded",
+            options={"xatol": 1e-6},
+        )
     lam = float(res.x)
     if not np.isfinite(lam) or not np.isfinite(res.fun):
         return 1.0
     return lam
 
 
-def rebinned_stats(edges: np.ndarray, counts: np.ndarray, num_bins: int,
-                   name: str = "") -> TensorStats:
+def rebinned_stats(
+    edges: np.ndarray, counts: np.ndarray, num_bins: int, name: str = ""
+) -> TensorStats:
     """Statistics of a histogram with increasing, uneven ``edges``, re-binned to ``num_bins``
     equal bins over ``[edges[0], edges[-1]]`` (each count spread uniformly over its bin: the
     cumulative count is interpolated at the new edges; counts may become fractional)."""

@@ -11,10 +11,21 @@ calibrated scales, which ``tvm-intq compile`` folds into the same program withou
 re-calibrating (:mod:`.onnx_io`).
 """
 
-from .model import QatModel
-from .onnx_io import export, fold_batch_norm, prepare
-from .strategies import STRATEGIES, AlphaBlend, Incremental, Ste, Strategy
-from .train import evaluate, fine_tune
+from tvm_intq.qat.model import QatModel
+from tvm_intq.qat.onnx_io import export, fold_batch_norm, prepare
+from tvm_intq.qat.strategies import STRATEGIES, AlphaBlend, Incremental, Ste, Strategy
+from tvm_intq.qat.train import evaluate, fine_tune
 
-__all__ = ["QatModel", "prepare", "export", "fold_batch_norm", "fine_tune", "evaluate",
-           "Strategy", "Ste", "AlphaBlend", "Incremental", "STRATEGIES"]
+__all__ = [
+    "QatModel",
+    "prepare",
+    "export",
+    "fold_batch_norm",
+    "fine_tune",
+    "evaluate",
+    "Strategy",
+    "Ste",
+    "AlphaBlend",
+    "Incremental",
+    "STRATEGIES",
+]

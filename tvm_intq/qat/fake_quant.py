@@ -2,7 +2,7 @@
 
 How the numerics are shared with the integer program (and why this way): every quantized
 tensor's forward value is computed in numpy by the functions the compiler itself uses
-(:mod:`tvm_intq.intmath` for requantize constants, rounding, lookup tables; the scheme for
+(:mod:`tvm_intq.core.intmath` for requantize constants, rounding, lookup tables; the scheme for
 ``Qw, sw`` and biases), on the detached integer codes, and handed to torch through
 :class:`ValueFrom`, whose backward sends the gradient to a float *surrogate* computed by torch
 (the float layer on the same inputs, clamped to the representable range: the clipped
@@ -12,7 +12,7 @@ approximation and its round-half-up shifts, i.e. not bit for bit; calling the nu
 does, by construction, and costs one copy per layer, which a small model does not notice.
 
 Scales as the compiled program sees them: the quantize/dequantize constants of the QDQ
-module are float32, so every :class:`~tvm_intq.intmath.QParams` here is rounded to float32
+module are float32, so every :class:`~tvm_intq.core.intmath.QParams` here is rounded to float32
 first (:func:`as_compiled`), as ``FoldToInteger`` reads them.
 """
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import intmath
+from tvm_intq.core import intmath
 
 
 class ValueFrom(torch.autograd.Function):

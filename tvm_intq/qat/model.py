@@ -14,7 +14,7 @@ Forward, binding by binding (the Annotate form of the graph)::
                  gradient: the surrogate's, clipped to t's representable range
 
 The codes come from :mod:`.integer_layers` (requantize constants, lookup tables, rounding:
-:mod:`tvm_intq.intmath`; int8 weights and biases: the scheme) whenever the strategy has every
+:mod:`tvm_intq.core.intmath`; int8 weights and biases: the scheme) whenever the strategy has every
 weight quantized (:attr:`Strategy.integer`); then the output equals the compiled program's
 bit for bit. While weights are partly float (alpha < 1, an incremental stage < 1) no integer
 program exists, and each point is the surrogate quantized with :func:`intmath.quantize`.
@@ -29,21 +29,21 @@ import tvm
 from torch import nn
 from tvm import relax
 
-from .. import intmath
-from ..errors import IntqError
-from ..relay_passes import analyze
-from ..relay_passes.annotate import held_bias
-from ..relay_passes.fold_batch_norm import linear_layer_axes
-from ..relay_passes.fold_to_integer import clamp_bounds, window_counts
-from ..relay_passes.ir_utils import const_value, op_name, shape_of
-from ..relay_passes.lookup_tables import NUMPY_OPS, build_table, region_function
-from ..relay_passes.quant_points import CLAMPS, tensor_args
-from ..relay_passes.rebuild import bindings_of
-from ..schemes import Scheme, get_scheme
-from . import integer_layers as L
-from .fake_quant import ValueFrom, as_compiled, codes_of, quantize_f32, quantized
-from .strategies import Ste, Strategy
-from .torch_ops import TORCH_OPS
+from tvm_intq.core import intmath
+from tvm_intq.core.schemes import Scheme, get_scheme
+from tvm_intq.errors import IntqError
+from tvm_intq.qat import integer_layers as L
+from tvm_intq.qat.fake_quant import ValueFrom, as_compiled, codes_of, quantize_f32, quantized
+from tvm_intq.qat.strategies import Ste, Strategy
+from tvm_intq.qat.torch_ops import TORCH_OPS
+from tvm_intq.relay_passes import analyze
+from tvm_intq.relay_passes.analysis.ir_utils import const_value, op_name, shape_of
+from tvm_intq.relay_passes.analysis.lookup_tables import NUMPY_OPS, build_table, region_function
+from tvm_intq.relay_passes.analysis.quant_points import CLAMPS, tensor_args
+from tvm_intq.relay_passes.analysis.rebuild import bindings_of
+from tvm_intq.relay_passes.annotate import held_bias
+from tvm_intq.relay_passes.fold_batch_norm import linear_layer_axes
+from tvm_intq.relay_passes.fold_to_integer import clamp_bounds, window_counts
 
 
 class QatModel(nn.Module):
@@ -52,12 +52,17 @@ class QatModel(nn.Module):
 
     ``model(x)`` takes the model's (single) input as a float32 tensor with any batch size
     and returns its (single) output (one sample at a time when the graph folds its batch
-    axis into another, :attr:`batched` False). ``model.weight`` / ``model.bias`` hold the parameters by
-    the name of the conv/dense (bias add) they belong to.
+    axis into another, :attr:`batched` False). ``model.weight`` / ``model.bias`` hold the
+    parameters by the name of the conv/dense (bias add) they belong to.
     """
 
-    def __init__(self, prepared, ranges: dict, scheme: str | Scheme = "hybrid-asym",
-                 strategy: Strategy | None = None):
+    def __init__(
+        self,
+        prepared,
+        ranges: dict,
+        scheme: str | Scheme = "hybrid-asym",
+        strategy: Strategy | None = None,
+    ):
         super().__init__()
         func = prepared["main"]
         self.prepared, self.ranges = prepared, dict(ranges)
@@ -73,16 +78,23 @@ class QatModel(nn.Module):
         self.input, self.output = func.params[0], func.body.body
         while self.output in aliases:
             self.output = aliases[self.output]
-        unsupported = sorted({op_name(c) or type(c).__name__ for _, c in self.bindings
-                              if op_name(c) not in TORCH_OPS})
+        unsupported = sorted(
+            {
+                op_name(c) or type(c).__name__
+                for _, c in self.bindings
+                if op_name(c) not in TORCH_OPS
+            }
+        )
         if unsupported:
             raise IntqError(f"QAT cannot run these operators in torch: {', '.join(unsupported)}")
         missing = [v.name for v in self.plan.points if v.name not in self.ranges]
         if missing:
             raise IntqError(f"no calibration range for tensor(s) {', '.join(missing)}")
         # Annotate's parameters (the pow2 bias is held with these) and the compiled ones.
-        self.qparams = {v: self.scheme.for_tensor(v.name).activation(*self.ranges[v.name])
-                        for v in self.plan.points}
+        self.qparams = {
+            v: self.scheme.for_tensor(v.name).activation(*self.ranges[v.name])
+            for v in self.plan.points
+        }
         self.weight, self.bias = nn.ParameterDict(), nn.ParameterDict()
         self.layers = {}  # conv/dense var -> (w_axis, bias-add var or None)
         for var, call in self.bindings:
@@ -103,11 +115,17 @@ class QatModel(nn.Module):
     def _bias_of(self, var):
         """The anchor of a bias add/subtract epilogue right after a conv/dense, else None."""
         call = self.defs[var]
-        if op_name(call) not in ("relax.add", "relax.subtract") or const_value(call.args[1]) is None:
+        if (
+            op_name(call) not in ("relax.add", "relax.subtract")
+            or const_value(call.args[1]) is None
+        ):
             return None
         anchor = self.plan.nodes.get(call.args[0])
-        return call.args[0] if anchor is not None and anchor.role == "anchor" \
-            and linear_layer_axes(anchor.call) else None
+        return (
+            call.args[0]
+            if anchor is not None and anchor.role == "anchor" and linear_layer_axes(anchor.call)
+            else None
+        )
 
     def _source_point(self, var):
         """The quantization point a layer's input reads, through data movement (or None)."""
@@ -127,9 +145,19 @@ class QatModel(nn.Module):
             b = self.bias[bias_var.name].detach().numpy()
             src = self._source_point(tensor_args(self.defs[var])[0])
             sign = -1.0 if op_name(self.defs[bias_var]) == "relax.subtract" else 1.0
-            held = None if src is None else held_bias(
-                self.scheme.for_tensor(self._point_of(var).name), b, self.qparams[src].scale, sw,
-                linear_layer_axes(self.defs[var])[0], len(shape_of(var)), sign)
+            held = (
+                None
+                if src is None
+                else held_bias(
+                    self.scheme.for_tensor(self._point_of(var).name),
+                    b,
+                    self.qparams[src].scale,
+                    sw,
+                    linear_layer_axes(self.defs[var])[0],
+                    len(shape_of(var)),
+                    sign,
+                )
+            )
             bias = b if held is None else held
         return qw, sw.astype(np.float32), bias
 
@@ -144,7 +172,7 @@ class QatModel(nn.Module):
         layers = {var: self.quantized_layer(var) for var in self.layers}
         if self.batched or len(x) == 1:
             return self._run(x, layers)
-        return torch.cat([self._run(x[i:i + 1], layers) for i in range(len(x))])
+        return torch.cat([self._run(x[i : i + 1], layers) for i in range(len(x))])
 
     def _run(self, x: torch.Tensor, layers: dict) -> torch.Tensor:
         integer = self.strategy.integer
@@ -162,8 +190,13 @@ class QatModel(nn.Module):
                 quant[var] = (value, quant[tensor_args(call)[0]][1])  # int8 values, moved
             elif var in self.qparams:
                 p = as_compiled(self.qparams[var])
-                codes = self._integer_codes(var, value, p, quant, layers) if integer else \
-                    intmath.quantize(value.detach().numpy(), p.scale, p.zero_point).astype(np.int64)
+                codes = (
+                    self._integer_codes(var, value, p, quant, layers)
+                    if integer
+                    else intmath.quantize(value.detach().numpy(), p.scale, p.zero_point).astype(
+                        np.int64
+                    )
+                )
                 quant[var] = (quantized(value, codes, p), p)
             env[var] = value
         return quant[self.output][0] if self.output in quant else env[self.output]
@@ -171,7 +204,9 @@ class QatModel(nn.Module):
     def _arg(self, a, user, env, quant, layers):
         if isinstance(a, relax.Var):
             if a in quant and not self.plan.in_same_group(a, user):
-                return quant[a][0]  # Annotate: readers outside the group see dequantize(quantize(a))
+                return quant[a][
+                    0
+                ]  # Annotate: readers outside the group see dequantize(quantize(a))
             return env[a]
         if isinstance(a, relax.Tuple):
             return [self._arg(f, user, env, quant, layers) for f in a.fields]
@@ -190,7 +225,9 @@ class QatModel(nn.Module):
             return self.strategy.weight(user.name, self.weight[user.name], wq)
         if user.name in self.bias and a.same_as(call.args[1]):  # pow2 holds it (STE)
             held = layers[self._bias_of(user)][2]
-            return ValueFrom.apply(self.bias[user.name], torch.from_numpy(np.asarray(held, np.float32)))
+            return ValueFrom.apply(
+                self.bias[user.name], torch.from_numpy(np.asarray(held, np.float32))
+            )
         return torch.from_numpy(np.asarray(c))
 
     # -----------------------------------------------------------------------------------------
@@ -205,7 +242,9 @@ class QatModel(nn.Module):
         if node.role == "elementwise":
             if var not in self._tables:
                 fn = region_function(var, node.source, self.defs.get)
-                self._tables[var] = build_table(fn, quant[node.source][1], out, len(shape_of(node.source)))
+                self._tables[var] = build_table(
+                    fn, quant[node.source][1], out, len(shape_of(node.source))
+                )
             table, axis = self._tables[var]
             return L.lookup(q(node.source)[0], table, axis)
         lo_real, hi_real, call = -np.inf, np.inf, self.defs[var]
@@ -227,12 +266,25 @@ class QatModel(nn.Module):
             qw, sw, bias = layers[var]
             x, px = q(call.args[0])
             channels = qw.shape[self.layers[var][0]]
-            b = None if bias is None else bias_sign * np.broadcast_to(
-                np.asarray(bias, np.float64).reshape(-1), (channels,))
+            b = (
+                None
+                if bias is None
+                else bias_sign
+                * np.broadcast_to(np.asarray(bias, np.float64).reshape(-1), (channels,))
+            )
             if name == "relax.nn.conv2d_transpose":
                 return L.conv_transpose(x, px, qw, sw.astype(np.float64), b, out, lo, hi, call)
-            return L.linear(x, px, qw, sw.astype(np.float64), b, out, lo, hi,
-                            call.attrs if name == "relax.nn.conv2d" else None)
+            return L.linear(
+                x,
+                px,
+                qw,
+                sw.astype(np.float64),
+                b,
+                out,
+                lo,
+                hi,
+                call.attrs if name == "relax.nn.conv2d" else None,
+            )
         if name == "relax.matmul":  # of two activations (attention): no weight
             (a, pa), (b, pb) = q(call.args[0]), q(call.args[1])
             return L.matmul_activations(a, pa, b, pb, out, lo, hi)
@@ -258,7 +310,8 @@ class QatModel(nn.Module):
             (a, pa), (b, pb) = q(call.args[0]), q(call.args[1])
             if var not in self._tables:
                 self._tables[var] = intmath.lut2(
-                    lambda ra, rb: NUMPY_OPS[name](call, ra, rb), pa, pb, out)
+                    lambda ra, rb: NUMPY_OPS[name](call, ra, rb), pa, pb, out
+                )
             return L.lookup2(a, b, self._tables[var])
         raise IntqError(f"QAT: no integer form for tensor '{var.name}' ({name})")
 
@@ -274,8 +327,9 @@ def _keeps_batch_axis(var, call) -> bool:
     if name in ("relax.concat", "relax.nn.softmax"):
         return int(attrs.axis) % len(shape) != 0
     if name in ("relax.mean", "relax.max", "relax.min", "relax.sum", "relax.squeeze"):
-        return attrs.axis is not None and all(int(a) % len(shape_of(call.args[0])) != 0
-                                              for a in attrs.axis)
+        return attrs.axis is not None and all(
+            int(a) % len(shape_of(call.args[0])) != 0 for a in attrs.axis
+        )
     return True
 
 

@@ -7,12 +7,12 @@ program post-training quantization compiles.
 Out: :func:`export` writes the fine-tuned weights and biases (pow2: the held INT-SE bias)
 into the ONNX model with BatchNormalization folded into the Conv before it
 (:func:`fold_batch_norm`), and adds QuantizeLinear/DequantizeLinear with the calibrated scales
-and per-channel int8 weights (:func:`tvm_intq.export_qdq.write_qdq`, the scheme's own
+and per-channel int8 weights (:func:`tvm_intq.export.qdq.write_qdq`, the scheme's own
 ``Qw, sw``). ``tvm-intq compile`` imports it as a pre-quantized model, without calibration,
 and folds the same integer program the QAT forward pass computes. The BatchNorm must go: on
 the import side a BatchNormalization between a quantized Conv and its QuantizeLinear has no
 integer form (its affine would have to change the int8 weights). Which ONNX tensor holds
-which tensor of ours is found by value (:func:`~tvm_intq.export_qdq.match_tensors`) on the
+which tensor of ours is found by value (:func:`~tvm_intq.export.qdq.match_tensors`) on the
 model as it came, before training: training changes values, not the graph.
 """
 
@@ -25,15 +25,16 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .. import api
-from ..calibration import SampleSet
-from ..errors import IntqError
-from ..export_qdq import MATCH_SAMPLES, match_tensors, quantized_tensors, write_qdq
-from ..frontend import import_onnx, load_onnx
-from ..relay_passes.ir_utils import channel_axis_of, const_value
-from ..schemes import Scheme
-from .model import QatModel
-from .strategies import Strategy
+from tvm_intq import api
+from tvm_intq.calibration import SampleSet
+from tvm_intq.core.schemes import Scheme
+from tvm_intq.errors import IntqError
+from tvm_intq.export.qdq import MATCH_SAMPLES, match_tensors, quantized_tensors, write_qdq
+from tvm_intq.frontends import import_model
+from tvm_intq.frontends.onnx import load_onnx
+from tvm_intq.qat.model import QatModel
+from tvm_intq.qat.strategies import Strategy
+from tvm_intq.relay_passes.analysis.ir_utils import channel_axis_of, const_value
 
 
 @dataclass
@@ -68,12 +69,19 @@ def fold_batch_norm(model: onnx.ModelProto) -> onnx.ModelProto:
             continue
         conv, k, shift, clip01 = step
         w = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
-        b = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64) \
-            if len(conv.input) > 2 and conv.input[2] else np.zeros(w.shape[0])
+        b = (
+            numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
+            if len(conv.input) > 2 and conv.input[2]
+            else np.zeros(w.shape[0])
+        )
         base = node.output[0]
-        folded = [numpy_helper.from_array((w * k.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32),
-                                          f"{base}_folded_weight"),
-                  numpy_helper.from_array((b * k + shift).astype(np.float32), f"{base}_folded_bias")]
+        folded = [
+            numpy_helper.from_array(
+                (w * k.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32),
+                f"{base}_folded_weight",
+            ),
+            numpy_helper.from_array((b * k + shift).astype(np.float32), f"{base}_folded_bias"),
+        ]
         g.initializer.extend(folded)
         inits.update({t.name: t for t in folded})
         while len(conv.input) < 3:
@@ -82,8 +90,13 @@ def fold_batch_norm(model: onnx.ModelProto) -> onnx.ModelProto:
         if clip01:  # HardSigmoid's affine is in the conv now; its clip to [0, 1] stays
             conv.output[0] = f"{base}_folded"
             bounds = _clip_bounds(model, g, base)
-            clip = onnx.helper.make_node("Clip", [conv.output[0], *bounds["inputs"]], [base],
-                                         name=f"{node.name}_clip", **bounds["attrs"])
+            clip = onnx.helper.make_node(
+                "Clip",
+                [conv.output[0], *bounds["inputs"]],
+                [base],
+                name=f"{node.name}_clip",
+                **bounds["attrs"],
+            )
             g.node.insert(list(g.node).index(node), clip)
             producers[conv.output[0]], producers[base] = conv, clip
         else:
@@ -101,33 +114,50 @@ def _affine_step(node, producers, readers, inits, outputs):
     """``(conv, k, shift, clip01)`` when ``node`` computes ``conv * k + shift`` per output
     channel (then clipped to [0, 1] if ``clip01``: HardSigmoid) from a Conv output it alone
     reads (see :func:`fold_batch_norm`), else None."""
-    if node.op_type not in ("BatchNormalization", "HardSigmoid", "Mul", "Div", "Add", "Sub") \
-            or len([o for o in node.output if o]) != 1:
+    if (
+        node.op_type not in ("BatchNormalization", "HardSigmoid", "Mul", "Div", "Add", "Sub")
+        or len([o for o in node.output if o]) != 1
+    ):
         return None
     data = node.input[0]
     if node.op_type in ("Mul", "Add") and data in inits:  # constant first
         data = node.input[1]
     conv = producers.get(data)
-    if conv is None or conv.op_type != "Conv" or readers.get(data) != 1 or data in outputs \
-            or conv.input[1] not in inits \
-            or (len(conv.input) > 2 and conv.input[2] and conv.input[2] not in inits):
+    if (
+        conv is None
+        or conv.op_type != "Conv"
+        or readers.get(data) != 1
+        or data in outputs
+        or conv.input[1] not in inits
+        or (len(conv.input) > 2 and conv.input[2] and conv.input[2] not in inits)
+    ):
         return None
     weight = numpy_helper.to_array(inits[conv.input[1]])
     channels = weight.shape[0]
     if node.op_type == "BatchNormalization":
         if not all(i in inits for i in node.input[1:5]):
             return None
-        gamma, beta, mean, var = (numpy_helper.to_array(inits[i]).astype(np.float64)
-                                  for i in node.input[1:5])
+        gamma, beta, mean, var = (
+            numpy_helper.to_array(inits[i]).astype(np.float64) for i in node.input[1:5]
+        )
         eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
         k = gamma / np.sqrt(var + eps)
         return conv, k, beta - mean * k, False
     if node.op_type == "HardSigmoid":  # clip(alpha x + beta, 0, 1), as the importer writes it
         attrs = {a.name: a.f for a in node.attribute}
-        return (conv, np.full(channels, attrs.get("alpha", 0.2)),
-                np.full(channels, attrs.get("beta", 0.5)), True)
+        return (
+            conv,
+            np.full(channels, attrs.get("alpha", 0.2)),
+            np.full(channels, attrs.get("beta", 0.5)),
+            True,
+        )
     other = [i for i in node.input if i != data]
-    if len(other) != 1 or other[0] not in inits or node.input[0] != data and node.op_type in ("Sub", "Div"):
+    if (
+        len(other) != 1
+        or other[0] not in inits
+        or node.input[0] != data
+        and node.op_type in ("Sub", "Div")
+    ):
         return None
     c = numpy_helper.to_array(inits[other[0]]).astype(np.float64)
     axis = channel_axis_of(c, weight.ndim)  # FoldBatchNorm's rule: a scalar, or along channels
@@ -151,15 +181,22 @@ def _clip_bounds(model: onnx.ModelProto, g, base: str) -> dict:
     return {"inputs": names, "attrs": {}}
 
 
-def prepare(model_path, calib: SampleSet, scheme: str | Scheme = "hybrid-asym",
-            calibrator: str = api.DEFAULT_CALIBRATOR, strategy: Strategy | None = None,
-            input_shapes: dict | None = None, progress: bool = False, ranges: dict | None = None,
-            **calibrator_options) -> QatModel:
+def prepare(
+    model_path,
+    calib: SampleSet,
+    scheme: str | Scheme = "hybrid-asym",
+    calibrator: str = api.DEFAULT_CALIBRATOR,
+    strategy: Strategy | None = None,
+    input_shapes: dict | None = None,
+    progress: bool = False,
+    ranges: dict | None = None,
+    **calibrator_options,
+) -> QatModel:
     """The float ONNX model at ``model_path``, calibrated on ``calib`` as ``tvm-intq
     compile`` would, as a :class:`QatModel` ready to fine-tune. ``ranges`` (the
     ``model.ranges`` of an earlier prepare of the same model and scheme) skips calibrating
     again: several strategies can start from one calibration."""
-    mod, info = import_onnx(model_path, input_shapes)
+    mod, info = import_model(model_path, input_shapes)
     prepared = api.prepare(mod)
     if ranges is None:
         ranges = api.calibrate(prepared, calib, calibrator, scheme, progress, **calibrator_options)
@@ -176,8 +213,11 @@ def trained_onnx(model: QatModel) -> onnx.ModelProto:
     transposed (a Gemm with ``transB``); its bias is that node's bias input."""
     out = onnx.ModelProto.FromString(model.origin.model.SerializeToString())
     inits = {t.name: t for t in out.graph.initializer}
-    layers = [n for n in out.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")
-              and len(n.input) > 1 and n.input[1] in inits]
+    layers = [
+        n
+        for n in out.graph.node
+        if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1 and n.input[1] in inits
+    ]
     taken = set()
     for var, (_, bias_var) in model.layers.items():
         original = const_value(model.defs[var].args[1])
@@ -190,8 +230,10 @@ def trained_onnx(model: QatModel) -> onnx.ModelProto:
         _write(inits[node.input[1]], w.T if transposed else w)
         if bias_var is not None:
             if len(node.input) < 3 or node.input[2] not in inits:
-                raise IntqError(f"QAT export: the bias of '{var.name}' is not the bias input of "
-                                f"ONNX node '{node.name or node.output[0]}'")
+                raise IntqError(
+                    f"QAT export: the bias of '{var.name}' is not the bias input of "
+                    f"ONNX node '{node.name or node.output[0]}'"
+                )
             _write(inits[node.input[2]], np.asarray(held, np.float32))
     return out
 
@@ -202,19 +244,25 @@ def _node_of(original: np.ndarray, layers, inits, what: str):
     for node in layers:
         v = numpy_helper.to_array(inits[node.input[1]])
         for transposed, cand in ((False, v), (True, v.T if v.ndim == 2 else None)):
-            if cand is not None and cand.shape == original.shape \
-                    and float(np.max(np.abs(cand - original))) <= tol:
+            if (
+                cand is not None
+                and cand.shape == original.shape
+                and float(np.max(np.abs(cand - original))) <= tol
+            ):
                 hits.append((node, transposed))
     if len(hits) != 1:
-        raise IntqError(f"QAT export: {'no' if not hits else 'more than one'} ONNX Conv/Gemm/MatMul "
-                        f"holds the weight of '{what}'")
+        raise IntqError(
+            f"QAT export: {'no' if not hits else 'more than one'} ONNX Conv/Gemm/MatMul "
+            f"holds the weight of '{what}'"
+        )
     return hits[0]
 
 
 def _write(init: onnx.TensorProto, value: np.ndarray) -> None:
     shape = numpy_helper.to_array(init).shape
-    init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(value, np.float32).reshape(shape),
-                                          init.name))
+    init.CopyFrom(
+        numpy_helper.from_array(np.ascontiguousarray(value, np.float32).reshape(shape), init.name)
+    )
 
 
 def export(model: QatModel, path) -> onnx.ModelProto:
@@ -223,11 +271,14 @@ def export(model: QatModel, path) -> onnx.ModelProto:
     origin = model.origin
     # Matched before training's changes: the canonical module and the ONNX model as they came.
     params = quantized_tensors(model.prepared, model.ranges, model.scheme)
-    tensors, unmatched = match_tensors(origin.model, model.prepared, list(params), origin.samples,
-                                       origin.batch_size)
+    tensors, unmatched = match_tensors(
+        origin.model, model.prepared, list(params), origin.samples, origin.batch_size
+    )
     if unmatched:
-        raise IntqError(f"QAT export: no ONNX tensor holds {', '.join(unmatched)}, so the QDQ "
-                        "model would not compute the fine-tuned program")
+        raise IntqError(
+            f"QAT export: no ONNX tensor holds {', '.join(unmatched)}, so the QDQ "
+            "model would not compute the fine-tuned program"
+        )
     qdq = write_qdq(trained_onnx(model), {tensors[n]: params[n] for n in tensors}, model.scheme)
     try:
         onnx.save(qdq, str(path))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .fake_quant import ValueFrom
+from tvm_intq.qat.fake_quant import ValueFrom
 
 
 class Strategy:
@@ -61,8 +61,9 @@ class AlphaBlend(Strategy):
 
     def __init__(self, start: float = 0.0, end: float = 1.0):
         if not 0.0 <= start <= 1.0 or not 0.0 < end <= 1.0:
-            raise ValueError(f"alpha schedule start={start}, end={end}: need 0 <= start <= 1 "
-                             "and 0 < end <= 1")
+            raise ValueError(
+                f"alpha schedule start={start}, end={end}: need 0 <= start <= 1 and 0 < end <= 1"
+            )
         self.start, self.end = float(start), float(end)
         self.alpha = self.start
 
@@ -97,10 +98,15 @@ class Incremental(Strategy):
 
     def __init__(self, fractions=(0.5, 0.75, 0.875, 1.0)):
         fractions = [float(f) for f in fractions]
-        if not fractions or fractions[-1] != 1.0 or any(b < a for a, b in zip(fractions, fractions[1:])) \
-                or fractions[0] <= 0:
-            raise ValueError(f"incremental fractions {fractions}: need increasing values in "
-                             "(0, 1] ending with 1")
+        if (
+            not fractions
+            or fractions[-1] != 1.0
+            or any(b < a for a, b in zip(fractions, fractions[1:]))
+            or fractions[0] <= 0
+        ):
+            raise ValueError(
+                f"incremental fractions {fractions}: need increasing values in (0, 1] ending with 1"
+            )
         self.fractions = fractions
         self.stage = -1
         self.masks: dict[str, torch.Tensor] = {}
@@ -116,8 +122,13 @@ class Incremental(Strategy):
         self.stage = stage
         for name, w in weights.items():
             old = self.masks.get(name)
-            self.masks[name] = torch.from_numpy(grow_mask(
-                w.detach().numpy(), None if old is None else old.numpy().astype(bool), self.fraction))
+            self.masks[name] = torch.from_numpy(
+                grow_mask(
+                    w.detach().numpy(),
+                    None if old is None else old.numpy().astype(bool),
+                    self.fraction,
+                )
+            )
 
     @property
     def integer(self):

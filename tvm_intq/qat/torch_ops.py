@@ -5,8 +5,9 @@ and ``Annotate`` read) binding by binding with these functions, so gradients flo
 the same graph the integer program is folded from. Each entry is
 ``fn(call, *args) -> tensor``; tensor arguments arrive as torch tensors, shapes as tuples of
 ints, prim values (clip bounds) as floats. The batch axis is free where the module keeps
-axis 0 as its batch of 1: a reshape from and to a leading 1 keeps the runtime batch. (:data:`~tvm_intq.relay_passes.lookup_tables.NUMPY_OPS`
-is the numpy counterpart the lookup tables are built from; these must stay differentiable.)
+axis 0 as its batch of 1: a reshape from and to a leading 1 keeps the runtime batch.
+(:data:`~tvm_intq.relay_passes.analysis.lookup_tables.NUMPY_OPS` is the numpy counterpart the
+lookup tables are built from; these must stay differentiable.)
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..reference import OPS as REFERENCE_OPS
-from ..relay_passes.ir_utils import shape_of
+from tvm_intq.evaluation.reference import OPS as REFERENCE_OPS
+from tvm_intq.relay_passes.analysis.ir_utils import shape_of
 
 
 def _ints(seq) -> list[int]:
@@ -43,8 +44,9 @@ def _conv2d(call, x, w):
 def _max_pool2d(call, x):
     a = call.attrs
     x = F.pad(x, _pad_args(a.padding, 2), value=-math.inf)
-    return F.max_pool2d(x, _ints(a.pool_size), _ints(a.strides), 0, _ints(a.dilation),
-                        ceil_mode=bool(a.ceil_mode))
+    return F.max_pool2d(
+        x, _ints(a.pool_size), _ints(a.strides), 0, _ints(a.dilation), ceil_mode=bool(a.ceil_mode)
+    )
 
 
 def _avg_pool2d(call, x):
@@ -54,15 +56,18 @@ def _avg_pool2d(call, x):
     p = _ints(a.padding)
     if p[0] != p[2] or p[1] != p[3]:
         raise NotImplementedError("avg_pool2d with asymmetric padding")
-    return F.avg_pool2d(x, _ints(a.pool_size), _ints(a.strides), p[:2], bool(a.ceil_mode),
-                        bool(a.count_include_pad))
+    return F.avg_pool2d(
+        x, _ints(a.pool_size), _ints(a.strides), p[:2], bool(a.ceil_mode), bool(a.count_include_pad)
+    )
 
 
 def _pad(call, x):
     """Relax ``pad_width`` is ``[before_0, after_0, before_1, ...]`` from the first axis."""
     w = _ints(call.attrs.pad_width)
-    pairs = [w[i:i + 2] for i in range(0, len(w), 2)]
-    return F.pad(x, [v for pair in reversed(pairs) for v in pair], value=float(call.attrs.pad_value))
+    pairs = [w[i : i + 2] for i in range(0, len(w), 2)]
+    return F.pad(
+        x, [v for pair in reversed(pairs) for v in pair], value=float(call.attrs.pad_value)
+    )
 
 
 def _resize2d(call, x, size):
@@ -70,7 +75,9 @@ def _resize2d(call, x, size):
     reference evaluator computes (TVM's coordinate arithmetic), so the moved int8 values
     are the integer program's."""
     h, w = x.shape[-2:]
-    src = REFERENCE_OPS["relax.image.resize2d"](call, np.arange(h * w, dtype=np.float32).reshape(1, 1, h, w), size)
+    src = REFERENCE_OPS["relax.image.resize2d"](
+        call, np.arange(h * w, dtype=np.float32).reshape(1, 1, h, w), size
+    )
     idx = torch.from_numpy(src.astype(np.int64).reshape(-1))
     return x.reshape(*x.shape[:-2], h * w)[..., idx].reshape(*x.shape[:-2], *src.shape[-2:])
 
@@ -82,8 +89,16 @@ def _conv2d_transpose(call, x, w):
     p = _ints(a.padding)
     if p[0] != p[2] or p[1] != p[3]:
         raise NotImplementedError("conv2d_transpose with asymmetric padding")
-    return F.conv_transpose2d(x, w, None, _ints(a.strides), p[:2], _ints(a.output_padding),
-                              int(a.groups), _ints(a.dilation))
+    return F.conv_transpose2d(
+        x,
+        w,
+        None,
+        _ints(a.strides),
+        p[:2],
+        _ints(a.output_padding),
+        int(a.groups),
+        _ints(a.dilation),
+    )
 
 
 def _reshape(call, x, shape):
@@ -146,8 +161,11 @@ TORCH_OPS = {
     "relax.concat": lambda c, xs: torch.cat(list(xs), dim=int(c.attrs.axis)),
     "relax.reshape": _reshape,
     "relax.permute_dims": lambda c, x: x.permute(
-        *(range(x.dim() - 1, -1, -1) if c.attrs.axes is None else _ints(c.attrs.axes))),
-    "relax.squeeze": lambda c, x: x.squeeze(_axes(c, x)) if c.attrs.axis is not None else x.squeeze(),
+        *(range(x.dim() - 1, -1, -1) if c.attrs.axes is None else _ints(c.attrs.axes))
+    ),
+    "relax.squeeze": lambda c, x: (
+        x.squeeze(_axes(c, x)) if c.attrs.axis is not None else x.squeeze()
+    ),
     "relax.expand_dims": lambda c, x: x.reshape(_expanded(x.shape, _ints(c.attrs.axis))),
     "relax.nn.pad": _pad,
     "relax.strided_slice": _strided_slice,

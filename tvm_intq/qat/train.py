@@ -9,8 +9,17 @@ import torch
 import torch.nn.functional as F
 
 
-def fine_tune(model, x: np.ndarray, y: np.ndarray, epochs: int, lr: float = 1e-3,
-              batch: int = 64, seed: int = 0, augment=None, loss=F.cross_entropy) -> list[float]:
+def fine_tune(
+    model,
+    x: np.ndarray,
+    y: np.ndarray,
+    epochs: int,
+    lr: float = 1e-3,
+    batch: int = 64,
+    seed: int = 0,
+    augment=None,
+    loss=F.cross_entropy,
+) -> list[float]:
     """Adam with a cosine learning rate over ``epochs`` passes of ``(x, y)``, minimizing
     ``loss(model output, targets)`` (default: cross-entropy on logits; ``y`` is indexed like
     ``x``); ``augment(xb, generator)`` may transform each batch. Before each step the
@@ -27,7 +36,7 @@ def fine_tune(model, x: np.ndarray, y: np.ndarray, epochs: int, lr: float = 1e-3
         order = torch.randperm(len(xt), generator=gen)
         for start in range(0, len(xt), batch):
             model.strategy.update(len(losses) / steps, dict(model.weight.items()))
-            idx = order[start:start + batch]
+            idx = order[start : start + batch]
             xb = xt[idx] if augment is None else augment(xt[idx], gen)
             value = loss(model(xb), yt[idx])
             opt.zero_grad()
@@ -45,6 +54,6 @@ def evaluate(model, x: np.ndarray, y: np.ndarray, batch: int = 500) -> float:
     """Top-1 accuracy of ``model`` on ``(x, y)``."""
     hits = 0
     for start in range(0, len(x), batch):
-        logits = model(torch.from_numpy(np.asarray(x[start:start + batch], np.float32)))
-        hits += int((logits.argmax(1).numpy() == np.asarray(y[start:start + batch])).sum())
+        logits = model(torch.from_numpy(np.asarray(x[start : start + batch], np.float32)))
+        hits += int((logits.argmax(1).numpy() == np.asarray(y[start : start + batch])).sum())
     return hits / len(x)

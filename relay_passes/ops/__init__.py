@@ -1,0 +1,1 @@
+"""The integer operators the folding emits (:mod:`.integer_kernels`)."""

@@ -1,0 +1,85 @@
+"""The first candidates of a task, measured before the search: what compiling without a
+record builds. The database then never holds only worse kernels than compiling without it
+(light_resnet50's packing kernels: MetaSchedule's 8 candidates were up to 25x slower than
+LLVM's vectorized plain loops), and the search starts from them."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from tvm import s_tir
+from tvm.s_tir import meta_schedule as ms
+
+from tvm_intq.schedules.default_schedule import apply_default, has_default, injective_candidates
+from tvm_intq.schedules.tune.search import kernel_hash
+from tvm_intq.schedules.tune.workers import INVALID_SECONDS, recorded_seconds
+
+
+def plain_trace(sch: s_tir.Schedule) -> None:
+    """Give the unscheduled kernel's trace one instruction that changes nothing: MetaSchedule
+    never returns a record whose trace is empty (``TuningRecord::IsValid``), so the plain
+    kernel's record would be invisible to ``compile`` and the search, however fast it ran."""
+    sch.get_sblock("root", func_name="main")
+
+
+def first_candidates(task, intrin) -> list[s_tir.Schedule]:
+    """The fixed schedule of :mod:`..default_schedule` for a packed or depthwise conv; for any
+    other kernel, the kernel as legalized (no schedule) and its
+    :func:`..default_schedule.injective_candidates`."""
+    if intrin is not None and has_default(task.mod["main"]):
+        sch = s_tir.Schedule(task.mod)
+        try:
+            apply_default(sch, intrin)
+        except (RuntimeError, ValueError):
+            return []
+        return [sch]
+    plain = s_tir.Schedule(task.mod)
+    plain_trace(plain)
+    lanes = 16 if intrin is None else intrin.lanes
+    return [plain] + injective_candidates(task.mod, lanes)
+
+
+def measure_first_candidates(session, task, measured: set, budget: int) -> float | None:
+    """Measure and record up to ``budget`` of :func:`first_candidates` (the kernel's trials
+    left), skipping kernels already ``measured``. Returns the best of their seconds (None if
+    all are already measured or failed)."""
+    best = None
+    for sch in first_candidates(task, session.intrin):
+        if budget <= 0:
+            break
+        key = kernel_hash(sch.mod)
+        if key in measured:
+            continue
+        budget -= 1
+        measured.add(key)
+        secs = _measure(session, task, sch)
+        if secs is None:  # no board, or its worker died of the Ctrl-C: measure it next time
+            measured.discard(key)
+        elif secs < INVALID_SECONDS and (best is None or secs < best):
+            best = secs
+    return best
+
+
+def _measure(session, task, sch) -> float | None:
+    """Build, run and record one schedule of ``task``: its mean seconds (MetaSchedule's 1e10
+    when it failed; None when it was not measured or the tune stopped: nothing recorded)."""
+    args_info = ms.arg_info.ArgInfo.from_prim_func(task.mod["main"])
+    (built,) = session.builder.build([ms.builder.BuilderInput(sch.mod, session.target)])
+    secs = [1e10]
+    if built.error_msg is None:
+        device = "cpu" if session.target.kind.name == "llvm" else session.target.kind.name
+        (future,) = session.runner.run(
+            [ms.runner.RunnerInput(built.artifact_path, device, args_info)]
+        )
+        secs = recorded_seconds(future.result())
+        shutil.rmtree(Path(built.artifact_path).parent, ignore_errors=True)
+    if secs is None or session.stop.requested:
+        return None
+    db = session.db
+    db.commit_tuning_record(
+        ms.database.TuningRecord(
+            sch.trace, db.commit_workload(task.mod), secs, session.target, args_info
+        )
+    )
+    return sum(secs) / len(secs)

@@ -1,0 +1,142 @@
+"""The steps of the flow on a Relax module, one function each, data flowing one way:
+
+    prepare -> calibrate -> lower (annotate, fold to integer) -> build
+
+A user with a Relax module of their own calls :func:`prepare`, :func:`calibrate` and then our
+passes in their own ``tvm.transform.Sequential`` (see the README); :func:`quantize` does the
+same in one call.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+
+from tvm_intq.calibration import Calibrator, SampleSet, collect_ranges, for_scheme, get_calibrator
+from tvm_intq.compiler.runner import Runner, check_inputs, run_all
+from tvm_intq.core.config import DEFAULT_CALIBRATOR, QuantConfig, parse_float_layers
+from tvm_intq.core.schemes import get_scheme
+from tvm_intq.errors import IntqError
+from tvm_intq.relay_passes import (
+    Annotate,
+    CanonicalizeForQuantization,
+    ExposeTensors,
+    FoldToInteger,
+    analyze,
+)
+from tvm_intq.relay_passes.analysis.ir_utils import shape_of
+from tvm_intq.relay_passes.check_integer import check_integer_only
+from tvm_intq.schedules import build_pipeline
+from tvm_intq.targets import get_target
+
+
+def prepare(mod: tvm.IRModule) -> tvm.IRModule:
+    """The canonical float module that calibration and annotation both read."""
+    return CanonicalizeForQuantization()(mod)
+
+
+def build(mod: tvm.IRModule, target="host", database=None):
+    """Compile with TVM for a target name (``host``, ``aarch64``, ``riscv64``) or TargetSpec.
+
+    Each integer layer (conv + requantize + clip + cast) fuses into one kernel; int8
+    conv/dense use the target's dot-product instruction when it has one; ``database`` (a
+    MetaSchedule database, see :mod:`tvm_intq.schedules`) supplies tuned kernels
+    (:func:`~tvm_intq.schedules.build_pipeline`).
+    """
+    spec = get_target(target) if isinstance(target, str) else target
+    return tvm.compile(mod, spec.target(), relax_pipeline=build_pipeline(spec.int8_dot, database))
+
+
+def input_names(mod: tvm.IRModule) -> list[str]:
+    return [p.name for p in mod["main"].params]
+
+
+def batch_size(mod: tvm.IRModule) -> int:
+    shape = shape_of(mod["main"].params[0])
+    return shape[0] if shape else 1
+
+
+def num_outputs(mod: tvm.IRModule) -> int:
+    def leaves(ty):
+        return sum(leaves(f) for f in ty.fields) if isinstance(ty, relax.TupleType) else 1
+
+    return leaves(mod["main"].ret_ty)
+
+
+def run_exposed(mod, names, samples, batch, progress=False, desc="run"):
+    """Run ``mod`` with the named tensors exposed; returns (outputs, {name: array})."""
+    exposed = ExposeTensors(names)(mod)
+    runner = Runner(build(exposed, "host"), input_names(mod))
+    outs = run_all(runner, samples, batch, progress, desc)
+    n = num_outputs(mod)
+    return outs[:n], dict(zip(names, outs[n:]))
+
+
+def calibrate(
+    mod: tvm.IRModule,
+    samples: SampleSet,
+    calibrator: str | Calibrator = DEFAULT_CALIBRATOR,
+    scheme: str = "hybrid-asym",
+    progress: bool = True,
+    **options,
+) -> dict:
+    """Clipping ranges ``{tensor name: (lo, hi)}`` of every quantization point of a prepared
+    module, from the float model built by TVM on the host and run on ``samples``.
+    ``calibrator`` is a registered name (built with ``options``, refined for the scheme) or a
+    :class:`~tvm_intq.calibration.Calibrator` used as it is."""
+    check_inputs(samples, {p.name: shape_of(p) for p in mod["main"].params}, "calibration data")
+    points = [v.name for v in analyze(mod["main"]).points]
+    exposed = ExposeTensors(points)(mod)
+    runner = Runner(build(exposed, "host"), input_names(mod))
+    n = num_outputs(mod)
+
+    def run(feeds):
+        return dict(zip(points, runner(feeds)[n:]))
+
+    scheme = get_scheme(scheme) if isinstance(scheme, str) else scheme
+    cal = (
+        calibrator
+        if isinstance(calibrator, Calibrator)
+        else for_scheme(get_calibrator(calibrator, **options), scheme)
+    )
+    return collect_ranges(
+        run,
+        samples,
+        batch_size(mod),
+        cal,
+        symmetric=scheme.symmetric_activations,
+        progress=progress,
+    )
+
+
+def lower(prepared: tvm.IRModule, ranges: dict, config: QuantConfig | None = None):
+    """``(qdq module, integer module)`` from a prepared module and its calibration ranges."""
+    config = config or QuantConfig()
+    float_layers = parse_float_layers(config.float_layers)
+    if float_layers == "auto":
+        raise IntqError(
+            "float_layers='auto' is chosen by compile_onnx (or "
+            "tvm_intq.search.float_layers.select_float_layers); lower takes a list of names"
+        )
+    qdq = Annotate(ranges, config.scheme, float_layers)(prepared)
+    integer = FoldToInteger()(qdq)
+    if config.integer_only:
+        check_integer_only(integer)  # directly, not as a pass: TVM would re-wrap the IntqError
+    return qdq, integer
+
+
+def quantize(
+    mod: tvm.IRModule, samples: SampleSet, config: QuantConfig | None = None
+) -> tvm.IRModule:
+    """Float Relax module + calibration samples -> integer Relax module."""
+    config = config or QuantConfig()
+    prepared = prepare(mod)
+    ranges = calibrate(
+        prepared,
+        samples,
+        config.calibrator,
+        config.scheme,
+        config.progress,
+        **config.calibrator_options,
+    )
+    return lower(prepared, ranges, config)[1]

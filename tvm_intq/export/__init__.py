@@ -1,0 +1,1 @@
+"""Models written back out: the calibrated model as a QDQ ONNX file (:mod:`.qdq`)."""

@@ -1,0 +1,110 @@
+"""ONNX model file -> float Relax module with static input shapes.
+
+Everything that can be wrong with the user's model file is found here and reported as one
+line naming the file, the input or the operator, before TVM sees it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import tvm
+from onnx import TensorProto
+
+from tvm_intq.errors import IntqError
+from tvm_intq.frontends.model_info import ModelInfo, first_line, fmt_dims
+
+
+def load_onnx(path: str | Path) -> onnx.ModelProto:
+    path = Path(path)
+    if not path.is_file():
+        raise IntqError(f"{path}: no such model file")
+    try:
+        model = onnx.load(str(path))
+    except Exception as err:  # protobuf raises DecodeError, truncated files other errors
+        raise IntqError(f"{path}: not a readable ONNX model ({first_line(err)})") from None
+    if not model.graph.node:
+        raise IntqError(f"{path}: not a readable ONNX model (the graph has no nodes)")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as err:
+        raise IntqError(f"{path}: malformed ONNX model ({first_line(err)})") from None
+    return model
+
+
+def model_info(model: onnx.ModelProto, path: str, input_shapes: dict | None = None) -> ModelInfo:
+    """Static shapes of the model's inputs, with dynamic dims fixed by ``input_shapes``."""
+    input_shapes = dict(input_shapes or {})
+    initializers = {i.name for i in model.graph.initializer}
+    graph_inputs = [i for i in model.graph.input if i.name not in initializers]
+    unknown = set(input_shapes) - {i.name for i in graph_inputs}
+    if unknown:
+        raise IntqError(
+            f"{path}: --input-shape names {', '.join(sorted(unknown))}, but the model's "
+            f"inputs are {', '.join(i.name for i in graph_inputs)}"
+        )
+    shapes, dtypes = {}, {}
+    for inp in graph_inputs:
+        ttype = inp.type.tensor_type
+        dims = [
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
+            for d in ttype.shape.dim
+        ]
+        given = input_shapes.get(inp.name)
+        if given is not None:
+            if len(given) != len(dims) or any(
+                isinstance(d, int) and d != g for d, g in zip(dims, given)
+            ):
+                raise IntqError(
+                    f"{path}: --input-shape {inp.name}:{'x'.join(map(str, given))} does not "
+                    f"match the model's input shape {fmt_dims(dims)}"
+                )
+            dims = list(given)
+        missing = [d for d in dims if not isinstance(d, int)]
+        if missing:
+            raise IntqError(
+                f"{path}: input '{inp.name}' has dynamic shape {fmt_dims(dims)}; fix it with "
+                f"--input-shape {inp.name}:"
+                + "x".join(str(d) if isinstance(d, int) else "N" for d in dims)
+            )
+        shapes[inp.name] = tuple(dims)
+        dtypes[inp.name] = (
+            np.dtype(onnx.helper.tensor_dtype_to_np_dtype(ttype.elem_type)).name
+            if ttype.elem_type != TensorProto.UNDEFINED
+            else "float32"
+        )
+    meta = {p.key: p.value for p in model.metadata_props}
+    return ModelInfo(
+        path=str(path),
+        inputs=shapes,
+        input_dtypes=dtypes,
+        outputs=[o.name for o in model.graph.output],
+        metadata=meta,
+    )
+
+
+def import_onnx(path: str | Path, input_shapes: dict | None = None):
+    """Read, check and import an ONNX model: ``(float Relax IRModule, ModelInfo)``."""
+    return import_proto(load_onnx(path), path, input_shapes)
+
+
+def import_proto(model: onnx.ModelProto, path: str | Path, input_shapes: dict | None = None):
+    """Import a loaded ONNX model (``path`` names it in errors): ``(Relax IRModule, ModelInfo)``."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    info = model_info(model, str(path), input_shapes)
+    try:
+        mod = from_onnx(
+            model,
+            shape_dict={k: list(v) for k, v in info.inputs.items()},
+            dtype_dict=info.input_dtypes,
+        )
+    except tvm.error.OpNotImplemented as err:
+        raise IntqError(f"{path}: {first_line(err)}") from None
+    except Exception as err:  # the frontend raises many kinds; the message is what matters
+        raise IntqError(
+            f"{path}: TVM's ONNX frontend cannot import this model: {first_line(err)}"
+        ) from None
+    return mod, info

@@ -1,0 +1,251 @@
+"""Speed reports: board benches, host benches against ONNX Runtime, emulated instruction counts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tvm_intq.reports.files import save_figure, table, write_json
+
+
+def bench_table(result: dict) -> str:
+    """The console report of ``tvm-intq bench`` (plain data from
+    :func:`tvm_intq.deploy.board_bench.bench`)."""
+    where = f"key '{result['key']}' at tracker {result['tracker']}"
+    lines = [f"bench {result['model']}  target {result['target']}  {where}"]
+    if result.get("emulated"):
+        lines.append(f"EMULATED BOARD ({result.get('board_kind')}): {result['note']}")
+    rows = []
+    for precision in ("int8", "fp32"):
+        r = result.get("results", {}).get(precision)
+        if not r:
+            continue
+        rows.append(
+            {
+                "precision": precision,
+                "board": r["board"] + (" (emulated)" if r.get("emulated") else ""),
+                "p50 ms": r["p50_ms"],
+                "p90 ms": r["p90_ms"],
+                "p99 ms": r["p99_ms"],
+                "runs": f"{r['repeat']}x{r['number']}",
+                "outputs": ("match" if r["outputs_match"] else "DIFFER") + f" ({r['check']}, "
+                f"{r['outputs_checked']} batches)",
+            }
+        )
+    if rows:
+        lines.append(
+            table(rows, ["precision", "board", "p50 ms", "p90 ms", "p99 ms", "runs", "outputs"])
+        )
+    ratio = result.get("ratio_int8_over_fp32")
+    if ratio is not None:
+        label = " (emulated, not a hardware figure)" if result.get("emulated") else ""
+        lines.append(f"int8/fp32 latency ratio (p50): {ratio:.3f}{label}")
+    for lost in result.get("boards_lost", []):
+        lines.append(f"board lost: {lost}")
+    return "\n".join(lines)
+
+
+def emulated_markdown(fig: dict) -> str:
+    """Deterministic figures on an emulated board
+    (:func:`tvm_intq.deploy.emulated_figures.emulated_figures`)
+    as a Markdown table, int8 vs fp32; the console prints it as is."""
+    progs, ratio = fig["programs"], fig.get("fp32_over_int8")
+    precisions = [p for p in ("int8", "fp32") if p in progs]
+    head = "| figure | " + " | ".join(precisions) + (" | fp32 / int8 |" if ratio else " |")
+    lines = [
+        f"Emulated board {fig['board']} ({fig['emulator']}):",
+        "",
+        head,
+        "|---|" + "---:|" * (len(precisions) + (1 if ratio else 0)),
+    ]
+
+    def row(label, values, r):
+        cells = " | ".join(f"{v:,.0f}" for v in values)
+        lines.append(
+            f"| {label} | {cells} |" + (f" {r:.2f}x |" if r else (" - |" if ratio else ""))
+        )
+
+    row(
+        fig["instructions_label"],
+        [progs[p]["instructions"] for p in precisions],
+        ratio and ratio["instructions"],
+    )
+    for core, label in fig["mca_labels"].items():
+        for part, what in (("total", "cycles in kernels"), ("convs", "cycles in conv kernels")):
+            row(
+                f"{label}: {what}",
+                [progs[p]["mca_cycles"][core][part] for p in precisions],
+                ratio and ratio["mca_cycles"][core][part],
+            )
+    lines += ["", f"Method: {fig['mca_method']}."]
+    if fig.get("schedules"):
+        lines.append(f"Schedules: {fig['schedules']}.")
+    return "\n".join(lines)
+
+
+def plot_emulated(figs: dict, path) -> Path:
+    """Bars: how many times fewer instructions / estimated cycles int8 needs than fp32, per
+    figure, one panel per target (``figs``: ``{target: emulated figures}``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs = {t: f for t, f in figs.items() if f.get("fp32_over_int8")}
+    fig, axes = plt.subplots(1, len(figs), figsize=(6.5 * len(figs), 4.5), squeeze=False)
+    for ax, (target, f) in zip(axes[0], figs.items()):
+        r = f["fp32_over_int8"]
+        labels = ["qemu\ninstructions"] + [
+            f"{c}\n{part}" for c in f["mca_labels"] for part in ("total", "convs")
+        ]
+        values = [r["instructions"]] + [
+            r["mca_cycles"][c][part] or 0 for c in f["mca_labels"] for part in ("total", "convs")
+        ]
+        bars = ax.bar(
+            range(len(values)), values, color=["tab:blue"] + ["tab:orange"] * (len(values) - 1)
+        )
+        ax.bar_label(bars, fmt="%.2fx", fontsize=7)
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_xticks(range(len(values)))
+        ax.set_xticklabels(labels, fontsize=7, rotation=30)
+        ax.set_xlabel(
+            "blue: instructions executed (qemu); orange: cycles, llvm-mca estimate "
+            "(total / conv kernels)",
+            fontsize=7,
+        )
+        ax.set_ylabel("fp32 / int8 (higher: int8 cheaper)")
+        ax.set_title(f"{target} ({f['board']})", fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=120)
+
+
+def boards_table(rows: list[dict]) -> str:
+    """``tvm-intq boards``: the board kinds and how to bring each up."""
+    return table(rows, ["board", "key", "target", "kind", "status"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmark (bench/run.py)
+# ---------------------------------------------------------------------------------------------
+def bench_markdown(data: dict) -> str:
+    """The benchmark of one model as a Markdown page: latency table, ratios, memory, machine."""
+    threads = [str(t) for t in data["threads"]]
+    lines = [
+        f"# {data['model']}: batch {data['batch']}, {data['trials_per_kernel']} tuning "
+        "trials per kernel",
+        "",
+        "| configuration | "
+        + " | ".join(f"{t} thread{'s' if t != '1' else ''} (ms)" for t in threads)
+        + " | top-1 |",
+        "|---|" + "---:|" * (len(threads) + 1),
+    ]
+    for name, res in data["latency"].items():
+        top1 = next((r.get("top1") for r in res.values() if r.get("top1") is not None), None)
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{res[t]['median_ms']:.4f}" for t in threads)
+            + f" | {'-' if top1 is None else f'{100 * top1:.1f} %'} |"
+        )
+    lines += [
+        "",
+        "Speed-up of tvm-intq int8 (other median / ours):",
+        "",
+        "| vs | " + " | ".join(f"{t} thr" for t in threads) + " |",
+        "|---|" + "---:|" * len(threads),
+    ]
+    won = data.get("rounds_tvm_intq_int8_faster", {})
+    for name, res in data["speedup_of_tvm_intq_int8"].items():
+        lines.append(
+            f"| {name} | "
+            + " | ".join(
+                f"{res[t]:.2f}x"
+                + (f" ({won[name][t]} of {data['rounds']} rounds faster)" if name in won else "")
+                for t in threads
+            )
+            + " |"
+        )
+    mem = data.get("memory", {})
+    if mem:
+        lines += ["", "| memory | fp32 | int8 |", "|---|---:|---:|"]
+        for key in ("weight_bytes", "peak_activation_bytes"):
+            lines.append(
+                f"| {key.replace('_', ' ')} | {mem['fp32'][key]:,} | {mem['int8'][key]:,} |"
+            )
+    for name, cov in data.get("tuning_coverage", {}).items():
+        lines += ["", f"{name}: " + "; ".join(cov)]
+    m = data["machine"]
+    lines += [
+        "",
+        f"Machine: {m['cpu']} (LLVM: {m['llvm_cpu']}), {m['cores_available']} cores "
+        f"available, AVX512-VNNI: {'yes' if m['avx512_vnni'] else 'no'}; load average "
+        f"{', '.join(f'{x:.2f}' for x in m['load_average'])} before, "
+        f"{', '.join(f'{x:.2f}' for x in data['load_average_after'])} after; "
+        f"TVM {m['tvm']}, ONNX Runtime {m['onnxruntime']}, Python {m['python']}; {m['date']}.",
+        "",
+        f"Timing: {data['timing']}.",
+        "",
+        f"Command: `{data['command']}`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot_bench(data: dict, path) -> Path:
+    """Grouped bars: median latency per configuration, one group per thread count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(data["latency"])
+    threads = [str(t) for t in data["threads"]]
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, name in enumerate(names):
+        values = [data["latency"][name][t]["median_ms"] for t in threads]
+        bars = ax.bar([j + i * width for j in range(len(threads))], values, width, label=name)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+    ax.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(threads))])
+    ax.set_xticklabels([f"{t} thread{'s' if t != '1' else ''}" for t in threads])
+    ax.set_ylabel("median latency (ms), lower is better")
+    ax.set_title(f"{data['model']}, batch {data['batch']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=120)
+
+
+def write_bench(data: dict, folder) -> list[Path]:
+    """``results.json``, ``results.md`` and ``results.png`` in ``folder``."""
+    folder = Path(folder)
+    md = folder / "results.md"
+    folder.mkdir(parents=True, exist_ok=True)
+    md.write_text(bench_markdown(data))
+    return [write_json(data, folder / "results.json"), md, plot_bench(data, folder / "results.png")]
+
+
+def write_emulated(data: dict, folder) -> list[Path]:
+    """``emulated.json``, ``emulated.md`` and ``emulated.png`` in ``folder``: the deterministic
+    figures of one model on the emulated boards (``data["targets"]``: target -> figures)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"# {data['model']}: int8 vs fp32 on the emulated boards (deterministic figures, "
+        "not wall time)",
+        "",
+    ]
+    for target, fig in data["targets"].items():
+        lines += [
+            f"## {target}",
+            "",
+            emulated_markdown(fig),
+            "",
+            f"Same figures: `{fig['command']}`",
+            "",
+        ]
+    lines += [f"Command: `{data['command']}`", ""]
+    md = folder / "emulated.md"
+    md.write_text("\n".join(lines))
+    return [
+        write_json(data, folder / "emulated.json"),
+        md,
+        plot_emulated(data["targets"], folder / "emulated.png"),
+    ]

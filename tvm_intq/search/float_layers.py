@@ -1,0 +1,366 @@
+"""Hybrid precision (S0's H-PTQ): which layers to keep in float, chosen by measurement.
+
+Keeping a quantization point ``p`` in float (:class:`~tvm_intq.relay_passes.Annotate`'s
+``float_layers``) removes the quantizer at ``p`` and the weight quantization of the layer
+that computes it; the layers reading ``p`` then compute in float too. Which points to keep is
+decided on a *gated* fake-quantized model, built and compiled once: every
+``dequantize(quantize(t))`` of the QDQ graph becomes ``t + g_p * (dequantize(quantize(t)) - t)``
+and every quantized weight ``W + g_p * (dequantize(Qw) - W)``, with one gate ``g_p`` per point
+in an extra input vector. ``g = 1`` everywhere is the int8 model's arithmetic up to the integer
+kernels' rounding, ``g = 0`` everywhere is exactly the float model, and ``g_p = 0`` alone keeps
+``p`` float, so every candidate set costs one run of the compiled model instead of a compile.
+
+The search (:func:`select_float_layers`):
+
+1. each point alone kept in float (all others quantized): its gain in output SQNR, and in
+   top-1 when the samples carry labels, over the all-int8 model. This ranks the layers by
+   how much their quantization costs in the context of the others (the brief's "effect on
+   output error when quantized alone" measured from the other side: in a deep model the two
+   orders agree when errors add up, and this one measures the error the deployed model has);
+2. points are added to the float set in that order until the target holds (``max_drop``:
+   top-1 within that many points of float; ``min_sqnr``: output SQNR at least that many dB);
+3. each chosen point is then dropped again if the target still holds without it, so no point
+   stays float that the others make unnecessary.
+
+The labelled samples that measure the target are the ones the choice is made on (the
+``--eval`` set): the reported accuracy of a hybrid model is therefore measured on the data
+that selected its float layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from tvm_intq.calibration import SampleSet
+from tvm_intq.compiler.runner import Runner
+from tvm_intq.compiler.steps import batch_size, build, input_names, prepare
+from tvm_intq.core import metrics
+from tvm_intq.core.config import parse_float_layers
+from tvm_intq.errors import IntqError
+from tvm_intq.frontends.onnx import import_proto, load_onnx
+from tvm_intq.relay_passes import Annotate, analyze
+from tvm_intq.relay_passes.analysis.ir_utils import const_value, op_name
+from tvm_intq.relay_passes.analysis.rebuild import bindings_of, substitute
+from tvm_intq.relay_passes.fold_batch_norm import linear_layer_axes
+
+GATES = "quant_gates"
+
+
+def gated_module(prepared: tvm.IRModule, ranges: dict, scheme) -> tuple[tvm.IRModule, list[str]]:
+    """The QDQ model of ``prepared`` with one gate per quantization point (module docstring).
+
+    Returns ``(module, point names)``: ``main`` takes the original inputs and then
+    ``quant_gates: float32[len(points)]``, gate ``i`` belonging to ``points[i]``.
+    """
+    plan = analyze(prepared["main"])
+    names = [v.name for v in plan.points]
+    index = {n: i for i, n in enumerate(names)}
+    group_point = {plan.nodes[v].group: v.name for v in plan.points if plan.nodes[v].group >= 0}
+    float_weight = {}  # anchor binding name -> (float weight, gate index)
+    for var, node in plan.nodes.items():
+        if node.role == "anchor" and linear_layer_axes(node.call) and node.group in group_point:
+            float_weight[var.name] = (
+                const_value(node.call.args[1]),
+                index[group_point[node.group]],
+            )
+    qdq = Annotate(ranges, scheme)(prepared)
+    func = qdq["main"]
+    params = [relax.Var(p.name, p.ty) for p in func.params]
+    gates = relax.Var(GATES, relax.TensorType((len(names),), "float32"))
+    vmap = dict(zip(func.params, params))
+    defs = {}
+    bb = relax.BlockBuilder()
+    with bb.function("main", params + [gates], attrs=dict(func.attrs) if func.attrs else None):
+        with bb.dataflow():
+
+            def gate(i):
+                return bb.emit(relax.op.take(gates, relax.const(i, "int64"), axis=0))
+
+            def mix(exact, approx, i):  # exact + g * (approx - exact)
+                diff = bb.emit(relax.op.subtract(approx, exact))
+                return relax.op.add(exact, relax.op.multiply(gate(i), diff))
+
+            for b in bindings_of(func):
+                value = substitute(b.value, vmap)
+                if isinstance(value, relax.Var):
+                    vmap[b.var] = value
+                    continue
+                name = b.var.name
+                if (
+                    op_name(value) == "relax.dequantize"
+                    and name.endswith("_dq")
+                    and name[:-3] in index
+                ):
+                    q = defs.get(value.args[0])
+                    if op_name(q) == "relax.quantize":
+                        raw = bb.emit(value, name + "_raw")
+                        vmap[b.var] = bb.emit(mix(q.args[0], raw, index[name[:-3]]), name)
+                        continue
+                if name in float_weight and op_name(value) in (
+                    "relax.nn.conv2d",
+                    "relax.matmul",
+                    "relax.nn.conv2d_transpose",
+                ):
+                    w, i = float_weight[name]
+                    args = list(value.args)
+                    args[1] = bb.emit(mix(relax.const(w), args[1], i))
+                    value = relax.Call(value.op, args, value.attrs, value.ty_args)
+                new = bb.emit(value, name)
+                defs[new] = value
+                vmap[b.var] = new
+            out = bb.emit_output(substitute(func.body.body, vmap))
+        bb.emit_func_output(out)
+    mod = tvm.IRModule({gv: f for gv, f in qdq.functions_items() if gv.name_hint != "main"})
+    mod["main"] = bb.get()["main"]
+    return mod, names
+
+
+class GatedRunner:
+    """The gated model compiled once; :meth:`outputs` runs it for one set of float points."""
+
+    def __init__(self, prepared, ranges, scheme, samples: SampleSet):
+        mod, self.points = gated_module(prepared, ranges, scheme)
+        self.inputs = input_names(prepared)
+        self.runner = Runner(build(mod, "host"), self.inputs + [GATES])
+        self.samples = samples
+        self.batch = batch_size(prepared)
+
+    def outputs(
+        self, float_points=(), all_float: bool = False, samples: SampleSet | None = None
+    ) -> np.ndarray:
+        """The first output over all samples (or ``samples``) with ``float_points`` float."""
+        g = (
+            np.zeros(len(self.points), np.float32)
+            if all_float
+            else np.ones(len(self.points), np.float32)
+        )
+        for p in float_points:
+            g[self.points.index(p)] = 0.0
+        parts = []
+        for feeds, valid in (samples or self.samples).batches(self.batch):
+            feeds = dict(feeds, **{GATES: g})
+            parts.append(self.runner(feeds)[0][:valid])
+        return np.concatenate(parts, axis=0)
+
+
+@dataclass
+class Target:
+    """What hybrid precision must reach: top-1 within ``max_drop`` points of float (labels
+    needed) and/or output SQNR of at least ``min_sqnr`` dB."""
+
+    max_drop: float | None = None
+    min_sqnr: float | None = None
+
+    def __post_init__(self):
+        if self.max_drop is None and self.min_sqnr is None:
+            raise IntqError(
+                "--float-layers auto needs a target: --max-drop POINTS (the "
+                "evaluation data must hold labels) or --min-sqnr DB"
+            )
+
+    def met(self, m: dict) -> bool:
+        ok = True
+        if self.max_drop is not None:
+            ok &= 100.0 * (m["top1_fp32"] - m["top1"]) <= self.max_drop + 1e-9
+        if self.min_sqnr is not None:
+            ok &= m["sqnr_db"] >= self.min_sqnr
+        return bool(ok)
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_drop is not None:
+            parts.append(f"top-1 within {self.max_drop:g} points of float")
+        if self.min_sqnr is not None:
+            parts.append(f"output SQNR >= {self.min_sqnr:g} dB")
+        return " and ".join(parts)
+
+
+@dataclass
+class Selection:
+    """The float points chosen, why, and the search's measurements (plain data)."""
+
+    layers: list = field(default_factory=list)  # [{name, op, reason, sqnr_gain_db, top1_gain}]
+    target: str = ""
+    ranking: list = field(default_factory=list)  # every point's gain, best first
+    int8: dict = field(default_factory=dict)  # metrics of the all-int8 simulation
+    hybrid: dict = field(default_factory=dict)  # metrics of the chosen set (simulation)
+
+    @property
+    def names(self) -> list[str]:
+        return [layer["name"] for layer in self.layers]
+
+    def as_report(self) -> dict:
+        return {
+            "target": self.target,
+            "layers": self.layers,
+            "simulated_int8": self.int8,
+            "simulated_hybrid": self.hybrid,
+            "ranking": self.ranking,
+        }
+
+
+def _measure(out, ref, labels) -> dict:
+    m = {"sqnr_db": float(min(max(metrics.sqnr_db(ref, out), -999.0), 999.0))}
+    if labels is not None:
+        m["top1"] = float(np.mean(out.reshape(len(labels), -1).argmax(1) == labels))
+        m["top1_fp32"] = float(np.mean(ref.reshape(len(labels), -1).argmax(1) == labels))
+    return m
+
+
+def select_float_layers(
+    prepared,
+    ranges,
+    scheme,
+    samples: SampleSet,
+    target: Target,
+    candidates=None,
+    describe=None,
+    rank_samples: int = 256,
+) -> Selection:
+    """The fewest quantization points to keep float so that ``target`` holds (module
+    docstring), measured on ``samples``. ``prepared`` may take more samples per call than
+    the model (see :func:`search_module`): only its tensor names must match ``ranges``.
+    ``candidates`` limits the points considered; ``describe(name)`` labels a point's layer.
+    The ranking (one run per point) uses the first ``rank_samples`` samples; the float set is
+    grown and pruned on all of them."""
+    labels = samples.extras.get("labels")
+    if target.max_drop is not None and labels is None:
+        raise IntqError(
+            "--max-drop needs labels in the evaluation data (an array 'labels' "
+            "in the --eval .npz); use --min-sqnr without labels"
+        )
+    labels = None if labels is None else np.asarray(labels).reshape(-1)
+    runner = GatedRunner(prepared, ranges, scheme, samples)
+    ref = runner.outputs(all_float=True)
+    cands = list(runner.points if candidates is None else candidates)
+
+    def measure(points):
+        return _measure(runner.outputs(points), ref, labels)
+
+    base = measure(())
+    sel = Selection(target=target.describe(), int8=base)
+    if target.met(base):
+        sel.hybrid = base
+        return sel
+    few = samples.head(rank_samples) if samples.num_samples > rank_samples else samples
+    n_few = few.num_samples
+    few_labels = None if labels is None else labels[:n_few]
+    few_base = _measure(runner.outputs((), samples=few), ref[:n_few], few_labels)
+    gains = []
+    for p in cands:
+        m = _measure(runner.outputs((p,), samples=few), ref[:n_few], few_labels)
+        gain = {"name": p, "sqnr_gain_db": round(m["sqnr_db"] - few_base["sqnr_db"], 3)}
+        if labels is not None:
+            gain["top1_gain"] = round(100.0 * (m["top1"] - few_base["top1"]), 2)
+        gains.append(gain)
+    key = (
+        (lambda g: (g.get("top1_gain", 0.0), g["sqnr_gain_db"]))
+        if target.max_drop is not None
+        else (lambda g: g["sqnr_gain_db"])
+    )
+    gains.sort(key=key, reverse=True)
+    sel.ranking = gains
+    chosen = []
+    m = base
+    for g in gains:
+        chosen.append(g["name"])
+        m = measure(chosen)
+        if target.met(m):
+            break
+    if not target.met(m):
+        raise IntqError(
+            f"hybrid precision: {target.describe()} is not reached even with "
+            f"{len(chosen)} layers in float"
+        )
+    for name in list(reversed(chosen))[1:]:  # the last one added was needed to get there
+        trial = [c for c in chosen if c != name]
+        mt = measure(trial)
+        if target.met(mt):
+            chosen, m = trial, mt
+    sel.hybrid = m
+    by_name = {g["name"]: g for g in gains}
+    for name in chosen:
+        g = by_name[name]
+        reason = f"kept float alone: output SQNR {g['sqnr_gain_db']:+.1f} dB"
+        if "top1_gain" in g:
+            reason += f", top-1 {g['top1_gain']:+.1f} points"
+        sel.layers.append(
+            {
+                "name": name,
+                "op": describe(name) if describe else None,
+                "reason": reason,
+                **{k: v for k, v in g.items() if k != "name"},
+            }
+        )
+    return sel
+
+
+def explicit_selection(names, describe=None) -> Selection:
+    """A :class:`Selection` for float layers the user named."""
+    return Selection(
+        layers=[
+            {
+                "name": n,
+                "op": describe(n) if describe else None,
+                "reason": "requested (--float-layers)",
+            }
+            for n in names
+        ],
+        target="requested",
+    )
+
+
+def search_module(model_path, input_shapes: dict | None, info, prepared, batch: int = 32):
+    """``prepared`` imported again with ``batch`` samples per call, for faster search runs;
+    ``prepared`` itself when the model does not take another batch size (a reshape that
+    fixes it, different tensor names, an output without the batch axis)."""
+    if info.batch_size != 1 or batch <= 1:
+        return prepared
+    shapes = {k: (batch,) + tuple(v[1:]) for k, v in info.inputs.items()}
+    try:
+        model = load_onnx(model_path)
+        for inp in model.graph.input:  # the file may fix the batch axis to 1
+            if inp.name in shapes:
+                inp.type.tensor_type.shape.dim[0].dim_param = "batch"
+        del model.graph.value_info[:]
+        for out in model.graph.output:
+            if out.type.tensor_type.shape.dim:
+                out.type.tensor_type.shape.dim[0].dim_param = "batch"
+        mod, _ = import_proto(model, model_path, shapes)
+        batched = prepare(mod)
+    except Exception:  # noqa: BLE001 - any failure: search at the model's own batch size
+        return prepared
+    same = [v.name for v in analyze(batched["main"]).points] == [
+        v.name for v in analyze(prepared["main"]).points
+    ]
+    out_b, out_1 = batched["main"].ret_ty, prepared["main"].ret_ty
+    shape_b = getattr(out_b, "shape", None)
+    shape_1 = getattr(out_1, "shape", None)
+    try:
+        dims_b = [int(d) for d in shape_b.values]
+        dims_1 = [int(d) for d in shape_1.values]
+    except (AttributeError, TypeError):
+        return prepared
+    if not same or dims_b[:1] != [batch] or dims_b[1:] != dims_1[1:]:
+        return prepared
+    return batched
+
+
+def check_float_layers(config, prepared) -> None:
+    """Fail early (before calibration) on float layers ``config`` cannot have: names that are
+    no quantization point of ``prepared``, or ``auto`` without a target."""
+    wanted = parse_float_layers(config.float_layers)
+    if wanted == "auto":
+        Target(config.max_drop, config.min_sqnr)
+        return
+    known = [v.name for v in analyze(prepared["main"]).points]
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise IntqError(
+            f"--float-layers: {', '.join(unknown)} is not a quantization point of "
+            f"the model (they are: {', '.join(known)})"
+        )

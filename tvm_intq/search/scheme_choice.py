@@ -1,0 +1,217 @@
+"""``--scheme auto``: a quantization scheme per layer, chosen by measured error.
+
+Every candidate (symmetric, hybrid-asym, pow2) is calibrated from the same statistics (one
+two-pass calibration run, each candidate's own range rule on each tensor). A *multi-gated*
+fake-quantized model, compiled once, holds all of them at once: at each quantization point
+``p`` the value read outside its group is
+
+    t + sum_k g[p, k] * (dequantize_k(quantize_k(t)) - t)
+
+and each conv/dense weight of ``p``'s group ``W + sum_k g[p, k] * (W_k - W)`` with ``W_k`` the
+candidate's fake-quantized weight; the gates ``g`` are an input, so one-hot rows select one
+scheme per point and a configuration costs one run, not a compile. Biases stay float in this
+simulation (pow2's bias rounding is measured only by the final integer model).
+
+The search, on the calibration samples (unlabelled: the measure is the output SQNR against the
+float model, so no held-out data is used to choose): every uniform configuration first, the
+best as the start, then one sweep of coordinate descent over the points in program order,
+each point switching to the candidate that raises the output SQNR most. Every integer kernel
+takes any mix of scales (a requantize multiplier is only a pure shift where both sides are
+pow2), so all three are open to every layer on every target.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from tvm_intq.calibration import Calibrator, SampleSet, for_scheme, get_calibrator
+from tvm_intq.compiler.runner import Runner
+from tvm_intq.compiler.steps import batch_size, build, calibrate, input_names
+from tvm_intq.core import metrics
+from tvm_intq.core.schemes import PerLayer, get_scheme
+from tvm_intq.relay_passes import analyze
+from tvm_intq.relay_passes.analysis.ir_utils import const_value
+from tvm_intq.relay_passes.analysis.quant_points import tensor_args
+from tvm_intq.relay_passes.analysis.rebuild import bindings_of, substitute
+from tvm_intq.relay_passes.fold_batch_norm import linear_layer_axes
+
+CANDIDATES = ("symmetric", "hybrid-asym", "pow2")
+GATES = "scheme_gates"
+
+
+class EachRule(Calibrator):
+    """Several range rules from one set of statistics: ``{key: (lo, hi)}`` per tensor.
+    ``rules`` is ``{key: (scheme, calibrator)}``: each key's range is the calibrator as the
+    scheme wraps it (pow2: its exponent search), symmetric if the scheme's activations are."""
+
+    name = "each-rule"
+    needs_histogram = True
+
+    def __init__(self, rules: dict):
+        super().__init__()
+        self.rules = {k: (for_scheme(c, s), s.symmetric_activations) for k, (s, c) in rules.items()}
+        bins = {cal.num_bins for cal, _ in self.rules.values()}
+        if len(bins) != 1:
+            raise ValueError(f"one statistics run needs one histogram size, got {sorted(bins)}")
+        self.num_bins = bins.pop()
+
+    def select_range(self, stats, symmetric):  # not used: compute_range is overridden
+        raise NotImplementedError
+
+    def compute_range(self, stats, symmetric):
+        return {k: cal.compute_range(stats, sym) for k, (cal, sym) in self.rules.items()}
+
+
+def calibrate_all(
+    prepared,
+    samples: SampleSet,
+    calibrator: str,
+    progress: bool = False,
+    candidates=CANDIDATES,
+    **options,
+) -> dict:
+    """``{scheme name: {tensor: (lo, hi)}}`` for every candidate, from one calibration run."""
+    cal = get_calibrator(calibrator, **options)
+    each = EachRule({n: (get_scheme(n), cal) for n in candidates})
+    both = calibrate(prepared, samples, each, progress=progress)
+    return {n: {t: r[n] for t, r in both.items()} for n in candidates}
+
+
+def multi_gated_module(prepared, ranges_by: dict, candidates=CANDIDATES):
+    """The multi-gated model (module docstring): ``main(inputs..., scheme_gates)`` with
+    ``scheme_gates: float32[len(points) * len(candidates)]``, row ``p`` for ``points[p]``.
+    Returns ``(module, point names)``."""
+    plan = analyze(prepared["main"])
+    names = [v.name for v in plan.points]
+    index = {v: i for i, v in enumerate(plan.points)}
+    schemes = [get_scheme(c) for c in candidates]
+    k = len(schemes)
+    group_point = {plan.nodes[v].group: v for v in plan.points if plan.nodes[v].group >= 0}
+    func = prepared["main"]
+    params = [relax.Var(p.name, p.ty) for p in func.params]
+    gates = relax.Var(GATES, relax.TensorType((len(names) * k,), "float32"))
+    vmap = dict(zip(func.params, params))
+    mixed = {}  # new var of a point -> its gated fake-quantized value
+    bb = relax.BlockBuilder()
+    with bb.function("main", params + [gates], attrs=dict(func.attrs) if func.attrs else None):
+        with bb.dataflow():
+
+            def gate(i):
+                return bb.emit(relax.op.take(gates, relax.const(i, "int64"), axis=0))
+
+            def quantized(var, new):
+                i, out = index[var], new
+                for j, scheme in enumerate(schemes):
+                    p = scheme.activation(*ranges_by[candidates[j]][var.name])
+                    s, zp = relax.const(np.float32(p.scale)), relax.const(np.int8(p.zero_point))
+                    q = bb.emit(relax.op.quantize(new, s, zp, axis=-1, out_dtype="int8"))
+                    dq = bb.emit(relax.op.dequantize(q, s, zp, axis=-1, out_dtype="float32"))
+                    diff = bb.emit(relax.op.subtract(dq, new))
+                    out = bb.emit(relax.op.add(out, relax.op.multiply(gate(i * k + j), diff)))
+                mixed[new] = out
+
+            for old, new in vmap.items():
+                if old in index:
+                    quantized(old, new)
+            for b in bindings_of(func):
+                value = substitute(b.value, vmap)
+                if isinstance(value, relax.Var):
+                    vmap[b.var] = value
+                    continue
+                node = plan.nodes.get(b.var)
+                if isinstance(b.value, relax.Call):
+                    outside = {
+                        vmap[a]: mixed[vmap[a]]
+                        for a in tensor_args(b.value)
+                        if a in vmap and vmap[a] in mixed and not plan.in_same_group(a, b.var)
+                    }
+                    value = substitute(value, outside)
+                if (
+                    node is not None
+                    and node.role == "anchor"
+                    and linear_layer_axes(node.call)
+                    and node.group in group_point
+                ):
+                    w = const_value(node.call.args[1])
+                    _, w_axis = linear_layer_axes(node.call)
+                    i = index[group_point[node.group]]
+                    mix = relax.const(w)
+                    for j, scheme in enumerate(schemes):
+                        qw, sw = scheme.for_tensor(group_point[node.group].name).weights(w, w_axis)
+                        shape = [1] * w.ndim
+                        shape[w_axis] = -1
+                        delta = (qw.astype(np.float64) * sw.reshape(shape) - w).astype(w.dtype)
+                        mix = relax.op.add(
+                            mix, relax.op.multiply(gate(i * k + j), relax.const(delta))
+                        )
+                    args = list(value.args)
+                    args[1] = bb.emit(mix)
+                    value = relax.Call(value.op, args, value.attrs, value.ty_args)
+                new = bb.emit(value, b.var.name)
+                vmap[b.var] = new
+                if b.var in index:
+                    quantized(b.var, new)
+            out = bb.emit_output(substitute(substitute(func.body.body, vmap), mixed))
+        bb.emit_func_output(out)
+    mod = tvm.IRModule({gv: f for gv, f in prepared.functions_items() if gv.name_hint != "main"})
+    mod["main"] = bb.get()["main"]
+    return mod, names
+
+
+def choose(
+    prepared, ranges_by: dict, samples: SampleSet, candidates=CANDIDATES, max_samples: int = 256
+) -> tuple[PerLayer, dict, dict]:
+    """Search a scheme per point (module docstring) on up to ``max_samples`` of ``samples``.
+
+    Returns ``(PerLayer scheme, merged ranges, report)``: the ranges of each point come from
+    its chosen scheme's calibration; the report lists the choice per point and the simulated
+    output SQNR of each uniform configuration and of the choice.
+    """
+    mod, points = multi_gated_module(prepared, ranges_by, candidates)
+    k = len(candidates)
+    runner = Runner(build(mod, "host"), input_names(prepared) + [GATES])
+    few = samples.head(max_samples) if samples.num_samples > max_samples else samples
+    batch = batch_size(prepared)
+
+    def run(choice) -> np.ndarray:
+        g = np.zeros(len(points) * k, np.float32)
+        for i, j in enumerate(choice):
+            if j is not None:
+                g[i * k + j] = 1.0
+        parts = []
+        for feeds, valid in few.batches(batch):
+            parts.append(runner(dict(feeds, **{GATES: g}))[0][:valid])
+        return np.concatenate(parts)
+
+    ref = run([None] * len(points))
+    sqnr = {}
+
+    def score(choice) -> float:
+        key = tuple(choice)
+        if key not in sqnr:
+            sqnr[key] = float(min(metrics.sqnr_db(ref, run(choice)), 999.0))
+        return sqnr[key]
+
+    uniform = {c: score([j] * len(points)) for j, c in enumerate(candidates)}
+    start = max(range(k), key=lambda j: uniform[candidates[j]])
+    choice = [start] * len(points)
+    best = score(choice)
+    for i in range(len(points)):
+        for j in range(k):
+            if j == choice[i]:
+                continue
+            trial = choice[:i] + [j] + choice[i + 1 :]
+            if score(trial) > best + 1e-6:
+                choice, best = trial, score(trial)
+    chosen = {p: candidates[j] for p, j in zip(points, choice)}
+    scheme = PerLayer(chosen, default=candidates[start])
+    ranges = {t: ranges_by[chosen.get(t, candidates[start])][t] for t in ranges_by[candidates[0]]}
+    report = {
+        "candidates": list(candidates),
+        "choice": chosen,
+        "simulated_output_sqnr_db": {"uniform": uniform, "auto": best},
+        "search_samples": few.num_samples,
+    }
+    return scheme, ranges, report
