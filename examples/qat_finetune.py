@@ -222,14 +222,14 @@ def main() -> int:
     rows = [{"method": "float", "score": setup.float_score}]
     ptq = {}
     for cal in setup.calibrators:
-        model = qat.prepare(setup.model, setup.calib, setup.scheme, cal)
+        model = qat.prepare_qat(setup.model, setup.calib, setup.scheme, cal)
         ptq[cal] = (setup.score(forward(model, setup.eval_x)), model.ranges)
     best = max(setup.calibrators, key=lambda c: ptq[c][0])  # first of the best, in order
     rows.append({"method": f"best PTQ ({best})", "score": ptq[best][0]})
 
     with tempfile.TemporaryDirectory() as tmp:
         for name, strategy in STRATEGIES.items():
-            model = qat.prepare(
+            model = qat.prepare_qat(
                 setup.model, setup.calib, setup.scheme, best, strategy(), ranges=ptq[best][1]
             )
             t0 = time.perf_counter()

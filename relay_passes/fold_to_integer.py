@@ -7,7 +7,7 @@ import tvm
 from tvm import relax
 
 from tvm_intq.core import intmath
-from tvm_intq.relay_passes.analysis.ir_utils import const_value, op_name, shape_of
+from tvm_intq.relay_passes.analysis.ir_utils import const_value, op_name, prim_value, shape_of
 from tvm_intq.relay_passes.analysis.lookup_tables import NUMPY_OPS, build_table, region_function
 from tvm_intq.relay_passes.analysis.quant_points import CLAMPS, is_passthrough
 from tvm_intq.relay_passes.analysis.rebuild import rewrite_main
@@ -17,10 +17,6 @@ from tvm_intq.relay_passes.ops import integer_kernels as K
 def _scalar(expr) -> float | None:
     v = const_value(expr)
     return None if v is None or v.size != 1 else float(v.reshape(()))
-
-
-def _prim(e) -> float:
-    return float(e.value.value if hasattr(e.value, "value") else e.value)
 
 
 class _State:
@@ -73,7 +69,7 @@ def clamp_bounds(call) -> tuple[float, float]:
     if name == "relax.nn.relu6":
         return 0.0, 6.0
     if name == "relax.clip":
-        return _prim(call.args[1]), _prim(call.args[2])
+        return prim_value(call.args[1]), prim_value(call.args[2])
     c = _scalar(call.args[1])
     return (c, np.inf) if name == "relax.maximum" else (-np.inf, c)
 

@@ -46,20 +46,13 @@ from tvm_intq.relay_passes.analysis.ir_utils import (
     shape_of,
 )
 from tvm_intq.relay_passes.analysis.rebuild import bindings_of, rewrite_main, users_of
+from tvm_intq.relay_passes.ops.requantize import NAME as REQUANTIZE
+from tvm_intq.relay_passes.ops.requantize import requant_of
 from tvm_intq.schedules import packed_kernels as P
 from tvm_intq.schedules.intrinsics import DotProduct
 
+
 # The requantize FoldToInteger emits after an int8 conv/matmul (integer_kernels.requantize).
-_CHAIN = (
-    "relax.astype",
-    "relax.multiply",
-    "relax.add",
-    "relax.right_shift",
-    "relax.clip",
-    "relax.astype",
-)
-
-
 def _per_channel(value: np.ndarray, ndim: int, axis: int, channels: int) -> np.ndarray | None:
     """A constant broadcast against an ``ndim``-D accumulator as a vector over ``axis``."""
     where = channel_axis_of(value, ndim)
@@ -83,27 +76,16 @@ def _single_user(var, users, op: str):
 
 
 def _requant_chain(acc_var, users, ndim: int, axis: int, channels: int):
-    """``(bindings, Requant)`` of the requantize reading ``acc_var``, or None."""
-    chain, var = [], acc_var
-    for op in _CHAIN:
-        b = _single_user(var, users, op)
-        if b is None:
-            return None
-        chain.append(b)
-        var = b.var
-    cast64, mul, add, shift, clip, cast8 = (b.value for b in chain)
-    if dtype_of(chain[0].var) != "int64" or dtype_of(chain[-1].var) != "int8":
+    """``([binding], Requant)`` of the ``intq.requantize`` reading ``acc_var``, its constants
+    as vectors over ``axis``; None if there is none, or its constants are not per channel."""
+    b = _single_user(acc_var, users, REQUANTIZE)
+    rq = None if b is None else requant_of(b.value)
+    if rq is None:
         return None
-    vectors = [
-        _per_channel(const_value(c.args[1]), ndim, axis, channels)
-        if const_value(c.args[1]) is not None
-        else None
-        for c in (mul, add, shift)
-    ]
+    vectors = [_per_channel(c, ndim, axis, channels) for c in (rq.mul, rq.add, rq.shift)]
     if any(v is None for v in vectors):
         return None
-    lo, hi = (int(a.value.value if hasattr(a.value, "value") else a.value) for a in clip.args[1:3])
-    return chain, Requant(*vectors, lo=lo, hi=hi)
+    return [b], Requant(*vectors, lo=rq.lo, hi=rq.hi)
 
 
 def _lookup_tail(q_var, users, ndim: int, axis: int, channels: int):

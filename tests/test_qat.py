@@ -55,7 +55,8 @@ def data():
 def models(data):
     calib = data[0]
     return {
-        name: qat.prepare(bundled("mnist_cnn.onnx"), calib, scheme=s) for name, s in SCHEMES.items()
+        name: qat.prepare_qat(bundled("mnist_cnn.onnx"), calib, scheme=s)
+        for name, s in SCHEMES.items()
     }
 
 
@@ -183,7 +184,7 @@ def tiny_outputs(kind, tmp_path, compiled=False):
     onnx.save(tiny_model(kind), path)
     shape = [d.dim_value for d in tiny_model(kind).graph.input[0].type.tensor_type.shape.dim]
     x = np.random.default_rng(1).normal(0, 1, [36] + shape[1:]).astype(np.float32)
-    model = qat.prepare(path, SampleSet({"x": x[:32]}), scheme="hybrid-asym")
+    model = qat.prepare_qat(path, SampleSet({"x": x[:32]}), scheme="hybrid-asym")
     _, integer = api.lower(model.prepared, model.ranges)
     with torch.no_grad():
         ours = model(torch.from_numpy(x[32:])).numpy()
@@ -283,7 +284,7 @@ def test_constant_affine_folds_in_onnx_as_in_relax(tmp_path):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
     path = tmp_path / "affine.onnx"
     onnx.save(model, path)
-    tuned = qat.prepare(path, SampleSet({"x": x[:32]}), scheme="hybrid-asym")
+    tuned = qat.prepare_qat(path, SampleSet({"x": x[:32]}), scheme="hybrid-asym")
     with torch.no_grad():
         for p in tuned.parameters():  # as training would change them
             p.mul_(1.05)
@@ -360,7 +361,7 @@ def test_prepare_with_given_ranges_does_not_calibrate(models, data, monkeypatch)
         raise AssertionError("prepare calibrated although ranges were given")
 
     monkeypatch.setattr(api, "calibrate", no_calibration)
-    again = qat.prepare(
+    again = qat.prepare_qat(
         bundled("mnist_cnn.onnx"), data[0], SCHEMES["hybrid-asym"], ranges=first.ranges
     )
     assert again.ranges == first.ranges

@@ -10,6 +10,7 @@ from tvm import relax
 from tvm_intq.core import intmath
 from tvm_intq.relay_passes.analysis.ir_utils import const_value, dtype_of, op_name
 from tvm_intq.relay_passes.analysis.rebuild import bindings_of
+from tvm_intq.relay_passes.ops.requantize import requant_of
 
 _MOVES = {
     "relax.nn.pad",
@@ -25,10 +26,6 @@ _MOVES = {
     "relax.image.resize2d",
     "relax.broadcast_to",
 }
-
-
-def _prim(e) -> float:
-    return float(e.value.value if hasattr(e.value, "value") else e.value)
 
 
 def accumulator_report(mod: tvm.IRModule) -> list[dict]:
@@ -69,7 +66,7 @@ def accumulator_report(mod: tvm.IRModule) -> list[dict]:
             mul_c, add_c, shift_c = (
                 np.broadcast_to(np.asarray(v).reshape(-1), acc_lo.shape) for v in (mul, add, shift)
             )
-            rounding = np.where(shift_c > 0, np.left_shift(1, np.maximum(shift_c - 1, 0)), 0)
+            rounding = intmath.rounding_constant(shift_c)
             bias = np.rint((add_c - rounding) / np.maximum(mul_c, 1)).astype(np.int64)
         else:
             bias = np.zeros_like(acc_lo)
@@ -109,10 +106,9 @@ def _int_range(var, defs) -> tuple[int, int]:
         if name in _MOVES:
             value = defs.get(value.args[0]) if isinstance(value.args[0], relax.Var) else None
             continue
-        if name == "relax.astype":
-            inner = defs.get(value.args[0]) if isinstance(value.args[0], relax.Var) else None
-            if op_name(inner) == "relax.clip":
-                lo, hi = max(lo, int(_prim(inner.args[1]))), min(hi, int(_prim(inner.args[2])))
+        rq = requant_of(value)
+        if rq is not None:
+            lo, hi = max(lo, rq.lo), min(hi, rq.hi)
         elif name == "relax.take":
             table = const_value(value.args[0])
             if table is not None:
@@ -123,24 +119,8 @@ def _int_range(var, defs) -> tuple[int, int]:
 
 def _requantize_after(acc, users):
     """``(layer name, MUL, ADD, S)`` of the requantize reading ``acc`` (Nones if none)."""
-    mul = add = shift = None
-    var = acc
-    for _ in range(8):
-        nxt = users.get(var, [])
-        if len(nxt) != 1:
-            break
-        b = nxt[0]
-        name = op_name(b.value)
-        c = const_value(b.value.args[1]) if len(b.value.args) > 1 else None
-        if name == "relax.multiply" and c is not None:
-            mul = c
-        elif name == "relax.add" and c is not None:
-            add = c
-        elif name == "relax.right_shift" and c is not None:
-            shift = c
-        var = b.var
-        if dtype_of(var) == "int8":
-            if mul is not None and add is not None and shift is not None:
-                return var.name, mul, add, shift
-            break
-    return None, None, None, None
+    nxt = users.get(acc, [])
+    rq = requant_of(nxt[0].value) if len(nxt) == 1 else None
+    if rq is None:
+        return None, None, None, None
+    return nxt[0].var.name, rq.mul, rq.add, rq.shift

@@ -21,6 +21,11 @@ def const_value(expr) -> np.ndarray | None:
     return None
 
 
+def prim_value(expr) -> float:
+    """The number a Relax ``PrimValue`` holds (clip bounds)."""
+    return float(expr.value.value if hasattr(expr.value, "value") else expr.value)
+
+
 def tensor_type(expr):
     ty = expr.ty if hasattr(expr, "ty") else None
     return ty if isinstance(ty, relax.TensorType) else None

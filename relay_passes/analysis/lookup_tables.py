@@ -12,11 +12,7 @@ from scipy import special
 from tvm import relax
 
 from tvm_intq.core import intmath
-from tvm_intq.relay_passes.analysis.ir_utils import const_value, op_name
-
-
-def _prim(e) -> float:
-    return float(e.value.value if hasattr(e.value, "value") else e.value)
+from tvm_intq.relay_passes.analysis.ir_utils import const_value, op_name, prim_value
 
 
 def _gelu_tanh(x):
@@ -55,7 +51,7 @@ NUMPY_OPS = {
     "relax.nn.gelu": lambda c, x: 0.5 * x * (1.0 + special.erf(x / np.sqrt(2.0))),
     "relax.nn.gelu_tanh": lambda c, x: _gelu_tanh(x),
     "relax.nn.softplus": _softplus,
-    "relax.clip": lambda c, x: np.clip(x, _prim(c.args[1]), _prim(c.args[2])),
+    "relax.clip": lambda c, x: np.clip(x, prim_value(c.args[1]), prim_value(c.args[2])),
 }
 
 

@@ -1,9 +1,10 @@
 """Emit the integer form of each quantized layer as Relax operators.
 
 Each function takes int8 input vars and the constants that :mod:`tvm_intq.core.intmath` computed,
-and emits the integer computation into a BlockBuilder. Kept as plain Relax operators (int8
-conv/matmul with int32 accumulation, int64 multiply/add/shift, clip, cast, take) so that
-legalization and FuseOps turn a layer into one kernel and any target can compile it.
+and emits the integer computation into a BlockBuilder: Relax operators (int8 conv/matmul with
+int32 accumulation, int64 multiply/add/shift, clip, cast, take) and our ``intq.requantize``
+(:mod:`.requantize`), so that legalization and FuseOps turn a layer into one kernel and any
+target can compile it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from tvm import relax
 from tvm.relax import op as R
 
 from tvm_intq.core import intmath
+from tvm_intq.relay_passes.ops.requantize import requantize as requantize_op
 
 
 def _const(value, dtype):
@@ -20,13 +22,9 @@ def _const(value, dtype):
 
 
 def requantize(bb, acc, rq: intmath.Requant, name: str):
-    """``clip((acc * MUL + ADD) >> S, lo, hi)`` in int64, cast to int8 (S2 Eqs. 11-14)."""
-    x = bb.emit(R.astype(acc, "int64"))
-    x = bb.emit(R.multiply(x, _const(rq.mul, "int64")))
-    x = bb.emit(R.add(x, _const(rq.add, "int64")))
-    x = bb.emit(R.right_shift(x, _const(rq.shift, "int64")))
-    x = bb.emit(R.clip(x, rq.lo, rq.hi))
-    return bb.emit(R.astype(x, "int8"), name)
+    """``clip((acc * MUL + ADD) >> S, lo, hi)`` in int64, cast to int8 (S2 Eqs. 11-14): one
+    ``intq.requantize``."""
+    return bb.emit(requantize_op(acc, rq), name)
 
 
 def pad_with(bb, x, padding: list[int], value: int):

@@ -60,7 +60,8 @@ def add_hybrid_args(p):
 
 
 def quant_config(args):
-    """The QuantConfig the quantization arguments describe."""
+    """The QuantConfig the quantization arguments describe (the hybrid-precision ones where the
+    verb has them: ``export-qdq`` writes every layer quantized)."""
     options = {} if args.percentile is None else {"percentile": args.percentile}
     return QuantConfig(
         scheme=args.scheme,
@@ -68,9 +69,9 @@ def quant_config(args):
         calibrator_options=options,
         integer_only=args.integer_only,
         progress=not args.no_progress,
-        float_layers=args.float_layers or [],
-        max_drop=args.max_drop,
-        min_sqnr=args.min_sqnr,
+        float_layers=getattr(args, "float_layers", None) or [],
+        max_drop=getattr(args, "max_drop", None),
+        min_sqnr=getattr(args, "min_sqnr", None),
     )
 
 

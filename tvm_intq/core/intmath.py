@@ -89,10 +89,22 @@ def weight_qparams(w: np.ndarray, axis: int, threshold: np.ndarray | None = None
     other = tuple(i for i in range(w.ndim) if i != axis % w.ndim)
     th = np.max(np.abs(w), axis=other) if threshold is None else np.asarray(threshold, np.float64)
     sw = np.where(th > 0, th / WMAX, 1.0)
+    return quantize_weight(w, sw, axis), sw
+
+
+def quantize_weight(w: np.ndarray, sw: np.ndarray, axis: int) -> np.ndarray:
+    """``Qw = clip(round(w / sw), -127, 127)`` with one scale per output channel on ``axis``
+    (S2 Eq. 22; S3's INT-SE weights when ``sw`` are powers of two)."""
+    w = np.asarray(w, dtype=np.float64)
     shape = [1] * w.ndim
-    shape[axis] = -1
-    qw = np.clip(np.rint(w / sw.reshape(shape)), -WMAX, WMAX).astype(np.int8)
-    return qw, sw
+    shape[axis % w.ndim] = -1
+    return np.clip(np.rint(w / np.asarray(sw).reshape(shape)), -WMAX, WMAX).astype(np.int8)
+
+
+def rounding_constant(shift: np.ndarray) -> np.ndarray:
+    """``2^(S-1)`` (0 for ``S = 0``): what ``ADD`` holds so that ``>> S`` rounds to nearest."""
+    shift = np.asarray(shift, np.int64)
+    return np.where(shift > 0, np.left_shift(np.int64(1), np.maximum(shift - 1, 0)), 0)
 
 
 def quantize(r: np.ndarray, scale, zero_point) -> np.ndarray:
@@ -104,6 +116,21 @@ def quantize(r: np.ndarray, scale, zero_point) -> np.ndarray:
 def dequantize(q: np.ndarray, scale, zero_point) -> np.ndarray:
     """``r = s * (Q - zp)`` (S2 Eq. 1)."""
     return (scale * (np.asarray(q, np.float64) - zero_point)).astype(np.float32)
+
+
+def quantize_f32(x: np.ndarray, scale, zero_point, qmin: int = QMIN, qmax: int = QMAX):
+    """:func:`quantize` as the compiled program computes it at its float boundaries (a model
+    input, the output of an op left float): ``relax.quantize`` lowered by TVM, i.e.
+    ``clip(rint(x / s) + zp)`` in float32, rounding half to even. ``scale``/``zero_point``
+    broadcast against ``x``; the result is float32 holding integers in ``[qmin, qmax]``."""
+    q = np.rint(np.asarray(x, np.float32) / np.asarray(scale, np.float32))
+    return np.clip(q + np.asarray(zero_point, np.float32), qmin, qmax)
+
+
+def dequantize_f32(q: np.ndarray, scale, zero_point) -> np.ndarray:
+    """``relax.dequantize`` lowered by TVM: ``(Q - zp)`` in int32, times ``s`` in float32."""
+    d = np.asarray(q).astype(np.int32) - np.asarray(zero_point).astype(np.int32)
+    return d.astype(np.float32) * np.asarray(scale, np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,8 +284,8 @@ def fixed_point(
                 "requantization cannot be represented in int64: accumulator or offset too large"
             )
         shift = np.where(over, shift - 1, shift)
-    rounding = np.where(shift > 0, np.left_shift(np.int64(1), np.maximum(shift - 1, 0)), 0)
-    add = np.rint(offset * np.exp2(shift)).astype(np.int64) + mul * int_off + rounding
+    add = np.rint(offset * np.exp2(shift)).astype(np.int64) + mul * int_off
+    add = add + rounding_constant(shift)
     return mul, add, shift
 
 

@@ -108,10 +108,7 @@ class PowerOfTwo(Scheme):
             for g in groups
         ]
         sw = np.broadcast_to(np.exp2(np.asarray(exps, np.float64)), (w.shape[axis],)).copy()
-        shape = [1] * w.ndim
-        shape[axis] = -1
-        qw = np.clip(np.rint(w / sw.reshape(shape)), -intmath.WMAX, intmath.WMAX).astype(np.int8)
-        return qw, sw
+        return intmath.quantize_weight(w, sw, axis), sw
 
     def bias(self, b: np.ndarray, s_acc: np.ndarray) -> np.ndarray:
         b = np.asarray(b, np.float64)

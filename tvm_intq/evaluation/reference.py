@@ -9,8 +9,9 @@ shift, floor division, clip before every narrowing cast, ``take`` with clipped i
 
 It computes nothing of its own: every multiplier, offset, shift, clip bound and table it uses is
 a constant of the IR, and those constants were computed by :mod:`tvm_intq.core.intmath` (S2 Eqs.
-11-16, 18-22). The boundary ops follow ``relax.quantize``/``relax.dequantize`` as TVM lowers
-them: ``clip(rint(x / s) + zp)`` in float32, rounding half to even, and ``(q - zp) * s``.
+11-16, 18-22); ``intq.requantize`` is :meth:`~tvm_intq.core.intmath.Requant.apply`. The boundary
+ops follow ``relax.quantize``/``relax.dequantize`` as TVM lowers them
+(:func:`~tvm_intq.core.intmath.quantize_f32`, :func:`~tvm_intq.core.intmath.dequantize_f32`).
 
 Public API::
 
@@ -27,6 +28,8 @@ import itertools
 import numpy as np
 import tvm
 from tvm import relax
+
+from tvm_intq.core.intmath import Requant, dequantize_f32, quantize_f32
 
 __all__ = ["OPS", "run_reference"]
 
@@ -95,18 +98,14 @@ def _require(cond: bool, what: str):
 # Operators
 # ---------------------------------------------------------------------------------------------
 def _quantize(call, x, scale, zp):
-    # te: clip(round(x / s) + zp) in float32; round is nearbyint (half to even).
-    a = int(call.attrs.axis)
-    q = np.rint(x.astype(np.float32) / _qparam(scale, x, a).astype(np.float32))
-    q = q + _qparam(zp, x, a).astype(np.float32)
-    info = np.iinfo(_out_dtype(call))
-    return np.clip(q, info.min, info.max).astype(_out_dtype(call))
+    a, info = int(call.attrs.axis), np.iinfo(_out_dtype(call))
+    q = quantize_f32(x, _qparam(scale, x, a), _qparam(zp, x, a), info.min, info.max)
+    return q.astype(_out_dtype(call))
 
 
 def _dequantize(call, q, scale, zp):
     a = int(call.attrs.axis)
-    d = q.astype(np.int32) - _qparam(zp, q, a).astype(np.int32)
-    return (d.astype(np.float32) * _qparam(scale, q, a).astype(np.float32)).astype(_out_dtype(call))
+    return dequantize_f32(q, _qparam(scale, q, a), _qparam(zp, q, a)).astype(_out_dtype(call))
 
 
 def _conv2d(call, x, w):
@@ -305,6 +304,9 @@ OPS = {
     "relax.maximum": _binary(np.maximum),
     "relax.minimum": _binary(np.minimum),
     "relax.clip": lambda call, x, lo, hi: np.clip(x, lo, hi).astype(x.dtype),
+    "intq.requantize": lambda call, acc, mul, add, shift, lo, hi: Requant(
+        mul, add, shift, int(lo), int(hi)
+    ).apply(acc),
     "relax.take": _take,
     "relax.max": _reduce(np.max),
     "relax.min": _reduce(np.min),

@@ -34,8 +34,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from tvm_intq import api
 from tvm_intq.calibration import SampleSet
+from tvm_intq.compiler.steps import calibrate, prepare, run_exposed
+from tvm_intq.core.config import QuantConfig
 from tvm_intq.core.intmath import QParams
 from tvm_intq.core.schemes import get_scheme
 from tvm_intq.errors import IntqError
@@ -80,14 +81,14 @@ def quantized_tensors(prepared, ranges: dict, scheme) -> dict:
 def export_qdq(
     model_path,
     calib: SampleSet,
-    config: api.QuantConfig | None = None,
+    config: QuantConfig | None = None,
     input_shapes: dict | None = None,
 ) -> ExportResult:
     """Calibrate the float ONNX model on ``calib`` and write our parameters into it as QDQ."""
-    config = config or api.QuantConfig()
+    config = config or QuantConfig()
     mod, info = import_model(model_path, input_shapes)
-    prepared = api.prepare(mod)
-    ranges = api.calibrate(
+    prepared = prepare(mod)
+    ranges = calibrate(
         prepared,
         calib,
         config.calibrator,
@@ -108,7 +109,7 @@ def match_tensors(model: onnx.ModelProto, prepared, names: list, samples: Sample
     """``({our tensor: ONNX tensor}, [our tensors without a counterpart])`` (module docstring)."""
     import onnxruntime as ort
 
-    _, ours = api._run_exposed(prepared, names, samples, batch)
+    _, ours = run_exposed(prepared, names, samples, batch)
     inferred = onnx.shape_inference.infer_shapes(model)
     kinds = {
         v.name: v.type.tensor_type.elem_type

@@ -1,6 +1,6 @@
 """Quantization-aware fine-tuning (the ``qat`` extra: PyTorch).
 
-    model = prepare("model.onnx", calib, scheme="pow2", strategy=AlphaBlend())
+    model = prepare_qat("model.onnx", calib, scheme="pow2", strategy=AlphaBlend())
     fine_tune(model, x, y, epochs=3)           # any torch loop works: model is an nn.Module
     export(model, "model.qdq.onnx")            # tvm-intq compile model.qdq.onnx -o model.so
 
@@ -12,13 +12,13 @@ re-calibrating (:mod:`.onnx_io`).
 """
 
 from tvm_intq.qat.model import QatModel
-from tvm_intq.qat.onnx_io import export, fold_batch_norm, prepare
+from tvm_intq.qat.onnx_io import export, fold_batch_norm, prepare_qat
 from tvm_intq.qat.strategies import STRATEGIES, AlphaBlend, Incremental, Ste, Strategy
 from tvm_intq.qat.train import evaluate, fine_tune
 
 __all__ = [
     "QatModel",
-    "prepare",
+    "prepare_qat",
     "export",
     "fold_batch_norm",
     "fine_tune",

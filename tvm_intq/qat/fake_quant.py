@@ -53,10 +53,9 @@ def dequantize(q: np.ndarray, p: intmath.QParams) -> np.ndarray:
 
 
 def quantize_f32(x: np.ndarray, p: intmath.QParams) -> np.ndarray:
-    """``clip(rint(x / s) + zp)`` in float32: ``relax.quantize`` of a float tensor (a model
-    input, or the output of an op left in float), as the reference evaluator states it."""
-    q = np.rint(np.asarray(x, np.float32) / np.float32(p.scale)) + np.float32(p.zero_point)
-    return np.clip(q, intmath.QMIN, intmath.QMAX).astype(np.int8)
+    """``relax.quantize`` of a float tensor (a model input, or the output of an op left in
+    float) as the compiled program computes it (:func:`intmath.quantize_f32`)."""
+    return intmath.quantize_f32(x, p.scale, p.zero_point).astype(np.int8)
 
 
 def codes_of(t: torch.Tensor, p: intmath.QParams) -> np.ndarray:

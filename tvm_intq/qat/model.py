@@ -1,8 +1,9 @@
 """A torch module that *is* the integer program in its forward pass, trainable by backprop.
 
-:class:`QatModel` is built from the canonical Relax module (:func:`tvm_intq.api.prepare` of
-the imported ONNX model, the module calibration and ``Annotate`` read) rather than from a
-torch definition of the network: any model TVM imports can be fine-tuned, and the graph,
+:class:`QatModel` is built from the canonical Relax module
+(:func:`tvm_intq.compiler.steps.prepare` of the imported ONNX model, the module calibration
+and ``Annotate`` read) rather than from a torch definition of the network: any model TVM
+imports can be fine-tuned, and the graph,
 its quantization points and the layer groups (:func:`~tvm_intq.relay_passes.analyze`) are
 the compiler's own. Every conv/dense weight and bias of that module becomes a parameter.
 
@@ -37,7 +38,7 @@ from tvm_intq.qat.fake_quant import ValueFrom, as_compiled, codes_of, quantize_f
 from tvm_intq.qat.strategies import Ste, Strategy
 from tvm_intq.qat.torch_ops import TORCH_OPS
 from tvm_intq.relay_passes import analyze
-from tvm_intq.relay_passes.analysis.ir_utils import const_value, op_name, shape_of
+from tvm_intq.relay_passes.analysis.ir_utils import const_value, op_name, prim_value, shape_of
 from tvm_intq.relay_passes.analysis.lookup_tables import NUMPY_OPS, build_table, region_function
 from tvm_intq.relay_passes.analysis.quant_points import CLAMPS, tensor_args
 from tvm_intq.relay_passes.analysis.rebuild import bindings_of
@@ -214,7 +215,7 @@ class QatModel(nn.Module):
             return tuple(int(v) for v in a.values)
         c = const_value(a)
         if c is None and isinstance(a, tvm.ir.Constant):  # a scalar attribute (clip bounds)
-            return float(a.value.value if hasattr(a.value, "value") else a.value)
+            return prim_value(a)
         if c is None:
             raise IntqError(f"QAT: unsupported argument {type(a).__name__} of '{user.name}'")
         call = self.defs[user]

@@ -25,8 +25,9 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from tvm_intq import api
 from tvm_intq.calibration import SampleSet
+from tvm_intq.compiler.steps import calibrate, prepare
+from tvm_intq.core.config import DEFAULT_CALIBRATOR
 from tvm_intq.core.schemes import Scheme
 from tvm_intq.errors import IntqError
 from tvm_intq.export.qdq import MATCH_SAMPLES, match_tensors, quantized_tensors, write_qdq
@@ -181,11 +182,11 @@ def _clip_bounds(model: onnx.ModelProto, g, base: str) -> dict:
     return {"inputs": names, "attrs": {}}
 
 
-def prepare(
+def prepare_qat(
     model_path,
     calib: SampleSet,
     scheme: str | Scheme = "hybrid-asym",
-    calibrator: str = api.DEFAULT_CALIBRATOR,
+    calibrator: str = DEFAULT_CALIBRATOR,
     strategy: Strategy | None = None,
     input_shapes: dict | None = None,
     progress: bool = False,
@@ -194,12 +195,12 @@ def prepare(
 ) -> QatModel:
     """The float ONNX model at ``model_path``, calibrated on ``calib`` as ``tvm-intq
     compile`` would, as a :class:`QatModel` ready to fine-tune. ``ranges`` (the
-    ``model.ranges`` of an earlier prepare of the same model and scheme) skips calibrating
+    ``model.ranges`` of an earlier prepare_qat of the same model and scheme) skips calibrating
     again: several strategies can start from one calibration."""
     mod, info = import_model(model_path, input_shapes)
-    prepared = api.prepare(mod)
+    prepared = prepare(mod)
     if ranges is None:
-        ranges = api.calibrate(prepared, calib, calibrator, scheme, progress, **calibrator_options)
+        ranges = calibrate(prepared, calib, calibrator, scheme, progress, **calibrator_options)
     model = QatModel(prepared, ranges, scheme, strategy)
     subset = SampleSet({k: v[:MATCH_SAMPLES] for k, v in calib.arrays.items()})
     model.origin = Origin(fold_batch_norm(load_onnx(model_path)), subset, info.batch_size)
