@@ -7,12 +7,11 @@ import tvm
 from tvm import relax
 
 from tvm_intq.core import intmath
-from tvm_intq.core.schemes import Scheme, get_scheme
+from tvm_intq.core.schemes import Scheme, get_scheme, held_bias
 from tvm_intq.errors import IntqError
-from tvm_intq.relay_passes.analysis.ir_utils import const_value, op_name
+from tvm_intq.relay_passes.analysis.ir_utils import const_value, linear_layer_axes, op_name
 from tvm_intq.relay_passes.analysis.quant_points import analyze, tensor_args
 from tvm_intq.relay_passes.analysis.rebuild import rewrite_main, substitute
-from tvm_intq.relay_passes.fold_batch_norm import linear_layer_axes
 
 
 def qdq(bb, x, params: intmath.QParams, name: str):
@@ -168,28 +167,3 @@ class Annotate:
         args = list(value.args)
         args[1] = relax.const(held)
         return relax.Call(value.op, args, value.attrs, value.ty_args)
-
-
-def held_bias(
-    scheme: Scheme,
-    bias: np.ndarray,
-    s_in: float,
-    sw: np.ndarray,
-    acc_axis: int,
-    ndim: int,
-    sign: float = 1.0,
-) -> np.ndarray | None:
-    """The bias constant (``bias``'s dtype) a conv/dense adds (``sign`` -1: subtracts) once
-    ``scheme`` holds it as the integer program will, given the input scale ``s_in`` and the
-    weight scales ``sw`` (accumulator scale ``s_in * sw`` along ``acc_axis`` of an
-    ``ndim``-D result); None when the scheme keeps the float bias. Annotate and the QAT model
-    (:mod:`tvm_intq.qat`) both call this."""
-    shape = [1] * ndim
-    shape[acc_axis] = -1
-    s_acc = s_in * np.asarray(sw, np.float64).reshape(shape)
-    b = np.broadcast_to(
-        bias.astype(np.float64).reshape((1,) * (len(shape) - bias.ndim) + bias.shape),
-        np.broadcast_shapes((1,) * (len(shape) - bias.ndim) + bias.shape, s_acc.shape),
-    )
-    held = scheme.bias(sign * b, np.broadcast_to(s_acc, b.shape))
-    return None if held is None else (sign * held).astype(bias.dtype)

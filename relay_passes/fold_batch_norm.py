@@ -10,40 +10,11 @@ from tvm.relax import PyExprMutator, expr_functor
 from tvm_intq.relay_passes.analysis.ir_utils import (
     channel_axis_of,
     const_value,
+    linear_layer_axes,
     mutate_functions,
     op_name,
 )
 from tvm_intq.relay_passes.analysis.rebuild import users_of
-
-
-def linear_layer_axes(call) -> tuple[int, int] | None:
-    """``(output-channel axis of the result, output-channel axis of the weight)`` for a
-    conv2d (NCHW/OIHW), an ungrouped conv2d_transpose (NCHW/IOHW) or a 2-D-weight matmul whose
-    weight is a constant; else None."""
-    name = op_name(call)
-    if name == "relax.nn.conv2d_transpose":
-        a = call.attrs
-        if (
-            (str(a.data_layout), str(a.kernel_layout), str(a.out_layout))
-            == ("NCHW", "IOHW", "NCHW")
-            and int(a.groups) == 1
-            and const_value(call.args[1]) is not None
-        ):
-            return 1, 1
-    if name == "relax.nn.conv2d":
-        a = call.attrs
-        if (
-            str(a.data_layout) == "NCHW"
-            and str(a.kernel_layout) == "OIHW"
-            and str(a.out_layout) == "NCHW"
-            and const_value(call.args[1]) is not None
-        ):
-            return 1, 0
-    if name == "relax.matmul":
-        w = const_value(call.args[1])
-        if w is not None and w.ndim == 2:
-            return len(call.ty.shape) - 1, 1
-    return None
 
 
 @expr_functor.mutator

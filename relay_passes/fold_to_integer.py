@@ -7,9 +7,9 @@ import tvm
 from tvm import relax
 
 from tvm_intq.core import intmath
-from tvm_intq.relay_passes.analysis.ir_utils import const_value, op_name, prim_value, shape_of
+from tvm_intq.relay_passes.analysis.ir_utils import const_value, op_name, shape_of
 from tvm_intq.relay_passes.analysis.lookup_tables import NUMPY_OPS, build_table, region_function
-from tvm_intq.relay_passes.analysis.quant_points import CLAMPS, is_passthrough
+from tvm_intq.relay_passes.analysis.quant_points import CLAMPS, clamp_bounds, is_passthrough
 from tvm_intq.relay_passes.analysis.rebuild import rewrite_main
 from tvm_intq.relay_passes.ops import integer_kernels as K
 
@@ -60,18 +60,6 @@ def _weight(call):
     if sw.size == 1:
         return qw, float(sw.reshape(())), None
     return qw, sw.astype(np.float64).reshape(-1), int(call.attrs.axis) % qw.ndim
-
-
-def clamp_bounds(call) -> tuple[float, float]:
-    name = op_name(call)
-    if name == "relax.nn.relu":
-        return 0.0, np.inf
-    if name == "relax.nn.relu6":
-        return 0.0, 6.0
-    if name == "relax.clip":
-        return prim_value(call.args[1]), prim_value(call.args[2])
-    c = _scalar(call.args[1])
-    return (c, np.inf) if name == "relax.maximum" else (-np.inf, c)
 
 
 def _fold_linear(bb, st: _State, v, out: intmath.QParams, name: str):
@@ -156,23 +144,6 @@ def _fold_concat(bb, st, v, out, name):
     return bb.emit(relax.op.concat(ints, axis=int(call.attrs.axis)), name)
 
 
-def window_counts(in_shape, attrs) -> np.ndarray:
-    """How many non-padded input positions each output window of a pool covers."""
-    n = len(in_shape)
-    pad = [int(p) for p in attrs.padding]
-    k, strides, dil = (
-        [int(v) for v in attrs.pool_size],
-        [int(v) for v in attrs.strides],
-        [int(v) for v in attrs.dilation],
-    )
-    ones = np.pad(np.ones(in_shape, np.int64), [(pad[i], pad[i + n]) for i in range(n)])
-    span = [(k[i] - 1) * dil[i] + 1 for i in range(n)]
-    win = np.lib.stride_tricks.sliding_window_view(ones, span)
-    win = win[tuple(slice(None, None, s) for s in strides)]
-    win = win[(Ellipsis,) + tuple(slice(None, None, d) for d in dil)]
-    return win.sum(axis=tuple(range(n, 2 * n)))
-
-
 _AVG_POOLS = ("relax.nn.avg_pool2d", "relax.nn.avg_pool3d")
 
 
@@ -191,7 +162,10 @@ def _fold_pool(bb, st, v, out, name):
     k = int(np.prod([int(s) for s in call.attrs.pool_size]))
     divisor = k
     if not call.attrs.count_include_pad and any(int(q) for q in call.attrs.padding):
-        divisor = window_counts(shape_of(call.args[0])[2:], call.attrs)
+        a = call.attrs
+        divisor = intmath.window_counts(
+            shape_of(call.args[0])[2:], a.pool_size, a.strides, a.dilation, a.padding
+        )
     rq = intmath.rescale_requant(p.scale, p.zero_point, out, count=k, divisor=divisor)
     return K.avg_pool(bb, xq, p, call.attrs, rq, name)
 

@@ -19,6 +19,7 @@ from tvm_intq.relay_passes import float_ops
 from tvm_intq.relay_passes.analysis.accumulators import accumulator_report
 from tvm_intq.relay_passes.analysis.ir_utils import const_value, op_name
 from tvm_intq.relay_passes.analysis.rebuild import bindings_of
+from tvm_intq.relay_passes.ops.requantize import requant_of
 
 pytestmark = pytest.mark.filterwarnings("ignore:Field 'shape' of 'type' is required")
 
@@ -222,12 +223,11 @@ def test_every_conv_requantize_is_a_pure_shift(folded):
     def source_op(var):
         return op_name(defs.get(var)) if isinstance(var, relax.Var) else None
 
-    muls = []  # conv -> astype(int64) -> multiply(MUL): the MUL of each conv requantize
+    muls = []  # conv -> intq.requantize(acc, MUL, ...): the MUL of each conv requantize
     for b in binds:
-        if op_name(b.value) == "relax.multiply" and source_op(b.value.args[0]) == "relax.astype":
-            cast = defs[b.value.args[0]]
-            if source_op(cast.args[0]) == "relax.nn.conv2d":
-                muls.append(const_value(b.value.args[1]))
+        rq = requant_of(b.value)
+        if rq is not None and source_op(b.value.args[0]) == "relax.nn.conv2d":
+            muls.append(rq.mul)
     assert len(muls) == 3 and all(np.all(m == 1) for m in muls)
     for r in report:  # a 3x3x3 conv of int8 needs far fewer than 32 bits
         assert not r["overflows_int32"] and r["acc_bits"] < 24 and r["shift_min"] >= 0

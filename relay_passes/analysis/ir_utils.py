@@ -81,3 +81,33 @@ def mutate_functions(mutator, mod: tvm.IRModule) -> tvm.IRModule:
         if isinstance(func, relax.Function):
             mutator.builder_.update_func(gv, mutator.visit_expr(func))
     return relax.transform.DeadCodeElimination()(mutator.builder_.get())
+
+
+def linear_layer_axes(call) -> tuple[int, int] | None:
+    """``(output-channel axis of the result, output-channel axis of the weight)`` for a
+    conv2d (NCHW/OIHW), an ungrouped conv2d_transpose (NCHW/IOHW) or a 2-D-weight matmul whose
+    weight is a constant; else None."""
+    name = op_name(call)
+    if name == "relax.nn.conv2d_transpose":
+        a = call.attrs
+        if (
+            (str(a.data_layout), str(a.kernel_layout), str(a.out_layout))
+            == ("NCHW", "IOHW", "NCHW")
+            and int(a.groups) == 1
+            and const_value(call.args[1]) is not None
+        ):
+            return 1, 1
+    if name == "relax.nn.conv2d":
+        a = call.attrs
+        if (
+            str(a.data_layout) == "NCHW"
+            and str(a.kernel_layout) == "OIHW"
+            and str(a.out_layout) == "NCHW"
+            and const_value(call.args[1]) is not None
+        ):
+            return 1, 0
+    if name == "relax.matmul":
+        w = const_value(call.args[1])
+        if w is not None and w.ndim == 2:
+            return len(call.ty.shape) - 1, 1
+    return None

@@ -24,16 +24,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 from tvm import relax
 
 from tvm_intq.relay_passes.analysis.ir_utils import (
     channel_axis_of,
     const_value,
     is_float,
+    linear_layer_axes,
     op_name,
+    prim_value,
     returned_vars,
 )
-from tvm_intq.relay_passes.fold_batch_norm import linear_layer_axes
 
 PASSTHROUGH = {
     "relax.reshape",
@@ -120,6 +122,19 @@ def tensor_args(call) -> list:
         elif isinstance(a, relax.Var):
             out.append(a)
     return out
+
+
+def clamp_bounds(call) -> tuple[float, float]:
+    """The real interval a clamp of :data:`CLAMPS` keeps (relu: ``[0, inf)``, ...)."""
+    name = op_name(call)
+    if name == "relax.nn.relu":
+        return 0.0, np.inf
+    if name == "relax.nn.relu6":
+        return 0.0, 6.0
+    if name == "relax.clip":
+        return prim_value(call.args[1]), prim_value(call.args[2])
+    c = float(const_value(call.args[1]).reshape(()))
+    return (c, np.inf) if name == "relax.maximum" else (-np.inf, c)
 
 
 def _scalar_const(e) -> bool:

@@ -541,3 +541,17 @@ def softmax_int(inp: QParams, out: QParams) -> SoftmaxInt:
     # MUL < 2^31 keeps 2*E*MUL below 2^48; the sum of up to 2^14 exps times 2^S stays in int64.
     shift = int(np.clip(np.floor(MUL_BITS - 1 - np.log2(1.0 / out.scale)), 0, 30))
     return SoftmaxInt(table, int(np.rint(2.0**shift / out.scale)), shift, out.zero_point)
+
+
+def window_counts(in_shape, pool_size, strides, dilation, padding) -> np.ndarray:
+    """How many non-padded input positions each output window of a pool covers (the divisor
+    of an average pool that does not count padding). ``padding`` is ``[before..., after...]``
+    over the spatial axes ``in_shape``."""
+    n = len(in_shape)
+    pad, k, strides, dil = ([int(v) for v in a] for a in (padding, pool_size, strides, dilation))
+    ones = np.pad(np.ones(in_shape, np.int64), [(pad[i], pad[i + n]) for i in range(n)])
+    span = [(k[i] - 1) * dil[i] + 1 for i in range(n)]
+    win = np.lib.stride_tricks.sliding_window_view(ones, span)
+    win = win[tuple(slice(None, None, s) for s in strides)]
+    win = win[(Ellipsis,) + tuple(slice(None, None, d) for d in dil)]
+    return win.sum(axis=tuple(range(n, 2 * n)))

@@ -169,6 +169,31 @@ class PerLayer(Scheme):
         return self.default.bias(b, s_acc)
 
 
+def held_bias(
+    scheme: Scheme,
+    bias: np.ndarray,
+    s_in: float,
+    sw: np.ndarray,
+    acc_axis: int,
+    ndim: int,
+    sign: float = 1.0,
+) -> np.ndarray | None:
+    """The bias constant (``bias``'s dtype) a conv/dense adds (``sign`` -1: subtracts) once
+    ``scheme`` holds it as the integer program will, given the input scale ``s_in`` and the
+    weight scales ``sw`` (accumulator scale ``s_in * sw`` along ``acc_axis`` of an
+    ``ndim``-D result); None when the scheme keeps the float bias. Annotate and the QAT model
+    (:mod:`tvm_intq.qat`) both call this."""
+    shape = [1] * ndim
+    shape[acc_axis] = -1
+    s_acc = s_in * np.asarray(sw, np.float64).reshape(shape)
+    b = np.broadcast_to(
+        bias.astype(np.float64).reshape((1,) * (len(shape) - bias.ndim) + bias.shape),
+        np.broadcast_shapes((1,) * (len(shape) - bias.ndim) + bias.shape, s_acc.shape),
+    )
+    held = scheme.bias(sign * b, np.broadcast_to(s_acc, b.shape))
+    return None if held is None else (sign * held).astype(bias.dtype)
+
+
 SCHEMES = {cls.name: cls for cls in (HybridAsymmetric, Symmetric, PowerOfTwo, PerLayer)}
 
 

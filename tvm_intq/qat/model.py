@@ -31,20 +31,23 @@ from torch import nn
 from tvm import relax
 
 from tvm_intq.core import intmath
-from tvm_intq.core.schemes import Scheme, get_scheme
+from tvm_intq.core.schemes import Scheme, get_scheme, held_bias
 from tvm_intq.errors import IntqError
 from tvm_intq.qat import integer_layers as L
 from tvm_intq.qat.fake_quant import ValueFrom, as_compiled, codes_of, quantize_f32, quantized
 from tvm_intq.qat.strategies import Ste, Strategy
 from tvm_intq.qat.torch_ops import TORCH_OPS
 from tvm_intq.relay_passes import analyze
-from tvm_intq.relay_passes.analysis.ir_utils import const_value, op_name, prim_value, shape_of
+from tvm_intq.relay_passes.analysis.ir_utils import (
+    const_value,
+    linear_layer_axes,
+    op_name,
+    prim_value,
+    shape_of,
+)
 from tvm_intq.relay_passes.analysis.lookup_tables import NUMPY_OPS, build_table, region_function
-from tvm_intq.relay_passes.analysis.quant_points import CLAMPS, tensor_args
+from tvm_intq.relay_passes.analysis.quant_points import CLAMPS, clamp_bounds, tensor_args
 from tvm_intq.relay_passes.analysis.rebuild import bindings_of
-from tvm_intq.relay_passes.annotate import held_bias
-from tvm_intq.relay_passes.fold_batch_norm import linear_layer_axes
-from tvm_intq.relay_passes.fold_to_integer import clamp_bounds, window_counts
 
 
 class QatModel(nn.Module):
@@ -302,7 +305,10 @@ class QatModel(nn.Module):
             x, px = q(call.args[0])
             divisor = int(np.prod([int(k) for k in call.attrs.pool_size]))
             if not call.attrs.count_include_pad and any(int(v) for v in call.attrs.padding):
-                divisor = window_counts(shape_of(call.args[0])[2:], call.attrs)
+                a = call.attrs
+                divisor = intmath.window_counts(
+                    shape_of(call.args[0])[2:], a.pool_size, a.strides, a.dilation, a.padding
+                )
             return L.avg_pool2d(x, px, call.attrs, out, divisor)
         if name == "relax.nn.softmax":
             x, px = q(call.args[0])

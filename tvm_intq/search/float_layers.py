@@ -43,9 +43,8 @@ from tvm_intq.core.config import parse_float_layers
 from tvm_intq.errors import IntqError
 from tvm_intq.frontends.onnx import import_proto, load_onnx
 from tvm_intq.relay_passes import Annotate, analyze
-from tvm_intq.relay_passes.analysis.ir_utils import const_value, op_name
+from tvm_intq.relay_passes.analysis.ir_utils import const_value, linear_layer_axes, op_name
 from tvm_intq.relay_passes.analysis.rebuild import bindings_of, substitute
-from tvm_intq.relay_passes.fold_batch_norm import linear_layer_axes
 
 GATES = "quant_gates"
 

@@ -32,10 +32,9 @@ from tvm_intq.compiler.steps import batch_size, build, calibrate, input_names
 from tvm_intq.core import metrics
 from tvm_intq.core.schemes import PerLayer, get_scheme
 from tvm_intq.relay_passes import analyze
-from tvm_intq.relay_passes.analysis.ir_utils import const_value
+from tvm_intq.relay_passes.analysis.ir_utils import const_value, linear_layer_axes
 from tvm_intq.relay_passes.analysis.quant_points import tensor_args
 from tvm_intq.relay_passes.analysis.rebuild import bindings_of, substitute
-from tvm_intq.relay_passes.fold_batch_norm import linear_layer_axes
 
 CANDIDATES = ("symmetric", "hybrid-asym", "pow2")
 GATES = "scheme_gates"
