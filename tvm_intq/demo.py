@@ -13,8 +13,8 @@ from pathlib import Path
 from tvm_intq import api
 from tvm_intq.calibration import load_npz
 from tvm_intq.compiler.runner import Runner, latency_ms
+from tvm_intq.deploy.library import save_library
 from tvm_intq.frontends import import_model
-from tvm_intq.reports.files import write_json
 from tvm_intq.reports.quantization import write_report
 from tvm_intq.targets import get_target
 
@@ -45,8 +45,10 @@ def run(out_dir: Path, calibrator: str | None = None) -> dict:
         precision = label.split()[1]
         executable = api.build(module, host)
         library = out_dir / f"{model.stem}.{precision}.so"
-        host.export(executable, library)
-        write_json(
+        save_library(
+            executable,
+            host,
+            library,
             {
                 "model": str(model),
                 "target": "host",
@@ -55,7 +57,6 @@ def run(out_dir: Path, calibrator: str | None = None) -> dict:
                 "input_dtypes": info.input_dtypes,
                 "outputs": info.outputs,
             },
-            api.sidecar_path(library),
         )
         lat = latency_ms(Runner(executable, list(info.inputs)), feeds)
         rows.append(

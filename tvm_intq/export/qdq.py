@@ -39,7 +39,7 @@ from tvm_intq.compiler.steps import calibrate, prepare, run_exposed
 from tvm_intq.core.config import QuantConfig
 from tvm_intq.core.intmath import QParams
 from tvm_intq.core.schemes import get_scheme
-from tvm_intq.errors import IntqError
+from tvm_intq.files import atomic_path
 from tvm_intq.frontends import import_model
 from tvm_intq.frontends.onnx import load_onnx
 from tvm_intq.relay_passes import analyze
@@ -254,7 +254,6 @@ def _quantize_weights(g, nodes, dequantized: set, scheme):
 
 
 def save(result: ExportResult, path) -> None:
-    try:
-        onnx.save(result.model, str(path))
-    except OSError as err:
-        raise IntqError(f"{path}: cannot write the QDQ model ({err.strerror})") from None
+    """Write the QDQ model whole (a temporary file beside ``path``, renamed when complete)."""
+    with atomic_path(path) as tmp:
+        onnx.save(result.model, str(tmp))

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from tvm_intq.files import atomic_path, make_folder, write_text
+
 
 def write_json(data: dict, path) -> Path:
+    """Write ``data`` as JSON, whole (a temporary file renamed over ``path``), creating its
+    folder."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    return path
+    make_folder(path.parent)
+    return write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def save_figure(fig, path, dpi: int) -> Path:
@@ -18,9 +21,12 @@ def save_figure(fig, path, dpi: int) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    make_folder(path.parent)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
