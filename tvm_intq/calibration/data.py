@@ -177,7 +177,23 @@ def load_npz(
         listed = ", ".join(f"'{n}' has {c}" for n, c in counts.items())
         raise IntqError(f"{path}: inputs have different numbers of samples: {listed}")
     extras = {k: v for k, v in stored.items() if k not in arrays}
+    _check_labels(path, extras.get("labels"), next(iter(counts.values())))
     return SampleSet(arrays, extras)
+
+
+def _check_labels(path: Path, labels, samples: int) -> None:
+    """``labels`` (if the file holds them) must be one integer class per sample: a top-1
+    measured on a misaligned or partial set of labels would be a wrong number."""
+    if labels is None:
+        return
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iubf":
+        raise IntqError(f"{path}: 'labels' has dtype {labels.dtype}, not class numbers")
+    if labels.ndim == 0 or labels.size != samples:
+        raise IntqError(
+            f"{path}: 'labels' has {labels.size if labels.ndim else 1} entries for {samples} "
+            "samples: give one label per sample"
+        )
 
 
 def _check_input(

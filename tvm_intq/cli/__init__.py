@@ -13,8 +13,16 @@ from tvm_intq.errors import IntqError
 COMMANDS = {**model.COMMANDS, **tuning.COMMANDS, **boards.COMMANDS}
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error in one line like every other error (the full usage is one
+    ``--help`` away). Subcommand parsers are of this class too."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="tvm-intq", description="Int8 post-training quantization and deployment for Apache TVM"
     )
     sub = parser.add_subparsers(dest="command", required=True)

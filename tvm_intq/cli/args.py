@@ -160,45 +160,115 @@ def add_compile_args(c) -> None:
     )
 
 
+def check_db_args(args) -> None:
+    """``--db`` folders exist (they are read) and do not come with ``--no-db``."""
+    if getattr(args, "no_db", False) and getattr(args, "db", None):
+        raise IntqError("--no-db ignores tuning databases; --db names one: give one or the other")
+    for f in getattr(args, "db", None) or []:
+        p = Path(f)
+        if not p.exists():
+            raise IntqError(f"--db {p}: no such tuning database folder")
+        if not p.is_dir():
+            raise IntqError(f"--db {p}: is a file; a tuning database is a folder (tvm-intq tune)")
+
+
+def check_labels_for_max_drop(args, calib, eval_samples) -> None:
+    """``--max-drop`` is measured in top-1 points: the evaluation samples must hold labels
+    (said before calibration, not after)."""
+    if getattr(args, "max_drop", None) is None:
+        return
+    data = eval_samples if eval_samples is not None else calib
+    if data.extras.get("labels") is None:
+        where = f"--eval {args.eval_data}" if eval_samples is not None else f"--calib {args.calib}"
+        raise IntqError(
+            f"--max-drop is measured in top-1 points, but {where} holds no 'labels'; "
+            "give labelled --eval data or use --min-sqnr"
+        )
+    if getattr(args, "min_sqnr", None) is not None:
+        print(
+            f"hybrid precision target: top-1 within {args.max_drop:g} points of float "
+            f"and output SQNR >= {args.min_sqnr:g} dB (both must hold)"
+        )
+
+
 def quantized_module(args, spec):
     """``(module, info, precision)``: the Relax module ``compile`` (and ``tune``) builds from
     the model arguments (pre-quantized, ``--fp32``, or quantized with ``--calib``)."""
     from tvm_intq import api
     from tvm_intq.frontends import import_model, parse_input_shapes
-    from tvm_intq.frontends.prequantized import import_prequantized, is_prequantized_file
-    from tvm_intq.relay_passes import float_ops
-    from tvm_intq.relay_passes.check_integer import check_integer_only
+    from tvm_intq.frontends.prequantized import is_prequantized_file
 
     shapes = parse_input_shapes(args.input_shape)
     if not args.fp32 and is_prequantized_file(args.model):
-        if args.calib:
-            raise IntqError(
-                f"{args.model} is already quantized (QDQ/QOperator nodes): its own "
-                "scales are used; drop --calib"
-            )
-        module, info = import_prequantized(args.model, shapes)
-        if args.integer_only:
-            check_integer_only(module)
-        precision, left = "int8", float_ops(module)
-        print(
-            "pre-quantized model, its own scales and zero points kept: "
-            + ("integer only" if not left else f"float ops left: {'; '.join(left)}")
-        )
-    elif args.fp32:
+        return _prequantized_module(args, spec, shapes)
+    if args.fp32:
         mod, info = import_model(args.model, shapes)
-        module, precision = api.prepare(mod), "fp32"
-    else:
-        _, info = import_model(args.model, shapes)
-        calib = samples_for(args, info)
-        eval_samples = api.load_samples(args.eval_data, info, "--eval") if args.eval_data else None
-        config = quant_config(args)
-        compiled = api.compile_onnx(args.model, calib, config, spec, shapes, eval_samples)
-        module, precision = compiled.integer, "int8"
-        print(summary(compiled.report))
-        if args.report:
-            json_path, png = write_report(compiled.report, args.report)
+        return api.prepare(mod), info, "fp32"
+    _, info = import_model(args.model, shapes)
+    calib = samples_for(args, info)
+    eval_samples = api.load_samples(args.eval_data, info, "--eval") if args.eval_data else None
+    check_labels_for_max_drop(args, calib, eval_samples)
+    config = quant_config(args)
+    compiled = api.compile_onnx(args.model, calib, config, spec, shapes, eval_samples)
+    print(summary(compiled.report))
+    if getattr(args, "report", None):
+        json_path, png = write_report(compiled.report, args.report)
+        print(f"report: {json_path} and {png}")
+    return compiled.integer, info, "int8"
+
+
+def _prequantized_module(args, spec, shapes):
+    """A model quantized already: its own scales. Quantization flags would be ignored, so
+    they are refused; ``--eval`` measures the integer program against the model computed in
+    float (its QDQ form), and ``--report`` writes what the report can say without a float
+    model of ours."""
+    from tvm_intq import api
+    from tvm_intq.evaluation.evaluate import evaluate_prequantized
+    from tvm_intq.frontends.prequantized import prequantized_modules
+    from tvm_intq.relay_passes import float_ops
+    from tvm_intq.relay_passes.check_integer import check_integer_only
+
+    ignored = [
+        flag
+        for flag, value in (
+            ("--calib", args.calib),
+            ("--calibrator", args.calibrator),
+            ("--percentile", args.percentile),
+            ("--scheme", None if args.scheme == "hybrid-asym" else args.scheme),
+            ("--float-layers", getattr(args, "float_layers", None)),
+            ("--max-drop", getattr(args, "max_drop", None)),
+            ("--min-sqnr", getattr(args, "min_sqnr", None)),
+        )
+        if value is not None
+    ]
+    if ignored:
+        raise IntqError(
+            f"{args.model} is already quantized (QDQ/QOperator nodes): its own scales are "
+            f"used; drop {', '.join(ignored)}"
+        )
+    qdq, module, info = prequantized_modules(args.model, shapes)
+    if args.integer_only:
+        check_integer_only(module)
+    left = float_ops(module)
+    print(
+        "pre-quantized model, its own scales and zero points kept: "
+        + ("integer only" if not left else f"float ops left: {'; '.join(left)}")
+    )
+    report_path = getattr(args, "report", None)
+    if report_path or args.eval_data:
+        samples = api.load_samples(args.eval_data, info, "--eval") if args.eval_data else None
+        report = evaluate_prequantized(qdq, module, samples, progress=not args.no_progress)
+        report.update(
+            model=str(args.model),
+            target=spec.name,
+            scheme="pre-quantized",
+            calibrator=None,
+        )
+        print(summary(report))
+        if report_path:
+            json_path, png = write_report(report, report_path)
             print(f"report: {json_path} and {png}")
-    return module, info, precision
+    return module, info, "int8"
 
 
 def compile_database(args, spec, module):

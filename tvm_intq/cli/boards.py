@@ -10,8 +10,18 @@ import signal
 import sys
 import time
 
-from tvm_intq.cli.args import add_compile_args
+from tvm_intq.cli.args import add_compile_args, check_db_args
+from tvm_intq.cli.checks import (
+    check_input_file,
+    check_model_file,
+    check_number,
+    check_output_file,
+    check_output_folder,
+    note,
+)
 from tvm_intq.errors import IntqError
+
+MAX_BOARDS = 64  # emulated boards per `board up` (each is a qemu process per session)
 
 
 def add_parsers(sub) -> None:
@@ -35,6 +45,13 @@ def add_parsers(sub) -> None:
         "(default: the address it sees them at)",
     )
     b.add_argument("--log-dir", help="write each board's log here")
+    b.add_argument(
+        "--wait",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="seconds to wait for the tracker if it does not listen yet (default 60)",
+    )
 
     s = sub.add_parser(
         "bench",
@@ -94,6 +111,9 @@ def cmd_boards(args) -> int:
 def cmd_tracker(args) -> int:
     from tvm_intq.targets.rpc import serve_tracker
 
+    if not 0 < args.port < 65536:
+        raise IntqError(f"--port {args.port}: a TCP port is 1..65535")
+
     def ready(host, port):
         print(f"tracker listening on {host}:{port} (Ctrl-C stops it)", flush=True)
 
@@ -103,13 +123,28 @@ def cmd_tracker(args) -> int:
 
 def cmd_board(args) -> int:
     from tvm_intq.targets.boards import get_board
-    from tvm_intq.targets.rpc import start_boards
+    from tvm_intq.targets.rpc import parse_addr, start_boards
 
-    if args.count < 1:
-        raise IntqError("--count must be >= 1")
+    if not 1 <= args.count <= MAX_BOARDS:
+        raise IntqError(f"--count {args.count}: must be 1..{MAX_BOARDS}")
+    check_number(args.wait, "--wait", 0)
+    parse_addr(args.tracker)
+    if args.log_dir:
+        check_output_folder(args.log_dir, "--log-dir")
     board = get_board(args.board)
+
+    def waiting(text):
+        print(text, flush=True)
+
     started = start_boards(
-        board, args.tracker, args.count, args.host, args.log_dir, custom_addr=args.custom_addr
+        board,
+        args.tracker,
+        args.count,
+        args.host,
+        args.log_dir,
+        custom_addr=args.custom_addr,
+        wait=args.wait,
+        on_wait=waiting,
     )
     for bp in started:
         print(
@@ -144,6 +179,28 @@ def cmd_board(args) -> int:
             bp.kill(signal.SIGTERM)
 
 
+def check_bench(args) -> None:
+    """What ``bench`` reads and writes, and its numbers, before anything is compiled."""
+    from tvm_intq.targets import get_target
+
+    check_model_file(args.model)
+    check_input_file(args.calib, "--calib", "calibration file")
+    check_db_args(args)
+    get_target(args.target)
+    for flag, low in (("repeat", 1), ("number", 1), ("warmup", 0), ("check_samples", 0)):
+        value = getattr(args, flag)
+        if value < low:
+            raise IntqError(f"--{flag.replace('_', '-')} {value}: must be >= {low}")
+    check_number(args.timeout, "--timeout", 0, low_open=True)
+    reads = [("model", args.model), ("--calib file", args.calib)]
+    if args.out:
+        check_output_folder(args.out, "--out", reads)
+    if args.json:
+        check_output_file(args.json, "--json", reads, create_folder=True)
+    if args.key is None and args.fp32:
+        note("--fp32: without --key the emulated figures compare int8 and fp32 anyway")
+
+
 def cmd_bench(args) -> int:
     from tvm_intq import api
     from tvm_intq.deploy.board_bench import BenchStopped, bench
@@ -151,6 +208,7 @@ def cmd_bench(args) -> int:
     from tvm_intq.reports.files import write_json
     from tvm_intq.reports.speed import bench_table, emulated_markdown
 
+    check_bench(args)
     shapes = parse_input_shapes(args.input_shape)
     _, info = import_model(args.model, shapes)
     calib = api.load_samples(args.calib, info, "--calib")

@@ -13,11 +13,25 @@ from tvm_intq.cli.args import (
     add_hybrid_args,
     add_model_args,
     add_quant_args,
+    check_db_args,
+    check_labels_for_max_drop,
     compile_database,
     quant_config,
     quantized_module,
     samples_for,
 )
+from tvm_intq.cli.checks import (
+    check_data_args,
+    check_fp32,
+    check_input_file,
+    check_model_file,
+    check_output_file,
+    check_output_folder,
+    check_quant_args,
+    model_inputs,
+)
+from tvm_intq.errors import IntqError
+from tvm_intq.files import check_distinct
 from tvm_intq.reports.files import table, write_json
 from tvm_intq.reports.quantization import layer_table, plot_per_layer, summary
 
@@ -85,17 +99,46 @@ def add_parsers(sub) -> None:
     d.add_argument("--calibrator", default=None, help="calibrator (default: percentile)")
 
 
-def cmd_compile(args) -> int:
-    from tvm_intq import api
-    from tvm_intq.deploy.library import sidecar_path
+def check_compile(args):
+    """Everything ``compile`` can check before it imports the model: ``(library, sidecar,
+    report)`` paths."""
+    from tvm_intq.deploy.sidecar import sidecar_path
     from tvm_intq.targets import get_target
 
+    check_model_file(args.model)
+    check_data_args(args)
+    check_quant_args(args)
+    check_fp32(args)
+    check_db_args(args)
+    get_target(args.target)
+    reads = model_inputs(args)
+    out = check_output_file(args.output, "-o", reads)
+    sidecar = check_output_file(sidecar_path(out), "-o (its sidecar)", reads)
+    outputs = [("-o", out), ("the sidecar of -o", sidecar)]
+    report = None
+    if args.report:
+        report = check_output_file(args.report, "--report", reads, create_folder=True)
+        png = check_output_file(
+            report.with_suffix(".png"), "--report (its plot)", reads, create_folder=True
+        )
+        outputs += [("--report", report), ("the plot of --report", png)]
+    check_distinct(outputs)
+    return out
+
+
+def cmd_compile(args) -> int:
+    from tvm_intq import api
+    from tvm_intq.deploy.library import save_library
+    from tvm_intq.targets import get_target
+
+    out = check_compile(args)
     spec = get_target(args.target)
-    out = Path(args.output)
     module, info, precision = quantized_module(args, spec)
     database = compile_database(args, spec, module)
-    spec.export(api.build(module, spec, database=database), out)
-    write_json(
+    save_library(
+        api.build(module, spec, database=database),
+        spec,
+        out,
         {
             "model": str(args.model),
             "target": spec.name,
@@ -104,27 +147,36 @@ def cmd_compile(args) -> int:
             "input_dtypes": info.input_dtypes,
             "outputs": info.outputs,
         },
-        sidecar_path(out),
     )
     print(f"wrote {out} ({precision}, {spec.name})")
     return 0
 
 
 def cmd_run(args) -> int:
-    import numpy as np
+    from tvm_intq.deploy.sidecar import check_library, sidecar_path
 
-    from tvm_intq.deploy.library import run_library
+    check_input_file(args.input, "--input", "input file")
+    reads = [
+        ("library", args.library),
+        ("sidecar", sidecar_path(args.library)),
+        ("--input file", args.input),
+    ]
+    out = check_output_file(args.output, "-o", reads)
+    check_library(args.library)  # before TVM is loaded: the one-line answers come at once
+
+    from tvm_intq.deploy.library import run_library, save_outputs
 
     outputs = run_library(args.library, args.input)
-    np.savez(args.output, **outputs)
-    print(f"wrote {args.output}: " + ", ".join(f"{k} {list(v.shape)}" for k, v in outputs.items()))
+    save_outputs(outputs, out)
+    print(f"wrote {out}: " + ", ".join(f"{k} {list(v.shape)}" for k, v in outputs.items()))
     return 0
 
 
 def cmd_demo(args) -> int:
     from tvm_intq import demo
 
-    result = demo.run(Path(args.out), calibrator=args.calibrator)
+    out = check_output_folder(args.out, "--out")
+    result = demo.run(out, calibrator=args.calibrator)
     print()
     print(table(result["rows"], result["columns"]))
     print()
@@ -134,20 +186,47 @@ def cmd_demo(args) -> int:
 
 
 def cmd_export_qdq(args) -> int:
+    check_model_file(args.model)
+    check_data_args(args)
+    check_quant_args(args)
+    if args.scheme == "auto":
+        raise IntqError(
+            "--scheme auto picks a scheme per layer by measured error, which needs a compile; "
+            "export-qdq writes one scheme: give hybrid-asym, symmetric or pow2"
+        )
+    if args.integer_only:
+        raise IntqError(
+            "--integer-only checks the compiled program; export-qdq compiles none (it would "
+            "be ignored): use it with compile"
+        )
+    out = check_output_file(args.output, "-o", model_inputs(args))
+
+    from tvm_intq import api
     from tvm_intq.export.qdq import export_qdq, save
     from tvm_intq.frontends import import_model, parse_input_shapes
 
     shapes = parse_input_shapes(args.input_shape)
     _, info = import_model(args.model, shapes)
-    result = export_qdq(args.model, samples_for(args, info), quant_config(args), shapes)
-    save(result, args.output)
-    print(f"wrote {args.output}: {len(result.tensors)} int8 tensors ({args.scheme})")
+    calib = samples_for(args, info)
+    if args.eval_data is None:  # calibrate on what compile calibrates on: the same integers
+        calib, _ = api.split_holdout(calib)
+    result = export_qdq(args.model, calib, quant_config(args), shapes)
+    save(result, out)
+    print(f"wrote {out}: {len(result.tensors)} int8 tensors ({args.scheme})")
     if result.unmatched:
         print(f"left float (no ONNX tensor holds them): {', '.join(result.unmatched)}")
     return 0
 
 
 def cmd_eval(args) -> int:
+    check_model_file(args.model)
+    check_data_args(args)
+    check_quant_args(args)
+    if args.out:
+        out = check_output_folder(args.out, "--out", model_inputs(args))
+        for name in ("report.json", "per_layer.png"):
+            check_output_file(out / name, "--out", model_inputs(args), create_folder=True)
+
     from tvm_intq import api
     from tvm_intq.frontends import import_model, parse_input_shapes
 
@@ -155,6 +234,7 @@ def cmd_eval(args) -> int:
     _, info = import_model(args.model, shapes)
     calib = samples_for(args, info)
     eval_samples = api.load_samples(args.eval_data, info, "--eval") if args.eval_data else None
+    check_labels_for_max_drop(args, calib, eval_samples)
     compiled = api.compile_onnx(
         args.model, calib, quant_config(args), args.target, shapes, eval_samples
     )

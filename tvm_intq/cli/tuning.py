@@ -20,6 +20,17 @@ from tvm_intq.cli.args import (
     add_quant_args,
     quantized_module,
 )
+from tvm_intq.cli.checks import (
+    check_data_args,
+    check_fp32,
+    check_input_file,
+    check_model_file,
+    check_number,
+    check_output_file,
+    check_output_folder,
+    check_quant_args,
+    model_inputs,
+)
 from tvm_intq.errors import IntqError
 from tvm_intq.targets.mca import COSTS
 
@@ -50,7 +61,8 @@ def add_parsers(sub) -> None:
         "--trials-per-iter",
         type=int,
         default=None,
-        help="candidates measured per search round (default: min(32, --trials))",
+        help="candidates measured per search round (default: min(32, --trials); more than "
+        "--trials is cut to --trials)",
     )
     t.add_argument("--seed", type=int, default=None)
     t.add_argument(
@@ -109,12 +121,25 @@ def cmd_tune(args) -> int:
     from tvm_intq.targets import get_target
 
     spec = get_target(args.target)
+    check_model_file(args.model)
+    check_data_args(args)
+    check_quant_args(args)
+    check_fp32(args)
     if args.trials < 1:
-        raise IntqError("--trials must be at least 1")
+        raise IntqError(f"--trials {args.trials}: must be at least 1")
+    if args.trials_per_iter is not None and args.trials_per_iter < 1:
+        raise IntqError(f"--trials-per-iter {args.trials_per_iter}: must be at least 1")
+    if args.seed is not None and args.seed < 0:
+        raise IntqError(f"--seed {args.seed}: must be >= 0")
+    check_number(args.wait, "--wait", 0, low_open=True)
     if args.threads is not None and (args.threads < 1 or args.tracker):
         raise IntqError(
             "--threads N (N >= 1) is for tuning on this machine; a board's threads are its own"
         )
+    db = check_output_folder(args.db, "--db", model_inputs(args))
+    if db.is_dir():
+        for name in ("database_workload.json", "database_tuning_record.json", "tasks.json"):
+            check_output_file(db / name, "--db", model_inputs(args))
     runner = _board_runner(args, spec)
     try:
         module, _, precision = quantized_module(args, spec)
@@ -196,6 +221,8 @@ def _cost_runner(args, spec):
 def cmd_inspect(args) -> int:
     from tvm_intq.reports.files import table
     from tvm_intq.targets.disassembly import inspect_library
+
+    check_input_file(args.library, "library", "library")
 
     result = inspect_library(args.library)
     columns = [
