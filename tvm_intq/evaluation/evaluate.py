@@ -202,3 +202,58 @@ def constant_bytes(mod: tvm.IRModule) -> int:
 
     relax.analysis.post_order_visit(mod["main"], visit)
     return total
+
+
+def evaluate_prequantized(qdq, integer, samples: SampleSet | None, progress: bool = False) -> dict:
+    """The report of a model quantized by another tool: its quantization points (scale and
+    zero point of each quantize, as the model gives them), the float ops left, weight bytes
+    and accumulators; with ``samples``, the integer program's output against the model
+    computed in float between its quantize/dequantize pairs (``qdq``, what a QDQ runtime such
+    as ONNX Runtime's reference computes) and top-1 when the samples carry ``labels``. There
+    is no float model of ours to measure each layer against, so per-layer error is None."""
+    defs = {b.var: b.value for b in bindings_of(qdq["main"])}
+    params = set(qdq["main"].params)
+    layers = []
+    for var, value in defs.items():
+        if op_name(value) != "relax.quantize" or value.args[0] in params:
+            continue
+        scale, zp = const_value(value.args[1]), const_value(value.args[2])
+        if scale is None or zp is None or scale.size != 1:
+            continue
+        producer = op_name(defs.get(value.args[0])) or "input"
+        layers.append(
+            {
+                "name": var.name,
+                "op": producer.replace("relax.", ""),
+                "precision": "int8",
+                "scale": float(scale.reshape(())),
+                "zero_point": int(zp.reshape(())),
+                "input_scale": None,
+                "input_zero_point": None,
+                "sqnr_db": None,
+                "manhattan": None,
+                "euclidean": None,
+            }
+        )
+    left = float_ops(integer)
+    report = {
+        "integer_only": not left,
+        "float_ops": left,
+        "layers": layers,
+        "output_sqnr_db": None,
+        "weights_bytes": {"fp32": None, "int8": constant_bytes(integer)},
+        "num_eval_samples": 0 if samples is None else samples.num_samples,
+        "accumulators": accumulator_report(integer),
+        "layer_histograms": [],
+    }
+    if samples is None:
+        return report
+    batch = batch_size(qdq)
+    f_out, _ = run_exposed(qdq, [], samples, batch, progress, "evaluate qdq (float)")
+    i_out, _ = run_exposed(integer, [], samples, batch, progress, "evaluate int8")
+    report["output_sqnr_db"] = _finite(metrics.sqnr_db(f_out[0], i_out[0]))
+    labels = samples.extras.get("labels")
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1)
+        report["top1"] = {"fp32": top1(f_out[0], labels), "int8": top1(i_out[0], labels)}
+    return report

@@ -182,17 +182,67 @@ def center_weights(model: onnx.ModelProto, path: str = "model") -> onnx.ModelPro
 
 
 def check_supported(model: onnx.ModelProto, path: str = "model"):
-    """Per-tensor int8 activations only (what the integer program computes)."""
+    """Per-tensor int8 activations only (what the integer program computes), and parameters
+    that mean something: every scale finite and > 0 (a zero scale divides by zero, a negative
+    one flips signs, NaN/Inf poison every value after it), and zero points in range: int8
+    (uint8 ones were shifted into int8, exactly), int32 only on a bias dequantize, one per
+    scale. Names the tensor and its node."""
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    inits.update(_constant_outputs(model))
     for node in model.graph.node:
         if node.op_type not in (QUANTIZE, DEQUANTIZE):
             continue
-        zp = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        scale_name = node.input[1] if len(node.input) > 1 else ""
+        zp_name = node.input[2] if len(node.input) > 2 else ""
+        zp = inits.get(zp_name) if zp_name else None
         if zp is not None and zp.dtype not in (np.int8, np.int32):
             _fail(path, node, f"{zp.dtype} quantization: only int8 and uint8 are supported")
-        scale = inits.get(node.input[1])
+        scale = inits.get(scale_name)
         if node.op_type == QUANTIZE and (scale is None or scale.size != 1):
             _fail(path, node, "activations must be quantized per tensor, with a constant scale")
+        if scale is not None:
+            _check_scale(path, node, scale_name, scale)
+        if zp is not None:
+            _check_zero_point(path, node, zp_name, zp, scale)
+
+
+def _constant_outputs(model: onnx.ModelProto) -> dict:
+    """``{output: array}`` of Constant nodes holding a tensor (scales may come that way)."""
+    out = {}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            out[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return out
+
+
+def _check_scale(path, node, name: str, scale: np.ndarray) -> None:
+    if scale.dtype.kind != "f":
+        _fail(path, node, f"scale '{name}' has dtype {scale.dtype}; a scale is a float")
+    flat = scale.reshape(-1).astype(np.float64)
+    bad = np.flatnonzero(~np.isfinite(flat) | (flat <= 0))
+    if bad.size:
+        k = int(bad[0])
+        where = f"[{k}] " if flat.size > 1 else ""
+        _fail(
+            path,
+            node,
+            f"scale '{name}' {where}is {flat[k]:g}: a scale must be finite and > 0",
+        )
+
+
+def _check_zero_point(path, node, name: str, zp: np.ndarray, scale) -> None:
+    if scale is not None and zp.size != scale.size and zp.size != 1:
+        _fail(
+            path,
+            node,
+            f"zero point '{name}' has {zp.size} values for {scale.size} scales",
+        )
+    if zp.dtype == np.int32:
+        # An int32 zero point belongs to a bias dequantize (folded into a float bias, any
+        # value is exact); a QuantizeLinear produces int8 activations.
+        if node.op_type == QUANTIZE:
+            _fail(path, node, f"zero point '{name}' is int32: quantized activations are int8")
+        return
 
 
 def to_int8_qdq(model: onnx.ModelProto, path: str = "model") -> onnx.ModelProto:
@@ -214,6 +264,14 @@ def import_prequantized(path, input_shapes: dict | None = None):
     """A pre-quantized ONNX (or fully-integer .tflite) model -> ``(integer Relax IRModule,
     ModelInfo)`` with the model's own scales and zero points. Raises :class:`IntqError`
     naming what cannot be folded."""
+    _, integer, info = prequantized_modules(path, input_shapes)
+    return integer, info
+
+
+def prequantized_modules(path, input_shapes: dict | None = None):
+    """``(qdq module, integer module, ModelInfo)`` of a pre-quantized model: the canonical
+    QDQ module (the model as written, computing in float between its quantize/dequantize
+    pairs: the reference the integer program is measured against) and its integer program."""
     if not is_prequantized_file(path):
         raise IntqError(
             f"{path}: not a quantized model (no QuantizeLinear, DequantizeLinear or "
@@ -228,7 +286,7 @@ def import_prequantized(path, input_shapes: dict | None = None):
     qdq = CanonicalizeQDQ()(mod)
     integer = FoldToInteger()(qdq)
     _check_folded(integer, qdq, model, str(path))
-    return integer, info
+    return qdq, integer, info
 
 
 def _check_folded(integer, qdq, model: onnx.ModelProto | None, path: str):

@@ -24,18 +24,19 @@ def plot_layer_sqnr(report: dict, path) -> Path:
     ax.set_xticks(range(len(values)))
     ax.set_xticklabels(names, rotation=90, fontsize=6)
     ax.set_ylabel("SQNR (dB), higher is better")
-    ax.axhline(
-        report.get("output_sqnr_db", 0),
-        color="gray",
-        linestyle="--",
-        linewidth=1,
-        label=f"model output {report.get('output_sqnr_db', 0):.1f} dB",
-    )
+    if report.get("output_sqnr_db") is not None:
+        ax.axhline(
+            report["output_sqnr_db"],
+            color="gray",
+            linestyle="--",
+            linewidth=1,
+            label=f"model output {report['output_sqnr_db']:.1f} dB",
+        )
+        ax.legend(loc="lower right")
     ax.set_title(
         f"Per-layer SQNR, int8 vs float: {Path(report['model']).name} "
-        f"({report['scheme']}, {report['calibrator']})"
+        f"({', '.join(str(v) for v in (report['scheme'], report.get('calibrator')) if v)})"
     )
-    ax.legend(loc="lower right")
     fig.tight_layout()
     return save_figure(fig, path, dpi=120)
 
@@ -49,8 +50,8 @@ def write_report(report: dict, path) -> tuple[Path, Path]:
 def summary(report: dict) -> str:
     """A few lines for the console after ``compile``."""
     lines = [
-        f"model {report['model']}  target {report['target']}  scheme {report['scheme']}  "
-        f"calibrator {report['calibrator']}",
+        f"model {report['model']}  target {report['target']}  scheme {report['scheme']}"
+        + (f"  calibrator {report['calibrator']}" if report.get("calibrator") else ""),
         f"integer only: {'yes' if report['integer_only'] else 'no'}"
         + (
             ""
@@ -60,10 +61,14 @@ def summary(report: dict) -> str:
             + (" ..." if len(report["float_ops"]) > 5 else "")
             + ")"
         ),
-        f"output SQNR int8 vs float: {report['output_sqnr_db']:.1f} dB on "
-        f"{report['num_eval_samples']} held-out samples",
-        f"weights: fp32 {report['weights_bytes']['fp32']:,} B, "
-        f"int8 {report['weights_bytes']['int8']:,} B",
+        (
+            f"output SQNR int8 vs float: {report['output_sqnr_db']:.1f} dB on "
+            f"{report['num_eval_samples']} held-out samples"
+            if report["output_sqnr_db"] is not None
+            else "output SQNR: not measured (give --eval data)"
+        ),
+        "weights: "
+        + ", ".join(f"{k} {v:,} B" for k, v in report["weights_bytes"].items() if v is not None),
     ]
     if "top1" in report:
         lines.append(
