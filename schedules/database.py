@@ -17,6 +17,7 @@ calibration of the same layer shapes; kernels that inline a calibration-dependen
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import tvm
 import tvm_ffi
 from tvm.s_tir import meta_schedule as ms
 
+from tvm_intq.files import write_text
 from tvm_intq.schedules.intrinsics import register
 from tvm_intq.schedules.pipeline import tuning_pipeline
 
@@ -46,43 +48,155 @@ class Task:
     weight: int
 
 
-def _repair(path: Path) -> int:
-    """Drop lines that are not complete JSON (a tune killed while writing); returns how many."""
+@dataclass
+class Scan:
+    """A database file read line by line: its good lines (in order, with their line numbers)
+    and its damaged ones (not complete JSON of the expected shape: a tune killed while
+    writing a line, or a file edited by hand)."""
+
+    path: Path
+    good: list  # (line number, text)
+    damaged: list  # line numbers, 1-based
+    unterminated: bool  # the last line has no newline (it may still be complete)
+
+
+def scan(path: Path, workloads: int | None = None) -> Scan:
+    """Read ``path`` without changing it. A record line must be ``[workload index, [...]]``
+    with an index below ``workloads`` (when given); a workload line ``[hash, module]``."""
     if not path.is_file():
-        return 0
-    lines = path.read_text().splitlines()
-    good = []
-    for line in lines:
-        try:
-            json.loads(line)
-            good.append(line)
-        except json.JSONDecodeError:
+        return Scan(path, [], [], False)
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    good, damaged = [], []
+    for k, raw in enumerate(lines, 1):
+        if not raw.strip():
             continue
-    if len(good) != len(lines) or (lines and not path.read_text().endswith("\n")):
-        path.write_text("".join(g + "\n" for g in good))
-    return len(lines) - len(good)
+        try:
+            value = json.loads(raw.decode())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            damaged.append(k)
+            continue
+        if workloads is None:
+            ok = isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+        else:
+            ok = (
+                isinstance(value, list)
+                and len(value) == 2
+                and isinstance(value[0], int)
+                and 0 <= value[0] < workloads
+            )
+        (good.append((k, raw.decode())) if ok else damaged.append(k))
+    return Scan(path, good, damaged, bool(data) and not data.endswith(b"\n"))
 
 
-def open_database(folder, create: bool = True) -> ms.database.JSONDatabase:
-    """The JSON database in ``folder`` (created if missing and ``create``)."""
+def _describe(s: Scan) -> str:
+    lines = ", ".join(map(str, s.damaged[:5])) + (" ..." if len(s.damaged) > 5 else "")
+    last = s.damaged and s.damaged[-1] == len(s.good) + len(s.damaged) and s.unterminated
+    why = " (cut short: a tune stopped while writing it)" if last and len(s.damaged) == 1 else ""
+    return f"{s.path}: line{'s' if len(s.damaged) > 1 else ''} {lines} damaged{why}"
+
+
+def _clean(workloads: Scan, records: Scan) -> tuple[str, str, list]:
+    """The two files' text without their damaged lines; a record whose workload line is
+    damaged is dropped too, and the others' workload indices renumbered (a record names its
+    workload by its line, damaged lines counted). Returns ``(workloads, records, the record
+    lines dropped for their workload)``."""
+    index = {k - 1: new for new, (k, _) in enumerate(workloads.good)}
+    kept, lost = [], []
+    for _, text in records.good:
+        value = json.loads(text)
+        if value[0] not in index:
+            lost.append(text)
+        elif index[value[0]] == value[0]:
+            kept.append(text)  # as TVM wrote it
+        else:
+            kept.append(json.dumps([index[value[0]], value[1]], separators=(",", ":")))
+    return "".join(t + "\n" for _, t in workloads.good), "".join(t + "\n" for t in kept), lost
+
+
+def _warn(message: str) -> None:
+    """Damage is reported, never silent (logging's last-resort handler prints warnings to
+    stderr when nobody configured logging)."""
+    logging.getLogger("tvm_intq.database").warning("tvm-intq: warning: %s", message)
+
+
+def check_database(folder, writable: bool) -> tuple[Scan, Scan]:
+    """Scan the two files of a database and report every damaged line, by line number. A
+    read leaves the files as they are; a writer (``tune``, which appends) moves the damaged
+    lines to ``<file>.damaged`` beside them (rewriting each file whole, temporary file then
+    rename) and ends an unterminated last line, so no new record is glued onto it."""
     folder = Path(folder)
+    workloads = scan(folder / WORKLOADS)
+    records = scan(folder / RECORDS, workloads=len(workloads.good) + len(workloads.damaged))
+    damaged = [s for s in (workloads, records) if s.damaged]
+    if not damaged:
+        if writable:
+            for s in (workloads, records):
+                if s.unterminated:
+                    with open(s.path, "ab") as f:  # complete JSON, only the newline missing
+                        f.write(b"\n")
+        return workloads, records
+    wl_text, rec_text, lost = _clean(workloads, records)
+    lost_note = (
+        f"; {len(lost)} record(s) of the damaged workload line(s) cannot be used" if lost else ""
+    )
+    for s in damaged:
+        if not writable:
+            _warn(f"{_describe(s)}: skipped, the file is left as it is{lost_note}")
+            continue
+        lines = s.path.read_bytes().split(b"\n")
+        _set_aside(s.path, [lines[k - 1] for k in s.damaged])
+        _warn(f"{_describe(s)}: moved to {s.path.name}.damaged{lost_note}")
+    if writable:
+        if lost:  # kept beside the database, not lost
+            _set_aside(records.path, [t.encode() for t in lost])
+        write_text(folder / WORKLOADS, wl_text)
+        write_text(folder / RECORDS, rec_text)
+    return workloads, records
+
+
+def _set_aside(path: Path, lines: list) -> None:
+    with open(path.with_name(path.name + ".damaged"), "ab") as f:
+        f.write(b"".join(line + b"\n" for line in lines))
+
+
+def open_database(
+    folder, create: bool = True, writable: bool | None = None
+) -> ms.database.JSONDatabase:
+    """The JSON database in ``folder`` (created if missing and ``create``). ``writable``
+    (default: ``create``) is for a tune, which appends to the files; a read (``compile
+    --db``) never writes them: damaged lines are reported and skipped in memory."""
+    import tempfile
+
+    from tvm_intq.errors import IntqError
+
+    folder = Path(folder)
+    writable = create if writable is None else writable
     if not folder.is_dir():
         if not create:
             raise FileNotFoundError(f"{folder}: no tuning database here")
         folder.mkdir(parents=True)
-    for name in (WORKLOADS, RECORDS):
-        _repair(folder / name)
+    if not writable:
+        missing = [n for n in (WORKLOADS, RECORDS) if not (folder / n).is_file()]
+        if missing:
+            raise IntqError(
+                f"{folder}: not a tuning database ({' and '.join(missing)} missing); "
+                "make one with tvm-intq tune"
+            )
+    workloads, records = check_database(folder, writable)
     register()  # the records' traces name our tensor intrinsics
     try:
-        return ms.database.JSONDatabase(
-            str(folder / WORKLOADS),
-            str(folder / RECORDS),
-            allow_missing=True,
-            module_equality="structural",
-        )
+        if writable or not (workloads.damaged or records.damaged):
+            return _json_database(folder)
+        # A read of a damaged database: the good lines, from a copy (TVM reads files only).
+        wl_text, rec_text, _ = _clean(workloads, records)
+        with tempfile.TemporaryDirectory(prefix="tvm-intq-db-") as tmp:
+            (Path(tmp) / WORKLOADS).write_text(wl_text)
+            (Path(tmp) / RECORDS).write_text(rec_text)
+            return _in_memory(_json_database(Path(tmp)))
     except RuntimeError as err:  # TVM replays every record's trace when it loads them
-        from tvm_intq.errors import IntqError
-
         if "is not registered" in str(err):
             intrin = str(err).split("TensorIntrin")[-1].split("is not registered")[0].strip(" '")
             why = (
@@ -94,6 +208,27 @@ def open_database(folder, create: bool = True) -> ms.database.JSONDatabase:
         raise IntqError(
             f"{folder}: {why} (its kernels changed since): tune into a new --db folder"
         ) from None
+
+
+def _in_memory(db) -> ms.database.MemoryDatabase:
+    """The records of ``db`` in a database that holds no file."""
+    mem = ms.database.MemoryDatabase(module_equality="structural")
+    for r in db.get_all_tuning_records():
+        mem.commit_tuning_record(
+            ms.database.TuningRecord(
+                r.trace, mem.commit_workload(r.workload.mod), r.run_secs, r.target, r.args_info
+            )
+        )
+    return mem
+
+
+def _json_database(folder: Path) -> ms.database.JSONDatabase:
+    return ms.database.JSONDatabase(
+        str(folder / WORKLOADS),
+        str(folder / RECORDS),
+        allow_missing=True,
+        module_equality="structural",
+    )
 
 
 def shipped_databases(target_name: str) -> list[Path]:
@@ -162,7 +297,7 @@ def prune(folder, tasks: list[Task]) -> int:
     import tempfile
 
     folder = Path(folder)
-    db = open_database(folder, create=False)
+    db = open_database(folder, create=False, writable=True)
     keep = [r for t in tasks for r in records_of(db, t.mod)]
     dropped = len(db.get_all_tuning_records()) - len(keep)
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
@@ -182,13 +317,22 @@ def prune(folder, tasks: list[Task]) -> int:
             (Path(tmp) / name).replace(folder / name)
     keys = {workload_key(t.mod) for t in tasks}
     notes = {k: v for k, v in read_task_notes(folder).items() if k in keys}
-    (folder / TASKS).write_text(json.dumps(notes, indent=1, sort_keys=True) + "\n")
+    write_text(folder / TASKS, json.dumps(notes, indent=1, sort_keys=True) + "\n")
     return dropped
 
 
 def read_task_notes(folder) -> dict:
+    """``tasks.json``; a damaged one is reported and read as empty (the tasks it noted are
+    looked at again, nothing is lost: the records are in the database files)."""
     path = Path(folder) / TASKS
-    return json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        notes = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        _warn(f"{path}: damaged ({getattr(err, 'msg', err)}); its notes are ignored")
+        return {}
+    return notes if isinstance(notes, dict) else {}
 
 
 def note_task(folder, task: Task, budget: int, records: int) -> None:
@@ -196,10 +340,7 @@ def note_task(folder, task: Task, budget: int, records: int) -> None:
     candidates ends before it; the resumed tune must not retry it forever)."""
     notes = read_task_notes(folder)
     notes[workload_key(task.mod)] = {"name": task.name, "budget": budget, "records": records}
-    path = Path(folder) / TASKS
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(notes, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
+    write_text(Path(folder) / TASKS, json.dumps(notes, indent=1, sort_keys=True) + "\n")
 
 
 def check_cost(folder, cost: str) -> None:
@@ -215,7 +356,7 @@ def check_cost(folder, cost: str) -> None:
     )
     if held is None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(cost + "\n")
+        write_text(path, cost + "\n")
     elif held != cost:
         raise IntqError(
             f"{folder} holds records of {held}; this tune measures {cost}: "
