@@ -34,6 +34,7 @@ from tvm_intq.targets.rpc.protocol import (
     recv_json,
     send_json,
     set_parent_death_signal,
+    wait_for_tracker,
 )
 
 log = logging.getLogger("tvm_intq.rpc")
@@ -285,14 +286,17 @@ def start_boards(
     log_dir: str | None = None,
     ready_timeout: float = 90.0,
     custom_addr: str | None = None,
+    wait: float = 0.0,
+    on_wait: Callable[[str], None] | None = None,
 ) -> list[BoardProcess]:
     """Start ``count`` emulated boards of kind ``board`` registered with ``tracker``; each
     board is a process group of its own (kill one with :meth:`BoardProcess.kill`), and dies
     with the process that started it. Returns once every board is registered. The tracker
-    hands clients the address it sees the boards at, or ``custom_addr``."""
+    hands clients the address it sees the boards at, or ``custom_addr``. A tracker that does
+    not listen yet is waited for, at most ``wait`` seconds (``on_wait`` is told)."""
     board.check_runnable()
     tracker_addr = parse_addr(tracker)
-    connect_tracker(tracker_addr).close()
+    wait_for_tracker(tracker_addr, wait, on_wait)
     started: list[BoardProcess] = []
     try:
         for i in range(count):

@@ -80,13 +80,17 @@ def recv_json(sock: socket.socket):
     return json.loads(recv_all(sock, size).decode())
 
 
+class NoTracker(IntqError):
+    """Nothing accepts connections at the tracker's address (yet)."""
+
+
 def connect_tracker(addr: tuple[str, int], timeout: float = 5.0) -> socket.socket:
     host, port = addr
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as err:
         reason = err.strerror or type(err).__name__
-        raise IntqError(
+        raise NoTracker(
             f"no RPC tracker at {host}:{port} ({reason}); start one with "
             f"`tvm-intq tracker --host {host} --port {port}`"
         ) from None
@@ -99,6 +103,30 @@ def connect_tracker(addr: tuple[str, int], timeout: float = 5.0) -> socket.socke
         sock.close()
         raise IntqError(f"{host}:{port} is not a TVM RPC tracker")
     return sock
+
+
+def wait_for_tracker(addr: tuple[str, int], wait: float, on_wait=None) -> None:
+    """Return once the tracker at ``addr`` answers, retrying every second for at most ``wait``
+    seconds (a board started just before its tracker waits for it, as TVM's ``rpc_server``
+    does); ``on_wait(text)`` is told once that we wait. :class:`IntqError` after ``wait``
+    seconds, or at once if something else than a tracker answers there."""
+    import time
+
+    deadline = time.monotonic() + wait
+    told = False
+    while True:
+        try:
+            connect_tracker(addr).close()
+            return
+        except NoTracker as err:
+            if time.monotonic() >= deadline:
+                if not told:
+                    raise
+                raise NoTracker(f"{err} (waited {wait:g} s)") from None
+            if not told and on_wait is not None:
+                on_wait(f"waiting up to {wait:g} s for the RPC tracker at {addr[0]}:{addr[1]}")
+            told = True
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
 def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:

@@ -3,7 +3,10 @@ and MetaSchedule's RPC settings for a tracker and key."""
 
 from __future__ import annotations
 
+import errno
+import logging
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -29,22 +32,86 @@ def serve_tracker(
     port: int = DEFAULT_TRACKER_PORT,
     on_ready: Callable[[str, int], None] | None = None,
 ) -> None:
-    """Run TVM's tracker on exactly ``host:port`` until interrupted (``tvm-intq tracker``)."""
-    from tvm.rpc.tracker import Tracker
+    """Run TVM's tracker (its ``TrackerServerHandler``) on exactly ``host:port`` in this
+    process until interrupted (``tvm-intq tracker``).
 
-    try:
-        tracker = Tracker(host, port=port, port_end=port + 1, silent=True)
-    except (ValueError, OSError) as err:
-        raise IntqError(f"cannot start the tracker on {host}:{port}: {err}") from None
-    # TVM runs the tracker in a worker process: stop it on SIGTERM as on Ctrl-C.
+    The socket is bound here rather than by ``tvm.rpc.tracker.Tracker``, whose worker process
+    reports a port in use or a bad address as an ``AttributeError`` from its destructor: a
+    bad port, an address that is not this machine's and a port in use (a second tracker) each
+    get one line. A client that resets its connection or sends garbage costs that connection
+    only, logged in one line (:func:`_one_line_logs`)."""
+    import asyncio
+
+    from tvm.rpc.base import random_key
+    from tvm.rpc.tracker import TrackerServerHandler
+
+    sock = bind_listener(host, port, "tracker")
+    _one_line_logs()
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    handler = TrackerServerHandler(sock, random_key("tracker"))
+    # Stop on SIGTERM as on Ctrl-C.
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         if on_ready:
-            on_ready(tracker.host, tracker.port)
-        tracker.proc.join()
+            on_ready(host, sock.getsockname()[1])
+        handler.run()
     finally:
-        tracker.terminate()
+        sock.close()
+
+
+def bind_listener(host: str, port: int, what: str) -> socket.socket:
+    """A listening TCP socket on ``host:port``, or one :class:`IntqError` line saying why not
+    (bad port, unknown host, not an address of this machine, port in use)."""
+    if not 0 < port < 65536:
+        raise IntqError(f"--port {port}: a TCP port is 1..65535")
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as err:
+        raise IntqError(
+            f"--host {host}: not a valid address ({getattr(err, 'strerror', None) or err})"
+        ) from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+        sock.listen(64)
+    except OSError as err:
+        sock.close()
+        if err.errno == errno.EADDRINUSE:
+            why = "the port is in use (another tracker?); give another --port"
+        elif err.errno == errno.EADDRNOTAVAIL:
+            why = f"{host} is not an address of this machine"
+        elif err.errno == errno.EACCES:
+            why = "permission denied (ports below 1024 need root)"
+        else:
+            why = err.strerror or type(err).__name__
+        raise IntqError(f"cannot start the {what} on {host}:{port}: {why}") from None
+    return sock
+
+
+class _OneLine(logging.Formatter):
+    """A log record as one line: the message and, for an exception, its last line only."""
+
+    def format(self, record):
+        text = record.getMessage().splitlines()[0] if record.getMessage() else ""
+        if record.exc_info and record.exc_info[1] is not None:
+            err = record.exc_info[1]
+            text += f": {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        return f"tracker: {record.levelname.lower()}: {text}".rstrip(": ")
+
+
+def _one_line_logs() -> None:
+    """TVM's tracker handler and tornado log a client's broken connection with a traceback
+    (``exc_info``), e.g. a reset in the middle of a message: one line each instead, on
+    stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine())
+    for name in ("RPCTracker", "tornado.application", "tornado.general", "asyncio"):
+        log = logging.getLogger(name)
+        log.handlers[:] = [handler]
+        log.propagate = False
+        log.setLevel(logging.WARNING)
 
 
 class TrackerClient:
