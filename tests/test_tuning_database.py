@@ -1,8 +1,11 @@
-"""Tuning databases (schedules/database.py): a record file cut by a kill is repaired, and the
+"""Tuning databases (schedules/database.py): a damaged line is reported by its number, a read
+never writes, a writer sets damaged lines aside; and the
 database shipped for the bundled model covers every kernel `compile` builds for the host and
 still computes the numpy reference bit for bit."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -21,12 +24,60 @@ from tvm_intq.targets import get_target
 HOST = get_target("host")
 
 
-def test_partial_last_line_is_dropped(tmp_path):
-    D.open_database(tmp_path)  # creates the two files
-    records = tmp_path / D.RECORDS
-    records.write_text("[0, [[], [], [1.0]]]\n[1, [[")  # a kill in the middle of a write
-    assert D._repair(records) == 1
-    assert records.read_text() == "[0, [[], [], [1.0]]]\n"
+RECORD = '[0,[[[],[]],[1.0e-05],{"kind":"llvm"},[]]]'
+WORKLOAD = '["123","AAAA"]'
+
+
+def _database(folder, workloads, records):
+    folder.mkdir(exist_ok=True)
+    (folder / D.WORKLOADS).write_text(workloads)
+    (folder / D.RECORDS).write_text(records)
+    return folder
+
+
+def test_a_read_never_writes_and_names_the_damaged_line(tmp_path, caplog):
+    """compile --db dropped a cut record line and rewrote the file one line shorter."""
+    db = _database(tmp_path / "db", WORKLOAD + "\n", RECORD + "\n" + RECORD + "\n[0, [[")
+    before = {p.name: p.read_bytes() for p in db.iterdir()}
+    workloads, records = D.check_database(db, writable=False)
+    assert records.damaged == [3] and len(records.good) == 2 and records.unterminated
+    assert {p.name: p.read_bytes() for p in db.iterdir()} == before
+    assert "line 3 damaged (cut short" in caplog.text and "left as it is" in caplog.text
+
+
+def test_a_cut_workload_line_does_not_shift_the_records(tmp_path):
+    """A cut workload line was dropped and every later record pointed at the wrong kernel."""
+    other = '["456","BBBB"]'
+    db = _database(
+        tmp_path / "db",
+        WORKLOAD + "\n" + '["78' + "\n" + other + "\n",
+        RECORD + "\n" + RECORD.replace("[0,", "[1,", 1) + "\n" + RECORD.replace("[0,", "[2,", 1),
+    )
+    workloads, records = D.check_database(db, writable=False)
+    assert workloads.damaged == [2]
+    wl, rec, lost = D._clean(workloads, records)
+    assert wl == WORKLOAD + "\n" + other + "\n"
+    assert [json.loads(line)[0] for line in rec.splitlines()] == [0, 1]  # 2 -> 1: `other`
+    assert [json.loads(line)[0] for line in lost] == [1]  # its workload is the damaged line
+
+
+def test_a_writer_sets_damaged_lines_aside(tmp_path, caplog):
+    """tune (which appends) moves damaged lines beside the database and ends the file with a
+    newline, so its next record is not glued onto a cut line."""
+    db = _database(tmp_path / "db", WORKLOAD + "\n", RECORD + "\n[0, [[")
+    D.check_database(db, writable=True)
+    assert (db / D.RECORDS).read_text() == RECORD + "\n"
+    assert (db / (D.RECORDS + ".damaged")).read_text() == "[0, [[\n"
+    assert "moved to database_tuning_record.json.damaged" in caplog.text
+    complete = _database(tmp_path / "db2", WORKLOAD + "\n", RECORD)  # only the newline missing
+    D.check_database(complete, writable=True)
+    assert (complete / D.RECORDS).read_text() == RECORD + "\n"
+
+
+def test_damaged_task_notes_are_reported_not_fatal(tmp_path, caplog):
+    (tmp_path / D.TASKS).write_text('{"abc": {"budget"')
+    assert D.read_task_notes(tmp_path) == {}
+    assert "tasks.json: damaged" in caplog.text
 
 
 def test_missing_folder_is_an_error_when_not_creating(tmp_path):

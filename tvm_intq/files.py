@@ -122,14 +122,16 @@ def make_folder(path) -> Path:
 
 
 def check_input_file(path, flag: str, kind: str = "file") -> Path:
-    """``path`` exists and is a file (not a folder): the one line a missing input gets."""
+    """``path`` exists and is a file (not a folder): the one line a missing input gets
+    (``flag`` names the option it came with; "" for a positional argument)."""
     p = Path(path)
+    what = f"{flag} {p}".strip()
     if not p.exists():
-        raise IntqError(f"{flag} {p}: no such {kind}")
+        raise IntqError(f"{what}: no such {kind}")
     if p.is_dir():
-        raise IntqError(f"{flag} {p}: is a folder, not a {kind}")
+        raise IntqError(f"{what}: is a folder, not a {kind}")
     if not os.access(p, os.R_OK):
-        raise IntqError(f"{flag} {p}: cannot read the {kind} (permission denied)")
+        raise IntqError(f"{what}: cannot read the {kind} (permission denied)")
     return p
 
 

@@ -40,12 +40,13 @@ def serve_tracker(
     bad port, an address that is not this machine's and a port in use (a second tracker) each
     get one line. A client that resets its connection or sends garbage costs that connection
     only, logged in one line (:func:`_one_line_logs`)."""
+    sock = bind_listener(host, port, "tracker")  # before TVM loads: a bad port says so at once
+
     import asyncio
 
     from tvm.rpc.base import random_key
     from tvm.rpc.tracker import TrackerServerHandler
 
-    sock = bind_listener(host, port, "tracker")
     _one_line_logs()
     asyncio.set_event_loop(asyncio.new_event_loop())
     handler = TrackerServerHandler(sock, random_key("tracker"))

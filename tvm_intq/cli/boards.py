@@ -202,13 +202,14 @@ def check_bench(args) -> None:
 
 
 def cmd_bench(args) -> int:
+    check_bench(args)
+
     from tvm_intq import api
     from tvm_intq.deploy.board_bench import BenchStopped, bench
     from tvm_intq.frontends import import_model, parse_input_shapes
     from tvm_intq.reports.files import write_json
     from tvm_intq.reports.speed import bench_table, emulated_markdown
 
-    check_bench(args)
     shapes = parse_input_shapes(args.input_shape)
     _, info = import_model(args.model, shapes)
     calib = api.load_samples(args.calib, info, "--calib")

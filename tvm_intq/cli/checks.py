@@ -45,8 +45,8 @@ def check_number(value, flag: str, low=None, high=None, *, low_open=False, integ
         raise IntqError(f"{flag} {value:g}: must be {rng}")
 
 
-def check_model_file(path, flag: str = "model") -> Path:
-    return check_input_file(path, flag if flag != "model" else "model", "model file")
+def check_model_file(path) -> Path:
+    return check_input_file(path, "", "model file")
 
 
 def check_data_args(args) -> None:

@@ -127,11 +127,12 @@ def check_compile(args):
 
 
 def cmd_compile(args) -> int:
+    out = check_compile(args)
+
     from tvm_intq import api
     from tvm_intq.deploy.library import save_library
     from tvm_intq.targets import get_target
 
-    out = check_compile(args)
     spec = get_target(args.target)
     module, info, precision = quantized_module(args, spec)
     database = compile_database(args, spec, module)

@@ -117,7 +117,6 @@ def add_parsers(sub) -> None:
 
 
 def cmd_tune(args) -> int:
-    from tvm_intq.schedules.tune import summary, tune
     from tvm_intq.targets import get_target
 
     spec = get_target(args.target)
@@ -141,6 +140,9 @@ def cmd_tune(args) -> int:
         for name in ("database_workload.json", "database_tuning_record.json", "tasks.json"):
             check_output_file(db / name, "--db", model_inputs(args))
     runner = _board_runner(args, spec)
+
+    from tvm_intq.schedules.tune import summary, tune
+
     try:
         module, _, precision = quantized_module(args, spec)
         where = (
@@ -222,7 +224,7 @@ def cmd_inspect(args) -> int:
     from tvm_intq.reports.files import table
     from tvm_intq.targets.disassembly import inspect_library
 
-    check_input_file(args.library, "library", "library")
+    check_input_file(args.library, "", "library")
 
     result = inspect_library(args.library)
     columns = [

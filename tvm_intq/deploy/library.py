@@ -11,8 +11,10 @@ import tvm
 from tvm_intq.calibration import load_npz
 from tvm_intq.compiler.runner import Runner, check_inputs, run_all
 from tvm_intq.deploy.sidecar import check_library, library_fields, read_sidecar, sidecar_path
+from tvm_intq.errors import IntqError
 from tvm_intq.files import atomic_path
 from tvm_intq.reports.files import write_json
+from tvm_intq.targets.rpc import error_line
 
 __all__ = ["check_library", "read_sidecar", "run_library", "save_library", "sidecar_path"]
 
@@ -30,7 +32,10 @@ def save_library(executable, spec, path, meta: dict) -> Path:
     the old library (or none), never an empty or partial one."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        spec.export(executable, tmp)
+        try:
+            spec.export(executable, tmp)
+        except RuntimeError as err:  # TVM's export: the compiler or linker failed
+            raise IntqError(f"{path}: linking the library failed: {error_line(err)}") from None
         write_json({**meta, **library_fields(tmp, target_triple(spec))}, sidecar_path(path))
     return path
 

@@ -212,10 +212,9 @@ def evaluate_prequantized(qdq, integer, samples: SampleSet | None, progress: boo
     as ONNX Runtime's reference computes) and top-1 when the samples carry ``labels``. There
     is no float model of ours to measure each layer against, so per-layer error is None."""
     defs = {b.var: b.value for b in bindings_of(qdq["main"])}
-    params = set(qdq["main"].params)
     layers = []
     for var, value in defs.items():
-        if op_name(value) != "relax.quantize" or value.args[0] in params:
+        if op_name(value) != "relax.quantize":
             continue
         scale, zp = const_value(value.args[1]), const_value(value.args[2])
         if scale is None or zp is None or scale.size != 1:

@@ -95,6 +95,7 @@ def import_proto(model: onnx.ModelProto, path: str | Path, input_shapes: dict | 
     from tvm.relax.frontend.onnx import from_onnx
 
     info = model_info(model, str(path), input_shapes)
+    check_constant_indices(model, str(path), info)
     try:
         mod = from_onnx(
             model,
@@ -108,3 +109,47 @@ def import_proto(model: onnx.ModelProto, path: str | Path, input_shapes: dict | 
             f"{path}: TVM's ONNX frontend cannot import this model: {first_line(err)}"
         ) from None
     return mod, info
+
+
+def check_constant_indices(model: onnx.ModelProto, path: str, info: ModelInfo) -> None:
+    """Constant ``Gather`` indices must lie within the axis they index: ONNX Runtime refuses
+    an index out of range, a TVM build reads past the tensor (zeros, or whatever lies
+    there). Negative indices count from the end, as ONNX defines."""
+    from onnx import numpy_helper
+
+    consts = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            consts[node.output[0]] = node.attribute[0].t
+    gathers = [
+        n
+        for n in model.graph.node
+        if n.op_type == "Gather" and len(n.input) > 1 and n.input[1] in consts
+    ]
+    if not gathers:
+        return
+    shapes = {k: list(v) for k, v in info.inputs.items()}
+    shapes.update({t.name: list(t.dims) for t in model.graph.initializer})
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+        for v in list(inferred.graph.value_info) + list(inferred.graph.output):
+            dims = v.type.tensor_type.shape.dim
+            if dims and all(d.HasField("dim_value") for d in dims):
+                shapes.setdefault(v.name, [d.dim_value for d in dims])
+    except Exception:  # noqa: BLE001 - shape inference is a help here, not a requirement
+        pass
+    for node in gathers:
+        data = shapes.get(node.input[0])
+        if data is None:
+            continue
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if not -len(data) <= axis < len(data):
+            continue
+        size = data[axis]
+        idx = numpy_helper.to_array(consts[node.input[1]]).astype(np.int64).reshape(-1)
+        bad = idx[(idx < -size) | (idx >= size)]
+        if bad.size:
+            raise IntqError(
+                f"{path}: Gather node '{node.name or node.output[0]}': index {int(bad[0])} is "
+                f"out of range for axis {axis} of size {size} of '{node.input[0]}'"
+            )
