@@ -12,9 +12,13 @@ from __future__ import annotations
 import hashlib
 import os
 import resource
+import select
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +26,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from tvm_intq.demo import bundled
+from tvm_intq.targets.rpc.protocol import set_parent_death_signal
 
 MODEL = bundled("mnist_cnn.onnx")
 CALIB = bundled("calib.npz")
@@ -160,3 +165,69 @@ def read_only(folder) -> Path:
     folder.mkdir(exist_ok=True)
     folder.chmod(0o555)
     return folder
+
+
+# ---- verbs that keep running (tracker, board up) -----------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_cli(*args, cwd=None) -> subprocess.Popen:
+    """``tvm-intq ARGS`` in the background, in a process group of its own that dies with the
+    test process (stop it with :func:`stop`)."""
+
+    def die_with_pytest():
+        set_parent_death_signal(signal.SIGTERM)
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "tvm_intq.cli", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        cwd=cwd,
+        start_new_session=True,
+        preexec_fn=die_with_pytest,
+    )
+
+
+_PENDING: dict = {}  # pid -> stdout bytes read past the last line returned
+
+
+def read_until(proc: subprocess.Popen, needle: str, timeout: float = 120) -> list[str]:
+    """stdout lines of ``proc`` up to the first holding ``needle`` (AssertionError if the
+    process ends or ``timeout`` passes first)."""
+    lines, buf = [], _PENDING.pop(proc.pid, b"")
+    fd = proc.stdout.fileno()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                lines.append(line.decode(errors="replace"))
+                if needle in lines[-1]:
+                    _PENDING[proc.pid] = buf  # the next call reads on from here
+                    return lines
+        elif proc.poll() is not None:
+            break
+    raise AssertionError(f"no line with {needle!r} (exit {proc.poll()}): {lines}")
+
+
+def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> tuple[int, str]:
+    """Stop ``proc``'s process group; ``(exit code, its stderr)``."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+    try:
+        _, err = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+    return proc.returncode, err.decode(errors="replace")

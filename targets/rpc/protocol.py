@@ -97,6 +97,12 @@ def connect_tracker(addr: tuple[str, int], timeout: float = 5.0) -> socket.socke
     try:
         sock.sendall(struct.pack("<i", RPC_TRACKER_MAGIC))
         (magic,) = struct.unpack("<i", recv_all(sock, 4))
+    except TimeoutError:  # accepted but not answered: a tracker still starting, or a busy one
+        sock.close()
+        raise NoTracker(
+            f"the RPC tracker at {host}:{port} accepted the connection but did not answer "
+            f"within {timeout:g} s"
+        ) from None
     except OSError:
         magic = None
     if magic != RPC_TRACKER_MAGIC:

@@ -40,13 +40,16 @@ def serve_tracker(
     bad port, an address that is not this machine's and a port in use (a second tracker) each
     get one line. A client that resets its connection or sends garbage costs that connection
     only, logged in one line (:func:`_one_line_logs`)."""
-    sock = bind_listener(host, port, "tracker")  # before TVM loads: a bad port says so at once
+    # Bound before TVM loads (a bad port says so at once), listening only once the handler
+    # can answer: a board that connects earlier is refused and retries.
+    sock = bind_listener(host, port, "tracker", listen=False)
 
     import asyncio
 
     from tvm.rpc.base import random_key
     from tvm.rpc.tracker import TrackerServerHandler
 
+    _listen(sock, host, port, "tracker")
     _one_line_logs()
     asyncio.set_event_loop(asyncio.new_event_loop())
     handler = TrackerServerHandler(sock, random_key("tracker"))
@@ -61,9 +64,10 @@ def serve_tracker(
         sock.close()
 
 
-def bind_listener(host: str, port: int, what: str) -> socket.socket:
-    """A listening TCP socket on ``host:port``, or one :class:`IntqError` line saying why not
-    (bad port, unknown host, not an address of this machine, port in use)."""
+def bind_listener(host: str, port: int, what: str, listen: bool = True) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (and listening, with ``listen``), or one
+    :class:`IntqError` line saying why not (bad port, unknown host, not an address of this
+    machine, port in use)."""
     if not 0 < port < 65536:
         raise IntqError(f"--port {port}: a TCP port is 1..65535")
     try:
@@ -76,19 +80,30 @@ def bind_listener(host: str, port: int, what: str) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(addr)
-        sock.listen(64)
     except OSError as err:
         sock.close()
-        if err.errno == errno.EADDRINUSE:
-            why = "the port is in use (another tracker?); give another --port"
-        elif err.errno == errno.EADDRNOTAVAIL:
-            why = f"{host} is not an address of this machine"
-        elif err.errno == errno.EACCES:
-            why = "permission denied (ports below 1024 need root)"
-        else:
-            why = err.strerror or type(err).__name__
-        raise IntqError(f"cannot start the {what} on {host}:{port}: {why}") from None
+        raise IntqError(f"cannot start the {what} on {host}:{port}: {_why(err, host)}") from None
+    if listen:
+        _listen(sock, host, port, what)
     return sock
+
+
+def _listen(sock: socket.socket, host: str, port: int, what: str) -> None:
+    try:
+        sock.listen(64)
+    except OSError as err:  # another process bound the port too and listened first
+        sock.close()
+        raise IntqError(f"cannot start the {what} on {host}:{port}: {_why(err, host)}") from None
+
+
+def _why(err: OSError, host: str) -> str:
+    if err.errno == errno.EADDRINUSE:
+        return "the port is in use (another tracker?); give another --port"
+    if err.errno == errno.EADDRNOTAVAIL:
+        return f"{host} is not an address of this machine"
+    if err.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need root)"
+    return err.strerror or type(err).__name__
 
 
 class _OneLine(logging.Formatter):
