@@ -79,8 +79,12 @@ def check_output_file(
     elif not folder.is_dir():
         raise IntqError(f"{what}: {folder} is not a folder")
     _writable_folder(folder, what)
-    if p.exists() and not os.stat(p).st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
-        raise IntqError(f"{what}: the file is read-only")
+    if p.exists():
+        mode = os.stat(p).st_mode
+        if not stat.S_ISREG(mode):  # /dev/null, a fifo: the rename would replace the node
+            raise IntqError(f"{what}: not a regular file")
+        if not mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH):
+            raise IntqError(f"{what}: the file is read-only")
     return p
 
 
@@ -129,7 +133,7 @@ def check_input_file(path, flag: str, kind: str = "file") -> Path:
     if not p.exists():
         raise IntqError(f"{what}: no such {kind}")
     if p.is_dir():
-        raise IntqError(f"{what}: is a folder, not a {kind}")
+        raise IntqError(f"{what}: is a folder, not a file")
     if not os.access(p, os.R_OK):
         raise IntqError(f"{what}: cannot read the {kind} (permission denied)")
     return p
@@ -153,7 +157,8 @@ def atomic_path(path, mode: int = 0o666) -> Iterator[Path]:
     same format); renamed to ``path`` when the block ends without an exception, removed
     otherwise. The file gets the usual permissions (``mode`` less the umask), not
     ``mkstemp``'s 0600. An OS error (full disk, ...) becomes one :class:`IntqError` line."""
-    path = Path(path)
+    # Through a symbolic link to the file it names (the rename would replace the link).
+    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
     except OSError as err:
