@@ -17,8 +17,8 @@ def work(tmp_path):
     return tmp_path
 
 
-def bench_args(*extra):
-    return ["bench", "m.onnx", "--calib", "c.npz", "--target", "aarch64", *extra]
+def bench_args(*extra, key=("--key", "aarch64-emu")):
+    return ["bench", "m.onnx", "--calib", "c.npz", "--target", "aarch64", *key, *extra]
 
 
 @pytest.mark.parametrize(
@@ -39,6 +39,14 @@ def bench_args(*extra):
 )
 def test_flags(work, extra, words):
     refused(work, bench_args(*extra), *words)
+
+
+@pytest.mark.parametrize(
+    "extra", [["--repeat", "5"], ["--tracker", "127.0.0.1:9190"], ["--timeout", "30"]]
+)
+def test_board_timing_flags_without_key(work, extra):
+    """Without --key the emulated figures count instructions: a --repeat was ignored."""
+    refused(work, bench_args(*extra, key=()), extra[0], "--key", "ignore")
 
 
 def test_missing_inputs(work):

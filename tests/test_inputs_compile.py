@@ -94,6 +94,8 @@ def test_report_path(work, extra, words):
         (["--db", ".", "--no-db"], ["--no-db", "--db"]),
         (["--target", "sparc"], ["sparc", "known targets"]),
         (["--scale", "0", "--mean", "0.5", "--std", "0.5"], ["--mean", "not a folder"]),
+        (["--scale", "1"], ["--scale", "image folder", "not a folder"]),  # was ignored
+        (["--layout", "NHWC"], ["--layout", "not a folder"]),
         (["--trials", "3"], ["unrecognized arguments", "--trials"]),  # argparse: one line too
     ],
 )

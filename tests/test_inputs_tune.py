@@ -29,6 +29,7 @@ def tune_args(*extra, db="db"):
         (["--threads", "0"], ["--threads"]),
         (["--wait", "0"], ["--wait 0", "> 0"]),
         (["--wait", "nan"], ["--wait", "finite"]),
+        (["--wait", "30"], ["--wait", "--tracker"]),  # ignored without a board to wait for
         (["--max-drop", "1"], ["--max-drop", "--float-layers auto"]),
         (["--float-layers", "auto", "--max-drop", "-1"], ["--max-drop -1", ">= 0"]),
         (["--percentile", "101"], ["--percentile 101"]),

@@ -107,9 +107,9 @@ def add_data_args(p):
         "--mean", type=float, nargs="+", help="per-channel mean, after dividing by --scale"
     )
     g.add_argument("--std", type=float, nargs="+", help="per-channel std")
-    g.add_argument("--scale", type=float, default=255.0, help="pixel divisor (default 255)")
-    g.add_argument("--layout", default="NCHW", choices=["NCHW", "NHWC"])
-    g.add_argument("--channel-order", default="RGB", choices=["RGB", "BGR"])
+    g.add_argument("--scale", type=float, help="pixel divisor (default 255)")
+    g.add_argument("--layout", choices=["NCHW", "NHWC"], help="(default NCHW)")
+    g.add_argument("--channel-order", choices=["RGB", "BGR"], help="(default RGB)")
 
 
 def samples_for(args, info):
@@ -137,9 +137,9 @@ def samples_for(args, info):
             shape,
             mean=args.mean,
             std=args.std,
-            layout=args.layout,
-            channel_order=args.channel_order,
-            scale=args.scale,
+            layout=args.layout or "NCHW",
+            channel_order=args.channel_order or "RGB",
+            scale=255.0 if args.scale is None else args.scale,
         )
     return load_samples(path, info, "--calib")
 

@@ -22,6 +22,15 @@ from tvm_intq.cli.checks import (
 from tvm_intq.errors import IntqError
 
 MAX_BOARDS = 64  # emulated boards per `board up` (each is a qemu process per session)
+#: bench's flags for timing on boards (--key), and their defaults.
+BENCH_DEFAULTS = {
+    "tracker": "127.0.0.1:9190",
+    "repeat": 10,
+    "number": 1,
+    "warmup": 1,
+    "check_samples": 4,
+    "timeout": 120.0,
+}
 
 
 def add_parsers(sub) -> None:
@@ -66,7 +75,7 @@ def add_parsers(sub) -> None:
     s.add_argument(
         "--target", required=True, help="target the boards under --key run (aarch64, riscv64, ...)"
     )
-    s.add_argument("--tracker", default="127.0.0.1:9190", help="HOST:PORT of the tracker")
+    s.add_argument("--tracker", help="HOST:PORT of the tracker (default 127.0.0.1:9190)")
     s.add_argument(
         "--key",
         help="RPC key of the boards; without it, deterministic figures on the "
@@ -76,11 +85,14 @@ def add_parsers(sub) -> None:
     s.add_argument(
         "--fp32", action="store_true", help="also bench the float model (int8/fp32 ratio)"
     )
-    s.add_argument("--repeat", type=int, default=10, help="timed measurements (default 10)")
-    s.add_argument("--number", type=int, default=1, help="calls per measurement (default 1)")
-    s.add_argument("--warmup", type=int, default=1, help="untimed calls first (default 1)")
-    s.add_argument("--check-samples", type=int, default=4, help="samples whose outputs are checked")
-    s.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for a free board")
+    g = s.add_argument_group("timing on the boards (with --key)")
+    g.add_argument("--repeat", type=int, help="timed measurements (default 10)")
+    g.add_argument("--number", type=int, help="calls per measurement (default 1)")
+    g.add_argument("--warmup", type=int, help="untimed calls first (default 1)")
+    g.add_argument(
+        "--check-samples", type=int, help="samples whose outputs are checked (default 4)"
+    )
+    g.add_argument("--timeout", type=float, help="seconds to wait for a free board (default 120)")
     s.add_argument("--input-shape", action="append", metavar="NAME:D1xD2x...")
     s.add_argument("--out", help="folder for the libraries (default: a temporary one)")
     s.add_argument("--json", help="write the result as JSON")
@@ -187,6 +199,16 @@ def check_bench(args) -> None:
     check_input_file(args.calib, "--calib", "calibration file")
     check_db_args(args)
     get_target(args.target)
+    board_only = [f for f in BENCH_DEFAULTS if getattr(args, f) is not None]
+    if args.key is None and board_only:
+        flags = ", ".join("--" + f.replace("_", "-") for f in board_only)
+        raise IntqError(
+            f"{flags} time a bench on boards (--key); without --key the emulated figures "
+            "count instructions and cycles, and would ignore it"
+        )
+    for flag, value in BENCH_DEFAULTS.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, value)
     for flag, low in (("repeat", 1), ("number", 1), ("warmup", 0), ("check_samples", 0)):
         value = getattr(args, flag)
         if value < low:

@@ -62,11 +62,11 @@ def check_data_args(args) -> None:
         check_input_file(args.eval_data, "--eval", "evaluation file")
     folder = calib and Path(calib).is_dir()
     if not folder:
-        for flag in ("mean", "std"):
+        for flag in ("mean", "std", "scale", "layout", "channel_order"):
             if getattr(args, flag, None) is not None:
                 raise IntqError(
-                    f"--{flag} is the preprocessing of an image folder; --calib "
-                    f"{calib or '(not given)'} is not a folder"
+                    f"--{flag.replace('_', '-')} is the preprocessing of an image folder; "
+                    f"--calib {calib or '(not given)'} is not a folder"
                 )
     for flag in ("mean", "std"):
         for v in getattr(args, flag, None) or ():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tvm_intq.calibration import CALIBRATORS
 from tvm_intq.cli.args import (
     add_compile_args,
     add_data_args,
@@ -96,7 +97,9 @@ def add_parsers(sub) -> None:
 
     d = sub.add_parser("demo", help="the bundled model, float vs int8, side by side")
     d.add_argument("--out", default="out/demo", help="folder for the libraries and the report")
-    d.add_argument("--calibrator", default=None, help="calibrator (default: percentile)")
+    d.add_argument(
+        "--calibrator", choices=sorted(CALIBRATORS), help="calibrator (default: percentile)"
+    )
 
 
 def check_compile(args):

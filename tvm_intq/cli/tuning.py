@@ -82,9 +82,8 @@ def add_parsers(sub) -> None:
     r.add_argument(
         "--wait",
         type=float,
-        default=120.0,
         metavar="S",
-        help="seconds a candidate may wait for a free board (default 120)",
+        help="with --tracker: seconds a candidate may wait for a free board (default 120)",
     )
     r.add_argument(
         "--cost",
@@ -131,6 +130,8 @@ def cmd_tune(args) -> int:
     if args.seed is not None and args.seed < 0:
         raise IntqError(f"--seed {args.seed}: must be >= 0")
     check_number(args.wait, "--wait", 0, low_open=True)
+    if args.wait is not None and args.tracker is None:
+        raise IntqError("--wait is how long a candidate waits for a board: it goes with --tracker")
     if args.threads is not None and (args.threads < 1 or args.tracker):
         raise IntqError(
             "--threads N (N >= 1) is for tuning on this machine; a board's threads are its own"
@@ -200,7 +201,7 @@ def _board_runner(args, spec):
     from tvm_intq.targets.rpc import check_target_for_key
 
     check_target_for_key(spec, args.key)
-    return BoardsRunner(args.tracker, args.key, wait=args.wait)
+    return BoardsRunner(args.tracker, args.key, wait=120.0 if args.wait is None else args.wait)
 
 
 def _cost_runner(args, spec):
