@@ -91,7 +91,8 @@ def test_report_path(work, extra, words):
         (["--float-layers", " "], ["--float-layers", "empty"]),
         (["--db", "c.npz"], ["--db c.npz", "folder"]),
         (["--db", "nodb"], ["--db nodb", "no such"]),
-        (["--db", ".", "--no-db"], ["--no-db", "--db"]),
+        (["--db", "."], ["--db .", "not a tuning database"]),  # said after quantizing
+        (["--db", "db", "--no-db"], ["--no-db", "--db"]),
         (["--target", "sparc"], ["sparc", "known targets"]),
         (["--scale", "0", "--mean", "0.5", "--std", "0.5"], ["--mean", "not a folder"]),
         (["--scale", "1"], ["--scale", "image folder", "not a folder"]),  # was ignored

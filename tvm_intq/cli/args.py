@@ -11,6 +11,9 @@ from tvm_intq.errors import IntqError
 from tvm_intq.reports.quantization import summary, write_report
 
 
+DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
+
+
 def add_quant_args(p):
     p.add_argument(
         "--scheme",
@@ -170,6 +173,13 @@ def check_db_args(args) -> None:
             raise IntqError(f"--db {p}: no such tuning database folder")
         if not p.is_dir():
             raise IntqError(f"--db {p}: is a file; a tuning database is a folder (tvm-intq tune)")
+        # TVM's JSONDatabase files (schedules/database.py), checked before the long work.
+        missing = [n for n in DATABASE_FILES if not (p / n).is_file()]
+        if missing:
+            raise IntqError(
+                f"--db {p}: not a tuning database ({' and '.join(missing)} missing); "
+                "make one with tvm-intq tune"
+            )
 
 
 def check_labels_for_max_drop(args, calib, eval_samples) -> None:
