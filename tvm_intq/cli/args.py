@@ -10,7 +10,6 @@ from tvm_intq.core.schemes import SCHEMES
 from tvm_intq.errors import IntqError
 from tvm_intq.reports.quantization import summary, write_report
 
-
 DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
 
 

@@ -209,7 +209,7 @@ def check_bench(args) -> None:
     for flag, value in BENCH_DEFAULTS.items():
         if getattr(args, flag) is None:
             setattr(args, flag, value)
-    for flag, low in (("repeat", 1), ("number", 1), ("warmup", 0), ("check_samples", 0)):
+    for flag, low in (("repeat", 1), ("number", 1), ("warmup", 0), ("check_samples", 1)):
         value = getattr(args, flag)
         if value < low:
             raise IntqError(f"--{flag.replace('_', '-')} {value}: must be >= {low}")

@@ -34,6 +34,7 @@ from tvm_intq.calibration import SampleSet
 from tvm_intq.compiler.runner import check_inputs
 from tvm_intq.errors import IntqError
 from tvm_intq.evaluation.reference import run_reference
+from tvm_intq.files import atomic_path
 from tvm_intq.frontends import import_model
 from tvm_intq.targets import get_target
 from tvm_intq.targets.boards import board_for_key
@@ -178,7 +179,8 @@ def plan_bench(
     libraries = {"int8": out / f"{stem}.int8.{spec.name}.so"}
     folders = D.shipped_databases(spec.name) if databases is None else list(databases)
     db = D.union(folders)
-    spec.export(api.build(compiled.integer, spec, database=db), libraries["int8"])
+    with atomic_path(libraries["int8"]) as tmp:  # whole, or not at all (a Ctrl-C in the link)
+        spec.export(api.build(compiled.integer, spec, database=db), tmp)
     expected = {
         "int8": [
             [np.asarray(o) for o in _as_list(run_reference(compiled.integer, f))] for f in feeds
@@ -188,7 +190,8 @@ def plan_bench(
         import onnxruntime as ort
 
         libraries["fp32"] = out / f"{stem}.fp32.{spec.name}.so"
-        spec.export(api.build(compiled.prepared, spec, database=db), libraries["fp32"])
+        with atomic_path(libraries["fp32"]) as tmp:
+            spec.export(api.build(compiled.prepared, spec, database=db), tmp)
         sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
         expected["fp32"] = [[np.asarray(o) for o in sess.run(None, f)] for f in feeds]
     report = {
