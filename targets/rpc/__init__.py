@@ -39,7 +39,7 @@ from tvm_intq.targets.rpc.board_session import (
     elf_machine,
 )
 from tvm_intq.targets.rpc.jobs import Job, JobsOutcome, RunStopped, run_on_boards
-from tvm_intq.targets.rpc.protocol import BoardBusy, BoardLost, parse_addr
+from tvm_intq.targets.rpc.protocol import BoardBusy, BoardLost, parse_addr, set_parent_death_signal
 from tvm_intq.targets.rpc.tracker import TrackerClient, error_line, rpc_config, serve_tracker
 
 __all__ = [
@@ -59,5 +59,6 @@ __all__ = [
     "rpc_config",
     "run_on_boards",
     "serve_tracker",
+    "set_parent_death_signal",
     "start_boards",
 ]
