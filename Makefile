@@ -88,9 +88,15 @@ test-fast: lint
 # 1 and 2 threads; tuning databases resume from bench/work/. Results: bench/results/<model>/.
 #   make bench BENCH_ARGS="--trials 64 --models bundled"
 #   make bench BENCH_ARGS="--models bundled --trials 16 --parts host --rounds 5"   (interleaved rounds)
+# Then bench/load_sensitivity.py: the same runtimes quiet and beside CPU hogs, per-call wall and
+# CPU time (issue 18: a busy machine must not slow tvm-intq more than ONNX Runtime), 1 and 2
+# threads. Results: bench/results/load_sensitivity/.   make bench LOAD_ARGS="--models unseen"
 BENCH_ARGS ?=
+LOAD_ARGS ?=
 bench: install
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+	$(VENV)/bin/python bench/load_sensitivity.py --threads 1 $(LOAD_ARGS)
+	$(VENV)/bin/python bench/load_sensitivity.py --threads 2 $(LOAD_ARGS)
 
 # Accuracy table of issue #7 (not part of test): the bundled model and rapidocr's PP-OCRv4
 # det/rec/cls, every tvm-intq method vs ONNX Runtime int8; results in eval/results/ (about an
