@@ -66,11 +66,15 @@ demo: install system-deps
 # script is a no-op when its output is up to date, and reuses an identical earlier build from
 # ~/.cache/tvm-intq/boards (a fresh clone on the same machine builds nothing). Last, what counts
 # instructions on them: QEMU built with plugins from Debian's source package (~10 min once).
+# And the peers counted on the same emulated ARM core: an aarch64 python3.11 from Debian's arm64
+# packages (downloaded and unpacked, not installed) with the aarch64 wheels of onnxruntime,
+# numpy and ai-edge-litert (~230 MB, a minute once).
 boards: install system-deps
 	bash targets/boards/fetch_qemu.sh
 	bash targets/boards/build_aarch64_emu.sh
 	bash targets/boards/build_riscv64_emu.sh
 	bash targets/boards/build_insn_count.sh
+	bash targets/boards/build_peers.sh
 
 # ruff's rules and format are in pyproject.toml; `ruff format .` fixes the format.
 lint: install

@@ -81,10 +81,10 @@ CASES = {
         rescale="channel",
     ),
 }
-# (target compiled for, board run on): qemu-aarch64 -cpu max has dotprod and i8mm.
+# (target compiled for, board run on): each target on the board that emulates its core.
 RUNS = [
     ("aarch64", "aarch64-emu"),
-    ("aarch64-i8mm", "aarch64-emu"),
+    ("aarch64-i8mm", "aarch64-i8mm-emu"),
     ("riscv64", "riscv64-emu"),
     ("riscv64", "riscv64-emu-vlen256"),
 ]
@@ -157,7 +157,7 @@ def test_tensorized_kernels_are_bit_exact_on_the_board(target, board, libraries,
 
 @pytest.mark.integration
 @pytest.mark.parametrize(
-    "target, board", [("aarch64-i8mm", "aarch64-emu"), ("riscv64", "riscv64-emu-vlen256")]
+    "target, board", [("aarch64-i8mm", "aarch64-i8mm-emu"), ("riscv64", "riscv64-emu-vlen256")]
 )
 def test_bundled_model_is_bit_exact_on_the_board(
     target, board, bundled_integer, board_sessions, tmp_path
