@@ -11,7 +11,9 @@ from tvm.relax import PyExprMutator, expr_functor
 from tvm_intq.relay_passes.analysis.ir_utils import const_value, op_name, shape_of
 from tvm_intq.relay_passes.analysis.rebuild import bindings_of, rewrite_main
 from tvm_intq.relay_passes.clip_kernels_to_ops import ClipKernelsToOps
+from tvm_intq.relay_passes.constant_last import ConstantLast
 from tvm_intq.relay_passes.name_tensors import NameTensors
+from tvm_intq.relay_passes.quantize_into_concat import QuantizeIntoConcat
 from tvm_intq.relay_passes.remove_dropout import RemoveDropout
 from tvm_intq.relay_passes.sink_permutes import SinkPermutes
 from tvm_intq.relay_passes.unstack_reductions import UnstackReductions
@@ -127,7 +129,9 @@ class CanonicalizeQDQ:
     """Inference form of an imported QDQ module, keeping its int8 weights as they are.
 
     Data movement on the int8 weights goes into the constants (:class:`WeightsAsConstants`),
-    layout transposes move below a layer's bias and quantize (:class:`SinkPermutes`), and
+    layout transposes move below a layer's bias and quantize (:class:`SinkPermutes`), a
+    constant operand of add/multiply goes second (:class:`ConstantLast`), a quantize of a
+    concat with unquantized inputs goes into the concat (:class:`QuantizeIntoConcat`), and
     the float constants fold as in :func:`CanonicalizeForQuantization` (BatchNorm decomposed,
     Clip kernels back to operators, dropout removed, unique tensor names), but constant folding
     must not fold the int8 weights into float ones: a conv2d/matmul weight ``dequantize(Qw)``
@@ -156,6 +160,8 @@ class CanonicalizeQDQ:
                 ClipKernelsToOps(),
                 relax.transform.FoldConstant(),
                 SinkPermutes(),
+                ConstantLast(),
+                QuantizeIntoConcat(),
                 relax.transform.CanonicalizeBindings(),
                 relax.transform.DeadCodeElimination(),
             ]
