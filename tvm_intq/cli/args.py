@@ -78,8 +78,8 @@ def quant_config(args):
 def add_model_args(p):
     p.add_argument(
         "model",
-        help="float ONNX or .tflite model (or one already quantized: QDQ, "
-        "QOperator, fully-integer TFLite)",
+        help="float ONNX, .tflite or .pt2 (torch.export.save) model (or one already "
+        "quantized: QDQ, QOperator, fully-integer TFLite, pt2e)",
     )
     p.add_argument(
         "--input-shape",
@@ -173,8 +173,8 @@ def quantized_module(args, spec):
     if not args.fp32 and is_prequantized_file(args.model):
         if args.calib:
             raise IntqError(
-                f"{args.model} is already quantized (QDQ/QOperator nodes): its own "
-                "scales are used; drop --calib"
+                f"{args.model} is already quantized (QDQ/QOperator nodes, pt2e "
+                "quantize/dequantize): its own scales are used; drop --calib"
             )
         module, info = import_prequantized(args.model, shapes)
         if args.integer_only:
