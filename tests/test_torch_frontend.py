@@ -266,11 +266,18 @@ def test_blocks_compile_integer_only_bit_exact_with_the_reference(blocks):
     assert any(d.startswith("conv2d+add+maximum+minimum") for d in kinds)  # hardsigmoid's clip
     ranges = api.calibrate(prepared, SampleSet({"x": x[:32]}), progress=False)
     _, integer = api.lower(prepared, ranges, api.QuantConfig(integer_only=True))
+    depthwise = [
+        b.value
+        for b in bindings_of(prepared["main"])
+        if op_name(b.value) == "relax.nn.conv2d" and int(b.value.attrs.groups) > 1
+    ]
+    assert [int(c.attrs.groups) for c in depthwise] == [32]  # the inverted residual's 3x3
+    assert "multiply" in kinds  # the gate scales the block's activations
     got = run(integer, x[32:], "x")
-    for i in range(4):
-        np.testing.assert_array_equal(
-            got[i : i + 1], run_reference(integer, {"x": x[32 + i : 33 + i]})
-        )
+    reference = np.concatenate(
+        [run_reference(integer, {"x": x[i : i + 1]}) for i in range(32, 128)]
+    )
+    np.testing.assert_array_equal(got, reference)  # all 96 held-out samples, bit for bit
     with torch.no_grad():
         want = model(torch.from_numpy(x[32:])).numpy()
     sqnr = 10 * np.log10((want**2).sum() / ((want - got) ** 2).sum())
