@@ -20,6 +20,8 @@ from tvm_intq.targets.board import BoardSpec, boards_build_dir
 from tvm_intq.targets.boards import BOARDS, board_for_key, get_board
 from tvm_intq.targets.rpc import check_target_for_key, elf_machine
 
+pytestmark = pytest.mark.integration  # whole models, boards or processes
+
 ROOT = Path(__file__).resolve().parents[1]
 BOARDS_SRC = ROOT / "targets" / "boards"
 EMULATED = [b for b in BOARDS.values() if b.emulated]

@@ -10,6 +10,8 @@ from onnx import TensorProto, helper
 
 from tvm_intq.demo import bundled
 
+pytestmark = pytest.mark.integration  # whole models, boards or processes
+
 MODEL = bundled("mnist_cnn.onnx")
 
 

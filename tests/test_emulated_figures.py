@@ -12,6 +12,8 @@ from tvm_intq.errors import IntqError
 from tvm_intq.reports.speed import emulated_markdown, write_emulated
 from tvm_intq.targets.boards import emulated_board
 
+pytestmark = pytest.mark.integration  # whole models, boards or processes
+
 
 @pytest.mark.parametrize(
     "target, board, cpu",

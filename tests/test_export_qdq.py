@@ -26,6 +26,8 @@ from tvm_intq.core.schemes import get_scheme
 from tvm_intq.demo import bundled
 from tvm_intq.export.qdq import export_qdq, quantized_tensors, save
 
+pytestmark = pytest.mark.integration  # whole models, boards or processes
+
 SHAPE = {"input": (1, 1, 28, 28)}
 
 

@@ -16,6 +16,8 @@ from tvm_intq.schedules.intrinsics import select
 from tvm_intq.targets import get_target
 from tvm_intq.targets.disassembly import count_instructions, inspect_library, kernel_of
 
+pytestmark = pytest.mark.integration  # whole models, boards or processes
+
 ASM = """
 0000000000001120 <__tvm_ffi_fused_conv2d_packed_int8_requant1_add>:
     1120:       pushq   %rbp

@@ -23,6 +23,8 @@ from tvm_intq.schedules.intrinsics import select
 from tvm_intq.targets import get_target, rpc
 from tvm_intq.targets.boards import get_board
 
+pytestmark = pytest.mark.integration  # whole models, boards or processes
+
 
 def _target(mtriple, *mattr):
     return tvm.target.Target({"kind": "llvm", "mtriple": mtriple, "mattr": list(mattr)})

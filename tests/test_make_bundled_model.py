@@ -23,6 +23,8 @@ torch = pytest.importorskip("torch")
 from tvm_intq.bundled_model import MnistCnn, bundled_model  # noqa: E402
 from tvm_intq.demo import bundled  # noqa: E402
 
+pytestmark = pytest.mark.integration  # whole models, boards or processes
+
 SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "make_bundled_model.py"
 
 

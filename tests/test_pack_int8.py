@@ -22,6 +22,8 @@ from tvm_intq.schedules.intrinsics import INTRINSICS, select, supported
 from tvm_intq.schedules.pack_int8 import PackInt8ForDot
 from tvm_intq.targets import get_target
 
+pytestmark = pytest.mark.integration  # whole models, boards or processes
+
 VNNI = INTRINSICS["x86-vnni"]
 HOST = get_target("host")
 #: The x86 instruction this machine's int8 kernels use (VNNI where the CPU has it, else the

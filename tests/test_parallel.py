@@ -76,7 +76,7 @@ def test_threshold_zero_keeps_every_parallel_loop():
     assert _has_parallel(serial(count(tvm.IRModule({"main": _parallel_scale(1 << 10)})))["main"])
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_bundled_model_for_vnni_keeps_parallel_only_where_the_work_is(bundled_integer):
     """The bundled model as built for an AVX512-VNNI CPU (passes only: no VNNI CPU needed):
     tuned records and default schedules parallelize most kernels. With the default threshold

@@ -16,6 +16,8 @@ from tvm_intq.errors import IntqError
 from tvm_intq.targets import peers
 from tvm_intq.targets.mca import executed_mnemonics
 
+pytestmark = pytest.mark.integration  # whole models, boards or processes
+
 ROOT = Path(__file__).resolve().parents[1]
 TFLITE_INT8 = ROOT / "bench" / "models" / "mnist_cnn.int8.tflite"
 

@@ -37,6 +37,8 @@ from tvm_intq.errors import IntqError
 from tvm_intq.frontends.prequantized import import_prequantized, is_prequantized
 from tvm_intq.relay_passes import float_ops
 
+pytestmark = pytest.mark.integration  # whole models, boards or processes
+
 HELDOUT = np.load(bundled("heldout.npz"))["input"]
 RNG = np.random.default_rng(8)
 F32 = np.float32

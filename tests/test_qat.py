@@ -40,6 +40,8 @@ from tvm_intq.frontends.torch import export as torch_export  # noqa: E402
 from tvm_intq.relay_passes.analysis.ir_utils import const_value  # noqa: E402
 from tvm_intq.relay_passes.analysis.rebuild import bindings_of  # noqa: E402
 
+pytestmark = pytest.mark.integration  # whole models, boards or processes
+
 SHAPE = {"input": (1, 1, 28, 28)}
 # pow2 with S3's 8-bit bias data: the setting where post-training quantization loses most.
 SCHEMES = {

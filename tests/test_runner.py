@@ -46,6 +46,7 @@ def _new_threads(setting: str) -> int:
     return int(out.stdout.split()[-1])
 
 
+@pytest.mark.integration  # fresh processes
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
 def test_one_thread_runs_parallel_loops_inline_without_a_pool():
     assert _new_threads("default") == 1  # TVM_NUM_THREADS=2: the pool starts one worker

@@ -47,6 +47,8 @@ from tvm_intq.relay_passes import analyze, float_ops  # noqa: E402
 from tvm_intq.relay_passes.analysis.ir_utils import const_value, op_name  # noqa: E402
 from tvm_intq.relay_passes.analysis.rebuild import bindings_of  # noqa: E402
 
+pytestmark = pytest.mark.integration  # whole models, boards or processes
+
 HELDOUT = np.load(bundled("heldout.npz"))
 CALIB = np.load(bundled("calib.npz"))["input"]
 
