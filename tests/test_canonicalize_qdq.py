@@ -8,7 +8,7 @@ from tvm import relax
 from tvm.relax import op as R
 
 from tvm_intq.relay_passes import CanonicalizeQDQ, FoldToInteger, float_ops
-from tvm_intq.relay_passes.canonicalize_qdq import WeightsAsConstants
+from tvm_intq.relay_passes.weights_as_constants import WeightsAsConstants
 from tvm_intq.relay_passes.constant_last import ConstantLast
 from tvm_intq.relay_passes.quantize_into_concat import QuantizeIntoConcat
 from tvm_intq.relay_passes.sink_permutes import SinkPermutes
