@@ -8,10 +8,10 @@ from tvm import relax
 from tvm.relax import op as R
 
 from tvm_intq.relay_passes import CanonicalizeQDQ, FoldToInteger, float_ops
-from tvm_intq.relay_passes.weights_as_constants import WeightsAsConstants
 from tvm_intq.relay_passes.constant_last import ConstantLast
 from tvm_intq.relay_passes.quantize_into_concat import QuantizeIntoConcat
 from tvm_intq.relay_passes.sink_permutes import SinkPermutes
+from tvm_intq.relay_passes.weights_as_constants import WeightsAsConstants
 
 RNG = np.random.default_rng(5)
 F32 = np.float32
