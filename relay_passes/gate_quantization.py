@@ -26,8 +26,13 @@ import tvm
 from tvm import relax
 
 from tvm_intq.core.schemes import Scheme, get_scheme
-from tvm_intq.relay_passes.analysis.ir_utils import const_value, linear_layer_axes, op_name
-from tvm_intq.relay_passes.analysis.quant_points import analyze, held_layer_bias, tensor_args
+from tvm_intq.relay_passes.analysis.ir_utils import const_value, linear_layer_axes
+from tvm_intq.relay_passes.analysis.quant_points import (
+    analyze,
+    held_layer_bias,
+    layer_bias,
+    tensor_args,
+)
 from tvm_intq.relay_passes.analysis.rebuild import bindings_of, substitute
 
 
@@ -111,8 +116,9 @@ class GateQuantization:
                         held = [self._weight(j, point, w, node.call) for j in range(k)]
                         value = _with_arg(value, 1, constant_mix(w, held, row[point]))
                     elif point is not None and node.role == "epilogue":
-                        bias = _bias_of(plan, node)
-                        if bias is not None:
+                        found = layer_bias(plan, node)
+                        if found is not None:
+                            bias = found[1]
                             held = [self._bias(j, point, plan, node, params) for j in range(k)]
                             value = _with_arg(value, 1, constant_mix(bias, held, row[point]))
                     new = bb.emit(value, b.var.name)
@@ -140,17 +146,6 @@ class GateQuantization:
         """The bias candidate j's integer program adds (the float one where it keeps it)."""
         held = held_layer_bias(plan, node, self._scheme(j, point), lambda p: params(j, p).scale)
         return const_value(node.call.args[1]) if held is None else held
-
-
-def _bias_of(plan, node) -> np.ndarray | None:
-    """The constant of a bias add/subtract right after a conv/dense, else None."""
-    if op_name(node.call) not in ("relax.add", "relax.subtract"):
-        return None
-    anchor = plan.nodes.get(node.call.args[0])
-    bias = const_value(node.call.args[1])
-    if anchor is None or anchor.role != "anchor" or bias is None:
-        return None
-    return bias if linear_layer_axes(anchor.call) else None
 
 
 def _with_arg(call, index: int, arg):
