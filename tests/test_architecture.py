@@ -187,6 +187,20 @@ def test_import_tvm_intq_and_the_cli_load_no_tvm():
     assert out.stdout.strip() == "[]"
 
 
+def test_help_takes_under_a_second_of_cpu():
+    """``tvm-intq --help`` answers at once: CPU time, not wall time (a shared machine's load
+    would measure its neighbours)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(
+        [sys.executable, "-m", "tvm_intq.cli", "--help"], capture_output=True, text=True, check=True
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert "compile" in out.stdout and cpu < 1.0, cpu
+
+
 def test_lazy_names_resolve():
     import tvm_intq
 
