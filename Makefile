@@ -66,11 +66,15 @@ demo: install system-deps
 # script is a no-op when its output is up to date, and reuses an identical earlier build from
 # ~/.cache/tvm-intq/boards (a fresh clone on the same machine builds nothing). Last, what counts
 # instructions on them: QEMU built with plugins from Debian's source package (~10 min once).
+# And the peers counted on the same emulated ARM core: an aarch64 python3.11 from Debian's arm64
+# packages (downloaded and unpacked, not installed) with the aarch64 wheels of onnxruntime,
+# numpy and ai-edge-litert (~230 MB, a minute once).
 boards: install system-deps
 	bash targets/boards/fetch_qemu.sh
 	bash targets/boards/build_aarch64_emu.sh
 	bash targets/boards/build_riscv64_emu.sh
 	bash targets/boards/build_insn_count.sh
+	bash targets/boards/build_peers.sh
 
 # ruff's rules and format are in pyproject.toml; `ruff format .` fixes the format.
 lint: install
@@ -88,9 +92,15 @@ test-fast: lint
 # 1 and 2 threads; tuning databases resume from bench/work/. Results: bench/results/<model>/.
 #   make bench BENCH_ARGS="--trials 64 --models bundled"
 #   make bench BENCH_ARGS="--models bundled --trials 16 --parts host --rounds 5"   (interleaved rounds)
+# Then bench/load_sensitivity.py: the same runtimes quiet and beside CPU hogs, per-call wall and
+# CPU time (issue 18: a busy machine must not slow tvm-intq more than ONNX Runtime), 1 and 2
+# threads. Results: bench/results/load_sensitivity/.   make bench LOAD_ARGS="--models unseen"
 BENCH_ARGS ?=
+LOAD_ARGS ?=
 bench: install
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+	$(VENV)/bin/python bench/load_sensitivity.py --threads 1 $(LOAD_ARGS)
+	$(VENV)/bin/python bench/load_sensitivity.py --threads 2 $(LOAD_ARGS)
 
 # Accuracy table of issue #7 (not part of test): the bundled model and rapidocr's PP-OCRv4
 # det/rec/cls, every tvm-intq method vs ONNX Runtime int8; results in eval/results/ (about an

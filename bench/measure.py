@@ -29,12 +29,12 @@ def _session(path, threads):
     return lambda x: sess.run(None, {name: x})[0]
 
 
-def _vm(path):
+def _vm(path, threads):
     import tvm
 
     from tvm_intq.compiler.runner import Runner
 
-    runner = Runner(tvm.runtime.load_module(path), ["x"])  # what a tvm-intq user calls
+    runner = Runner(tvm.runtime.load_module(path), ["x"], threads=threads)  # what a user calls
     return lambda x: runner({"x": x})[0]
 
 
@@ -66,7 +66,7 @@ def main() -> None:
 
     data = np.load(args.input)
     x = data[next(k for k in data.files if k != "labels")].astype(np.float32)
-    fn = _session(args.model, args.threads) if args.kind == "ort" else _vm(args.model)
+    fn = _session(args.model, args.threads) if args.kind == "ort" else _vm(args.model, args.threads)
     lat = latencies(fn, x[:1], warmup=50, seconds=args.seconds, max_iters=args.max_iters)
     result = {
         "median_ms": float(np.median(lat)),

@@ -9,6 +9,7 @@ Each is an ordinary ``tvm.transform`` pass that drops into a ``tvm.transform.Seq
     Annotate(ranges, scheme)       quantize/dequantize pairs at the quantization points
     FoldToInteger()                QDQ graph -> integer arithmetic (requantize, LUTs, ...)
     CheckIntegerOnly()             error naming any float op left inside
+    GateQuantization(candidates)   one fake-quantized model, each point's quantization an input
 """
 
 from tvm_intq.relay_passes.analysis.quant_points import analyze
@@ -20,6 +21,7 @@ from tvm_intq.relay_passes.clip_kernels_to_ops import ClipKernelsToOps
 from tvm_intq.relay_passes.expose_tensors import ExposeTensors
 from tvm_intq.relay_passes.fold_batch_norm import FoldBatchNorm
 from tvm_intq.relay_passes.fold_to_integer import FoldToInteger
+from tvm_intq.relay_passes.gate_quantization import GateQuantization
 from tvm_intq.relay_passes.name_tensors import NameTensors
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "ExposeTensors",
     "FoldBatchNorm",
     "FoldToInteger",
+    "GateQuantization",
     "NameTensors",
     "analyze",
     "float_ops",

@@ -7,10 +7,10 @@ import tvm
 from tvm import relax
 
 from tvm_intq.core import intmath
-from tvm_intq.core.schemes import Scheme, get_scheme, held_bias
+from tvm_intq.core.schemes import Scheme, get_scheme
 from tvm_intq.errors import IntqError
-from tvm_intq.relay_passes.analysis.ir_utils import const_value, linear_layer_axes, op_name
-from tvm_intq.relay_passes.analysis.quant_points import analyze, tensor_args
+from tvm_intq.relay_passes.analysis.ir_utils import const_value, linear_layer_axes
+from tvm_intq.relay_passes.analysis.quant_points import analyze, held_layer_bias, tensor_args
 from tvm_intq.relay_passes.analysis.rebuild import rewrite_main, substitute
 
 
@@ -139,28 +139,11 @@ class Annotate:
 
     def _scheme_bias(self, plan, points, node, value):
         """``value`` (a bias add/subtract after a conv/dense) with the bias the scheme holds."""
-        if op_name(node.call) not in ("relax.add", "relax.subtract"):
-            return value
-        anchor = plan.nodes.get(node.call.args[0])
-        bias = const_value(node.call.args[1])
-        if (
-            anchor is None
-            or anchor.role != "anchor"
-            or bias is None
-            or not linear_layer_axes(anchor.call)
-        ):
-            return value
-        src = tensor_args(anchor.call)[0]
-        while src in plan.nodes and plan.nodes[src].role == "passthrough":
-            src = tensor_args(plan.nodes[src].call)[0]
-        if src not in points:
-            return value  # a float input: no accumulator scale
-        acc_axis, w_axis = linear_layer_axes(anchor.call)
-        scheme = self._scheme_of(node)
-        _, sw = scheme.weights(const_value(anchor.call.args[1]), w_axis)
-        sign = -1.0 if op_name(node.call) == "relax.subtract" else 1.0
-        held = held_bias(
-            scheme, bias, self.params_for(src).scale, sw, acc_axis, len(anchor.call.ty.shape), sign
+        held = held_layer_bias(
+            plan,
+            node,
+            self._scheme_of(node),
+            lambda src: self.params_for(src).scale if src in points else None,
         )
         if held is None:
             return value

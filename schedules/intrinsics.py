@@ -22,8 +22,11 @@ We register our own tensor intrinsics instead of TVM's ``dot_16x4_vnni``,
   channels of accumulators in registers.
 
 Only instructions that are exact on every int8 input belong here: x86 ``vpmaddubsw`` (TVM's
-``dot_16x4_avx512``) saturates the int16 sum of two u8 x s8 products (``2 * 255 * 127 >
-32767``), so a kernel using it would not match the numpy reference bit for bit.
+``dot_16x4_avx512``, and ONNX Runtime's AVX2 kernels) saturates the int16 sum of two u8 x s8
+products (``2 * 255 * 127 > 32767``), so a kernel using it would not match the numpy
+reference bit for bit. On an AVX2 CPU without VNNI we take the exact ``vpmaddwd`` instead:
+int8 values widened to int16 (the weights at compile time, the activations when they are
+packed), two products per int32 lane, as XNNPACK's AVX2 int8 kernels do.
 """
 
 from __future__ import annotations
@@ -82,6 +85,18 @@ INTRINSICS: dict[str, DotProduct] = {
             weight_dtype="int8",
             llvm_features=("avx512vnni",),
             instruction="vpdpbusd",
+        ),
+        # AVX2 without VNNI: vpmaddwd on int16 pairs (exact), 16 multiply-adds per
+        # instruction where vpdpbusd does 64. The activation pair is one int32 broadcast.
+        DotProduct(
+            "x86-avx2",
+            tensor_intrin="intq_dot_8x2_avx2",
+            lanes=8,
+            k=2,
+            data_dtype="int16",
+            weight_dtype="int16",
+            llvm_features=("avx2",),
+            instruction="vpmaddwd",
         ),
         # i8mm before dotprod: smmla does 32 multiply-adds where sdot does 16.
         DotProduct(
@@ -207,6 +222,34 @@ def _impl_word_dot(llvm_intrinsic: str):
     return impl_of
 
 
+def _impl_avx2_pmaddwd(d: DotProduct):
+    """``C[i] += A[0] * B[i, 0] + A[1] * B[i, 1]`` over 8 int32 lanes: the int16 activation
+    pair broadcast as one 32-bit word, ``vpmaddwd`` with the 8 channels' weight pairs, then an
+    add (AVX2 has no accumulating form)."""
+    from tvm.script import tirx as T
+
+    lanes = d.lanes
+    acc_t, pairs_t = f"int32x{lanes}", f"int16x{2 * lanes}"
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (2,), "int16", offset_factor=1)
+        B = T.match_buffer(b, (lanes, 2), "int16", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:2], B[0:lanes, 0:2])
+            T.writes(C[0:lanes])
+            a_word = T.reinterpret(A.vload([0], "int16x2"), dtype="int32")
+            C[T.ramp(T.int32(0), 1, lanes)] = C.vload([0], dtype=acc_t) + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                T.reinterpret(T.broadcast(a_word, lanes), dtype=pairs_t),
+                B.vload([0, 0], dtype=pairs_t),
+                dtype=acc_t,
+            )
+
+    return impl
+
+
 def _impl_arm_i8mm(d: DotProduct):
     from tvm.script import tirx as T
 
@@ -267,6 +310,7 @@ def _impl_rvv_vwmacc(d: DotProduct):
 
 _IMPLS = {
     "x86-vnni": _impl_word_dot("llvm.x86.avx512.vpdpbusd.512"),
+    "x86-avx2": _impl_avx2_pmaddwd,
     "arm-sdot": _impl_word_dot("llvm.aarch64.neon.sdot.v4i32.v16i8"),
     "arm-i8mm": _impl_arm_i8mm,
     "rvv-vwmacc": _impl_rvv_vwmacc,

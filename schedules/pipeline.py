@@ -5,6 +5,7 @@
       -> legalize, fuse        (TVM's "zero" pipeline: one kernel per integer layer)
       -> apply the database    tuned kernels (MetaSchedule records), when a database is given
       -> DefaultDotSchedule    packed kernels without a record: a fixed tensorized schedule
+      -> serial small kernels  no thread-pool hand-off for a kernel too small to split (.parallel)
       -> VM lowering           (TVM's default build pipeline)
 
 :func:`tuning_pipeline` is the part before the database: the kernels it leaves are the tuning
@@ -17,8 +18,9 @@ import tvm
 from tvm import relax
 
 from tvm_intq.schedules.default_schedule import DefaultDotSchedule
-from tvm_intq.schedules.intrinsics import DotProduct, select
+from tvm_intq.schedules.intrinsics import INTRINSICS, DotProduct, select
 from tvm_intq.schedules.pack_int8 import PackInt8ForDot
+from tvm_intq.schedules.parallel import MIN_SPLIT_ITERATIONS, split_small_kernels
 
 #: ``int8_dot`` of a caller that names no target definition: whatever the target supports.
 ANY = None
@@ -27,8 +29,6 @@ ANY = None
 def dot_product_for(int8_dot, target) -> DotProduct | None:
     """The intrinsic the packed layout is for: the first of ``int8_dot`` the ``target``
     supports (``ANY``: every known intrinsic, in the registry's order)."""
-    from tvm_intq.schedules.intrinsics import INTRINSICS
-
     return select(tuple(INTRINSICS) if int8_dot is ANY else int8_dot, target)
 
 
@@ -76,12 +76,16 @@ def tuning_pipeline(int8_dot=ANY) -> tvm.transform.Pass:
     return tvm.transform.Sequential([_DotLayout(int8_dot), _fuse()], name="intq_tasks")
 
 
-def build_pipeline(int8_dot=ANY, database=None) -> tvm.transform.Pass:
+def build_pipeline(
+    int8_dot=ANY, database=None, min_split_iterations: int = MIN_SPLIT_ITERATIONS
+) -> tvm.transform.Pass:
     """The whole build (module docstring). ``int8_dot``: the target definition's dot-product
     intrinsics (``TargetSpec.int8_dot``); ``database``: a MetaSchedule database of tuned
-    kernels or None."""
-    passes = [tuning_pipeline(int8_dot)]
+    kernels or None; ``min_split_iterations``: the work below which a kernel's parallel loops
+    are made serial (:mod:`.parallel`; 0 keeps every parallel loop)."""
+    count, serial = split_small_kernels(min_split_iterations)
+    passes = [tuning_pipeline(int8_dot), count]
     if database is not None:
         passes.append(_ApplyDatabase(database))
-    passes += [_DefaultSchedule(int8_dot), relax.pipeline.default_build_pipeline()]
+    passes += [_DefaultSchedule(int8_dot), serial, relax.pipeline.default_build_pipeline()]
     return tvm.transform.Sequential(passes, name="intq_build")

@@ -31,5 +31,6 @@ HOST = TargetSpec(
     name="host",
     description="this machine (x86-64), LLVM for the host CPU, host compiler",
     tvm_target=host_target_dict,
-    int8_dot=("x86-vnni",),  # vpdpbusd, when the CPU has AVX512-VNNI
+    # vpdpbusd when the CPU has AVX512-VNNI, else AVX2's exact int16 vpmaddwd.
+    int8_dot=("x86-vnni", "x86-avx2"),
 )

@@ -29,6 +29,8 @@ plus the calls themselves under qemu; the block profile adds a callback per bloc
 
 from __future__ import annotations
 
+import bisect
+import struct
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -62,6 +64,13 @@ class Execution:
     #: with ``blocks=True``: ``{(offset in the library, instructions): executions}`` summed over
     #: all calls, for the straight-line blocks (QEMU translation blocks) inside the library.
     blocks: dict[tuple[int, int], int] | None = None
+    #: with ``blocks=True``: every block the calls ran, in any mapped file (the TVM runtime,
+    #: libc, ... and the library): ``{path: {(ELF address, instructions): executions}}``
+    #: summed over all calls (:func:`file_blocks`)
+    file_blocks: dict[str, dict[tuple[int, int], int]] | None = None
+    #: with ``blocks=True``: instructions executed outside every mapped file (QEMU's vdso and
+    #: signal trampolines), summed over all calls
+    unmapped: int = 0
 
     def warm_instructions(self, warmup: int, what: str = "the library") -> int:
         """Instructions of the median call after the first ``warmup`` (one call's count, the
@@ -168,11 +177,80 @@ def run_counted(
             next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("base ")),
             16,
         )
+        files = mapped_files(proc.stdout)
         marks = [int(v) for v in (tmp / "counts").read_text().split()]
         # marks: before call 1, after each call, at exit
         per_call = tuple(b - a for a, b in zip(marks[:calls], marks[1 : calls + 1]))
         profile = _library_blocks(tmp / "blocks", base, library) if blocks else None
-    return Execution(per_call, base, profile)
+        by_file, unmapped = file_blocks(tmp / "blocks", files) if blocks else (None, 0)
+    return Execution(per_call, base, profile, by_file, unmapped)
+
+
+#: ELF64 program header: p_type, p_flags, p_offset, p_vaddr, p_paddr, p_filesz, p_memsz, p_align
+_PHDR = struct.Struct("<IIQQQQQQ")
+_PT_LOAD = 1
+_PAGE = 0xFFF
+
+
+def load_segments(path) -> list[tuple[int, int, int, int]]:
+    """``[(vaddr, file offset, file size, memory size)]`` of the PT_LOAD segments of the ELF64
+    little-endian file ``path`` (aarch64, riscv64, x86-64 shared libraries and programs)."""
+    with open(path, "rb") as f:
+        data = f.read(1 << 16)
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        raise IntqError(f"{path} is not a little-endian ELF64 file")
+    (phoff,) = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    out = []
+    for i in range(phnum):
+        p_type, _, offset, vaddr, _, filesz, memsz, _ = _PHDR.unpack_from(
+            data, phoff + i * phentsize
+        )
+        if p_type == _PT_LOAD:
+            out.append((vaddr, offset, filesz, memsz))
+    return out
+
+
+def mapped_files(stdout: str) -> dict[str, int]:
+    """``{path: lowest guest address}`` from the ``map 0x... PATH`` lines the runners print."""
+    out = {}
+    for line in stdout.splitlines():
+        if line.startswith("map "):
+            _, start, path = line.split(" ", 2)
+            out[path] = int(start, 16)
+    return out
+
+
+def file_blocks(path: Path, files: dict[str, int]):
+    """The plugin's block profile ``path`` by mapped ELF file: ``({file: {(ELF address,
+    instructions): executions}}, instructions executed outside every file)``. A guest address
+    ``g`` in a file loaded at ``base`` (its lowest mapping) is ELF address ``g - base +`` the
+    page of its first loaded segment (0 for shared libraries)."""
+    ranges = []
+    for file, base in files.items():
+        try:
+            segments = load_segments(file)
+        except (IntqError, OSError):
+            continue  # not an ELF file (locale archives, caches)
+        if segments:
+            first = min(s[0] for s in segments) & ~_PAGE
+            ranges.append((base, base + max(s[0] + s[3] for s in segments) - first, first, file))
+    ranges.sort()
+    starts = [r[0] for r in ranges]
+    out: dict[str, dict[tuple[int, int], int]] = {}
+    unmapped = 0
+    for line in path.read_text().splitlines():
+        vaddr, n, executions = line.split()
+        guest, n, executions = int(vaddr, 16), int(n), int(executions)
+        i = bisect.bisect_right(starts, guest) - 1
+        if i < 0 or guest >= ranges[i][1]:
+            unmapped += n * executions
+            continue
+        start, _, first, file = ranges[i]
+        blocks = out.setdefault(file, {})
+        key = (guest - start + first, n)
+        blocks[key] = blocks.get(key, 0) + executions
+    return out, unmapped
 
 
 def _library_blocks(path: Path, base: int, library: Path) -> dict[tuple[int, int], int]:

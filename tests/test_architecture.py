@@ -35,7 +35,10 @@ LAYERS = [
     ("evaluation: reference interpreter, error per layer", ["evaluation"]),
     ("search: float layers, scheme choice", ["search"]),
     ("api and export: the compile job, QDQ out", ["api", "export"]),
-    ("deploy, qat, demo: libraries, benches, training", ["deploy", "qat", "demo"]),
+    (
+        "deploy, qat, demo: libraries, benches, training, the bundled model",
+        ["deploy", "qat", "demo", "bundled_model"],
+    ),
     ("cli: the verbs", ["cli"]),
 ]
 __doc__ += "\n".join(f"  {i}. {desc}" for i, (desc, _) in enumerate(LAYERS))
@@ -130,14 +133,50 @@ def test_no_import_cycles_between_modules():
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
+#: PyTorch is the optional ``qat`` extra: these alone may import it, and nothing else imports
+#: them at module level (the frontends load the PyTorch one on demand, see
+#: test_the_package_loads_without_torch).
+TORCH_MODULES = ("tvm_intq.qat", "tvm_intq.frontends.torch", "tvm_intq.bundled_model")
+
+
+def _is_torch_module(module: str) -> bool:
+    return any(module == t or module.startswith(t + ".") for t in TORCH_MODULES)
+
+
 def test_only_torch_modules_import_torch():
-    """PyTorch is an optional extra: everything but the qat package installs and runs without it."""
+    """Everything but the qat package, the PyTorch frontend and the bundled model's PyTorch
+    definition installs and runs without PyTorch."""
     bad = sorted(
         str(p.relative_to(ROOT))
         for p in SOURCES
-        if "qat" not in p.parts and any(m == "torch" or m.startswith("torch.") for m in imports(p))
+        if not _is_torch_module(module_name(p))
+        and any(m == "torch" or m.startswith("torch.") for m in imports(p))
     )
-    assert not bad, f"import torch outside tvm_intq/qat: {bad}"
+    assert not bad, f"import torch outside {', '.join(TORCH_MODULES)}: {bad}"
+
+
+def test_the_package_loads_without_torch():
+    """With torch made unimportable, every module but the torch ones imports, and reading a
+    ``.pt2`` program says how to get PyTorch."""
+    modules = sorted(
+        m
+        for m in map(module_name, SOURCES)
+        if not _is_torch_module(m) and not m.endswith("__main__")  # __main__ runs the CLI
+    )
+    code = (
+        "import importlib, sys\n"
+        "sys.modules['torch'] = None  # import torch raises ImportError\n"
+        f"for m in {modules!r}: importlib.import_module(m)\n"
+        "from tvm_intq.errors import IntqError\n"
+        "from tvm_intq.frontends import import_model\n"
+        "try:\n"
+        "    import_model('model.pt2')\n"
+        "except IntqError as err:\n"
+        "    print(err)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "needs PyTorch" in out.stdout and "tvm-intq[qat]" in out.stdout, out.stdout
 
 
 def test_import_tvm_intq_and_the_cli_load_no_tvm():
@@ -149,6 +188,20 @@ def test_import_tvm_intq_and_the_cli_load_no_tvm():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_help_takes_under_a_second_of_cpu():
+    """``tvm-intq --help`` answers at once: CPU time, not wall time (a shared machine's load
+    would measure its neighbours)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out = subprocess.run(
+        [sys.executable, "-m", "tvm_intq.cli", "--help"], capture_output=True, text=True, check=True
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert "compile" in out.stdout and cpu < 1.0, cpu
 
 
 def test_lazy_names_resolve():

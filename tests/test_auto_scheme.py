@@ -13,7 +13,10 @@ from tvm_intq.core.schemes import PerLayer, get_scheme
 from tvm_intq.relay_passes import Annotate, float_ops
 from tvm_intq.search import scheme_choice
 
-pytestmark = pytest.mark.filterwarnings("ignore:Field 'shape' of 'type' is required")
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.filterwarnings("ignore:Field 'shape' of 'type' is required"),
+]
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,9 @@ from tvm_intq.errors import IntqError
 from tvm_intq.targets import TARGETS
 from tvm_intq.targets.board import BoardSpec, boards_build_dir
 from tvm_intq.targets.boards import BOARDS, board_for_key, get_board
-from tvm_intq.targets.rpc import elf_machine
+from tvm_intq.targets.rpc import check_target_for_key, elf_machine
+
+pytestmark = pytest.mark.integration  # whole models, boards or processes
 
 ROOT = Path(__file__).resolve().parents[1]
 BOARDS_SRC = ROOT / "targets" / "boards"
@@ -64,6 +66,17 @@ def test_unknown_board_lists_the_known_ones():
     with pytest.raises(IntqError, match="aarch64-emu"):
         get_board("no-such-board")
     assert board_for_key("no-such-key") is None
+
+
+def test_emulated_board_refuses_a_target_whose_features_its_core_lacks():
+    # each aarch64 board emulates its target's core (aarch64-emu: Neoverse-N1, no i8mm), so an
+    # i8mm library is refused before anything is compiled, with the key that runs it
+    check_target_for_key(TARGETS["aarch64"], "aarch64-emu")
+    check_target_for_key(TARGETS["aarch64"], "aarch64-i8mm-emu")  # an N2 runs N1 code
+    check_target_for_key(TARGETS["aarch64-i8mm"], "aarch64-i8mm-emu")
+    check_target_for_key(TARGETS["riscv64"], "riscv64-emu-vlen256")
+    with pytest.raises(IntqError, match=r"'aarch64-emu'.* lack \+i8mm .*--key aarch64-i8mm-emu"):
+        check_target_for_key(TARGETS["aarch64-i8mm"], "aarch64-emu")
 
 
 def test_real_board_cannot_be_started_here_and_says_what_to_run():

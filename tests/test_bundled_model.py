@@ -14,6 +14,8 @@ from tvm_intq.frontends import import_model
 from tvm_intq.relay_passes import ExposeTensors
 from tvm_intq.relay_passes.analysis.rebuild import bindings_of
 
+pytestmark = pytest.mark.integration  # whole models, boards or processes
+
 
 @pytest.fixture(scope="module")
 def compiled():

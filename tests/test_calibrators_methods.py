@@ -17,6 +17,8 @@ from tvm_intq.calibration.redistribution import (
 from tvm_intq.core import intmath
 from tvm_intq.errors import IntqError
 
+pytestmark = pytest.mark.integration  # whole models, boards or processes
+
 
 def stats_of(x, num_bins=2048, name="t"):
     return TensorStats.from_array(np.asarray(x, np.float64), num_bins=num_bins, name=name)

@@ -8,8 +8,10 @@ from tvm import relax
 from tvm.relax import op as R
 
 from tvm_intq.relay_passes import CanonicalizeQDQ, FoldToInteger, float_ops
-from tvm_intq.relay_passes.canonicalize_qdq import WeightsAsConstants
+from tvm_intq.relay_passes.constant_last import ConstantLast
+from tvm_intq.relay_passes.quantize_into_concat import QuantizeIntoConcat
 from tvm_intq.relay_passes.sink_permutes import SinkPermutes
+from tvm_intq.relay_passes.weights_as_constants import WeightsAsConstants
 
 RNG = np.random.default_rng(5)
 F32 = np.float32
@@ -168,3 +170,72 @@ def test_fold_to_integer_leaves_weights_it_cannot_fold_exactly_in_float():
     assert any(
         "matmul" in op for op in float_ops(FoldToInteger()(CanonicalizeQDQ()(function([x], body))))
     )
+
+
+def _q(x, s, z):
+    return R.quantize(x, const(F32(s)), const(np.int8(z)), axis=-1, out_dtype="int8")
+
+
+def _dq(q, s, z):
+    return R.dequantize(q, const(F32(s)), const(np.int8(z)), axis=-1, out_dtype="float32")
+
+
+def test_constant_last_puts_a_linear_bias_second():
+    """PyTorch's linear imports as add(bias, matmul): the bias goes second, where a layer's
+    epilogue has it; a subtract keeps its order."""
+    b = RNG.normal(size=4).astype(F32)
+    x = relax.Var("x", relax.TensorType((1, 4), "float32"))
+    before = function(
+        [x],
+        lambda bb, x: bb.emit(
+            R.subtract(const(b), bb.emit(R.multiply(const(F32(2)), bb.emit(R.add(const(b), x)))))
+        ),
+    )
+    x = relax.Var("x", relax.TensorType((1, 4), "float32"))
+    expected = function(
+        [x],
+        lambda bb, x: bb.emit(
+            R.subtract(const(b), bb.emit(R.multiply(bb.emit(R.add(x, const(b))), const(F32(2)))))
+        ),
+    )
+    tvm.ir.assert_structural_equal(ConstantLast()(before), expected)
+
+
+def test_quantize_into_concat_quantizes_each_unquantized_part():
+    """quantize(concat(tanh(dq a), dq b)) -> concat(quantize(tanh(dq a)), quantize(dq b)):
+    the same int8 values, and each part then folds on its own (a table, a requantize)."""
+    a = relax.Var("a", relax.TensorType((1, 2, 3, 3), "int8"))
+    b = relax.Var("b", relax.TensorType((1, 2, 3, 3), "int8"))
+
+    def before_body(bb, a, b):
+        t = bb.emit(R.tanh(bb.emit(_dq(a, 0.05, 3))))
+        c = bb.emit(R.concat([t, bb.emit(_dq(b, 0.02, -7))], axis=1))
+        return bb.emit(_dq(bb.emit(_q(c, 0.01, 0)), 0.01, 0))
+
+    def expected_body(bb, a, b):
+        t = bb.emit(R.tanh(bb.emit(_dq(a, 0.05, 3))))
+        d = bb.emit(_dq(b, 0.02, -7))
+        c = bb.emit(R.concat([bb.emit(_q(t, 0.01, 0)), bb.emit(_q(d, 0.01, 0))], axis=1))
+        return bb.emit(_dq(c, 0.01, 0))
+
+    before = function([a, b], before_body)
+    a = relax.Var("a", relax.TensorType((1, 2, 3, 3), "int8"))
+    b = relax.Var("b", relax.TensorType((1, 2, 3, 3), "int8"))
+    tvm.ir.assert_structural_equal(QuantizeIntoConcat()(before), function([a, b], expected_body))
+    # ... and all of it becomes integer arithmetic.
+    assert float_ops(FoldToInteger()(QuantizeIntoConcat()(before))) == []
+
+
+def test_quantize_into_concat_leaves_a_concat_of_dequantized_tensors():
+    a = relax.Var("a", relax.TensorType((1, 2, 3, 3), "int8"))
+    before = function(
+        [a],
+        lambda bb, a: bb.emit(
+            _q(
+                bb.emit(R.concat([bb.emit(_dq(a, 0.05, 3)), bb.emit(_dq(a, 0.05, 3))], axis=1)),
+                0.01,
+                0,
+            )
+        ),
+    )
+    tvm.ir.assert_structural_equal(QuantizeIntoConcat()(before), before)

@@ -10,6 +10,8 @@ from conftest import require_tool
 from tvm_intq.cli import main
 from tvm_intq.demo import bundled
 
+pytestmark = pytest.mark.integration  # whole models, boards or processes
+
 MODEL = bundled("mnist_cnn.onnx")
 REPORT_KEYS = {
     "model",

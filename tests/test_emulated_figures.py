@@ -7,17 +7,27 @@ import json
 
 import pytest
 
-from tvm_intq.deploy.emulated_figures import INSTRUCTIONS_LABEL, emulated_board, mca_label
+from tvm_intq.deploy.emulated_figures import INSTRUCTIONS_LABEL, mca_label
 from tvm_intq.errors import IntqError
 from tvm_intq.reports.speed import emulated_markdown, write_emulated
+from tvm_intq.targets.boards import emulated_board
+
+pytestmark = pytest.mark.integration  # whole models, boards or processes
 
 
 @pytest.mark.parametrize(
-    "target, board",
-    [("aarch64", "aarch64-emu"), ("aarch64-i8mm", "aarch64-emu"), ("riscv64", "riscv64-emu")],
+    "target, board, cpu",
+    [
+        ("aarch64", "aarch64-emu", "neoverse-n1"),
+        ("aarch64-i8mm", "aarch64-i8mm-emu", "neoverse-n2"),
+        ("riscv64", "riscv64-emu", "rv64,v=true"),
+    ],
 )
-def test_each_target_has_its_emulated_board(target, board):
+def test_each_target_has_its_emulated_board(target, board, cpu):
+    # the emulated core is the one the target describes (not qemu's "max": SVE/SME code paths
+    # in libc and in the peers would describe another machine)
     assert emulated_board(target).name == board
+    assert " ".join(emulated_board(target).emulator.qemu_args).startswith(f"-cpu {cpu}")
 
 
 def test_host_has_no_emulated_board():

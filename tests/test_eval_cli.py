@@ -9,6 +9,8 @@ import pytest
 from tvm_intq.cli import main
 from tvm_intq.demo import bundled
 
+pytestmark = pytest.mark.integration  # whole models, boards or processes
+
 MODEL = bundled("mnist_cnn.onnx")
 CALIB = bundled("calib.npz")
 

@@ -30,6 +30,8 @@ from tvm_intq.demo import bundled
 from tvm_intq.export.qdq import export_qdq, quantized_tensors, save
 from tvm_intq.frontends.prequantized import prequantized_modules
 
+pytestmark = pytest.mark.integration  # whole models, boards or processes
+
 SHAPE = {"input": (1, 1, 28, 28)}
 
 

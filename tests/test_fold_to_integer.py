@@ -45,7 +45,10 @@ from tvm_intq.relay_passes import (
 )
 from tvm_intq.relay_passes.analysis.ir_utils import const_value, op_name
 
-pytestmark = pytest.mark.filterwarnings("ignore:Field 'shape' of 'type' is required")
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.filterwarnings("ignore:Field 'shape' of 'type' is required"),
+]
 
 TARGET = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
 SCHEMES = ("hybrid-asym", "symmetric")

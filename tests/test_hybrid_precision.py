@@ -17,7 +17,10 @@ from tvm_intq.relay_passes.analysis.ir_utils import const_value
 from tvm_intq.relay_passes.analysis.rebuild import bindings_of
 from tvm_intq.search import float_layers
 
-pytestmark = pytest.mark.filterwarnings("ignore:Field 'shape' of 'type' is required")
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.filterwarnings("ignore:Field 'shape' of 'type' is required"),
+]
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,8 @@ import shutil
 import pytest
 from cli_cases import CALIB, MODEL, refused
 
+pytestmark = pytest.mark.integration  # processes: the CLI run as a user runs it
+
 
 @pytest.fixture
 def work(tmp_path):

@@ -12,6 +12,8 @@ from test_boards import require_built
 
 from tvm_intq.targets.boards import get_board
 
+pytestmark = pytest.mark.integration  # processes: the CLI run as a user runs it
+
 
 @pytest.mark.parametrize(
     "args, words",

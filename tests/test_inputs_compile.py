@@ -22,6 +22,8 @@ from cli_cases import (
 )
 from onnx import TensorProto, helper
 
+pytestmark = pytest.mark.integration  # processes: the CLI run as a user runs it
+
 
 @pytest.fixture
 def work(tmp_path):

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from cli_cases import CALIB, MODEL, read_only, refused, run_cli
 
+pytestmark = pytest.mark.integration  # processes: the CLI run as a user runs it
+
 
 @pytest.fixture
 def work(tmp_path):

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from cli_cases import read_only, refused, run_cli, tiny_calib, tiny_conv_model
 
+pytestmark = pytest.mark.integration  # processes: the CLI run as a user runs it
+
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):

@@ -15,6 +15,8 @@ from cli_cases import free_port, read_until, refused, start_cli, stop
 from tvm_intq.targets.rpc import TrackerClient
 from tvm_intq.targets.rpc.protocol import RPC_TRACKER_MAGIC
 
+pytestmark = pytest.mark.integration  # processes: the CLI run as a user runs it
+
 
 @pytest.mark.parametrize(
     "args, words",

@@ -8,6 +8,8 @@ from __future__ import annotations
 import pytest
 from cli_cases import read_only, refused, tiny_calib, tiny_conv_model
 
+pytestmark = pytest.mark.integration  # processes: the CLI run as a user runs it
+
 
 @pytest.fixture
 def work(tmp_path):

@@ -11,6 +11,8 @@ from tvm_intq.errors import IntqError
 from tvm_intq.targets.boards import get_board
 from tvm_intq.targets.insn_count import counting_tools, executed_instructions, run_counted
 
+pytestmark = pytest.mark.integration  # whole models, boards or processes
+
 BOARDS = ["aarch64-emu", "riscv64-emu", "riscv64-emu-vlen256"]
 
 

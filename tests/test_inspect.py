@@ -12,9 +12,11 @@ from tvm_intq.demo import bundled
 from tvm_intq.frontends import import_model
 from tvm_intq.relay_passes.analysis.ir_utils import op_name
 from tvm_intq.relay_passes.analysis.rebuild import bindings_of
-from tvm_intq.schedules.intrinsics import INTRINSICS, select, supported
+from tvm_intq.schedules.intrinsics import select
 from tvm_intq.targets import get_target
 from tvm_intq.targets.disassembly import count_instructions, inspect_library, kernel_of
+
+pytestmark = pytest.mark.integration  # whole models, boards or processes
 
 ASM = """
 0000000000001120 <__tvm_ffi_fused_conv2d_packed_int8_requant1_add>:
@@ -83,11 +85,11 @@ def test_bundled_model_int8_convs_use_the_targets_instruction(target, bundled_in
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(
-    not supported(INTRINSICS["x86-vnni"], get_target("host").target()),
-    reason="this CPU has no AVX512-VNNI",
-)
-def test_bundled_model_int8_convs_use_vpdpbusd(tmp_path, capsys):
+def test_bundled_model_int8_convs_use_the_hosts_dot_product(tmp_path, capsys):
+    """vpdpbusd (zmm) on a CPU with AVX512-VNNI, vpmaddwd (ymm) on an AVX2 one."""
+    host = get_target("host")
+    x86 = select(host.int8_dot, host.target())
+    register = "zmm" if x86.name == "x86-vnni" else "ymm"
     lib = tmp_path / "mnist.so"
     assert (
         cli.main(
@@ -105,8 +107,9 @@ def test_bundled_model_int8_convs_use_vpdpbusd(tmp_path, capsys):
     )
     kernels = inspect_library(lib)["kernels"]
     packed = {k: v for k, v in kernels.items() if "packed_int8" in k}
-    assert packed and all(v["vpdpbusd"] > 0 and v["zmm"] > 0 for v in packed.values()), packed
-    # Every int8 conv is packed except the grouped (depthwise) ones, which VNNI does not fit:
+    assert packed and all(v[x86.instruction] > 0 and v[register] > 0 for v in packed.values())
+    # Every int8 conv is packed except the grouped (depthwise) ones, which a dot product does
+    # not fit:
     # those are the depthwise kernel, and no conv is left to TVM's generic one.
     convs, grouped = grouped_convs(bundled("mnist_cnn.onnx"))
     depthwise = [k for k in kernels if k.startswith("depthwise_int8")]
@@ -115,4 +118,4 @@ def test_bundled_model_int8_convs_use_vpdpbusd(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["inspect", str(lib)]) == 0
     out = capsys.readouterr().out
-    assert "vpdpbusd" in out and "conv2d_packed_int8" in out
+    assert x86.instruction in out and "conv2d_packed_int8" in out

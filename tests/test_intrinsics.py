@@ -23,6 +23,8 @@ from tvm_intq.schedules.intrinsics import select
 from tvm_intq.targets import get_target, rpc
 from tvm_intq.targets.boards import get_board
 
+pytestmark = pytest.mark.integration  # whole models, boards or processes
+
 
 def _target(mtriple, *mattr):
     return tvm.target.Target({"kind": "llvm", "mtriple": mtriple, "mattr": list(mattr)})
@@ -34,13 +36,15 @@ def _target(mtriple, *mattr):
         ("aarch64", "arm-sdot"),
         ("aarch64-i8mm", "arm-i8mm"),
         ("riscv64", "rvv-vwmacc"),
-        ("host-like", None),
+        ("x86:cascadelake", "x86-vnni"),
+        ("x86:haswell", "x86-avx2"),
+        ("x86:nehalem", None),  # no AVX2: nothing fits, convs stay untensorized
     ],
 )
 def test_target_features_select_the_best_instruction(target, expected):
-    if target == "host-like":  # an x86 CPU without VNNI: nothing fits, convs stay untensorized
+    if target.startswith("x86:"):  # the host definition on x86 CPUs of other generations
         spec = get_target("host")
-        tvm_target = tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})
+        tvm_target = tvm.target.Target({"kind": "llvm", "mcpu": target[4:]})
     else:
         spec = get_target(target)
         tvm_target = spec.target()
@@ -79,10 +83,10 @@ CASES = {
         rescale="channel",
     ),
 }
-# (target compiled for, board run on): qemu-aarch64 -cpu max has dotprod and i8mm.
+# (target compiled for, board run on): each target on the board that emulates its core.
 RUNS = [
     ("aarch64", "aarch64-emu"),
-    ("aarch64-i8mm", "aarch64-emu"),
+    ("aarch64-i8mm", "aarch64-i8mm-emu"),
     ("riscv64", "riscv64-emu"),
     ("riscv64", "riscv64-emu-vlen256"),
 ]
@@ -155,7 +159,7 @@ def test_tensorized_kernels_are_bit_exact_on_the_board(target, board, libraries,
 
 @pytest.mark.integration
 @pytest.mark.parametrize(
-    "target, board", [("aarch64-i8mm", "aarch64-emu"), ("riscv64", "riscv64-emu-vlen256")]
+    "target, board", [("aarch64-i8mm", "aarch64-i8mm-emu"), ("riscv64", "riscv64-emu-vlen256")]
 )
 def test_bundled_model_is_bit_exact_on_the_board(
     target, board, bundled_integer, board_sessions, tmp_path

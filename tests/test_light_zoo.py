@@ -20,6 +20,8 @@ from tvm_intq.core.metrics import sqnr_db
 from tvm_intq.frontends import import_model
 from tvm_intq.relay_passes import float_ops
 
+pytestmark = pytest.mark.integration  # whole models, boards or processes
+
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 MODELS = [
     "bvlc_alexnet",

@@ -13,6 +13,8 @@ from tvm_intq.targets.boards import get_board
 from tvm_intq.targets.insn_count import run_counted
 from tvm_intq.targets.mca import CORES, architecture, llvm_tools, mca_cycles
 
+pytestmark = pytest.mark.integration  # whole models, boards or processes
+
 # A small layer of a CNN: 16 -> 32 channels, 3x3, 16x16 pixels (as in the bundled model).
 X, W = (1, 16, 16, 16), (32, 16, 3, 3)
 

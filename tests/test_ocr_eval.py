@@ -10,6 +10,8 @@ import pytest
 from eval import methods, ocr_data, ocr_models
 from eval.tasks import load_task
 
+pytestmark = pytest.mark.integration  # whole models, boards or processes
+
 
 def box(x0, y0, x1, y1):
     return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float32)

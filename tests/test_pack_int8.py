@@ -18,15 +18,19 @@ from tvm_intq.relay_passes.analysis.ir_utils import shape_of
 from tvm_intq.relay_passes.ops import integer_kernels as K
 from tvm_intq.schedules import build_pipeline
 from tvm_intq.schedules.default_schedule import DefaultDotSchedule
-from tvm_intq.schedules.intrinsics import INTRINSICS, supported
+from tvm_intq.schedules.intrinsics import INTRINSICS, select, supported
 from tvm_intq.schedules.pack_int8 import PackInt8ForDot
 from tvm_intq.targets import get_target
 
+pytestmark = pytest.mark.integration  # whole models, boards or processes
+
 VNNI = INTRINSICS["x86-vnni"]
 HOST = get_target("host")
-needs_vnni = pytest.mark.skipif(
-    not supported(VNNI, HOST.target()), reason="this CPU has no AVX512-VNNI"
-)
+#: The x86 instruction this machine's int8 kernels use (VNNI where the CPU has it, else the
+#: AVX2 one every x86-64 CPU of the last decade has): the kernels below run on it.
+X86 = select(HOST.int8_dot, HOST.target())
+#: Each x86 instruction compiled for a CPU that has it (and run where this machine can).
+X86_CPUS = {"x86-vnni": "cascadelake", "x86-avx2": "haswell"}
 
 
 def int8_layer(
@@ -177,7 +181,6 @@ def test_rewrite_gives_depthwise_convs_their_kernel_and_leaves_grouped_ones():
     assert ops(PackInt8ForDot(VNNI)(mod)) == ops(mod)
 
 
-@needs_vnni
 @pytest.mark.parametrize(
     "case",
     [
@@ -213,10 +216,23 @@ def test_packed_kernels_match_reference_bit_for_bit(case):
     mod = int8_layer(**case)
     ex = compile_and_compare(mod, case["shape"])
     asm = ex.mod.imports[0].inspect_source("asm")
-    assert "vpdpbusd" in asm
+    assert X86.instruction in asm
 
 
-@needs_vnni
+@pytest.mark.parametrize("name", sorted(X86_CPUS))
+def test_each_x86_instruction_is_what_its_cpu_compiles(name):
+    """VNNI's vpdpbusd for a CPU with AVX512-VNNI, AVX2's vpmaddwd for one without: each
+    compiled for such a CPU, and run against the reference where this machine can run it."""
+    target = tvm.target.Target({"kind": "llvm", "mcpu": X86_CPUS[name]})
+    assert select(HOST.int8_dot, target).name == name
+    mod = int8_layer((1, 8, 6, 6), 16, lookup="shared")
+    ex = tvm.compile(mod, target, relax_pipeline=build_pipeline(HOST.int8_dot))
+    asm = ex.mod.imports[0].inspect_source("asm")
+    assert INTRINSICS[name].instruction in asm
+    if supported(INTRINSICS[name], HOST.target()):
+        compile_and_compare(mod, (1, 8, 6, 6), target=target)
+
+
 @pytest.mark.parametrize(
     "case",
     [
@@ -245,21 +261,21 @@ def test_depthwise_kernel_matches_reference_bit_for_bit(case, caplog):
     assert "schedule failed" not in caplog.text  # the default schedule, not the fallback
 
 
-def test_target_without_vnni_is_untouched_and_exact():
+def test_target_without_an_int8_instruction_is_untouched_and_exact():
     mod = int8_layer((1, 8, 6, 6), 16)
-    haswell = tvm.target.Target({"kind": "llvm", "mcpu": "haswell"})
-    assert not supported(VNNI, haswell)
-    ex = compile_and_compare(mod, (1, 8, 6, 6), target=haswell)
-    assert "vpdpbusd" not in ex.mod.imports[0].inspect_source("asm")
+    sse4 = tvm.target.Target({"kind": "llvm", "mcpu": "nehalem"})  # no AVX2, no VNNI
+    assert select(HOST.int8_dot, sse4) is None
+    ex = compile_and_compare(mod, (1, 8, 6, 6), target=sse4)
+    asm = ex.mod.imports[0].inspect_source("asm")
+    assert "vpdpbusd" not in asm and "vpmaddwd" not in asm
 
 
-@needs_vnni
 def test_default_schedule_failure_falls_back_untensorized(caplog):
     """A packed kernel the fixed schedule cannot handle is compiled as it is, and warned about."""
     mod = int8_layer((1, 8, 6, 6), 16)
-    broken = dataclasses.replace(VNNI, lanes=8)  # the packed kernel has 16 lanes: no fit
+    broken = dataclasses.replace(X86, lanes=2 * X86.lanes)  # the packed kernel's lanes: no fit
     with HOST.target():
-        fused = relax.get_pipeline("zero")(PackInt8ForDot(VNNI)(mod))
+        fused = relax.get_pipeline("zero")(PackInt8ForDot(X86)(mod))
         scheduled = DefaultDotSchedule(broken)(fused)
     assert "default" in caplog.text and "untensorized" in caplog.text
     ex = tvm.compile(
@@ -282,9 +298,9 @@ def test_injective_candidates_are_exact_and_read_blocks_in_order():
     from tvm_intq.schedules.default_schedule import injective_candidates
     from tvm_intq.schedules.tune.workers import candidate_input
 
-    tasks = extract_tasks(int8_layer((1, 8, 6, 6), 32), HOST.target(), ("x86-vnni",))
+    tasks = extract_tasks(int8_layer((1, 8, 6, 6), 32), HOST.target(), HOST.int8_dot)
     unpack = next(t for t in tasks if t.name == "unpack")
-    pack = next(t for t in tasks if t.name == "pack_int8")  # 1, 2, 8, 8, 4: k = 4 innermost
+    pack = next(t for t in tasks if t.name == "pack_int8")  # 1, 8/k, 8, 8, k: k innermost
 
     def extents(sch):
         return [
@@ -292,10 +308,11 @@ def test_injective_candidates_are_exact_and_read_blocks_in_order():
             for lp in sch.get_loops(sch.get_child_blocks(sch.get_sblock("root"))[0])
         ]
 
-    unpacks = injective_candidates(unpack.mod, VNNI.lanes)  # inlined, blocked, swapped
-    assert extents(unpacks[1]) == [1, 2, 6, 6, VNNI.lanes]
-    packs = injective_candidates(pack.mod, VNNI.lanes)  # inlined, swapped
-    assert [extents(c) for c in packs] == [[1, 2, 8, 8, VNNI.k], [1, 2, 8, VNNI.k, 8]]
+    unpacks = injective_candidates(unpack.mod, X86.lanes)  # inlined, blocked, swapped
+    assert extents(unpacks[1]) == [1, 32 // X86.lanes, 6, 6, X86.lanes]
+    packs = injective_candidates(pack.mod, X86.lanes)  # inlined, swapped
+    blocks = 8 // X86.k
+    assert [extents(c) for c in packs] == [[1, blocks, 8, 8, X86.k], [1, blocks, 8, X86.k, 8]]
     for task, candidates in ((unpack, unpacks), (pack, packs)):
         rng = np.random.default_rng(0)
         args = [
@@ -313,4 +330,4 @@ def test_injective_candidates_are_exact_and_read_blocks_in_order():
             np.testing.assert_array_equal(out, outs[0])
     # A kernel with a reduction (a float conv) has none: MetaSchedule tiles those.
     conv = next(t for t in tasks if t.name.startswith("conv2d_packed"))
-    assert injective_candidates(conv.mod, VNNI.lanes) == []
+    assert injective_candidates(conv.mod, X86.lanes) == []

@@ -19,6 +19,8 @@ from tvm_intq.demo import bundled
 from tvm_intq.evaluation.reference import run_reference
 from tvm_intq.frontends.prequantized import import_prequantized
 
+pytestmark = pytest.mark.integration  # whole models, boards or processes
+
 SHAPE = (1, 1, 28, 28)
 TARGET = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
 X = np.load(bundled("heldout.npz"))["input"][:8]

@@ -37,6 +37,8 @@ from tvm_intq.errors import IntqError
 from tvm_intq.frontends.prequantized import import_prequantized, is_prequantized
 from tvm_intq.relay_passes import float_ops
 
+pytestmark = pytest.mark.integration  # whole models, boards or processes
+
 HELDOUT = np.load(bundled("heldout.npz"))["input"]
 RNG = np.random.default_rng(8)
 F32 = np.float32
@@ -128,8 +130,9 @@ def _model(nodes, inits, in_shape, out_shape, ms=False):
     return model
 
 
-def _weights(*shape):
-    return RNG.integers(-127, 128, size=shape).astype(np.int8)
+def _weights(*shape, bits=8):
+    bound = 2 ** (bits - 1) - 1
+    return RNG.integers(-bound, bound + 1, size=shape).astype(np.int8)
 
 
 def _compare(model, tmp_path, in_shape):
@@ -148,27 +151,29 @@ def _compare(model, tmp_path, in_shape):
 
 def test_qlinear_conv_add_matmul_with_uint8_activations(tmp_path):
     """QLinearConv (per-channel weights, int32 bias), QLinearAdd, MaxPool and Flatten on
-    uint8 tensors, QLinearMatMul with per-column weight scales."""
+    uint8 tensors, QLinearMatMul with per-column weight scales. The weights use 7 bits: ONNX
+    Runtime's u8 x s8 kernels on an AVX2 CPU add two products in int16 with saturation, so
+    with 8-bit weights its own output is not the model's exact integers (tests/ort_models.py)."""
     u8 = np.uint8
     inits = {
         "sx": F32(0.025),
         "zx": u8(128),
-        "s1": F32(0.05),
+        "s1": F32(0.025),  # the output scales of the 8-bit version, halved with the weights
         "z1": u8(120),
-        "s2": F32(0.04),
+        "s2": F32(0.02),
         "z2": u8(131),
-        "s3": F32(0.07),
+        "s3": F32(0.035),
         "z3": u8(110),
-        "s4": F32(0.1),
+        "s4": F32(0.025),
         "z4": u8(125),
-        "W1": _weights(4, 3, 3, 3),
+        "W1": _weights(4, 3, 3, 3, bits=7),
         "sw1": RNG.uniform(4e-4, 1e-3, 4).astype(F32),
         "zw1": np.zeros(4, np.int8),
         "B1": RNG.integers(-3000, 3000, 4).astype(np.int32),
-        "W2": _weights(4, 3, 1, 1),
+        "W2": _weights(4, 3, 1, 1, bits=7),
         "sw2": RNG.uniform(1e-2, 2e-2, 4).astype(F32),
         "zw2": np.zeros(4, np.int8),
-        "W3": _weights(36, 5),
+        "W3": _weights(36, 5, bits=7),
         "sw3": RNG.uniform(1e-3, 3e-3, 5).astype(F32),
         "zw3": np.zeros(5, np.int8),
     }

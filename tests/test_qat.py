@@ -8,7 +8,8 @@
   small cases computed by hand.
 * A short fine-tune lowers the loss, and the exported QDQ model, imported as ``tvm-intq
   compile`` imports it (no calibration), is the same integer program as the fine-tuned
-  model's forward pass.
+  model's forward pass; so is the module handed to the compiler directly
+  (``qat.integer_program``, no file), with the same integer constants as the QDQ route.
 
 Stated tolerance: zero wherever the program is integer (every layer of the bundled model).
 An op the program leaves in float (role ``float``, e.g. a transposed conv) is computed by
@@ -28,11 +29,18 @@ from tvm import relax
 torch = pytest.importorskip("torch")
 
 from tvm_intq import api, qat  # noqa: E402
+from tvm_intq.bundled_model import bundled_model  # noqa: E402
 from tvm_intq.calibration import SampleSet, load_npz  # noqa: E402
 from tvm_intq.core.schemes import PowerOfTwo  # noqa: E402
 from tvm_intq.demo import bundled  # noqa: E402
+from tvm_intq.errors import IntqError  # noqa: E402
 from tvm_intq.evaluation.reference import run_reference  # noqa: E402
 from tvm_intq.frontends.prequantized import import_prequantized  # noqa: E402
+from tvm_intq.frontends.torch import export as torch_export  # noqa: E402
+from tvm_intq.relay_passes.analysis.ir_utils import const_value  # noqa: E402
+from tvm_intq.relay_passes.analysis.rebuild import bindings_of  # noqa: E402
+
+pytestmark = pytest.mark.integration  # whole models, boards or processes
 
 SHAPE = {"input": (1, 1, 28, 28)}
 # pow2 with S3's 8-bit bias data: the setting where post-training quantization loses most.
@@ -326,16 +334,57 @@ def test_short_fine_tune_lowers_the_loss(tuned):
     assert after < 0.8 * before, (before, after)
 
 
+def integer_constants(mod):
+    """Every constant the integer program computes with (int8 weights, int32 biases,
+    multipliers, shifts, lookup tables, scales), as sorted ``(dtype, shape, bytes)``."""
+    out = []
+    for b in bindings_of(mod["main"]):
+        for a in getattr(b.value, "args", []):
+            c = const_value(a)
+            if c is not None:
+                out.append((str(c.dtype), c.shape, np.ascontiguousarray(c).tobytes()))
+    return sorted(out)
+
+
 def exported_program_equals_forward(model, x, path, input_name="input"):
+    """The QDQ route (export, then import as ``tvm-intq compile`` does) and the direct one
+    (:func:`qat.integer_program`, no file) give the same integers, and compute the forward
+    pass's output, bit for bit."""
     qat.export(model, path)
     integer, _ = import_prequantized(path)  # what `tvm-intq compile` compiles, no calibration
+    direct = qat.integer_program(model)
+    assert integer_constants(direct) == integer_constants(integer)
     with torch.no_grad():
         ours = model(torch.from_numpy(x)).numpy()
     np.testing.assert_array_equal(reference(integer, x, input_name), ours)
+    np.testing.assert_array_equal(reference(direct, x, input_name), ours)
+    return direct
 
 
 def test_exported_model_compiles_to_the_fine_tuned_program(tuned, data, tmp_path):
-    exported_program_equals_forward(tuned[0], data[1][:6], tmp_path / "tuned.qdq.onnx")
+    direct = exported_program_equals_forward(tuned[0], data[1][:6], tmp_path / "tuned.qdq.onnx")
+    # ... and the direct module builds and runs as it is: the compiled program's output too.
+    x = data[1][:6]
+    vm = relax.VirtualMachine(api.build(direct), tvm.cpu())
+    compiled = np.concatenate(
+        [vm["main"](tvm.runtime.tensor(x[i : i + 1])).numpy() for i in range(len(x))]
+    )
+    np.testing.assert_array_equal(compiled, reference(direct, x))
+
+
+def test_a_model_without_onnx_file_goes_to_the_compiler_directly(data, tmp_path):
+    """A torch.export program (.pt2) fine-tunes like an ONNX model; with no ONNX file to
+    write back into, export says so and integer_program is the way on."""
+    path = tmp_path / "mnist.pt2"
+    torch.export.save(torch_export(bundled_model(), torch.zeros(1, 1, 28, 28)), path)
+    calib = SampleSet({"x": data[0].arrays["input"][:32]})
+    model = qat.prepare_qat(path, calib, scheme="symmetric")
+    with pytest.raises(IntqError, match="integer_program"):
+        qat.export(model, tmp_path / "mnist.qdq.onnx")
+    x = data[1][:4]
+    with torch.no_grad():
+        ours = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_array_equal(reference(qat.integer_program(model), x, "x"), ours)
 
 
 def test_export_with_zero_points(models, data, tmp_path):

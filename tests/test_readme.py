@@ -7,6 +7,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+pytestmark = pytest.mark.integration  # whole models, boards or processes
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 

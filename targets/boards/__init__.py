@@ -12,6 +12,7 @@ import importlib
 import pkgutil
 
 from tvm_intq.errors import IntqError
+from tvm_intq.targets import get_target
 from tvm_intq.targets.board import BoardSpec
 
 
@@ -43,4 +44,26 @@ def board_for_key(key: str) -> BoardSpec | None:
     return next((b for b in BOARDS.values() if b.key == key), None)
 
 
-__all__ = ["BOARDS", "BoardSpec", "board_for_key", "get_board"]
+def emulated_board(target: str) -> BoardSpec:
+    """The emulated board that runs libraries built for the target called ``target``: the one
+    made for that target (its CPU model has the target's features, and only those: counts on it
+    describe the target's machine), else one whose target has the same LLVM triple and every
+    CPU feature of ``target``."""
+    want = get_target(target).target_dict()
+    emulated = [b for b in BOARDS.values() if b.emulated]
+    for board in emulated:
+        if board.target == target:
+            return board
+    for board in emulated:
+        have = board.target_spec().target_dict()
+        if have.get("mtriple") == want.get("mtriple") and set(want.get("mattr", ())) <= set(
+            have.get("mattr", ())
+        ):
+            return board
+    raise IntqError(
+        f"no emulated board runs {target} libraries; emulated boards: "
+        + ", ".join(f"{b.name} ({b.target})" for b in emulated)
+    )
+
+
+__all__ = ["BOARDS", "BoardSpec", "board_for_key", "emulated_board", "get_board"]

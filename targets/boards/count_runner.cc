@@ -8,7 +8,8 @@
 // A Relax VM library (has vm_load_executable) runs FUNC of the VM (CPU, pooled allocator, as
 // tvm.relax.VirtualMachine does) on the ARGs; any other library (a TIR kernel, as MetaSchedule
 // builds one) is called directly with the ARGs, outputs included. Prints the load address of
-// LIB ("base 0x...") so the host can map executed blocks back into the library's disassembly.
+// LIB ("base 0x...") so the host can map executed blocks back into the library's disassembly,
+// and of every other mapped file ("map 0x... PATH": the TVM runtime, libc, ...).
 // Runs single-threaded (the host sets TVM_NUM_THREADS=1): idle worker threads would spin a
 // varying number of instructions.
 #include <dlpack/dlpack.h>
@@ -26,6 +27,7 @@
 #include <cstring>
 #include <exception>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -72,19 +74,27 @@ Tensor MakeArg(const std::string& spec) {
   return t;
 }
 
-// Lowest address LIB is mapped at (its ELF addresses are offsets from it), from /proc/self/maps,
-// which qemu-user fills with guest addresses.
-unsigned long LoadBase(const std::string& lib) {
+// Lowest address each mapped file is at (its ELF addresses are offsets from it), from
+// /proc/self/maps, which qemu-user fills with guest addresses; by path.
+std::map<std::string, unsigned long> MappedFiles() {
+  std::ifstream maps("/proc/self/maps");
+  std::map<std::string, unsigned long> out;
+  for (std::string line; std::getline(maps, line);) {
+    size_t slash = line.find('/');
+    if (slash == std::string::npos) continue;
+    std::string path = line.substr(slash);
+    unsigned long start = std::stoul(line.substr(0, line.find('-')), nullptr, 16);
+    auto it = out.find(path);
+    if (it == out.end() || start < it->second) out[path] = start;
+  }
+  return out;
+}
+
+unsigned long LoadBase(const std::string& lib, const std::map<std::string, unsigned long>& files) {
   char real[PATH_MAX];
   if (!realpath(lib.c_str(), real)) return 0;
-  std::ifstream maps("/proc/self/maps");
-  unsigned long base = 0;
-  for (std::string line; std::getline(maps, line);) {
-    if (line.size() < std::strlen(real) || line.compare(line.size() - std::strlen(real), std::string::npos, real) != 0) continue;
-    unsigned long start = std::stoul(line.substr(0, line.find('-')), nullptr, 16);
-    if (base == 0 || start < base) base = start;
-  }
-  return base;
+  auto it = files.find(real);
+  return it == files.end() ? 0 : it->second;
 }
 
 }  // namespace
@@ -114,7 +124,10 @@ int main(int argc, char** argv) {
     std::vector<Tensor> tensors;
     for (int i = 4; i < argc; i++) tensors.push_back(MakeArg(argv[i]));
     std::vector<AnyView> args(tensors.begin(), tensors.end());
-    std::printf("base 0x%lx\n", LoadBase(lib));
+    // every mapped file too ("map 0x... PATH"), for a block profile of all the code a call runs
+    auto files = MappedFiles();
+    for (const auto& [path, start] : files) std::printf("map 0x%lx %s\n", start, path.c_str());
+    std::printf("base 0x%lx\n", LoadBase(lib, files));
     std::fflush(stdout);
     Marker();
     for (int i = 0; i < calls; i++) {

@@ -7,9 +7,11 @@
  *   the marker system call (see below) and a last line at exit. count_runner.cc makes one
  *   before and after every call it measures, so consecutive differences are instructions per
  *   call, without the start of the process and the loading of libraries.
- * BLOCKS (optional): "vaddr n_insns executions" for every translation block that ran: the
- *   straight-line code between branches, with how often it ran (tvm_intq.targets.cost weighs
- *   llvm-mca's cycles per block with it).
+ * BLOCKS (optional): "vaddr n_insns executions" for every translation block that ran from the
+ *   first marker on: the straight-line code between branches, with how often it ran
+ *   (tvm_intq.targets.mca weighs llvm-mca's cycles per block with it). Executions before the
+ *   first marker are not counted: they are process start-up, imports and library loading
+ *   (peer_runner.py's Python and its warm-up calls too), not the calls measured.
  *
  * Why our own plugin and not tests/tcg/plugins/bb.c or insn.c from the same source package:
  * those print one total at exit, which mixes program start-up and library loading (millions of
@@ -53,7 +55,9 @@ static void mark(void) {
   marks[n_marks++] = qemu_plugin_u64_sum(insns);
 }
 
-static void block_executed(unsigned int vcpu, void *udata) { ((Block *)udata)->executions++; }
+static void block_executed(unsigned int vcpu, void *udata) {
+  if (n_marks) ((Block *)udata)->executions++;
+}
 
 static void tb_translated(qemu_plugin_id_t id, struct qemu_plugin_tb *tb) {
   size_t n = qemu_plugin_tb_n_insns(tb);

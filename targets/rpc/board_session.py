@@ -11,7 +11,7 @@ import numpy as np
 
 from tvm_intq.errors import IntqError
 from tvm_intq.targets.board import ELF_MACHINE_NAMES, BoardSpec
-from tvm_intq.targets.boards import board_for_key
+from tvm_intq.targets.boards import board_for_key, emulated_board
 from tvm_intq.targets.rpc.protocol import BoardLost, error_line
 
 
@@ -53,6 +53,18 @@ def check_target_for_key(spec, key: str) -> None:
             f"{machine_name(board.elf_machine)} libraries; --target {spec.name} builds "
             f"{machine_name(spec.elf_machine)} ones: use --target {board.target}"
         )
+    if board is not None and board.emulated:
+        # An emulated board's CPU model has its target's features only (aarch64-emu is a
+        # Neoverse-N1: an i8mm library would stop on an illegal instruction there).
+        missing = set(spec.target_dict().get("mattr", ())) - set(
+            board.target_spec().target_dict().get("mattr", ())
+        )
+        if missing:
+            raise IntqError(
+                f"boards under key '{key}' ({board.name}, {board.description}) lack "
+                f"{', '.join(sorted(missing))} that --target {spec.name} uses: use "
+                f"--key {emulated_board(spec.name).key}"
+            )
 
 
 class Board:

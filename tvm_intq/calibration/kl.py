@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import rel_entr
 
 from tvm_intq.calibration.base import (
     DEFAULT_NUM_BINS,
@@ -103,6 +102,9 @@ def best_window(
     Vectorised over ``chunk`` candidates at a time: row ``j`` of each 2-D array below is
     candidate ``r = c0 + j`` and column ``k`` is bin ``k``.
     """
+    # scipy loads when a calibrator runs, not when the CLI starts (tvm-intq --help < 1 s).
+    from scipy.special import rel_entr
+
     hist = np.asarray(hist, np.float64)
     start, stop, levels = (np.asarray(v, np.int64) for v in (start, stop, levels))
     n = len(hist)

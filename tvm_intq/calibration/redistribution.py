@@ -4,7 +4,6 @@ KL threshold there, and back to an asymmetric range."""
 from __future__ import annotations
 
 import numpy as np
-from scipy import optimize, special
 
 from tvm_intq.calibration.base import (
     DEFAULT_NUM_BINS,
@@ -74,6 +73,8 @@ class Redistribution(Calibrator):
         self.fits: dict[str, tuple[float, float, float, float]] = {}
 
     def select_range(self, stats: TensorStats, symmetric: bool) -> tuple[float, float]:
+        from scipy import special  # loaded when the calibrator runs (tvm-intq --help < 1 s)
+
         counts = stats.hist.astype(np.float64)
         # Data on one side of zero (ReLU, sigmoid, softmax outputs): the bin next to zero is
         # left out of the fit and of KL. Every range keeps 0 (lo <= 0 <= hi), so its values are
@@ -139,6 +140,8 @@ def boxcox_llf_weighted(lam: float, x: np.ndarray, w: np.ndarray) -> float:
 def boxcox_normmax_weighted(x: np.ndarray, w: np.ndarray) -> float:
     """The ``lambda`` in ``[-LAMBDA_MAX, LAMBDA_MAX]`` maximising
     :func:`boxcox_llf_weighted` (1.0 when the optimiser fails or the data has no spread)."""
+    from scipy import optimize  # loaded when the calibrator runs (tvm-intq --help < 1 s)
+
     keep = w > 0
     x, w = np.asarray(x, np.float64)[keep], np.asarray(w, np.float64)[keep]
     if len(x) < 2 or np.ptp(x) <= 0:
@@ -177,6 +180,8 @@ def rebinned_stats(
 
 def _inverse(z: float, lam: float, span: float, c: float, x_lo: float, x_hi: float) -> float:
     """``x = R * BC^-1(y) - c`` clipped to ``[x_lo, x_hi]``; outside BC's range -> an end."""
+    from scipy import special  # loaded when the calibrator runs (tvm-intq --help < 1 s)
+
     with np.errstate(all="ignore"):
         u = float(special.inv_boxcox(z, lam))
     if not np.isfinite(u):

@@ -80,8 +80,8 @@ def quant_config(args):
 def add_model_args(p):
     p.add_argument(
         "model",
-        help="float ONNX or .tflite model (or one already quantized: QDQ, "
-        "QOperator, fully-integer TFLite)",
+        help="float ONNX, .tflite or .pt2 (torch.export.save) model (or one already "
+        "quantized: QDQ, QOperator, fully-integer TFLite, pt2e)",
     )
     p.add_argument(
         "--input-shape",
@@ -252,8 +252,8 @@ def _prequantized_module(args, spec, shapes):
     ]
     if ignored:
         raise IntqError(
-            f"{args.model} is already quantized (QDQ/QOperator nodes): its own scales are "
-            f"used; drop {', '.join(ignored)}"
+            f"{args.model} is already quantized (QDQ/QOperator nodes, pt2e quantize/"
+            f"dequantize): its own scales are used; drop {', '.join(ignored)}"
         )
     qdq, module, info = prequantized_modules(args.model, shapes)
     if args.integer_only:
@@ -264,6 +264,11 @@ def _prequantized_module(args, spec, shapes):
         + ("integer only" if not left else f"float ops left: {'; '.join(left)}")
     )
     report_path = getattr(args, "report", None)
+    if qdq is None and args.eval_data:
+        raise IntqError(
+            f"{args.model}: --eval measures the integer program against the model's QDQ form, "
+            "which a pt2e .pt2 model is not imported through; compare with torch instead"
+        )
     if report_path or args.eval_data:
         samples = api.load_samples(args.eval_data, info, "--eval") if args.eval_data else None
         report = evaluate_prequantized(qdq, module, samples, progress=not args.no_progress)

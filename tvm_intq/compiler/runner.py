@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import tvm
 import tvm_ffi
@@ -12,10 +14,29 @@ from tvm_intq.calibration import SampleSet
 from tvm_intq.errors import IntqError
 
 
-class Runner:
-    """A Relax VM over a compiled executable (or a loaded library) on one device."""
+def set_threads(threads: int) -> None:
+    """Run TVM's CPU kernels of this process on ``threads`` threads (TVM's default: half the
+    CPUs, the calling thread one of them).
 
-    def __init__(self, executable, input_names: list[str], device=None):
+    TVM reads ``TVM_NUM_THREADS`` at every parallel launch and when its thread pool starts:
+    at 1 every parallel loop runs inline on the calling thread and no pool is ever made (TVM's
+    ``runtime.config_threadpool(mode, 1)`` would still start the pool's workers, each spinning
+    a while at start, and take a launch through the pool for every kernel). For more threads,
+    the pool (started now, if it is not yet) is told the number too."""
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    if threads > 1:
+        tvm.get_global_func("runtime.config_threadpool")(1, threads)  # 1: kBig, all cores here
+
+
+class Runner:
+    """A Relax VM over a compiled executable (or a loaded library) on one device;
+    ``threads``: see :func:`set_threads` (None: TVM's default, or ``TVM_NUM_THREADS``)."""
+
+    def __init__(self, executable, input_names: list[str], device=None, threads: int | None = None):
+        if threads is not None:
+            set_threads(threads)
         self.vm = relax.VirtualMachine(executable, device or tvm.cpu())
         self.input_names = list(input_names)
 

@@ -36,6 +36,7 @@ from tvm_intq.errors import IntqError
 from tvm_intq.evaluation.reference import run_reference
 from tvm_intq.files import atomic_path
 from tvm_intq.frontends import import_model
+from tvm_intq.schedules import database as D
 from tvm_intq.targets import get_target
 from tvm_intq.targets.boards import board_for_key
 from tvm_intq.targets.rpc import (
@@ -156,8 +157,6 @@ def plan_bench(
     the first 90 % of ``calib``; tuned kernels from ``databases``, folders, default the ones
     shipped for the target), and compute the host's expected outputs for the first
     ``check_samples`` held-out samples: the numpy reference for int8, ONNX Runtime for fp32."""
-    from tvm_intq.schedules import database as D
-
     if check_samples < 1:
         raise IntqError("--check-samples must be >= 1")
     spec = get_target(target)

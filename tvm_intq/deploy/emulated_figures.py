@@ -21,9 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tvm_intq.deploy.board_bench import plan_bench
-from tvm_intq.errors import IntqError
-from tvm_intq.targets import get_target
-from tvm_intq.targets.boards import BOARDS
+from tvm_intq.targets.boards import emulated_board
 from tvm_intq.targets.insn_count import WARMUP_CALLS, run_counted
 from tvm_intq.targets.mca import CORE_NOTES, CORES, architecture, mca_cycles
 
@@ -55,19 +53,6 @@ def schedules_note(databases: list) -> str:
         + ", ".join(f"{f} ({c})" for f, c in zip(databases, cost))
         + " are tuned, the rest get the default "
         "schedules (TVM's for fp32, tvm-intq's int8 kernels)"
-    )
-
-
-def emulated_board(target: str):
-    """The emulated board that runs libraries built for ``target`` (same LLVM triple: the
-    emulated CPUs have every feature of their architecture's targets)."""
-    triple = get_target(target).target_dict().get("mtriple")
-    for board in BOARDS.values():
-        if board.emulated and board.target_spec().target_dict().get("mtriple") == triple:
-            return board
-    raise IntqError(
-        f"no emulated board runs {target} libraries; emulated boards: "
-        + ", ".join(f"{b.name} ({b.target})" for b in BOARDS.values() if b.emulated)
     )
 
 

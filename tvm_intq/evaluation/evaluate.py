@@ -210,8 +210,9 @@ def evaluate_prequantized(qdq, integer, samples: SampleSet | None, progress: boo
     and accumulators; with ``samples``, the integer program's output against the model
     computed in float between its quantize/dequantize pairs (``qdq``, what a QDQ runtime such
     as ONNX Runtime's reference computes) and top-1 when the samples carry ``labels``. There
-    is no float model of ours to measure each layer against, so per-layer error is None."""
-    defs = {b.var: b.value for b in bindings_of(qdq["main"])}
+    is no float model of ours to measure each layer against, so per-layer error is None.
+    ``qdq`` None (a model imported straight to integers): no quantization points listed."""
+    defs = {} if qdq is None else {b.var: b.value for b in bindings_of(qdq["main"])}
     layers = []
     for var, value in defs.items():
         if op_name(value) != "relax.quantize":

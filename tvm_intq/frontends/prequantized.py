@@ -13,7 +13,8 @@ Before TVM imports it, the ONNX graph is brought into one form, each step exact:
    ``Qw'`` still fits in int8; otherwise the layer is named in an :class:`IntqError`.
 
 (A fully-integer .tflite model is imported by TVM's TFLite frontend instead,
-:mod:`tvm_intq.frontends.tflite`.)
+:mod:`tvm_intq.frontends.tflite`, and a pt2e-quantized ``.pt2`` program by TVM's PyTorch
+frontend, :mod:`tvm_intq.frontends.torch`.)
 Then TVM's ONNX frontend imports QuantizeLinear/DequantizeLinear as ``relax.quantize`` /
 ``relax.dequantize``, :class:`~tvm_intq.relay_passes.CanonicalizeQDQ` folds the float
 constants (int32 biases, BatchNorm statistics) while keeping the int8 weights, and
@@ -30,6 +31,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from tvm_intq.errors import IntqError
+from tvm_intq.frontends import torch_frontend
 from tvm_intq.frontends.onnx import import_proto, load_onnx
 from tvm_intq.frontends.qoperator import DEQUANTIZE, QUANTIZE, is_qoperator, rewrite_qoperators
 from tvm_intq.frontends.tflite import import_tflite, is_quantized, load_tflite
@@ -254,16 +256,19 @@ def to_int8_qdq(model: onnx.ModelProto, path: str = "model") -> onnx.ModelProto:
 
 
 def is_prequantized_file(path) -> bool:
-    """Is the ONNX (or .tflite) model file already quantized?"""
+    """Is the ONNX (or .tflite, or .pt2) model file already quantized?"""
+    if Path(path).suffix == ".pt2":
+        frontend = torch_frontend()
+        return frontend.is_quantized_program(frontend.load_pt2(path))
     if Path(path).suffix == ".tflite":
         return is_quantized(load_tflite(path))
     return is_prequantized(load_onnx(path))
 
 
 def import_prequantized(path, input_shapes: dict | None = None):
-    """A pre-quantized ONNX (or fully-integer .tflite) model -> ``(integer Relax IRModule,
-    ModelInfo)`` with the model's own scales and zero points. Raises :class:`IntqError`
-    naming what cannot be folded."""
+    """A pre-quantized ONNX (or fully-integer .tflite, or pt2e .pt2) model -> ``(integer Relax
+    IRModule, ModelInfo)`` with the model's own scales and zero points. Raises
+    :class:`IntqError` naming what cannot be folded."""
     _, integer, info = prequantized_modules(path, input_shapes)
     return integer, info
 
@@ -271,12 +276,16 @@ def import_prequantized(path, input_shapes: dict | None = None):
 def prequantized_modules(path, input_shapes: dict | None = None):
     """``(qdq module, integer module, ModelInfo)`` of a pre-quantized model: the canonical
     QDQ module (the model as written, computing in float between its quantize/dequantize
-    pairs: the reference the integer program is measured against) and its integer program."""
+    pairs: the reference the integer program is measured against; None for a pt2e ``.pt2``,
+    which the torch frontend imports straight to integers) and its integer program."""
     if not is_prequantized_file(path):
         raise IntqError(
             f"{path}: not a quantized model (no QuantizeLinear, DequantizeLinear or "
             "QLinear* node, no int8 tensor); quantize it with --calib"
         )
+    if Path(path).suffix == ".pt2":  # pt2e (torchao's convert_pt2e), folded the same way
+        integer, info = torch_frontend().import_quantized_pt2(path, input_shapes)
+        return None, integer, info
     model = None
     if Path(path).suffix == ".tflite":
         mod, info = import_tflite(path, input_shapes)

@@ -72,6 +72,8 @@ class QatModel(nn.Module):
         self.prepared, self.ranges = prepared, dict(ranges)
         self.scheme = get_scheme(scheme) if isinstance(scheme, str) else scheme
         self.strategy = strategy or Ste()
+        # The ONNX model export() writes the trained weights back into (prepare_qat sets it).
+        self.origin = None
         self.plan = analyze(func)
         bindings = [(b.var, b.value) for b in bindings_of(func)]
         aliases = {v: value for v, value in bindings if isinstance(value, relax.Var)}  # gv = x

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -182,6 +183,10 @@ def _clip_bounds(model: onnx.ModelProto, g, base: str) -> dict:
     return {"inputs": names, "attrs": {}}
 
 
+#: Model files :func:`prepare_qat` reads that :func:`export` cannot write back into.
+NOT_ONNX = (".pt2", ".tflite")
+
+
 def prepare_qat(
     model_path,
     calib: SampleSet,
@@ -193,17 +198,20 @@ def prepare_qat(
     ranges: dict | None = None,
     **calibrator_options,
 ) -> QatModel:
-    """The float ONNX model at ``model_path``, calibrated on ``calib`` as ``tvm-intq
-    compile`` would, as a :class:`QatModel` ready to fine-tune. ``ranges`` (the
-    ``model.ranges`` of an earlier prepare_qat of the same model and scheme) skips calibrating
-    again: several strategies can start from one calibration."""
+    """The float model at ``model_path``, calibrated on ``calib`` as ``tvm-intq compile``
+    would, as a :class:`QatModel` ready to fine-tune. ``ranges`` (the ``model.ranges`` of an
+    earlier prepare_qat of the same model and scheme) skips calibrating again: several
+    strategies can start from one calibration. An ONNX model can go back out as ONNX
+    (:func:`export`); any model (``.pt2``, ``.tflite`` too) goes on to the compiler as
+    :func:`~tvm_intq.qat.to_relax.integer_program`."""
     mod, info = import_model(model_path, input_shapes)
     prepared = prepare(mod)
     if ranges is None:
         ranges = calibrate(prepared, calib, calibrator, scheme, progress, **calibrator_options)
     model = QatModel(prepared, ranges, scheme, strategy)
-    subset = SampleSet({k: v[:MATCH_SAMPLES] for k, v in calib.arrays.items()})
-    model.origin = Origin(fold_batch_norm(load_onnx(model_path)), subset, info.batch_size)
+    if Path(model_path).suffix not in NOT_ONNX:
+        subset = SampleSet({k: v[:MATCH_SAMPLES] for k, v in calib.arrays.items()})
+        model.origin = Origin(fold_batch_norm(load_onnx(model_path)), subset, info.batch_size)
     return model
 
 
@@ -270,6 +278,11 @@ def export(model: QatModel, path) -> onnx.ModelProto:
     """Write the fine-tuned ``model`` as a QDQ ONNX model at ``path`` (see module docstring)
     and return it. The model is exported fully quantized, as its strategy is at the end."""
     origin = model.origin
+    if origin is None:
+        raise IntqError(
+            "QAT export writes the fine-tuned weights into the model's ONNX file, and this model "
+            "came from none; tvm_intq.qat.integer_program(model) hands it to the compiler as is"
+        )
     # Matched before training's changes: the canonical module and the ONNX model as they came.
     params = quantized_tensors(model.prepared, model.ranges, model.scheme)
     tensors, unmatched = match_tensors(

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
-from tvm import relax
 
 from tvm_intq.calibration import SampleSet
 from tvm_intq.compiler.runner import Runner
@@ -42,80 +41,20 @@ from tvm_intq.core import metrics
 from tvm_intq.core.config import parse_float_layers
 from tvm_intq.errors import IntqError
 from tvm_intq.frontends.onnx import import_proto, load_onnx
-from tvm_intq.relay_passes import Annotate, analyze
-from tvm_intq.relay_passes.analysis.ir_utils import const_value, linear_layer_axes, op_name
-from tvm_intq.relay_passes.analysis.rebuild import bindings_of, substitute
+from tvm_intq.relay_passes import GateQuantization, analyze
 
 GATES = "quant_gates"
 
 
 def gated_module(prepared: tvm.IRModule, ranges: dict, scheme) -> tuple[tvm.IRModule, list[str]]:
-    """The QDQ model of ``prepared`` with one gate per quantization point (module docstring).
+    """The QDQ model of ``prepared`` with one gate per quantization point (module docstring;
+    :class:`~tvm_intq.relay_passes.GateQuantization` with one candidate).
 
     Returns ``(module, point names)``: ``main`` takes the original inputs and then
     ``quant_gates: float32[len(points)]``, gate ``i`` belonging to ``points[i]``.
     """
-    plan = analyze(prepared["main"])
-    names = [v.name for v in plan.points]
-    index = {n: i for i, n in enumerate(names)}
-    group_point = {plan.nodes[v].group: v.name for v in plan.points if plan.nodes[v].group >= 0}
-    float_weight = {}  # anchor binding name -> (float weight, gate index)
-    for var, node in plan.nodes.items():
-        if node.role == "anchor" and linear_layer_axes(node.call) and node.group in group_point:
-            float_weight[var.name] = (
-                const_value(node.call.args[1]),
-                index[group_point[node.group]],
-            )
-    qdq = Annotate(ranges, scheme)(prepared)
-    func = qdq["main"]
-    params = [relax.Var(p.name, p.ty) for p in func.params]
-    gates = relax.Var(GATES, relax.TensorType((len(names),), "float32"))
-    vmap = dict(zip(func.params, params))
-    defs = {}
-    bb = relax.BlockBuilder()
-    with bb.function("main", params + [gates], attrs=dict(func.attrs) if func.attrs else None):
-        with bb.dataflow():
-
-            def gate(i):
-                return bb.emit(relax.op.take(gates, relax.const(i, "int64"), axis=0))
-
-            def mix(exact, approx, i):  # exact + g * (approx - exact)
-                diff = bb.emit(relax.op.subtract(approx, exact))
-                return relax.op.add(exact, relax.op.multiply(gate(i), diff))
-
-            for b in bindings_of(func):
-                value = substitute(b.value, vmap)
-                if isinstance(value, relax.Var):
-                    vmap[b.var] = value
-                    continue
-                name = b.var.name
-                if (
-                    op_name(value) == "relax.dequantize"
-                    and name.endswith("_dq")
-                    and name[:-3] in index
-                ):
-                    q = defs.get(value.args[0])
-                    if op_name(q) == "relax.quantize":
-                        raw = bb.emit(value, name + "_raw")
-                        vmap[b.var] = bb.emit(mix(q.args[0], raw, index[name[:-3]]), name)
-                        continue
-                if name in float_weight and op_name(value) in (
-                    "relax.nn.conv2d",
-                    "relax.matmul",
-                    "relax.nn.conv2d_transpose",
-                ):
-                    w, i = float_weight[name]
-                    args = list(value.args)
-                    args[1] = bb.emit(mix(relax.const(w), args[1], i))
-                    value = relax.Call(value.op, args, value.attrs, value.ty_args)
-                new = bb.emit(value, name)
-                defs[new] = value
-                vmap[b.var] = new
-            out = bb.emit_output(substitute(func.body.body, vmap))
-        bb.emit_func_output(out)
-    mod = tvm.IRModule({gv: f for gv, f in qdq.functions_items() if gv.name_hint != "main"})
-    mod["main"] = bb.get()["main"]
-    return mod, names
+    gate = GateQuantization([(scheme, ranges)], GATES)
+    return gate(prepared), gate.points
 
 
 class GatedRunner:

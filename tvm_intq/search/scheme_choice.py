@@ -8,9 +8,10 @@ fake-quantized model, compiled once, holds all of them at once: at each quantiza
     t + sum_k g[p, k] * (dequantize_k(quantize_k(t)) - t)
 
 and each conv/dense weight of ``p``'s group ``W + sum_k g[p, k] * (W_k - W)`` with ``W_k`` the
-candidate's fake-quantized weight; the gates ``g`` are an input, so one-hot rows select one
-scheme per point and a configuration costs one run, not a compile. Biases stay float in this
-simulation (pow2's bias rounding is measured only by the final integer model).
+candidate's fake-quantized weight, and each bias the one the candidate holds (pow2 rounds
+it); the gates ``g`` are an input, so one-hot rows select one scheme per point and a
+configuration costs one run, not a compile
+(:class:`~tvm_intq.relay_passes.GateQuantization`, the same pass hybrid precision uses).
 
 The search, on the calibration samples (unlabelled: the measure is the output SQNR against the
 float model, so no held-out data is used to choose): every uniform configuration first, the
@@ -23,18 +24,13 @@ pow2), so all three are open to every layer on every target.
 from __future__ import annotations
 
 import numpy as np
-import tvm
-from tvm import relax
 
 from tvm_intq.calibration import Calibrator, SampleSet, for_scheme, get_calibrator
 from tvm_intq.compiler.runner import Runner
 from tvm_intq.compiler.steps import batch_size, build, calibrate, input_names
 from tvm_intq.core import metrics
 from tvm_intq.core.schemes import PerLayer, get_scheme
-from tvm_intq.relay_passes import analyze
-from tvm_intq.relay_passes.analysis.ir_utils import const_value, linear_layer_axes
-from tvm_intq.relay_passes.analysis.quant_points import tensor_args
-from tvm_intq.relay_passes.analysis.rebuild import bindings_of, substitute
+from tvm_intq.relay_passes import GateQuantization
 
 CANDIDATES = ("symmetric", "hybrid-asym", "pow2")
 GATES = "scheme_gates"
@@ -79,84 +75,12 @@ def calibrate_all(
 
 
 def multi_gated_module(prepared, ranges_by: dict, candidates=CANDIDATES):
-    """The multi-gated model (module docstring): ``main(inputs..., scheme_gates)`` with
-    ``scheme_gates: float32[len(points) * len(candidates)]``, row ``p`` for ``points[p]``.
-    Returns ``(module, point names)``."""
-    plan = analyze(prepared["main"])
-    names = [v.name for v in plan.points]
-    index = {v: i for i, v in enumerate(plan.points)}
-    schemes = [get_scheme(c) for c in candidates]
-    k = len(schemes)
-    group_point = {plan.nodes[v].group: v for v in plan.points if plan.nodes[v].group >= 0}
-    func = prepared["main"]
-    params = [relax.Var(p.name, p.ty) for p in func.params]
-    gates = relax.Var(GATES, relax.TensorType((len(names) * k,), "float32"))
-    vmap = dict(zip(func.params, params))
-    mixed = {}  # new var of a point -> its gated fake-quantized value
-    bb = relax.BlockBuilder()
-    with bb.function("main", params + [gates], attrs=dict(func.attrs) if func.attrs else None):
-        with bb.dataflow():
-
-            def gate(i):
-                return bb.emit(relax.op.take(gates, relax.const(i, "int64"), axis=0))
-
-            def quantized(var, new):
-                i, out = index[var], new
-                for j, scheme in enumerate(schemes):
-                    p = scheme.activation(*ranges_by[candidates[j]][var.name])
-                    s, zp = relax.const(np.float32(p.scale)), relax.const(np.int8(p.zero_point))
-                    q = bb.emit(relax.op.quantize(new, s, zp, axis=-1, out_dtype="int8"))
-                    dq = bb.emit(relax.op.dequantize(q, s, zp, axis=-1, out_dtype="float32"))
-                    diff = bb.emit(relax.op.subtract(dq, new))
-                    out = bb.emit(relax.op.add(out, relax.op.multiply(gate(i * k + j), diff)))
-                mixed[new] = out
-
-            for old, new in vmap.items():
-                if old in index:
-                    quantized(old, new)
-            for b in bindings_of(func):
-                value = substitute(b.value, vmap)
-                if isinstance(value, relax.Var):
-                    vmap[b.var] = value
-                    continue
-                node = plan.nodes.get(b.var)
-                if isinstance(b.value, relax.Call):
-                    outside = {
-                        vmap[a]: mixed[vmap[a]]
-                        for a in tensor_args(b.value)
-                        if a in vmap and vmap[a] in mixed and not plan.in_same_group(a, b.var)
-                    }
-                    value = substitute(value, outside)
-                if (
-                    node is not None
-                    and node.role == "anchor"
-                    and linear_layer_axes(node.call)
-                    and node.group in group_point
-                ):
-                    w = const_value(node.call.args[1])
-                    _, w_axis = linear_layer_axes(node.call)
-                    i = index[group_point[node.group]]
-                    mix = relax.const(w)
-                    for j, scheme in enumerate(schemes):
-                        qw, sw = scheme.for_tensor(group_point[node.group].name).weights(w, w_axis)
-                        shape = [1] * w.ndim
-                        shape[w_axis] = -1
-                        delta = (qw.astype(np.float64) * sw.reshape(shape) - w).astype(w.dtype)
-                        mix = relax.op.add(
-                            mix, relax.op.multiply(gate(i * k + j), relax.const(delta))
-                        )
-                    args = list(value.args)
-                    args[1] = bb.emit(mix)
-                    value = relax.Call(value.op, args, value.attrs, value.ty_args)
-                new = bb.emit(value, b.var.name)
-                vmap[b.var] = new
-                if b.var in index:
-                    quantized(b.var, new)
-            out = bb.emit_output(substitute(substitute(func.body.body, vmap), mixed))
-        bb.emit_func_output(out)
-    mod = tvm.IRModule({gv: f for gv, f in prepared.functions_items() if gv.name_hint != "main"})
-    mod["main"] = bb.get()["main"]
-    return mod, names
+    """The multi-gated model (module docstring; :class:`~tvm_intq.relay_passes.GateQuantization`
+    with a candidate per scheme): ``main(inputs..., scheme_gates)`` with ``scheme_gates:
+    float32[len(points) * len(candidates)]``, row ``p`` for ``points[p]``. Returns
+    ``(module, point names)``."""
+    gate = GateQuantization([(c, ranges_by[c]) for c in candidates], GATES)
+    return gate(prepared), gate.points
 
 
 def choose(
