@@ -64,7 +64,7 @@ def design_space(intrin: DotProduct | None):
     """The space generator for tasks compiled for ``intrin`` (None: TVM's default for the
     target)."""
     if intrin is None:
-        return "post-order-apply"
+        return ms.space_generator.PostOrderApply()  # TVM's default rules for the target
     return ms.space_generator.PostOrderApply(
         sch_rules=schedule_rules(intrin), postprocs=postprocs(intrin), mutator_probs="llvm"
     )
