@@ -363,7 +363,9 @@ def _layer_nodes(g, node, lay: Layer, tensor: str) -> list:
 
 def write_qdq(model: onnx.ModelProto, params: dict, scheme) -> onnx.ModelProto:
     """QuantizeLinear + DequantizeLinear on each ONNX tensor in ``params`` ({name: QParams}),
-    int8 per-channel weights on each Conv/Gemm/MatMul whose input is dequantized."""
+    int8 per-channel weights (the scheme's, from the float weight) on each Conv/Gemm/MatMul whose
+    input is dequantized and whose weight is still float (:func:`write_layers` wrote the others;
+    QAT export writes its fine-tuned weights this way)."""
     model = onnx.ModelProto.FromString(_opset_13(model).SerializeToString())
     g = model.graph
     inputs = {i.name for i in g.input}
@@ -394,6 +396,7 @@ def write_qdq(model: onnx.ModelProto, params: dict, scheme) -> onnx.ModelProto:
                 node.output[k] = f"{o}_float"
                 new_outputs += qdq(o, params[o], node.output[k])
         nodes += [node] + new_outputs
+    _quantize_weights(g, nodes, set(dequantized.values()), scheme)
     del g.node[:]
     g.node.extend(nodes)
     used = {i for n in g.node for i in n.input}
@@ -402,6 +405,43 @@ def write_qdq(model: onnx.ModelProto, params: dict, scheme) -> onnx.ModelProto:
     g.initializer.extend(kept)
     onnx.checker.check_model(model)
     return model
+
+
+def _quantize_weights(g, nodes, dequantized: set, scheme):
+    inits = {t.name: t for t in g.initializer}
+    extra = []
+    for node in nodes:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "Conv":
+            axis = 0
+        elif node.op_type == "Gemm" and not attrs.get("transA", 0):
+            axis = 0 if attrs.get("transB", 0) else 1
+        elif node.op_type == "MatMul":
+            axis = 1
+        else:
+            continue
+        if len(node.input) < 2 or node.input[0] not in dequantized or node.input[1] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]])
+        if node.op_type != "Conv" and w.ndim != 2:
+            continue
+        qw, sw = scheme.weights(w.astype(np.float64), axis)
+        base = f"{node.name or node.output[0]}_{node.input[1]}"
+        q = numpy_helper.from_array(qw, f"{base}_quantized")
+        s = numpy_helper.from_array(sw.astype(np.float32), f"{base}_scale")
+        z = numpy_helper.from_array(np.zeros(sw.shape, np.int8), f"{base}_zero_point")
+        g.initializer.extend([q, s, z])
+        extra.append(
+            (
+                node,
+                helper.make_node(
+                    "DequantizeLinear", [q.name, s.name, z.name], [f"{base}_dequantized"], axis=axis
+                ),
+            )
+        )
+        node.input[1] = f"{base}_dequantized"
+    for node, dq in extra:
+        nodes.insert(nodes.index(node), dq)
 
 
 def _opset_13(model: onnx.ModelProto) -> onnx.ModelProto:

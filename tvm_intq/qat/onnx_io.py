@@ -285,7 +285,7 @@ def export(model: QatModel, path) -> onnx.ModelProto:
         )
     # Matched before training's changes: the canonical module and the ONNX model as they came.
     params = quantized_tensors(model.prepared, model.ranges, model.scheme)
-    tensors, unmatched = match_tensors(
+    tensors, unmatched, _ = match_tensors(
         origin.model, model.prepared, list(params), origin.samples, origin.batch_size
     )
     if unmatched:
