@@ -160,6 +160,23 @@ def _spatial_pad(var, users, defs):
     return value.args[0], (w[4], w[6], w[5], w[7]), float(a.pad_value)
 
 
+def _standalone_lookup(value) -> bool:
+    """A ``take`` of a 1-D int8 constant table at an int32 index (a lookup table the folding
+    emits; :func:`tvm_intq.relay_passes.ops.integer_kernels.lookup`) that no packed kernel
+    absorbed."""
+    if op_name(value) != "relax.take":
+        return False
+    table = const_value(value.args[0])
+    return (
+        table is not None
+        and table.ndim == 1
+        and table.dtype == np.int8
+        and dtype_of(value.args[1]) == "int32"
+        and int(value.attrs.axis) == 0
+        and str(value.attrs.mode) == "clip"
+    )
+
+
 class _Plan:
     """What to emit for one conv/matmul: found before the rewrite, applied during it.
     ``windows``: pack the input's kernel windows (:func:`.packed_kernels.pack_windows`);
@@ -602,7 +619,7 @@ class PackInt8ForDot:
         ):
             return mod  # only the pure dataflow graphs our passes produce are rewritten
         plans, skipped = _plan(mod["main"], self.intrin)
-        if not plans:
+        if not plans and not any(_standalone_lookup(b.value) for b in bindings_of(main)):
             return mod
         final = {p.out: None for p in plans.values() if p.chain is not None}
         padded, blocked, sources = {}, {}, {}
@@ -623,6 +640,11 @@ class PackInt8ForDot:
                     pad = _spatial_pad(b.var, {b.var: [None]}, {b.var: value})
                     padded[b.var] = pad
                 return b.var  # absorbed into a packed kernel; never emitted
+            if _standalone_lookup(value):
+                return bb.emit(
+                    bb.call_te(P.lookup, value.args[0], value.args[1], primfunc_name_hint="lookup"),
+                    b.var.name,
+                )
             return bb.emit(value, b.var.name)
 
         mod = rewrite_main(mod, binding)
@@ -630,8 +652,13 @@ class PackInt8ForDot:
         # any injective op: so marked, FuseOps fuses the blocking of its input into it and the
         # unpacking (and the next conv's packing) of its result after it. Left to
         # AnnotateTIROpPattern, one with a lookup table is opaque (a gather) and stays alone.
-        if self.intrin.depthwise_blocked:
-            for gv, func in list(mod.functions_items()):
-                if isinstance(func, tvm.tirx.PrimFunc) and gv.name_hint.startswith("depthwise"):
-                    mod[gv] = func.with_attr("op_pattern", _INJECTIVE)
+        # The same for a lookup kernel: its gather of a constant table is elementwise in the
+        # index.
+        for gv, func in list(mod.functions_items()):
+            if isinstance(func, tvm.tirx.PrimFunc) and (
+                gv.name_hint.startswith("lookup")
+                or self.intrin.depthwise_blocked
+                and gv.name_hint.startswith("depthwise")
+            ):
+                mod[gv] = func.with_attr("op_pattern", _INJECTIVE)
         return relax.transform.DeadCodeElimination()(mod)

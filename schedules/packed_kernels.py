@@ -474,6 +474,21 @@ def _epilogue(acc, channel, mul, add, shift, lo, hi, table, table_offset, clip_i
     return te.compute(acc.shape, lookup, name=LOOKUP_BLOCK, tag="elemwise")
 
 
+def lookup(table: te.Tensor, index: te.Tensor, clip_index: bool = True):
+    """``table[index]`` (a 1-D int8 table, an int32 index of any shape; ``clip_index``: the
+    index clipped to the table, as ``take(mode="clip")``): a lookup table applied where no
+    packed kernel's epilogue takes it. A stage of its own kind (:data:`LOOKUP_BLOCK`), which
+    the packing pass marks injective, so FuseOps fuses the index computation before it and the
+    next packing after it (``take`` is opaque to FuseOps: a kernel of its own, with its int32
+    index written and read back)."""
+    top = int(table.shape[0]) - 1
+
+    def value(*i):
+        return table[te.max(te.min(index[i], top), 0) if clip_index else index[i]]
+
+    return te.compute(tuple(index.shape), value, name=LOOKUP_BLOCK, tag="injective")
+
+
 def unpack(q: te.Tensor, out_shape, rows: int = 1):
     """A blocked conv result (:func:`conv2d_requant`) as ``out_shape``: NCHW, or ``M, channels``
     for a dense layer."""

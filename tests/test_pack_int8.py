@@ -197,6 +197,68 @@ def transposed_layer(
     return bb.get()
 
 
+def block_model(shape, seed=0):
+    """``main(x int8) -> int8``: the kernels around the convs of a mobile block, each a kernel
+    of its own kind: a conv, a residual add (its result not a conv's, so the lookup after it
+    stays a ``take`` in the graph), a per-channel lookup, a squeeze-excite gate
+    ``x * sigmoid(gate)`` as one two-input lookup, its gate broadcast from a global average
+    pool and a dense layer, then a 2x2 average pool."""
+    rng = np.random.default_rng(seed)
+    c = shape[1]
+    p = intmath.QParams(0.05, -5)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "int8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            qw = rng.integers(-127, 128, size=(c, c, 3, 3)).astype(np.int8)
+            rq = intmath.conv_requant(
+                p.scale, p.zero_point, rng.uniform(0.001, 0.02, c), qw, 0, None, p
+            )
+            attrs = SimpleNamespace(padding=[1] * 4, strides=[1, 1], dilation=[1, 1], groups=1)
+            y = K.conv2d(bb, x, p, attrs, qw, rq, "conv")
+            y = K.add(bb, y, x, intmath.add_requant(p, p, p), "res")
+            table = rng.integers(-128, 128, size=(256, c)).astype(np.int8)
+            y = K.lookup(bb, y, table, 1, "act")
+            gap = K.mean(
+                bb,
+                y,
+                [2, 3],
+                True,
+                intmath.rescale_requant(p.scale, p.zero_point, p, count=shape[2] * shape[3]),
+                "gap",
+            )
+            qd = rng.integers(-127, 128, size=(c, c)).astype(np.int8)
+            gate = K.matmul(
+                bb,
+                bb.emit(relax.op.reshape(gap, (shape[0], c))),
+                qd,
+                intmath.conv_requant(
+                    p.scale,
+                    p.zero_point,
+                    rng.uniform(0.001, 0.02, c),
+                    qd,
+                    1,
+                    None,
+                    p,
+                    acc_shape_axis=0,
+                    acc_ndim=1,
+                ),
+                "fc",
+            )
+            gate = bb.emit(relax.op.reshape(gate, (shape[0], c, 1, 1)))
+            table2 = rng.integers(-128, 128, size=(256, 256)).astype(np.int8)
+            y = K.lookup2(bb, y, gate, table2, "se")
+            pool = SimpleNamespace(
+                pool_size=[2, 2], padding=[0] * 4, strides=[2, 2], dilation=[1, 1], layout="NCHW"
+            )
+            y = K.avg_pool(
+                bb, y, p, pool, intmath.rescale_requant(p.scale, p.zero_point, p, count=4), "pool"
+            )
+            gv = bb.emit_output(y)
+        bb.emit_func_output(gv)
+    return bb.get()
+
+
 def ops(mod) -> list[str]:
     names = []
     for b in mod["main"].body.blocks[0].bindings:
@@ -413,6 +475,30 @@ def test_transposed_conv_is_a_packed_conv_bit_for_bit(case, caplog):
     assert [o for o in ops(packed) if o.startswith("transposed_packed_int8_requant")]
     ex = compile_and_compare(mod, case["shape"])
     assert X86.instruction in ex.mod.imports[0].inspect_source("asm")
+    assert "schedule failed" not in caplog.text
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 6, 6), (2, 13, 10, 7)], ids=["blocks", "odd"])
+def test_kernels_without_a_conv_are_scheduled_and_exact(shape, caplog):
+    """Every kernel without a conv gets the fixed elementwise schedule (its stages inlined
+    into one loop nest, a broadcast operand computed once), lookup tables left in the graph
+    fuse with the index computation before them and the packing after them (no standalone
+    ``take`` kernel, no int32 index tensor between kernels); the same integers."""
+    mod = block_model(shape)
+    packed = PackInt8ForDot(X86)(mod)
+    assert "relax.take" not in ops(packed)
+    assert len([o for o in ops(packed) if o.startswith("lookup")]) == 2
+    with HOST.target():
+        fused = relax.get_pipeline("zero")(packed)
+        scheduled = DefaultDotSchedule(X86)(fused)
+    kernels = {
+        gv.name_hint: f for gv, f in scheduled.functions_items() if isinstance(f, tvm.tirx.PrimFunc)
+    }
+    assert not [k for k in kernels if k.startswith("take") or k.startswith("lookup")]
+    assert all(f.attrs.get("tirx.is_scheduled", False) for f in kernels.values()), [
+        k for k, f in kernels.items() if not f.attrs.get("tirx.is_scheduled", False)
+    ]
+    compile_and_compare(mod, shape)
     assert "schedule failed" not in caplog.text
 
 
