@@ -20,9 +20,12 @@ result) is inlined into the block writing the output, a loop nest after the redu
 parallel over its outer loops and vectorized along its innermost. Anything the schedule
 cannot do leaves the function as it was (correct, just untensorized).
 
-A depthwise conv (:func:`.packed_kernels.depthwise_requant`) gets :func:`_apply_depthwise`.
-Kernels without a conv have no fixed schedule; :func:`injective_candidates` are what tuning
-measures for them beside their plain loops.
+A depthwise conv gets :func:`_apply_depthwise_blocked` (:func:`.packed_kernels.depthwise_blocked`)
+or :func:`_apply_depthwise_nchw` (:func:`.packed_kernels.depthwise_requant`).
+Kernels without a conv (packing, unpacking, requantize, adds, concats, resizes, pools,
+lookups) get :func:`apply_elementwise`, chosen by their shapes alone (not on RVV, where
+LLVM's vectorization of the plain loops did better); :func:`injective_candidates` are what
+tuning measures for them beside their plain loops.
 """
 
 from __future__ import annotations
@@ -36,8 +39,10 @@ from tvm.ir.expr import TensorLoad
 
 from tvm_intq.schedules.intrinsics import DotProduct, register
 from tvm_intq.schedules.packed_kernels import (
+    BLOCK_PACK,
     CONV_BLOCK,
     DEPTHWISE_BLOCK,
+    DEPTHWISE_BLOCKED,
     LOOKUP_BLOCK,
     PAD_BLOCK,
     REQUANT_BLOCK,
@@ -62,7 +67,9 @@ def has_default(func: tirx.PrimFunc) -> bool:
     """True for a kernel of :mod:`.packed_kernels` (a packed or a depthwise conv): one
     :func:`apply_default` schedules."""
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
-    return any(_name(sch, b) in (CONV_BLOCK, DEPTHWISE_BLOCK) for b in _blocks(sch))
+    return any(
+        _name(sch, b) in (CONV_BLOCK, DEPTHWISE_BLOCK, DEPTHWISE_BLOCKED) for b in _blocks(sch)
+    )
 
 
 def _extent(sch, loop) -> int:
@@ -95,8 +102,12 @@ def apply_default(sch: s_tir.Schedule, intrin: DotProduct) -> None:
     """Schedule the packed or depthwise kernel ``main`` of ``sch`` in place (module
     docstring); raises on what it cannot schedule. ``sch`` may be traced: the trace is a
     tuning record's."""
-    if DEPTHWISE_BLOCK in (_name(sch, b) for b in _blocks(sch)):
-        _apply_depthwise(sch, intrin)
+    names = [_name(sch, b) for b in _blocks(sch)]
+    if DEPTHWISE_BLOCKED in names:
+        _apply_depthwise_blocked(sch, intrin)
+        return
+    if DEPTHWISE_BLOCK in names:
+        _apply_depthwise_nchw(sch, intrin)
         return
     register()
     conv = sch.get_sblock(CONV_BLOCK, func_name="main")
@@ -155,19 +166,20 @@ def apply_default(sch: s_tir.Schedule, intrin: DotProduct) -> None:
             sch.parallel(sch.fuse(*loops[:2]))
 
 
-#: Output columns of a depthwise conv computed as one vector.
-_DEPTHWISE_VECTOR = 16
+#: Output pixels of a depthwise conv computed per tile (their accumulators stay in
+#: registers, and each weight vector loaded is used that many times), largest dividing OW.
+_DEPTHWISE_TILES = (4, 3, 2, 1)
 
 
-def _apply_depthwise(sch: s_tir.Schedule, intrin: DotProduct) -> None:
-    """A depthwise conv (:func:`.packed_kernels.depthwise_requant`): parallel over channels,
-    the padded plane of a channel built in front of its rows, each output row computed (all
-    taps), requantized and looked up in turn. The rows are vectorized along the columns;
-    for a target TVM would vectorize with scalable vectors (RVV) they are left to LLVM's
-    loop vectorizer, which does better there: ``vwmacc.vx`` per tap and the lookup as one
-    indexed load (``vluxei``), where TVM's chunks take twice the instructions and scalarize
-    the gather (measured on the emulated board, the bundled model's 3x3: 66k instructions
-    against 141k)."""
+def _apply_depthwise_nchw(sch: s_tir.Schedule, intrin: DotProduct) -> None:
+    """A depthwise conv in ``NCHW`` (:func:`.packed_kernels.depthwise_requant`): parallel over
+    channels, the padded plane of a channel built in front of its rows, each output row
+    computed (all taps), requantized and looked up in turn. The rows are vectorized along the
+    columns; for a target TVM would vectorize with scalable vectors (RVV) they are left to
+    LLVM's loop vectorizer, which does better there: ``vwmacc.vx`` per tap and the lookup as
+    one indexed load (``vluxei``), where TVM's chunks take twice the instructions and
+    scalarize the gather (measured on the emulated board, the bundled model's 3x3: 66k
+    instructions against 141k)."""
     conv = sch.get_sblock(DEPTHWISE_BLOCK, func_name="main")
     n, c, y, x = sch.get_loops(conv)
     channel = sch.fuse(n, c)
@@ -187,11 +199,64 @@ def _apply_depthwise(sch: s_tir.Schedule, intrin: DotProduct) -> None:
     vectorize(_vector_chunks(sch, x))
 
 
+#: Output columns of an ``NCHW`` depthwise conv computed as one vector.
+_DEPTHWISE_VECTOR = 16
+
+
 def _vector_chunks(sch, loop):
     """The inner loop of ``loop`` split into chunks of at most :data:`_DEPTHWISE_VECTOR`."""
     if _extent(sch, loop) <= _DEPTHWISE_VECTOR:
         return loop
     return sch.split(loop, [None, _DEPTHWISE_VECTOR])[1]
+
+
+def _apply_depthwise_blocked(sch: s_tir.Schedule, intrin: DotProduct) -> None:
+    """A depthwise conv in the blocked layout (:func:`.packed_kernels.depthwise_blocked`):
+    parallel over channel blocks, the padded plane of a block built in front of its rows
+    (reading the packed conv's result, or the ``NCHW`` tensor through an inlined
+    :data:`~.packed_kernels.BLOCK_PACK`), then tiles of output pixels: all taps of a tile as
+    vector multiply-adds over a pixel's ``L`` channels, its requantize vectorized the same
+    way and its lookup right after."""
+    present = {_name(sch, b) for b in _blocks(sch)}
+    if BLOCK_PACK in present:
+        sch.compute_inline(sch.get_sblock(BLOCK_PACK, func_name="main"))
+    conv = sch.get_sblock(DEPTHWISE_BLOCKED, func_name="main")
+    n, c, y, x, lane = sch.get_loops(conv)
+    channel = sch.fuse(n, c)
+    sch.parallel(channel)
+    vectorize = (lambda loop: None) if intrin.scalable else sch.vectorize
+    if PAD_BLOCK in present:
+        pad = sch.get_sblock(PAD_BLOCK, func_name="main")
+        sch.compute_at(pad, channel)
+        vectorize(sch.get_loops(pad)[-1])
+    width = _extent(sch, x)
+    tile = next(t for t in _DEPTHWISE_TILES if width % t == 0)
+    xo, xi = sch.split(x, [None, tile])
+    for name in (REQUANT_BLOCK, LOOKUP_BLOCK):
+        if name in present:
+            block = sch.get_sblock(name, func_name="main")
+            sch.reverse_compute_at(block, xo)
+            tile_loops = sch.get_loops(block)[3:]  # channel, y, xo, then the tile's
+            if name == REQUANT_BLOCK:
+                vectorize(tile_loops[-1])
+                tile_loops = tile_loops[:-1]
+            for loop in tile_loops:
+                sch.unroll(loop)
+    sch.unroll(xi)
+    vectorize(lane)
+    _inline_tail(sch)
+
+
+def _inline_tail(sch: s_tir.Schedule) -> None:
+    """Stages FuseOps put after a kernel's own (an ``unpack`` and the next conv's packing):
+    each inlined into the next, so they are one pass over the kernel's result."""
+    own = (PAD_BLOCK, BLOCK_PACK, DEPTHWISE_BLOCKED, CONV_BLOCK, REQUANT_BLOCK, LOOKUP_BLOCK)
+    for block in _blocks(sch)[:-1]:
+        if _name(sch, block) not in own:
+            try:
+                sch.compute_inline(block)
+            except RuntimeError:
+                pass  # read twice, or not injective: a loop nest of its own
 
 
 def injective_candidates(mod: tvm.IRModule, lanes: int) -> list[s_tir.Schedule]:
@@ -241,6 +306,76 @@ def injective_candidates(mod: tvm.IRModule, lanes: int) -> list[s_tir.Schedule]:
     return candidates
 
 
+def _reduces(sch, block) -> bool:
+    return any(iv.iter_type != tirx.IterVar.DataPar for iv in sch.get(block).iter_vars)
+
+
+def _iterations(sch, block) -> int:
+    total = 1
+    for loop in sch.get_loops(block):
+        total *= _extent(sch, loop)
+    return total
+
+
+#: A stage is inlined only into consumers that evaluate it at most this many times per value
+#: it computes: a window packing reads each input value KH*KW times, a 2x resize 4 times, so
+#: the stage's value is computed once and read from memory there.
+_MAX_RECOMPUTE = 2
+
+
+def _duplicated(sch, block) -> bool:
+    """True when a consumer of ``block`` iterates over more than :data:`_MAX_RECOMPUTE` times
+    the values ``block`` writes (inlined, it would compute them that many times)."""
+    values = 1
+    for extent in sch.get(block).writes[0].source.shape:  # the buffer it writes
+        values *= int(extent)
+    return any(_iterations(sch, c) > _MAX_RECOMPUTE * values for c in sch.get_consumers(block))
+
+
+#: Innermost loops at most this long are unrolled by the elementwise schedule (a packing's
+#: ``k``, a blocked layout's lanes read across): LLVM then vectorizes the loop around them.
+_SHORT_INNER = 4
+
+
+def apply_elementwise(sch: s_tir.Schedule) -> None:
+    """The fixed schedule of a kernel without a conv (packing, unpacking, requantize, adds,
+    concats, resizes, lookups, pools), chosen by its shape alone: every stage inlined into its
+    consumer (one pass over memory; unscheduled, each stage writes a whole intermediate
+    tensor), a reduction's elementwise epilogue inlined into it; then each loop nest left
+    parallel over its outer loops (serial for a kernel too small to split, :mod:`.parallel`),
+    a short innermost loop unrolled, and the innermost contiguous loop left to LLVM's loop
+    vectorizer, which also forms gathers, interleaved accesses and widening casts where
+    TVM's ``vectorize`` would scalarize a lookup's whole loop body."""
+    for block in reversed(_blocks(sch)):
+        if not _reduces(sch, block) and not _duplicated(sch, block):
+            try:
+                sch.compute_inline(block)
+            except RuntimeError:
+                pass  # an output, or read at several places: stays a loop nest
+    for block in _blocks(sch):
+        if not _reduces(sch, block):
+            try:
+                sch.reverse_compute_inline(block)
+            except RuntimeError:
+                pass
+    for block in _blocks(sch):
+        loops = sch.get_loops(block)
+        if _reduces(sch, block):
+            # Parallel over its leading output loops but the innermost one, which LLVM
+            # vectorizes (fused, each output would divide its index back apart).
+            kinds = [iv.iter_type for iv in sch.get(block).iter_vars]
+            outer = 0
+            while outer < min(len(loops), len(kinds)) and kinds[outer] == tirx.IterVar.DataPar:
+                outer += 1
+            if outer >= 2:
+                sch.parallel(sch.fuse(*loops[: outer - 1]))
+            continue
+        if len(loops) >= 2 and _extent(sch, loops[-1]) <= _SHORT_INNER:
+            sch.unroll(loops[-1])
+        if len(loops) >= 3:
+            sch.parallel(sch.fuse(*loops[:-2]))
+
+
 def schedule_default(func: tirx.PrimFunc, intrin: DotProduct) -> tirx.PrimFunc:
     """``func`` scheduled by :func:`apply_default`."""
     sch = s_tir.Schedule(tvm.IRModule({"main": func}))
@@ -251,7 +386,8 @@ def schedule_default(func: tirx.PrimFunc, intrin: DotProduct) -> tirx.PrimFunc:
 @tvm.transform.module_pass(opt_level=0, name="DefaultDotSchedule")
 class DefaultDotSchedule:
     """Schedule every packed or depthwise int8 kernel of the module not scheduled yet (no tuning
-    record applied) with :func:`schedule_default`."""
+    record applied) with :func:`schedule_default`, every other kernel with
+    :func:`apply_elementwise`."""
 
     def __init__(self, intrin: DotProduct):
         self.intrin = intrin
@@ -263,8 +399,20 @@ class DefaultDotSchedule:
                 not isinstance(func, tirx.PrimFunc)
                 or func.attrs is not None
                 and func.attrs.get("tirx.is_scheduled", False)
-                or not has_default(func)
             ):
+                continue
+            if not has_default(func):
+                if self.intrin.scalable:
+                    # RVV: LLVM's scalable vectorization of the plain loops did better (the
+                    # bundled model: +0.6 % instructions with this schedule, the residual add
+                    # and the concat +7 % and +28 %).
+                    continue
+                try:
+                    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
+                    apply_elementwise(sch)
+                    updates[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+                except (RuntimeError, ValueError) as err:  # stays as legalized: still exact
+                    log.info("%s: no elementwise schedule (%s)", gv.name_hint, err)
                 continue
             try:
                 updates[gv] = schedule_default(func, self.intrin)

@@ -67,6 +67,21 @@ class DotProduct:
     #: ``vscale``-sized chunks): MetaSchedule's feature extractor cannot size them, so tuning
     #: cannot use the XGBoost cost model (schedules/tune/session.py).
     scalable: bool = False
+    #: How a depthwise conv's weights are stored (:func:`.packed_kernels.depthwise_weight`):
+    #: x86 multiplies int32 lanes with a memory operand (``vpmulld``), ARM and RVV widen
+    #: int16 x int16 to int32 in one multiply-add (``smlal``, ``vwmacc.vv``).
+    depthwise_dtype: str = "int16"
+    #: A depthwise conv runs in the packed conv's blocked layout, a pixel's ``lanes`` channels
+    #: one vector (:func:`.packed_kernels.depthwise_blocked`); False: in ``NCHW``, output
+    #: columns as vectors (:func:`.packed_kernels.depthwise_requant`), where ``lanes`` is too
+    #: few channels for a vector (i8mm's 2) or LLVM vectorizes the columns better (RVV's
+    #: ``vwmacc.vx`` with a scalar weight per tap: the bundled model's 3x3, 63k instructions
+    #: against 127k blocked).
+    depthwise_blocked: bool = True
+
+    def __post_init__(self):
+        if self.depthwise_blocked and self.rows != 1:
+            raise ValueError("a blocked depthwise conv reads a one-row instruction's layout")
 
     @property
     def input_offset(self) -> int:
@@ -85,6 +100,7 @@ INTRINSICS: dict[str, DotProduct] = {
             weight_dtype="int8",
             llvm_features=("avx512vnni",),
             instruction="vpdpbusd",
+            depthwise_dtype="int32",
         ),
         # AVX2 without VNNI: vpmaddwd on int16 pairs (exact), 16 multiply-adds per
         # instruction where vpdpbusd does 64. The activation pair is one int32 broadcast.
@@ -97,6 +113,7 @@ INTRINSICS: dict[str, DotProduct] = {
             weight_dtype="int16",
             llvm_features=("avx2",),
             instruction="vpmaddwd",
+            depthwise_dtype="int32",
         ),
         # i8mm before dotprod: smmla does 32 multiply-adds where sdot does 16.
         DotProduct(
@@ -109,6 +126,7 @@ INTRINSICS: dict[str, DotProduct] = {
             weight_dtype="int8",
             llvm_features=("i8mm",),
             instruction="smmla",
+            depthwise_blocked=False,
         ),
         DotProduct(
             "arm-sdot",
@@ -137,6 +155,7 @@ INTRINSICS: dict[str, DotProduct] = {
             k_major=True,
             max_tile=1,
             scalable=True,
+            depthwise_blocked=False,
         ),
     )
 }

@@ -25,10 +25,17 @@ input channels packs its kernel windows instead of padding the channels to ``k``
 A dense ``matmul(x, Qw)`` is the same kernel as a 1x1 conv over the rows of ``x``. A
 conv2d/matmul not followed by that requantize keeps an int32 result (``acc - 128 * sum(Qw)``).
 A depthwise conv (one input channel per output: no dot product to tensorize) with its
-requantize becomes :func:`.packed_kernels.depthwise_requant`, NCHW in and out, its padding and
-lookup table inside (as separate ops they were three passes over the tensor). Other grouped
-convs, non-constant weights and other layouts are left as they are (compiled untensorized,
-still exact).
+requantize becomes :func:`.packed_kernels.depthwise_blocked`, its padding and lookup table
+inside, in the blocked layout: it reads a packed conv's result as the conv wrote it (no
+``unpack``/``pack`` between them; an input from elsewhere is blocked by an injective stage
+FuseOps fuses into it) and is unpacked after it (i8mm, RVV: ``depthwise_requant``, NCHW in
+and out). A transposed conv (FoldToInteger's ``conv2d_transpose`` of the input centred on its
+zero point) with its requantize becomes one packed conv over the input padded with the zero
+point, its ``s*s`` output phases stacked as channels, and a depth to space
+(:func:`.packed_kernels.transposed_phases`); the correction ``(zp + 128) * sum(Qw)`` of each
+phase's taps folds into ``ADD'``, so it is exact at the borders too. Other grouped convs,
+non-constant weights and other layouts are left as they are (compiled untensorized, still
+exact).
 """
 
 from __future__ import annotations
@@ -50,6 +57,9 @@ from tvm_intq.relay_passes.ops.requantize import NAME as REQUANTIZE
 from tvm_intq.relay_passes.ops.requantize import requant_of
 from tvm_intq.schedules import packed_kernels as P
 from tvm_intq.schedules.intrinsics import DotProduct
+
+#: TVM's ``OpPatternKind::kInjective`` (the ``op_pattern`` attribute FuseOps reads).
+_INJECTIVE = 2
 
 
 # The requantize FoldToInteger emits after an int8 conv/matmul (integer_kernels.requantize).
@@ -150,6 +160,23 @@ def _spatial_pad(var, users, defs):
     return value.args[0], (w[4], w[6], w[5], w[7]), float(a.pad_value)
 
 
+def _standalone_lookup(value) -> bool:
+    """A ``take`` of a 1-D int8 constant table at an int32 index (a lookup table the folding
+    emits; :func:`tvm_intq.relay_passes.ops.integer_kernels.lookup`) that no packed kernel
+    absorbed."""
+    if op_name(value) != "relax.take":
+        return False
+    table = const_value(value.args[0])
+    return (
+        table is not None
+        and table.ndim == 1
+        and table.dtype == np.int8
+        and dtype_of(value.args[1]) == "int32"
+        and int(value.attrs.axis) == 0
+        and str(value.attrs.mode) == "clip"
+    )
+
+
 class _Plan:
     """What to emit for one conv/matmul: found before the rewrite, applied during it.
     ``windows``: pack the input's kernel windows (:func:`.packed_kernels.pack_windows`);
@@ -160,6 +187,7 @@ class _Plan:
         self.kind, self.weight, self.channels, self.pad = kind, weight, channels, pad  # OIHW int8
         self.windows = windows
         self.chain = self.rq = self.lookup = None
+        self.transposed = None  # a transposed conv's _Transposed
 
     @property
     def out(self):
@@ -175,6 +203,108 @@ def _windows_pay(weight: np.ndarray, intrin: DotProduct) -> bool:
     return 4 * c <= intrin.k and kw > 1
 
 
+class _Transposed:
+    """A transposed conv as :func:`.packed_kernels.transposed_phases` computes it: the int8
+    input (``cast``: the binding of ``astype(x, int32)``, ``centred``: of ``- zp``, as
+    :func:`tvm_intq.relay_passes.ops.integer_kernels.conv2d_transpose` writes them), the
+    zero point, the stacked weight and the padding of its stride-1 conv."""
+
+    def __init__(self, cast, centred, zp, strides, padding, conv_padding, first, conv_hw):
+        self.cast, self.centred, self.zp = cast, centred, zp
+        self.strides, self.padding = strides, padding
+        self.conv_padding, self.first, self.conv_hw = conv_padding, first, conv_hw
+
+
+def _transposed(b, defs, users):
+    """``(_Transposed, OIHW weight)`` of a ``conv2d_transpose`` binding ``b`` of zero-point
+    centred int8 codes with an int8-valued constant weight, stride-1-decomposable (one group,
+    no dilation, ``NCHW``/``IOHW``); None otherwise."""
+    call = b.value
+    a = call.attrs
+    w = const_value(call.args[1])
+    centred = call.args[0]
+    sub = defs.get(centred)
+    if (
+        w is None
+        or w.ndim != 4
+        or np.abs(w.astype(np.int64)).max(initial=0) > QMAX
+        or int(a.groups) != 1
+        or any(int(d) != 1 for d in a.dilation)
+        or str(a.data_layout) != "NCHW"
+        or str(a.kernel_layout) != "IOHW"
+        or op_name(sub) != "relax.subtract"
+    ):
+        return None
+    zp = const_value(sub.args[1])
+    cast = defs.get(sub.args[0])
+    if (
+        zp is None
+        or zp.size != 1
+        or op_name(cast) != "relax.astype"
+        or dtype_of(cast.args[0]) != "int8"
+        or shape_of(cast.args[0]) is None
+    ):
+        return None
+    x = cast.args[0]
+    strides = tuple(int(v) for v in a.strides)
+    padding = tuple(int(v) for v in a.padding)  # top, left, bottom, right
+    out_hw = shape_of(b.var)[2:]
+    try:
+        weight, conv_padding, first = P.transposed_phases(
+            w.astype(np.int8), strides, padding, shape_of(x)[2:], out_hw
+        )
+    except ValueError:
+        return None
+    last = [(o - 1 + p) // s for o, p, s in zip(out_hw, padding[:2], strides)]
+    conv_hw = tuple(la - f + 1 for la, f in zip(last, first))
+    info = _Transposed(
+        sub.args[0], centred, int(zp.reshape(())), strides, padding, conv_padding, first, conv_hw
+    )
+    return info, weight
+
+
+def _expand_phases(rq: Requant, phases: int) -> Requant:
+    """``rq``'s per-channel constants repeated for each of a channel's ``phases`` stacked
+    output channels (:func:`.packed_kernels.transposed_phases`)."""
+    return Requant(
+        *(np.repeat(np.asarray(v, np.int64), phases) for v in (rq.mul, rq.add, rq.shift)),
+        lo=rq.lo,
+        hi=rq.hi,
+    )
+
+
+def _plan_transposed(b, defs, users, intrin: DotProduct):
+    found = _transposed(b, defs, users)
+    if found is None:
+        return None
+    info, weight = found
+    channels = shape_of(b.var)[1]
+    phases = info.strides[0] * info.strides[1]
+    chain = _requant_chain(b.var, users, 4, 1, channels)
+    if chain is None:
+        return None
+    plan = _Plan("transposed", weight, channels * phases)
+    plan.transposed = info
+    other = (1, 2, 3)
+    wsum = weight.astype(np.int64).sum(axis=other)
+    wabs = np.abs(weight.astype(np.int64)).sum(axis=other)
+    # The packed conv multiplies x + offset, padded with the zero point: its accumulator
+    # exceeds the transposed conv's of x - zp by (zp + offset) * sum(Qw) of each phase's taps.
+    try:
+        plan.rq = shifted_input_requant(
+            _expand_phases(chain[1], phases), wsum, wabs, info.zp + intrin.input_offset
+        )
+    except ValueError:
+        return None
+    plan.chain = chain[0]
+    tail = _lookup_tail(plan.out, users, 4, 1, channels)
+    if tail is not None:
+        plan.chain = plan.chain + tail[0]
+        table, offsets = tail[1:]
+        plan.lookup = table, np.repeat(offsets, phases)
+    return plan
+
+
 def _plan(func, intrin: DotProduct) -> tuple[dict, set]:
     users = users_of(func)
     defs = {b.var: b.value for b in bindings_of(func)}
@@ -182,6 +312,18 @@ def _plan(func, intrin: DotProduct) -> tuple[dict, set]:
     for b in bindings_of(func):
         call = b.value
         name = op_name(call)
+        if name == "relax.nn.conv2d_transpose" and dtype_of(b.var) == "int32":
+            plan = _plan_transposed(b, defs, users, intrin)
+            if plan is not None:
+                plans[b.var] = plan
+                skipped.update(c.var for c in plan.chain)
+                # The cast and centring of the input, when only the transposed conv reads them.
+                t = plan.transposed
+                if len(users.get(t.centred, [])) == 1:
+                    skipped.add(t.centred)
+                    if len(users.get(t.cast, [])) == 1:
+                        skipped.add(t.cast)
+            continue
         if name not in ("relax.nn.conv2d", "relax.matmul") or dtype_of(b.var) != "int32":
             continue
         x, w = call.args[0], const_value(call.args[1])
@@ -295,7 +437,7 @@ def _epilogue_args(plan: _Plan, lanes: int):
     )
 
 
-def _emit_depthwise(bb, b, value, plan: _Plan, padded: dict):
+def _emit_depthwise_nchw(bb, b, value, plan: _Plan, padded: dict):
     x, padding, pad_value = _input_padding(b, value, plan, padded)
     args, lookup, suffix = _epilogue_args(plan, 1)
     a = value.attrs
@@ -317,13 +459,55 @@ def _emit_depthwise(bb, b, value, plan: _Plan, padded: dict):
     )
 
 
-def _emit(bb, b, value, plan: _Plan, intrin: DotProduct, padded: dict):
+def _emit_depthwise(bb, b, value, plan: _Plan, intrin: DotProduct, padded: dict, blocked: dict):
+    if not intrin.depthwise_blocked:
+        return _emit_depthwise_nchw(bb, b, value, plan, padded)
+    x, padding, pad_value = _input_padding(b, value, plan, padded)
+    lanes = intrin.lanes
+    # A packed conv's result is read as it is (no unpack); anything else is blocked first
+    # (an injective stage FuseOps fuses into this kernel).
+    xb = blocked.get(x)
+    if xb is None:
+        xb = bb.emit_te(P.pack_blocked, x, lanes=lanes, primfunc_name_hint="pack_blocked")
+    args, lookup, suffix = _epilogue_args(plan, lanes)
+    a = value.attrs
+    out_shape = tuple(int(d) for d in shape_of(plan.out))
+    packed = bb.emit_te(
+        P.depthwise_blocked,
+        xb,
+        pad_value,
+        relax.const(P.depthwise_weight(plan.weight[:, 0], lanes, intrin.depthwise_dtype)),
+        *args,
+        in_hw=tuple(int(d) for d in shape_of(x)[2:]),
+        padding=padding,
+        strides=tuple(int(s) for s in a.strides),
+        dilation=tuple(int(d) for d in a.dilation),
+        out_hw=out_shape[2:],
+        **lookup,
+        primfunc_name_hint="depthwise_int8_requant" + suffix,
+    )
+    out = bb.emit(
+        bb.call_te(P.unpack, packed, out_shape=out_shape, primfunc_name_hint="unpack"),
+        plan.out.name,
+    )
+    blocked[out] = packed
+    return out
+
+
+def _emit(bb, b, value, plan: _Plan, intrin: DotProduct, padded: dict, blocked: dict, sources):
+    """Emit the packed kernels of ``plan``; ``blocked`` maps each emitted ``unpack``'s result
+    to the blocked tensor it unpacks (a depthwise conv reads that instead); ``sources`` maps
+    each binding's var to its value, rewritten."""
     if plan.kind == "depthwise":
-        return _emit_depthwise(bb, b, value, plan, padded)
+        return _emit_depthwise(bb, b, value, plan, intrin, padded, blocked)
     attrs = value.attrs if plan.kind == "conv2d" else None
     weight = plan.weight
     out = plan.out if plan.chain is not None else b.var
     out_shape = tuple(int(d) for d in shape_of(out))
+    final_shape = out_shape
+    if plan.kind == "transposed":  # a stride-1 conv over the input, then depth to space
+        t = plan.transposed
+        out_shape = (out_shape[0], plan.channels) + t.conv_hw
     rows = intrin.rows
     packing = dict(
         k=intrin.k,
@@ -331,10 +515,15 @@ def _emit(bb, b, value, plan: _Plan, intrin: DotProduct, padded: dict):
         dtype=intrin.data_dtype,
         primfunc_name_hint="pack_int8",
     )
-    if plan.kind == "conv2d":
-        x, padding, pad_value = _input_padding(b, value, plan, padded)
-        strides = tuple(int(s) for s in attrs.strides)
-        dilation = tuple(int(d) for d in attrs.dilation)
+    if plan.kind in ("conv2d", "transposed"):
+        if plan.kind == "transposed":
+            x = sources[plan.transposed.cast].args[0]
+            padding, pad_value = t.conv_padding, _const(t.zp, "int8")
+            strides, dilation = (1, 1), (1, 1)
+        else:
+            x, padding, pad_value = _input_padding(b, value, plan, padded)
+            strides = tuple(int(s) for s in attrs.strides)
+            dilation = tuple(int(d) for d in attrs.dilation)
         if plan.windows:
             xp = bb.emit_te(
                 P.pack_windows,
@@ -388,10 +577,27 @@ def _emit(bb, b, value, plan: _Plan, intrin: DotProduct, padded: dict):
         **lookup,
         primfunc_name_hint=f"{plan.kind}_packed_int8_requant{suffix}",
     )
-    return bb.emit(
+    if plan.kind == "transposed":
+        return bb.emit(
+            bb.call_te(
+                P.unpack_phases,
+                packed,
+                out_shape=final_shape,
+                strides=t.strides,
+                padding=t.padding,
+                first=t.first,
+                rows=rows,
+                primfunc_name_hint="unpack_phases",
+            ),
+            plan.out.name,
+        )
+    out = bb.emit(
         bb.call_te(P.unpack, packed, out_shape=out_shape, rows=rows, primfunc_name_hint="unpack"),
         plan.out.name,
     )
+    if plan.kind == "conv2d" and rows == 1:
+        blocked[out] = packed
+    return out
 
 
 @tvm.transform.module_pass(opt_level=0, name="PackInt8ForDot")
@@ -413,15 +619,16 @@ class PackInt8ForDot:
         ):
             return mod  # only the pure dataflow graphs our passes produce are rewritten
         plans, skipped = _plan(mod["main"], self.intrin)
-        if not plans:
+        if not plans and not any(_standalone_lookup(b.value) for b in bindings_of(main)):
             return mod
         final = {p.out: None for p in plans.values() if p.chain is not None}
-        padded = {}
+        padded, blocked, sources = {}, {}, {}
 
         def binding(bb, b, value):
+            sources[b.var] = value
             if b.var in plans:
                 plan = plans[b.var]
-                new = _emit(bb, b, value, plan, self.intrin, padded)
+                new = _emit(bb, b, value, plan, self.intrin, padded, blocked, sources)
                 if plan.chain is not None:
                     final[plan.out] = new
                     return b.var  # the accumulator is not used any more
@@ -433,7 +640,25 @@ class PackInt8ForDot:
                     pad = _spatial_pad(b.var, {b.var: [None]}, {b.var: value})
                     padded[b.var] = pad
                 return b.var  # absorbed into a packed kernel; never emitted
+            if _standalone_lookup(value):
+                return bb.emit(
+                    bb.call_te(P.lookup, value.args[0], value.args[1], primfunc_name_hint="lookup"),
+                    b.var.name,
+                )
             return bb.emit(value, b.var.name)
 
         mod = rewrite_main(mod, binding)
+        # A blocked depthwise kernel computes each output from a window of its input, like
+        # any injective op: so marked, FuseOps fuses the blocking of its input into it and the
+        # unpacking (and the next conv's packing) of its result after it. Left to
+        # AnnotateTIROpPattern, one with a lookup table is opaque (a gather) and stays alone.
+        # The same for a lookup kernel: its gather of a constant table is elementwise in the
+        # index.
+        for gv, func in list(mod.functions_items()):
+            if isinstance(func, tvm.tirx.PrimFunc) and (
+                gv.name_hint.startswith("lookup")
+                or self.intrin.depthwise_blocked
+                and gv.name_hint.startswith("depthwise")
+            ):
+                mod[gv] = func.with_attr("op_pattern", _INJECTIVE)
         return relax.transform.DeadCodeElimination()(mod)

@@ -20,8 +20,15 @@ output pixels of a row per step: the accumulator has an ``R`` axis inside the ou
 which are padded up to a multiple of ``R`` (the input gets as many more padded columns), and
 a strided conv's input is split by column phase so those pixels read adjacent columns.
 
-A depthwise conv has no dot product to give an instruction: :func:`depthwise_requant` keeps
-``NCHW`` and absorbs its padding, requantize and lookup table.
+A depthwise conv has no dot product to give an instruction: :func:`depthwise_blocked` runs
+it in the packed conv's blocked layout ``N, C/L, H, W, L`` (a pixel's ``L`` channels one
+vector, read from the conv's result with no unpack, written for :func:`unpack`), its padding,
+requantize and lookup table inside; for an instruction whose lanes make no vector (i8mm) or
+where column vectors do better (RVV), :func:`depthwise_requant` keeps ``NCHW``.
+
+A transposed conv of stride ``s`` is one stride-1 packed conv over its input, its ``s*s``
+output phases stacked as channels (:func:`transposed_phases`), followed by a depth to space
+(:func:`unpack_phases`).
 
 Channels are padded up to multiples of ``K`` and ``L`` with zero weights; the padded output
 channels are computed and never stored. Per-channel constants are kernel *inputs*, not
@@ -38,7 +45,12 @@ CONV_BLOCK = "conv2d_packed_int8"
 #: Name of a depthwise conv's accumulation block (:func:`depthwise_requant`), and of its
 #: padding stage.
 DEPTHWISE_BLOCK = "depthwise_int8"
+#: Name of the accumulation block of a depthwise conv in the blocked layout
+#: (:func:`depthwise_blocked`).
+DEPTHWISE_BLOCKED = "depthwise_int8_blocked"
 PAD_BLOCK = "pad_input"
+#: Name of the ``NCHW`` -> blocked packing of a depthwise conv's input (:func:`pack_blocked`).
+BLOCK_PACK = "pack_blocked"
 #: Names of a conv epilogue's stages (:func:`conv2d_requant`): the requantize, and a lookup
 #: table after it.
 REQUANT_BLOCK = "requantize"
@@ -297,11 +309,11 @@ def depthwise_requant(
     clip_index=True,
 ):
     """Depthwise int8 conv (``groups == channels``, ``w``: ``C, KH, KW`` int8) + the layer's
-    requantize (and lookup, :func:`_epilogue`), ``NCHW`` in and out. No dot-product instruction
-    fits one input channel per output: the schedule vectorizes along output columns instead
-    (:func:`.default_schedule._apply_depthwise`). ``padding`` (``top, left, bottom, right``) is a
-    stage of the kernel (:data:`PAD_BLOCK`, the input zero point ``pad_value``), so a
-    channel's padded plane never leaves the cache."""
+    requantize (and lookup, :func:`_epilogue`), ``NCHW`` in and out, for the targets that do not
+    block it (:attr:`.intrinsics.DotProduct.depthwise_blocked`): the schedule vectorizes along
+    output columns (:func:`.default_schedule._apply_depthwise_nchw`). ``padding`` (``top, left,
+    bottom, right``) is a stage of the kernel (:data:`PAD_BLOCK`, the input zero point
+    ``pad_value``), so a channel's padded plane never leaves the cache."""
     n, c, h, wd = (int(d) for d in x.shape)
     top, left, bottom, right = padding
     if any(padding):
@@ -334,6 +346,105 @@ def depthwise_requant(
     return _epilogue(acc, lambda i: i[1], mul, add, shift, lo, hi, table, table_offset, clip_index)
 
 
+def pack_blocked(x: te.Tensor, lanes: int):
+    """``NCHW`` int8 -> ``N, C/L, H, W, L`` int8 (``L = lanes``; padded channels hold 0): the
+    layout of a packed conv's result (:func:`conv2d_requant`), for a depthwise conv whose input
+    comes from anything else (:func:`depthwise_blocked`). Injective: FuseOps fuses it into the
+    depthwise kernel, whose padding stage then reads the ``NCHW`` tensor itself."""
+    n, c, h, w = (int(d) for d in x.shape)
+    return te.compute(
+        (n, ceil_div(c, lanes), h, w, lanes),
+        lambda b, co, y, xx, ci: tirx.if_then_else(
+            co * lanes + ci < c,
+            x[b, tirx.min(co * lanes + ci, c - 1), y, xx],
+            tirx.const(0, "int8"),
+        ),
+        name=BLOCK_PACK,
+        tag="injective",
+    )
+
+
+def depthwise_weight(w: np.ndarray, lanes: int, dtype: str) -> np.ndarray:
+    """Depthwise weights ``C, KH, KW`` int8 -> ``C/L, KH, KW, L`` of ``dtype`` (zero-padded
+    channels): a tap's ``L`` channels are one vector, as the blocked activations'."""
+    c, kh, kw = w.shape
+    padded = np.zeros((ceil_div(c, lanes) * lanes, kh, kw), dtype)
+    padded[:c] = w
+    return np.ascontiguousarray(padded.reshape(-1, lanes, kh, kw).transpose(0, 2, 3, 1))
+
+
+def depthwise_blocked(
+    xb,
+    pad_value,
+    w,
+    mul,
+    add,
+    shift,
+    lo,
+    hi,
+    in_hw,
+    padding,
+    strides,
+    dilation,
+    out_hw,
+    table=None,
+    table_offset=None,
+    clip_index=True,
+):
+    """Depthwise int8 conv + the layer's requantize (and lookup, :func:`_epilogue`) in a packed
+    conv's blocked layout: ``xb`` is ``N, C/L, H, W, L`` as :func:`conv2d_requant` writes it
+    (one-row instructions), ``w`` is :func:`depthwise_weight`'s ``C/L, KH, KW, L``; the result
+    is ``N, C/L, OH, OW, L`` int8, which :func:`unpack` reads: a packed conv's result feeds it
+    and its result feeds the next packing with no layout change in between. A pixel's ``L``
+    channels are one vector: each tap is a vector multiply-add, the requantize runs on whole
+    vectors. ``in_hw`` is the input's height and width; ``padding`` (``top, left, bottom,
+    right``) holds the zero point ``pad_value``, in a stage of the kernel (:data:`PAD_BLOCK`)
+    that the schedule builds per channel block."""
+    n, cb = (int(d) for d in xb.shape[:2])
+    lanes = int(xb.shape[-1])
+    h, wd = in_hw
+    top, left, bottom, right = padding
+    kh, kw = (int(d) for d in w.shape[1:3])
+    (sh, sw), (dh, dw) = strides, dilation
+    oh, ow = out_hw
+    if any(padding):
+        xp = te.compute(
+            (n, cb, h + top + bottom, wd + left + right, lanes),
+            lambda b, c, y, xx, li: tirx.if_then_else(
+                tirx.all(y >= top, y < top + h, xx >= left, xx < left + wd),
+                xb[b, c, y - top, xx - left, li],
+                pad_value[()],
+            ),
+            name=PAD_BLOCK,
+            tag="injective",
+        )
+    else:
+        xp = xb
+
+    def taps(b, c, y, xx, li):
+        # One expression, not a reduction: the tile's pixels and lanes vectorize around it.
+        return sum(
+            xp[b, c, y * sh + ry * dh, xx * sw + rx * dw, li].astype("int32")
+            * w[c, ry, rx, li].astype("int32")
+            for ry in range(kh)
+            for rx in range(kw)
+        )
+
+    acc = te.compute((n, cb, oh, ow, lanes), taps, name=DEPTHWISE_BLOCKED)
+    return _epilogue(
+        acc,
+        lambda i: i[1] * lanes + i[-1],
+        mul,
+        add,
+        shift,
+        lo,
+        hi,
+        table,
+        table_offset,
+        clip_index,
+    )
+
+
 def _epilogue(acc, channel, mul, add, shift, lo, hi, table, table_offset, clip_index):
     """The layer's requantize of an int32 ``acc``,
     ``q = int8(clip((int64(acc) * MUL + ADD) >> S, lo, hi))`` with the constants of output
@@ -363,11 +474,77 @@ def _epilogue(acc, channel, mul, add, shift, lo, hi, table, table_offset, clip_i
     return te.compute(acc.shape, lookup, name=LOOKUP_BLOCK, tag="elemwise")
 
 
+def lookup(table: te.Tensor, index: te.Tensor, clip_index: bool = True):
+    """``table[index]`` (a 1-D int8 table, an int32 index of any shape; ``clip_index``: the
+    index clipped to the table, as ``take(mode="clip")``): a lookup table applied where no
+    packed kernel's epilogue takes it. A stage of its own kind (:data:`LOOKUP_BLOCK`), which
+    the packing pass marks injective, so FuseOps fuses the index computation before it and the
+    next packing after it (``take`` is opaque to FuseOps: a kernel of its own, with its int32
+    index written and read back)."""
+    top = int(table.shape[0]) - 1
+
+    def value(*i):
+        return table[te.max(te.min(index[i], top), 0) if clip_index else index[i]]
+
+    return te.compute(tuple(index.shape), value, name=LOOKUP_BLOCK, tag="injective")
+
+
 def unpack(q: te.Tensor, out_shape, rows: int = 1):
     """A blocked conv result (:func:`conv2d_requant`) as ``out_shape``: NCHW, or ``M, channels``
     for a dense layer."""
     index = _acc_index(tuple(out_shape), int(q.shape[-1]), rows)
     return te.compute(tuple(out_shape), lambda *i: q[index(*i)[0]], name="unpack", tag="injective")
+
+
+def transposed_phases(w: np.ndarray, strides, padding, in_hw, out_hw):
+    """A stride-``s`` transposed conv as one stride-1 conv over its input, its ``s*s`` output
+    phases stacked as channels (phase decomposition; dilation 1, one group).
+
+    ``w`` is the transposed conv's ``IOHW`` int8 weight, ``padding`` its ``(top, left,
+    bottom, right)``. Output row ``y`` is phase ``p = (y + top) % s`` of row
+    ``m = (y + top) // s``, and sums ``x[m - t] * w[p + s t]`` over the ``T = ceil(K / s)``
+    taps ``t``: a correlation of the input (padded by ``T - 1`` above) with that phase's taps
+    in reverse. Returns ``(weight, conv padding, first)``: the ``OIHW`` weight of ``O*s*s``
+    channels (channel ``(o * s + py) * s + px``; taps past ``K`` hold 0), the stride-1 conv's
+    ``(top, left, bottom, right)`` padding of the input (positions off the input contribute
+    nothing: the caller pads with the input zero point, whose code is 0 there), and the
+    ``(m, m)`` of its first output row and column. Raises ValueError when the transposed conv's
+    padding is wider than ``T - 1`` rows of the input (a crop, not a pad)."""
+    cin, o, kh, kw = w.shape
+    (sh, sw), (top, left) = strides, padding[:2]
+    taps = (ceil_div(kh, sh), ceil_div(kw, sw))
+    weight = np.zeros((o, sh, sw, cin, taps[0], taps[1]), w.dtype)
+    for py in range(sh):
+        for px in range(sw):
+            for ty in range(taps[0]):
+                for tx in range(taps[1]):
+                    ky, kx = py + sh * (taps[0] - 1 - ty), px + sw * (taps[1] - 1 - tx)
+                    if ky < kh and kx < kw:
+                        weight[:, py, px, :, ty, tx] = w[:, :, ky, kx].T
+    first = (top // sh, left // sw)
+    last = ((out_hw[0] - 1 + top) // sh, (out_hw[1] - 1 + left) // sw)
+    pad_before = [t - 1 - f for t, f in zip(taps, first)]
+    if min(pad_before) < 0:
+        raise ValueError("transposed conv padding wider than its taps")
+    pad_after = [max(0, la - (n - 1)) for la, n in zip(last, in_hw)]
+    conv_padding = (pad_before[0], pad_before[1], pad_after[0], pad_after[1])
+    return weight.reshape(o * sh * sw, cin, *taps), conv_padding, first
+
+
+def unpack_phases(q: te.Tensor, out_shape, strides, padding, first, rows: int = 1):
+    """The blocked result of :func:`transposed_phases`' conv (as :func:`conv2d_requant` writes
+    it for ``rows``) as the transposed conv's ``NCHW`` output: ``y[o, y, x]`` is phase
+    ``((y + top) % s)`` of the conv's row ``(y + top) // s - first`` (depth to space)."""
+    lanes = int(q.shape[-1])
+    (sh, sw), (top, left) = strides, padding[:2]
+
+    def value(b, o, y, x):
+        c = (o * sh + (y + top) % sh) * sw + (x + left) % sw
+        row, col = (y + top) // sh - first[0], (x + left) // sw - first[1]
+        pixel = (col,) if rows == 1 else (col // rows, col % rows)
+        return q[(b, c // lanes, row) + pixel + (c % lanes,)]
+
+    return te.compute(tuple(out_shape), value, name="unpack", tag="injective")
 
 
 def conv2d_int32(

@@ -112,7 +112,7 @@ def test_bundled_model_int8_convs_use_the_hosts_dot_product(tmp_path, capsys):
     # not fit:
     # those are the depthwise kernel, and no conv is left to TVM's generic one.
     convs, grouped = grouped_convs(bundled("mnist_cnn.onnx"))
-    depthwise = [k for k in kernels if k.startswith("depthwise_int8")]
+    depthwise = [k for k in kernels if "depthwise_int8" in k]  # FuseOps may fuse around it
     assert len(depthwise) == grouped and convs > grouped > 0
     assert not [k for k in kernels if "conv2d" in k and "packed" not in k]
     capsys.readouterr()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tvm
 from test_boards import require_built
-from test_pack_int8 import inputs, int8_layer
+from test_pack_int8 import conv_depthwise, inputs, int8_layer, transposed_layer
 from test_rpc import free_port, kill_group, start_tracker_cli
 
 from tvm_intq import api
@@ -82,7 +82,19 @@ CASES = {
         lookup="per-channel",
         rescale="channel",
     ),
+    # conv -> depthwise (stride 2, 5x5) -> lookup -> conv: the depthwise kernel in the packed
+    # layout where the target blocks it (sdot), in NCHW where not (i8mm, RVV)
+    "conv-depthwise-lookup": dict(
+        shape=(1, 5, 10, 7), channels=6, stride=2, kernel=5, zp_in=-128, lookup="per-channel"
+    ),
+    # a transposed conv: one packed stride-1 conv over its input, depth to space after it
+    # (for i8mm and RVV from their multi-row layouts)
+    "transposed-3x3s2-outpad": dict(
+        shape=(1, 5, 4, 5), out_channels=7, kernel=3, pad=1, output_padding=1, zp_in=127
+    ),
 }
+#: Cases built by conv_depthwise and transposed_layer, the others by int8_layer.
+BUILDERS = {"conv-depthwise-lookup": conv_depthwise, "transposed-3x3s2-outpad": transposed_layer}
 # (target compiled for, board run on): each target on the board that emulates its core.
 RUNS = [
     ("aarch64", "aarch64-emu"),
@@ -100,7 +112,7 @@ def libraries(tmp_path_factory):
     def get(target, case):
         if (target, case) not in cache:
             spec = get_target(target)
-            mod = int8_layer(**CASES[case])
+            mod = BUILDERS.get(case, int8_layer)(**CASES[case])
             ex = tvm.compile(mod, spec.target(), relax_pipeline=build_pipeline(spec.int8_dot))
             intrin = select(spec.int8_dot, spec.target())
             asm = ex.mod.imports[0].inspect_source("asm")

@@ -99,6 +99,168 @@ def int8_layer(
     return bb.get()
 
 
+def conv_depthwise(
+    shape, channels, stride=1, kernel=3, dilation=1, zp_in=-5, lookup=None, seed=0, first=True
+):
+    """``main(x int8) -> int8``: a 3x3 conv to ``channels`` (``first``; else ``x`` straight
+    in), a depthwise conv (``kernel``, ``stride``, ``dilation``, padded to keep the size at
+    stride 1) whose input zero point is ``zp_in``, a lookup table after it (``lookup`` as
+    :func:`int8_layer`), then a 1x1 conv: a packed conv's result read by the depthwise kernel
+    as it is, and the depthwise result packed for the next conv."""
+    rng = np.random.default_rng(seed)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "int8"))
+
+    def layer(y, inp, out, cin, cout, k, groups=1, stride=1, dilation=1, name="y"):
+        qw = rng.integers(-127, 128, size=(cout, cin // groups, k, k)).astype(np.int8)
+        rq = intmath.conv_requant(
+            inp.scale,
+            inp.zero_point,
+            rng.uniform(0.001, 0.02, cout),
+            qw,
+            0,
+            rng.normal(size=cout),
+            out,
+        )
+        pad = dilation * (k - 1) // 2
+        attrs = SimpleNamespace(
+            padding=[pad] * 4, strides=[stride] * 2, dilation=[dilation] * 2, groups=groups
+        )
+        return K.conv2d(bb, y, inp, attrs, qw, rq, name)
+
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y, cin = x, shape[1]
+            dw_in = intmath.QParams(0.05, zp_in)
+            if first:
+                y = layer(y, intmath.QParams(0.05, -3), dw_in, cin, channels, 3, name="c1")
+                cin = channels
+            y = layer(y, dw_in, intmath.QParams(0.1, 7), cin, cin, kernel, cin, stride, dilation)
+            if lookup is not None:
+                table = rng.integers(
+                    -128, 128, size=(256,) if lookup == "shared" else (256, cin)
+                ).astype(np.int8)
+                y = K.lookup(bb, y, table, None if lookup == "shared" else 1, "z_q")
+            y = layer(y, intmath.QParams(0.1, 7), intmath.QParams(0.1, 0), cin, 5, 1, name="c2")
+            gv = bb.emit_output(y)
+        bb.emit_func_output(gv)
+    return bb.get()
+
+
+def transposed_layer(
+    shape,
+    out_channels,
+    kernel=2,
+    stride=2,
+    pad=0,
+    output_padding=0,
+    zp_in=-5,
+    relu=False,
+    lookup=None,
+    seed=0,
+):
+    """``main(x int8) -> int8``: one transposed conv (``IOHW`` weights) as FoldToInteger
+    writes it (input centred on its zero point, int32 ``conv2d_transpose``, requantize), with
+    a lookup table after it as :func:`int8_layer`'s ``lookup``."""
+    rng = np.random.default_rng(seed)
+    inp, out = intmath.QParams(0.05, zp_in), intmath.QParams(0.1, 3)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "int8"))
+    qw = rng.integers(-127, 128, size=(shape[1], out_channels, kernel, kernel)).astype(np.int8)
+    lo, hi = intmath.relu_bounds(out) if relu else (intmath.QMIN, intmath.QMAX)
+    rq = intmath.conv_requant(
+        inp.scale,
+        0,
+        rng.uniform(0.001, 0.02, out_channels),
+        qw,
+        1,
+        rng.normal(size=out_channels),
+        out,
+        lo,
+        hi,
+    )
+    attrs = SimpleNamespace(
+        strides=[stride] * 2,
+        padding=[pad] * 4,
+        output_padding=[output_padding] * 2,
+        dilation=[1, 1],
+        groups=1,
+    )
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = K.conv2d_transpose(bb, x, inp, attrs, qw, rq, "y_q")
+            if lookup is not None:
+                table = rng.integers(
+                    -128, 128, size=(256,) if lookup == "shared" else (256, out_channels)
+                ).astype(np.int8)
+                y = K.lookup(bb, y, table, None if lookup == "shared" else 1, "z_q")
+            gv = bb.emit_output(y)
+        bb.emit_func_output(gv)
+    return bb.get()
+
+
+def block_model(shape, seed=0):
+    """``main(x int8) -> int8``: the kernels around the convs of a mobile block, each a kernel
+    of its own kind: a conv, a residual add (its result not a conv's, so the lookup after it
+    stays a ``take`` in the graph), a per-channel lookup, a squeeze-excite gate
+    ``x * sigmoid(gate)`` as one two-input lookup, its gate broadcast from a global average
+    pool and a dense layer, then a 2x2 average pool."""
+    rng = np.random.default_rng(seed)
+    c = shape[1]
+    p = intmath.QParams(0.05, -5)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "int8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            qw = rng.integers(-127, 128, size=(c, c, 3, 3)).astype(np.int8)
+            rq = intmath.conv_requant(
+                p.scale, p.zero_point, rng.uniform(0.001, 0.02, c), qw, 0, None, p
+            )
+            attrs = SimpleNamespace(padding=[1] * 4, strides=[1, 1], dilation=[1, 1], groups=1)
+            y = K.conv2d(bb, x, p, attrs, qw, rq, "conv")
+            y = K.add(bb, y, x, intmath.add_requant(p, p, p), "res")
+            table = rng.integers(-128, 128, size=(256, c)).astype(np.int8)
+            y = K.lookup(bb, y, table, 1, "act")
+            gap = K.mean(
+                bb,
+                y,
+                [2, 3],
+                True,
+                intmath.rescale_requant(p.scale, p.zero_point, p, count=shape[2] * shape[3]),
+                "gap",
+            )
+            qd = rng.integers(-127, 128, size=(c, c)).astype(np.int8)
+            gate = K.matmul(
+                bb,
+                bb.emit(relax.op.reshape(gap, (shape[0], c))),
+                qd,
+                intmath.conv_requant(
+                    p.scale,
+                    p.zero_point,
+                    rng.uniform(0.001, 0.02, c),
+                    qd,
+                    1,
+                    None,
+                    p,
+                    acc_shape_axis=0,
+                    acc_ndim=1,
+                ),
+                "fc",
+            )
+            gate = bb.emit(relax.op.reshape(gate, (shape[0], c, 1, 1)))
+            table2 = rng.integers(-128, 128, size=(256, 256)).astype(np.int8)
+            y = K.lookup2(bb, y, gate, table2, "se")
+            pool = SimpleNamespace(
+                pool_size=[2, 2], padding=[0] * 4, strides=[2, 2], dilation=[1, 1], layout="NCHW"
+            )
+            y = K.avg_pool(
+                bb, y, p, pool, intmath.rescale_requant(p.scale, p.zero_point, p, count=4), "pool"
+            )
+            gv = bb.emit_output(y)
+        bb.emit_func_output(gv)
+    return bb.get()
+
+
 def ops(mod) -> list[str]:
     names = []
     for b in mod["main"].body.blocks[0].bindings:
@@ -175,8 +337,13 @@ def test_rewrite_packs_kernel_windows_of_few_channel_inputs():
 
 
 def test_rewrite_gives_depthwise_convs_their_kernel_and_leaves_grouped_ones():
+    """Pad, requantize and lookup inside the depthwise kernel, in the blocked layout of the
+    packed convs (an input from elsewhere is blocked first), unpacked after it; where the
+    instruction's lanes are too few channels for a vector (i8mm) it keeps ``NCHW``."""
     packed = PackInt8ForDot(VNNI)(int8_layer((1, 8, 6, 6), 8, groups=8, lookup="shared"))
-    assert ops(packed) == ["depthwise_int8_requant_lookup"]  # pad, requantize, lookup inside
+    assert ops(packed) == ["pack_blocked", "depthwise_int8_requant_lookup", "unpack"]
+    i8mm = PackInt8ForDot(INTRINSICS["arm-i8mm"])(int8_layer((1, 8, 6, 6), 8, groups=8))
+    assert ops(i8mm) == ["depthwise_int8_requant"]
     mod = int8_layer((1, 8, 6, 6), 8, groups=2)
     assert ops(PackInt8ForDot(VNNI)(mod)) == ops(mod)
 
@@ -259,6 +426,82 @@ def test_depthwise_kernel_matches_reference_bit_for_bit(case, caplog):
     assert [o for o in ops(packed) if o.startswith("depthwise")], ops(packed)
     compile_and_compare(mod, case["shape"])
     assert "schedule failed" not in caplog.text  # the default schedule, not the fallback
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(shape=(1, 3, 9, 11), channels=20, lookup="shared"),
+        dict(shape=(2, 5, 10, 7), channels=8, stride=2, zp_in=-128, lookup="per-channel"),
+        dict(shape=(1, 4, 9, 9), channels=13, kernel=5, dilation=2, zp_in=127),
+        dict(shape=(1, 11, 7, 6), channels=11, stride=2, kernel=5, first=False, lookup="shared"),
+    ],
+    ids=["lookup", "batch2-stride2-per-channel", "5x5-dilated", "nchw-input-stride2-5x5"],
+)
+def test_depthwise_reads_the_packed_conv_result_bit_for_bit(case, caplog):
+    """conv -> depthwise -> (lookup) -> conv: the depthwise kernel reads the packed conv's
+    blocked result with no unpack in between (or blocks an NCHW input itself), its padding
+    holds the zero point, its channels past the last block's are never stored; the same
+    integers as the reference."""
+    mod = conv_depthwise(**case)
+    packed = PackInt8ForDot(X86)(mod)
+    names = ops(packed)
+    dw = next(i for i, o in enumerate(names) if o.startswith("depthwise"))
+    assert names[dw - 1] == (
+        "conv2d_packed_int8_requant" if case.get("first", True) else "pack_blocked"
+    )
+    assert names[dw + 1].startswith("unpack")
+    compile_and_compare(mod, case["shape"])
+    assert "schedule failed" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(shape=(1, 24, 5, 6), out_channels=24, relu=True),  # PP-OCR det's DB head
+        dict(shape=(1, 24, 7, 5), out_channels=1, zp_in=-128, lookup="shared"),
+        dict(shape=(2, 5, 4, 5), out_channels=7, kernel=3, pad=1, output_padding=1, zp_in=127),
+        dict(shape=(1, 3, 5, 4), out_channels=9, kernel=4, stride=2, pad=1, lookup="per-channel"),
+        dict(shape=(1, 6, 4, 4), out_channels=5, kernel=3, stride=3, pad=2),
+        dict(shape=(1, 4, 6, 5), out_channels=3, kernel=3, stride=1, pad=1),
+    ],
+    ids=["2x2s2-relu", "to-1-channel-lookup", "3x3s2-outpad", "4x4s2", "3x3s3-pad2", "3x3s1"],
+)
+def test_transposed_conv_is_a_packed_conv_bit_for_bit(case, caplog):
+    """A transposed conv becomes one packed, tensorized stride-1 conv over its input (its
+    output phases stacked as channels, the input padded with its zero point) and a depth to
+    space; exact wherever an output sums fewer taps than another (borders, output padding)."""
+    mod = transposed_layer(**case)
+    packed = PackInt8ForDot(X86)(mod)
+    assert "relax.nn.conv2d_transpose" not in ops(packed)
+    assert [o for o in ops(packed) if o.startswith("transposed_packed_int8_requant")]
+    ex = compile_and_compare(mod, case["shape"])
+    assert X86.instruction in ex.mod.imports[0].inspect_source("asm")
+    assert "schedule failed" not in caplog.text
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 6, 6), (2, 13, 10, 7)], ids=["blocks", "odd"])
+def test_kernels_without_a_conv_are_scheduled_and_exact(shape, caplog):
+    """Every kernel without a conv gets the fixed elementwise schedule (its stages inlined
+    into one loop nest, a broadcast operand computed once), lookup tables left in the graph
+    fuse with the index computation before them and the packing after them (no standalone
+    ``take`` kernel, no int32 index tensor between kernels); the same integers."""
+    mod = block_model(shape)
+    packed = PackInt8ForDot(X86)(mod)
+    assert "relax.take" not in ops(packed)
+    assert len([o for o in ops(packed) if o.startswith("lookup")]) == 2
+    with HOST.target():
+        fused = relax.get_pipeline("zero")(packed)
+        scheduled = DefaultDotSchedule(X86)(fused)
+    kernels = {
+        gv.name_hint: f for gv, f in scheduled.functions_items() if isinstance(f, tvm.tirx.PrimFunc)
+    }
+    assert not [k for k in kernels if k.startswith("take") or k.startswith("lookup")]
+    assert all(f.attrs.get("tirx.is_scheduled", False) for f in kernels.values()), [
+        k for k, f in kernels.items() if not f.attrs.get("tirx.is_scheduled", False)
+    ]
+    compile_and_compare(mod, shape)
+    assert "schedule failed" not in caplog.text
 
 
 def test_target_without_an_int8_instruction_is_untouched_and_exact():
