@@ -200,14 +200,19 @@ def check_labels_for_max_drop(args, calib, eval_samples) -> None:
         )
 
 
-def quantized_module(args, spec):
+def quantized_module(args, spec, phases=None):
     """``(module, info, precision)``: the Relax module ``compile`` (and ``tune``) builds from
-    the model arguments (pre-quantized, ``--fp32``, or quantized with ``--calib``)."""
+    the model arguments (pre-quantized, ``--fp32``, or quantized with ``--calib``).
+    ``phases``: the caller's :class:`~tvm_intq.compiler.phases.Phases` bar (compile's)."""
     from tvm_intq import api
     from tvm_intq.frontends import import_model, parse_input_shapes
     from tvm_intq.frontends.prequantized import is_prequantized_file
 
     shapes = parse_input_shapes(args.input_shape)
+    quantizing = not args.fp32 and not is_prequantized_file(args.model)
+    if phases is not None and not quantizing:  # nothing to calibrate: import is the phase
+        for name in api.COMPILE_PHASES[1:]:
+            phases.skip(name)
     if not args.fp32 and is_prequantized_file(args.model):
         return _prequantized_module(args, spec, shapes)
     if args.fp32:
@@ -218,7 +223,9 @@ def quantized_module(args, spec):
     eval_samples = api.load_samples(args.eval_data, info, "--eval") if args.eval_data else None
     check_labels_for_max_drop(args, calib, eval_samples)
     config = quant_config(args)
-    compiled = api.compile_onnx(args.model, calib, config, spec, shapes, eval_samples)
+    compiled = api.compile_onnx(
+        args.model, calib, config, spec, shapes, eval_samples, phases=phases
+    )
     print(summary(compiled.report))
     if getattr(args, "report", None):
         json_path, png = write_report(compiled.report, args.report)
