@@ -313,11 +313,15 @@ def compile_database(args, spec, module):
         return None
     target = spec.target()
     tasks = D.extract_tasks(module, target, spec.int8_dot)
-    db = D.union(folders)
+    dbs = [D.open_database(f, create=False) for f in folders]
+    db = D.union_of(dbs)
     tuned, missing = D.coverage(db, tasks, target)
+    # Records match by workload, whatever model they were tuned on: each database's share.
+    each = [len(D.coverage(d, tasks, target)[0]) for d in dbs]
     print(
-        f"tuned kernels: {len(tuned)} of {len(tasks)} "
-        f"(databases: {', '.join(str(f) for f in folders)})"
+        f"tuned kernels: {len(tuned)} of {len(tasks)} (databases: "
+        + ", ".join(f"{f} {n}" for f, n in zip(folders, each))
+        + ")"
     )
     if missing:
         print(
