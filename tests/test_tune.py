@@ -282,8 +282,8 @@ def test_tune_minutes_spends_its_budget_and_resumes(tiny, capsys, tmp_path):
     assert "kernel shares measured on this machine" in out
     spent = B.spent_seconds(db_path, key)
     # The budget is spent (unless every search ran out of candidates), overrun by at most
-    # the batch in flight at the deadline (2 candidates here).
-    assert spent <= minutes * 60 + 60, spent
+    # the batch in flight at the deadline (2 candidates here; slow on a busy 2-core machine).
+    assert spent <= minutes * 60 + 90, spent
     assert spent >= minutes * 60 or "every kernel's search has ended" in out
     assert wall < (minutes * 60 - killed_at) + 240  # quantizing + the shares + one batch
     after = records_by_workload(db_path)

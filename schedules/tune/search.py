@@ -91,7 +91,7 @@ class SkipMeasured(PySearchStrategy):
             if self.stop.requested:
                 return None
             cands = self.inner.generate_measure_candidates()
-            if cands is None:
+            if cands is None or self.stop.requested:  # a deadline may pass while it searched
                 return None
             fresh = [c for c in cands if kernel_hash(c.sch.mod) not in self.measured]
             self.stats["dropped"] += len(cands) - len(fresh)
