@@ -19,7 +19,8 @@ class Phases:
 
     def __init__(self, names, enabled: bool = True, desc: str = "compile"):
         self.names = list(names)
-        self.seconds: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}  # wall
+        self.cpu_seconds: dict[str, float] = {}  # this process, all its threads
         self.bar = tqdm(
             total=len(self.names),
             desc=desc,
@@ -36,11 +37,12 @@ class Phases:
             self.names.append(name)
             self.bar.total = len(self.names)
         self.bar.set_postfix_str(name)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+            self.cpu_seconds[name] = self.cpu_seconds.get(name, 0.0) + time.process_time() - cpu
             self.bar.update(1)
 
     def skip(self, name: str) -> None:
@@ -55,9 +57,13 @@ class Phases:
         self.bar.close()
 
     def summary(self) -> str:
-        """``import 1.0 s, calibrate 30.2 s, ... (total 51.0 s)``."""
+        """``import 1.0 s, calibrate 30.2 s, ... (total 51.0 s, CPU 40.2 s)``: wall seconds
+        per phase; CPU is this process's (on a busy machine, wall time is not all ours)."""
         parts = [f"{name} {s:.1f} s" for name, s in self.seconds.items()]
-        return ", ".join(parts) + f" (total {sum(self.seconds.values()):.1f} s)"
+        return (
+            ", ".join(parts) + f" (total {sum(self.seconds.values()):.1f} s, "
+            f"CPU {sum(self.cpu_seconds.values()):.1f} s)"
+        )
 
     def __enter__(self):
         return self
