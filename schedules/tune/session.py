@@ -473,7 +473,7 @@ def _tune_minutes(mod, spec, folder, db, tasks, minutes, cap, per_iter, setup, e
                 recs = D.records_of(db, t.mod)
                 before = D.best_seconds(db, t.mod, target)
                 result = session.tune_task(
-                    index[name], len(tasks), t, recs, min(cap, len(recs) + B.CHUNK)
+                    index[name], len(tasks), t, recs, min(cap, len(recs) + _chunk(session))
                 )
                 after = D.best_seconds(db, t.mod, target)
                 if result.status == "search ended early":
@@ -517,6 +517,19 @@ def _tune_minutes(mod, spec, folder, db, tasks, minutes, cap, per_iter, setup, e
             )
         merged[r.name] = r
     return list(merged.values())
+
+
+def _chunk(session: TuneSession) -> int:
+    """Trials for the next chunk: :data:`.budget.CHUNK`, fewer when the time left holds
+    fewer at the pace so far (a batch is measured whole, the deadline is only checked between
+    batches: this keeps the overrun near one trial's time)."""
+    from tvm_intq.schedules.tune.budget import CHUNK
+
+    if not session.measured or session.stop.deadline is None:
+        return CHUNK
+    pace = (time.monotonic() - session.started) / session.measured  # seconds per trial
+    left = session.stop.deadline - time.monotonic()
+    return max(1, min(CHUNK, int(left / pace)))
 
 
 def _mark_ended(folder, key: str) -> None:
