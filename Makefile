@@ -88,10 +88,12 @@ test: lint system-deps boards
 test-fast: lint
 	$(VENV)/bin/python -m pytest -q -m "not integration" $(PYTEST_ARGS)
 
-# Benchmark (not part of test): ONNX Runtime fp32/int8 vs TVM fp32 vs tvm-intq int8, batch 1,
-# 1 and 2 threads; tuning databases resume from bench/work/. Results: bench/results/<model>/.
-#   make bench BENCH_ARGS="--trials 64 --models bundled"
-#   make bench BENCH_ARGS="--models bundled --trials 16 --parts host --rounds 5"   (interleaved rounds)
+# Benchmark (not part of test) on real models (PP-OCRv4, the light zoo, bundled, unseen): ONNX
+# Runtime fp32/int8 vs TVM fp32 vs tvm-intq int8 without a database and after --minutes of
+# tuning, batch 1, 1 and 2 threads, compile time and memory. Hours for all models: rows and
+# libraries resume from bench/work/models/, the table grows. Results: bench/results/models/.
+#   make bench BENCH_ARGS="--models ocr_cls light_resnet50 --minutes 10"
+#   make bench BENCH_ARGS="--models bundled --parts emulated"      (emulated boards' figures)
 # Then bench/load_sensitivity.py: the same runtimes quiet and beside CPU hogs, per-call wall and
 # CPU time (issue 18: a busy machine must not slow tvm-intq more than ONNX Runtime), 1 and 2
 # threads. Results: bench/results/load_sensitivity/.   make bench LOAD_ARGS="--models unseen"

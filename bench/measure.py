@@ -38,11 +38,16 @@ def _vm(path, threads):
     return lambda x: runner({"x": x})[0]
 
 
-def latencies(fn, x, warmup: int, seconds: float, max_iters: int) -> list[float]:
-    for _ in range(warmup):
+def latencies(fn, x, warmup: int, seconds: float, max_iters: int, min_iters: int = 5) -> list:
+    """Per-call ms: after ``warmup`` calls (or 2 s of them, at least 2: an untuned float
+    model of the bench takes seconds per call), at least ``min_iters`` calls and ``seconds``."""
+    start = time.perf_counter()
+    for i in range(warmup):
         fn(x)
+        if i >= 1 and time.perf_counter() - start > 2.0:
+            break
     out, start = [], time.perf_counter()
-    while len(out) < max_iters and (time.perf_counter() - start < seconds or len(out) < 20):
+    while len(out) < max_iters and (time.perf_counter() - start < seconds or len(out) < min_iters):
         t0 = time.perf_counter()
         fn(x)
         out.append((time.perf_counter() - t0) * 1e3)

@@ -1,28 +1,37 @@
-"""``make bench``: ONNX Runtime fp32 / int8 vs TVM fp32 tuned vs tvm-intq int8 tuned.
+"""``make bench``: ONNX Runtime fp32 / int8 vs TVM fp32 vs tvm-intq int8, on real models.
 
-    python bench/run.py [--models bundled] [--trials 4] [--threads 1 2] [--rounds 1]
-                        [--out bench/results]
+    python bench/run.py [--models KEY ...] [--minutes 10] [--threads 1 2] [--rounds 3]
+                        [--parts host emulated] [--out bench/results] [--work bench/work]
 
-Per model, batch 1, for each thread count:
+The models (bench/catalogue.py): the bundled model, bench/unseen_cnn.py's never-seen CNN, the
+PP-OCRv4 det (320x320 and 640x640), rec and cls models of ``make eval``, and every model of
+onnx's light zoo. Per model, batch 1, at each of ``--threads``:
 
 * ONNX Runtime fp32: the ONNX model as is;
 * ONNX Runtime int8: ``quantize_static`` (after ``quant_pre_process``), QDQ, per-channel int8
-  weights, int8 activations, calibrated on the same samples tvm-intq calibrates on;
-* TVM fp32: ``tvm-intq tune --fp32`` then ``tvm-intq compile --fp32 --db`` (same trial budget);
-* tvm-intq int8: ``tvm-intq tune`` then ``tvm-intq compile --db`` (the shipped database, if
-  any, is the starting point: tuning resumes from it up to the budget).
+  weights, int8 activations, calibrated on the samples tvm-intq calibrates on;
+* TVM fp32: ``tvm-intq compile --fp32 --no-db`` (TVM's default build, untuned: as a TVM user
+  gets it);
+* tvm-intq int8, no database: ``tvm-intq compile --calib ... --no-db`` (what a user of a
+  model nobody tuned gets);
+* tvm-intq int8 after ``--minutes`` of ``tvm-intq tune --minutes N --threads 1`` into an
+  empty database, then ``tvm-intq compile --db`` with it.
 
-Both tune with ``--threads 1``: candidates are measured as the headline figure runs them.
+Compile time (wall) and peak memory (the compile process's maximum resident set) are
+columns too; the tune's minutes are the budget. Every configuration is timed in a fresh
+process (bench/measure.py), the configurations interleaved over ``--rounds`` rounds (the
+median of the rounds is the figure; each round's is kept).
 
-Tuning databases are kept in ``bench/work/<model>/`` and resumed on the next run. Each
-configuration is timed in its own process (bench/measure.py). Results go to
-``bench/results/<model>/``: results.json (medians, ratios, memory, machine, command),
-results.md, results.png.
+Rows resume: libraries, databases and each finished model's row are kept in
+``bench/work/<model>/`` (tvm-intq's under the version of the code that built them, so a
+change to the kernels rebuilds them), and the table is made from every row in the work folder
+for the current version and settings. Run it in pieces (``--models``) and the table grows.
+Results: ``bench/results/models/`` (results.json, results.md, results.png, with the command).
 
-Then, for each of ``--emulated`` (default aarch64 riscv64): int8 vs fp32 built for that target
-and the deterministic figures ``tvm-intq bench --target T`` gives (qemu instructions per
-inference, llvm-mca cycle estimates per core; :mod:`tvm_intq.deploy.emulated_figures`), in
-emulated.json, emulated.md, emulated.png. ``--parts emulated`` makes only these.
+``--parts emulated``: for the bundled model and light_resnet50, int8 vs fp32 built for each
+of ``--emulated`` (default aarch64 riscv64) and the deterministic figures ``tvm-intq bench
+--target T`` gives (qemu instructions per inference, llvm-mca cycle estimates per core;
+:mod:`tvm_intq.deploy.emulated_figures`), in ``bench/results/<model>/emulated.*``.
 """
 
 from __future__ import annotations
@@ -32,7 +41,6 @@ import json
 import os
 import platform
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
@@ -170,64 +178,6 @@ def _ort_ready(model: Path, work: Path) -> Path:
     return out
 
 
-def tvm_library(m: dict, work: Path, trials: int, fp32: bool, log: Path) -> Path:
-    from tvm_intq.schedules.database import shipped_databases
-
-    kind = "fp32" if fp32 else "int8"
-    db, lib = work / f"{kind}_db", work / f"{kind}.so"
-    shipped = [
-        p for p in shipped_databases("host") if p.name == (m["name"] + ("_fp32" if fp32 else ""))
-    ]
-    if not db.exists() and shipped:
-        shutil.copytree(shipped[0], db, ignore=shutil.ignore_patterns("logs"))
-    data = ["--fp32"] if fp32 else ["--calib", m["calib"]]
-    run(
-        CLI
-        + [
-            "tune",
-            m["onnx"],
-            *data,
-            "--target",
-            "host",
-            "--trials",
-            trials,
-            "--db",
-            db,
-            "--threads",
-            1,
-            "--no-progress",
-        ],
-        log=log,
-    )
-    out = run(
-        CLI
-        + ["compile", m["onnx"], *data, "--target", "host", "--db", db, "-o", lib, "--no-progress"],
-        log=log,
-    )
-    coverage = [line for line in out.splitlines() if line.startswith(("tuned kernels", "no tuned"))]
-    return lib, coverage
-
-
-def memory(m: dict) -> dict:
-    from tvm_intq import api
-    from tvm_intq.calibration import load_npz
-    from tvm_intq.frontends import import_model
-    from tvm_intq.schedules.memory import constant_bytes, peak_activation_bytes
-    from tvm_intq.targets import get_target
-
-    spec = get_target("host")
-    mod, info = import_model(m["onnx"])
-    calib = load_npz(m["calib"], info.inputs)
-    compiled = api.compile_onnx(m["onnx"], calib, api.QuantConfig(progress=False), spec)
-    out = {}
-    for kind, module in (("fp32", compiled.prepared), ("int8", compiled.integer)):
-        out[kind] = {
-            "weight_bytes": constant_bytes(module),
-            "peak_activation_bytes": peak_activation_bytes(module, spec.target(), spec.int8_dot),
-        }
-    return out
-
-
 def emulated_model(key: str, args) -> dict:
     """Deterministic figures on the emulated boards, as `tvm-intq bench --target T` gives them."""
     from tvm_intq import api
@@ -246,6 +196,9 @@ def emulated_model(key: str, args) -> dict:
     return _relative(
         {"model": m["name"], "onnx": m["onnx"], "targets": targets, "command": _command()}
     )
+
+
+EMULATED = ("bundled", "light_resnet50")
 
 
 def _model(key: str, args) -> tuple[dict, Path]:
@@ -315,76 +268,6 @@ def measure(kind: str, path: Path, threads: int, inputs: Path, seconds: float) -
     return json.loads(out.strip().splitlines()[-1])
 
 
-def bench_model(key: str, args) -> dict:
-    m, work = _model(key, args)
-    log = work / "commands.log"
-    calib_used = calibration_part(Path(m["calib"]), work)
-    configs = {
-        "onnxruntime fp32": ("ort", Path(m["onnx"]), []),
-        "onnxruntime int8": ("ort", ort_int8(Path(m["onnx"]), calib_used, work), []),
-    }
-    lib, cov = tvm_library(m, work, args.trials, fp32=True, log=log)
-    configs["tvm fp32 tuned"] = ("tvm", lib, cov)
-    lib, cov = tvm_library(m, work, args.trials, fp32=False, log=log)
-    configs["tvm-intq int8 tuned"] = ("tvm", lib, cov)
-    facts_before = machine()
-    # Rounds interleave the configurations, so a drift of the shared machine's speed (+-10 %
-    # from run to run here) hits all of them alike; each round's ratios are kept.
-    rounds = {name: {str(t): [] for t in args.threads} for name in configs}
-    for _ in range(args.rounds):
-        for threads in args.threads:
-            for name, (kind, path, _) in configs.items():
-                rounds[name][str(threads)].append(
-                    measure(kind, path, threads, Path(m["eval"]), args.seconds)
-                )
-    results = {
-        name: {
-            t: {
-                **runs[0],
-                "median_ms": statistics.median(r["median_ms"] for r in runs),
-                "rounds_ms": [r["median_ms"] for r in runs],
-            }
-            for t, runs in res.items()
-        }
-        for name, res in rounds.items()
-    }
-    ours = results["tvm-intq int8 tuned"]
-    ratios = {
-        name: {t: r["median_ms"] / ours[t]["median_ms"] for t, r in res.items()}
-        for name, res in results.items()
-        if name != "tvm-intq int8 tuned"
-    }
-    won = {
-        name: {
-            t: sum(o < other for o, other in zip(ours[t]["rounds_ms"], r["rounds_ms"]))
-            for t, r in res.items()
-        }
-        for name, res in results.items()
-        if name != "tvm-intq int8 tuned"
-    }
-    return _relative(
-        {
-            "model": m["name"],
-            "onnx": m["onnx"],
-            "batch": 1,
-            "threads": args.threads,
-            "trials_per_kernel": args.trials,
-            "rounds": args.rounds,
-            "latency": results,
-            "speedup_of_tvm_intq_int8": ratios,  # other median / tvm-intq int8 median
-            "rounds_tvm_intq_int8_faster": won,
-            "tuning_coverage": {name: cov for name, (_, _, cov) in configs.items() if cov},
-            "memory": memory(m),
-            "machine": facts_before,
-            "load_average_after": os.getloadavg(),
-            "command": _command(),
-            "timing": "median of per-call wall times (Python loop, one batch-1 input, after 50 "
-            f"warm-up calls, >= {args.seconds:.0f} s per configuration), the median over "
-            f"{args.rounds} interleaved rounds; top-1 on the held-out set",
-        }
-    )
-
-
 def _relative(data):
     """Paths under the repository written relative to it (results are committed)."""
     if isinstance(data, dict):
@@ -394,37 +277,287 @@ def _relative(data):
     return data.replace(f"{ROOT}/", "") if isinstance(data, str) else data
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["bundled"], choices=sorted(models()))
-    p.add_argument("--trials", type=int, default=4, help="tuning trials per kernel (fp32 and int8)")
-    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--seconds", type=float, default=5.0, help="timing per configuration")
-    p.add_argument(
-        "--rounds",
-        type=int,
-        default=1,
-        help="time every configuration this many times, interleaved (median)",
+# ---------------------------------------------------------------------------------------------
+# The host bench on real models (module docstring)
+# ---------------------------------------------------------------------------------------------
+CONFIGS = (
+    "onnxruntime fp32",
+    "onnxruntime int8",
+    "tvm fp32",
+    "tvm-intq int8 no db",
+    "tvm-intq int8 tuned",
+)
+CODE = ("tvm_intq", "schedules", "relay_passes", "targets")
+
+
+def code_version() -> str:
+    """The commit, and a hash of the uncommitted changes to the code that builds libraries:
+    tvm-intq's artifacts in the work folder are kept per version."""
+    import hashlib
+
+    def git(*a):
+        return subprocess.run(
+            ["git", *a], capture_output=True, text=True, cwd=ROOT, check=True
+        ).stdout
+
+    head = git("rev-parse", "--short=10", "HEAD").strip()
+    diff = git("diff", "HEAD", "--", *CODE)
+    return head + (f"-{hashlib.sha1(diff.encode()).hexdigest()[:8]}" if diff else "")
+
+
+def timed(cmd, log: Path) -> tuple[str, float, float]:
+    """Run ``cmd`` (from the repository root); ``(stdout, wall seconds, peak RSS in MB)`` of
+    that process (its maximum resident set, from ``wait4``). Exits with its output on failure."""
+    print("$ " + " ".join(shlex.quote(str(c)) for c in cmd), flush=True)
+    start = time.perf_counter()
+    with open(log, "a") as f:
+        f.write(f"$ {' '.join(map(str, cmd))}\n")
+        f.flush()
+        proc = subprocess.Popen(
+            [str(c) for c in cmd], stdout=subprocess.PIPE, stderr=f, text=True, cwd=ROOT
+        )
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        f.write(out + "\n")
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.stderr.write(out[-3000:])
+        raise RuntimeError(f"failed ({proc.returncode}): {' '.join(map(str, cmd))}; see {log}")
+    return out, seconds, usage.ru_maxrss / 1024.0
+
+
+def _coverage(out: str) -> str | None:
+    return next((line for line in out.splitlines() if line.startswith("tuned kernels")), None)
+
+
+def _phases(out: str) -> str | None:
+    line = next((ln for ln in out.splitlines() if ln.startswith("compile time: ")), None)
+    return None if line is None else line[len("compile time: ") :]
+
+
+def build_configs(key: str, files: dict, work: Path, args) -> tuple[dict, dict]:
+    """``({configuration: (kind, path)}, {configuration: compile facts})`` of one model;
+    every artifact is made once (kept in ``work``, tvm-intq's per code version)."""
+    log = work / "commands.log"
+    lib_dir = work / args.version
+    lib_dir.mkdir(parents=True, exist_ok=True)
+    facts_path = lib_dir / "compile.json"
+    facts = json.loads(facts_path.read_text()) if facts_path.is_file() else {}
+
+    def save():
+        facts_path.write_text(json.dumps(facts, indent=1))
+
+    configs = {"onnxruntime fp32": ("ort", Path(files["onnx"]))}
+    ort_dir = work / "ort"
+    ort_dir.mkdir(exist_ok=True)
+    quantized = ort_dir / "ort_int8.onnx"
+    if not quantized.exists():
+        code = (
+            "import sys; sys.path.insert(0, 'bench'); from pathlib import Path; import run; "
+            f"run.ort_int8(Path({str(files['onnx'])!r}), "
+            f"run.calibration_part(Path({str(files['calib'])!r}), Path({str(ort_dir)!r})), "
+            f"Path({str(ort_dir)!r}))"
+        )
+        _, secs, mb = timed([sys.executable, "-c", code], log)
+        (ort_dir / "quantize.json").write_text(json.dumps({"seconds": secs, "peak_mb": mb}))
+    configs["onnxruntime int8"] = ("ort", quantized)
+    q = ort_dir / "quantize.json"
+    if q.is_file():
+        facts["onnxruntime int8"] = json.loads(q.read_text())
+
+    data = ["--calib", files["calib"]]
+    compiles = {
+        "tvm fp32": (lib_dir / "fp32.so", ["--fp32", "--no-db"]),
+        "tvm-intq int8 no db": (lib_dir / "int8_nodb.so", data + ["--no-db"]),
+    }
+    db = lib_dir / f"int8_{args.minutes:g}min_db"
+    compiles["tvm-intq int8 tuned"] = (
+        lib_dir / f"int8_{args.minutes:g}min.so",
+        data + ["--db", db],
     )
+    for name, (lib, extra) in compiles.items():
+        if name == "tvm-intq int8 tuned" and not lib.exists():
+            out, secs, mb = timed(
+                CLI
+                + ["tune", files["onnx"], *data, "--target", "host", "--minutes", args.minutes]
+                + ["--threads", 1, "--db", db, "--no-progress"],
+                log,
+            )
+            spent = next((ln for ln in out.splitlines() if ln.startswith("spent ")), "")
+            spent = spent.split(";")[0]
+            facts["tune"] = {"seconds": secs, "peak_mb": mb, "summary": spent}
+            save()
+        if not lib.exists():
+            out, secs, mb = timed(
+                CLI
+                + ["compile", files["onnx"], *extra, "--target", "host", "-o", lib]
+                + ["--no-progress"],
+                log,
+            )
+            facts[name] = {
+                "seconds": secs,
+                "peak_mb": mb,
+                "phases": _phases(out),
+                "coverage": _coverage(out),
+            }
+            save()
+        configs[name] = ("tvm", lib)
+    return configs, facts
+
+
+def bench_row(key: str, args) -> dict:
+    """One model's row: build everything, then time the configurations in interleaved
+    rounds. Kept in its work folder (``row-<settings>.json``) and reused on the next run."""
+    import catalogue
+
+    work = Path(args.work) / "models" / key
+    row_path = work / args.version / f"row-{_settings(args)}.json"
+    if row_path.is_file() and not args.retime:
+        return json.loads(row_path.read_text())
+    files = catalogue.model_files(key, work)
+    configs, facts = build_configs(key, files, work, args)
+    rounds = {name: {str(t): [] for t in args.threads} for name in configs}
+    errors = {}
+    for r in range(args.rounds):
+        for threads in args.threads:
+            order = list(configs)
+            k = r % len(order)  # rotated each round: no configuration always goes first
+            for name in order[k:] + order[:k]:
+                if name in errors:
+                    continue
+                kind, path = configs[name]
+                try:
+                    rounds[name][str(threads)].append(
+                        measure(kind, path, threads, Path(files["input"]), args.seconds)
+                    )
+                except SystemExit as err:  # one runtime failing leaves the others' figures
+                    errors[name] = str(err)
+    latency = {}
+    for name, res in rounds.items():
+        if name in errors:
+            continue
+        latency[name] = {
+            t: {
+                "median_ms": statistics.median(x["median_ms"] for x in runs),
+                "rounds_ms": [x["median_ms"] for x in runs],
+                **({"top1": runs[0]["top1"]} if "top1" in runs[0] else {}),
+            }
+            for t, runs in res.items()
+        }
+    row = _relative(
+        {
+            "key": key,
+            "onnx": str(files["onnx"]),
+            "calibration": files["note"],
+            "latency": latency,
+            "compile": facts,
+            "errors": errors,
+            "version": args.version,
+            "minutes": args.minutes,
+            "threads": args.threads,
+            "rounds": args.rounds,
+            "load_average": os.getloadavg(),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        }
+    )
+    row_path.write_text(json.dumps(row, indent=1))
+    return row
+
+
+def _settings(args) -> str:
+    return f"{args.minutes:g}min-t{'-'.join(map(str, args.threads))}-r{args.rounds}"
+
+
+def collect_rows(args) -> list[dict]:
+    """Every finished row in the work folder for this code version and these settings."""
+    import catalogue
+
+    rows = []
+    for key in catalogue.keys():
+        path = Path(args.work) / "models" / key / args.version / f"row-{_settings(args)}.json"
+        if path.is_file():
+            rows.append(json.loads(path.read_text()))
+    return rows
+
+
+def main(argv=None) -> int:
+    import catalogue
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=None,
+        metavar="KEY",
+        help=f"models to bench (default: all): {', '.join(catalogue.keys())}; "
+        "'ocr' and 'light' name each group",
+    )
+    p.add_argument("--minutes", type=float, default=10.0, help="tuning budget per model")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--seconds", type=float, default=3.0, help="timing per configuration")
+    p.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds of every configuration"
+    )
+    p.add_argument("--retime", action="store_true", help="time the rows again (builds kept)")
     p.add_argument(
         "--emulated",
         nargs="*",
         default=["aarch64", "riscv64"],
         help="targets whose emulated board gives deterministic figures (none: skip)",
     )
-    p.add_argument("--parts", nargs="+", default=["host", "emulated"], choices=["host", "emulated"])
+    p.add_argument("--parts", nargs="+", default=["host"], choices=["host", "emulated"])
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--work", default=str(HERE / "work"))
+    p.add_argument(
+        "--version",
+        default=None,
+        help="the code version whose artifacts and rows to use (default: this checkout's; "
+        "an older one makes its table again)",
+    )
     args = p.parse_args(argv)
-    from tvm_intq.reports.speed import bench_markdown, write_bench, write_emulated
+    sys.path.insert(0, str(HERE))
+    from tvm_intq.reports.speed import models_bench_markdown, write_emulated, write_models_bench
 
-    for key in args.models:
-        if "host" in args.parts:
-            data = bench_model(key, args)
-            written = write_bench(data, Path(args.out) / data["model"])
-            print("\n".join(bench_markdown(data).splitlines()[:20]))
-            print("wrote " + ", ".join(map(str, written)))
-        if "emulated" in args.parts and args.emulated:
+    every = catalogue.keys()
+    wanted = []
+    for key in args.models or every:
+        group = [k for k in every if k.startswith(f"{key}_")] if key in ("ocr", "light") else [key]
+        if not set(group) <= set(every):
+            p.error(f"unknown model {key!r} (known: {', '.join(every)})")
+        wanted += [k for k in group if k not in wanted]
+    args.version = args.version or code_version()
+    if "host" in args.parts:
+        facts = machine()
+        for key in wanted:
+            print(f"== {key}", flush=True)
+            try:
+                bench_row(key, args)
+            except RuntimeError as err:  # a model that fails to build: the others go on
+                print(f"{key}: {err}", flush=True)
+        rows = collect_rows(args)
+        data = _relative(
+            {
+                "rows": rows,
+                "configs": list(CONFIGS),
+                "threads": args.threads,
+                "minutes": args.minutes,
+                "rounds": args.rounds,
+                "version": args.version,
+                "machine": facts,
+                "load_average_after": os.getloadavg(),
+                "command": _command(),
+                "timing": "median of per-call wall times (a Python loop over one batch-1 "
+                "input in a fresh process per configuration, after a warm-up, >= "
+                f"{args.seconds:g} s and >= 5 calls), the median over {args.rounds} "
+                "interleaved rounds",
+            }
+        )
+        written = write_models_bench(data, Path(args.out) / "models")
+        print(models_bench_markdown(data))
+        print("wrote " + ", ".join(map(str, written)))
+    if "emulated" in args.parts and args.emulated:
+        for key in [k for k in wanted if k in EMULATED] or list(EMULATED):
             data = emulated_model(key, args)
             written = write_emulated(data, Path(args.out) / data["model"])
             print("wrote " + ", ".join(map(str, written)))

@@ -7,6 +7,7 @@ from tvm import relax
 
 from tvm_intq.relay_passes.clip_kernels_to_ops import ClipKernelsToOps
 from tvm_intq.relay_passes.fold_batch_norm import FoldBatchNorm
+from tvm_intq.relay_passes.fold_simple_constants import FoldSimpleConstants
 from tvm_intq.relay_passes.name_tensors import NameTensors
 from tvm_intq.relay_passes.remove_dropout import RemoveDropout
 from tvm_intq.relay_passes.unstack_reductions import UnstackReductions
@@ -26,6 +27,7 @@ def CanonicalizeForQuantization() -> tvm.transform.Pass:
             relax.transform.DecomposeOpsForInference(),
             RemoveDropout(),
             UnstackReductions(),
+            FoldSimpleConstants(),  # numpy, the same values: FoldConstant compiles each op
             relax.transform.FoldConstant(),
             ClipKernelsToOps(),
             FoldBatchNorm(),

@@ -239,7 +239,11 @@ def shipped_databases(target_name: str) -> list[Path]:
 
 def union(folders) -> ms.database.Database | None:
     """One database answering from all ``folders`` (the best record wins); None if empty."""
-    dbs = [open_database(f, create=False) for f in folders]
+    return union_of([open_database(f, create=False) for f in folders])
+
+
+def union_of(dbs) -> ms.database.Database | None:
+    """One database answering from all of ``dbs`` (opened databases); None if empty."""
     if not dbs:
         return None
     return dbs[0] if len(dbs) == 1 else ms.database.UnionDatabase(*dbs)

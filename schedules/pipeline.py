@@ -5,6 +5,8 @@
       -> legalize, fuse        (TVM's "zero" pipeline: one kernel per integer layer)
       -> apply the database    tuned kernels (MetaSchedule records), when a database is given
       -> DefaultDotSchedule    packed kernels without a record: a fixed tensorized schedule
+      -> FloatSchedule         only for the float programs calibration and evaluation run on
+                               the host (.float_schedule): float convs accumulate in registers
       -> serial small kernels  no thread-pool hand-off for a kernel too small to split (.parallel)
       -> VM lowering           (TVM's default build pipeline)
 
@@ -18,6 +20,7 @@ import tvm
 from tvm import relax
 
 from tvm_intq.schedules.default_schedule import DefaultDotSchedule
+from tvm_intq.schedules.float_schedule import FloatSchedule
 from tvm_intq.schedules.intrinsics import INTRINSICS, DotProduct, select
 from tvm_intq.schedules.pack_int8 import PackInt8ForDot
 from tvm_intq.schedules.parallel import MIN_SPLIT_ITERATIONS, split_small_kernels
@@ -77,15 +80,23 @@ def tuning_pipeline(int8_dot=ANY) -> tvm.transform.Pass:
 
 
 def build_pipeline(
-    int8_dot=ANY, database=None, min_split_iterations: int = MIN_SPLIT_ITERATIONS
+    int8_dot=ANY,
+    database=None,
+    min_split_iterations: int = MIN_SPLIT_ITERATIONS,
+    float_schedule: bool = False,
 ) -> tvm.transform.Pass:
     """The whole build (module docstring). ``int8_dot``: the target definition's dot-product
     intrinsics (``TargetSpec.int8_dot``); ``database``: a MetaSchedule database of tuned
     kernels or None; ``min_split_iterations``: the work below which a kernel's parallel loops
-    are made serial (:mod:`.parallel`; 0 keeps every parallel loop)."""
+    are made serial (:mod:`.parallel`; 0 keeps every parallel loop); ``float_schedule``: float
+    reductions (convs, pools, matmuls) without a record get :mod:`.float_schedule`'s
+    schedule (same values bit for bit, several times faster than TVM's plain loops)."""
     count, serial = split_small_kernels(min_split_iterations)
     passes = [tuning_pipeline(int8_dot), count]
     if database is not None:
         passes.append(_ApplyDatabase(database))
-    passes += [_DefaultSchedule(int8_dot), serial, relax.pipeline.default_build_pipeline()]
+    passes.append(_DefaultSchedule(int8_dot))
+    if float_schedule:
+        passes.append(FloatSchedule())
+    passes += [serial, relax.pipeline.default_build_pipeline()]
     return tvm.transform.Sequential(passes, name="intq_build")

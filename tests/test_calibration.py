@@ -320,10 +320,38 @@ def test_collect_ranges_two_passes_only_for_histogram_calibrators():
     x = RNG.standard_normal((10, 3)).astype(np.float32)
     model = CountingModel()
     ranges = collect_ranges(
-        model, SampleSet({"x": x}), 5, get_calibrator("percentile"), symmetric=True, progress=False
+        model,
+        SampleSet({"x": x}),
+        5,
+        get_calibrator("percentile"),
+        symmetric=True,
+        progress=False,
+        cache_bytes=0,
     )
     assert model.calls == [5, 5, 5, 5]
     assert set(ranges) == {"relu", "double"}
+
+
+@pytest.mark.parametrize("name", ["percentile", "kl", "mse", "redistribution"])
+def test_pass_two_reads_kept_outputs_and_ranges_do_not_change(name):
+    """Pass 1's outputs kept for pass 2 (within ``cache_bytes``): the model runs once per
+    batch, or again only for the batches beyond the budget, and the ranges are identical."""
+    x = RNG.standard_normal((10, 3)).astype(np.float32)
+    per_batch = 5 * (2 + 3) * 4  # 5 rows x ("relu" 2 + "double" 3 columns) of float32
+    got = {}
+    for budget, calls in ((0, 4), (1 << 20, 2), (per_batch, 3)):
+        model = CountingModel()
+        got[budget] = collect_ranges(
+            model,
+            SampleSet({"x": x}),
+            5,
+            get_calibrator(name),
+            symmetric=False,
+            progress=False,
+            cache_bytes=budget,
+        )
+        assert len(model.calls) == calls, (budget, model.calls)
+    assert got[0] == got[1 << 20] == got[per_batch]
 
 
 def test_collect_ranges_drops_padded_rows():

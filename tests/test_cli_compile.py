@@ -71,6 +71,9 @@ def test_report_has_the_documented_keys(compiled):
         )
         assert layer["precision"] == "int8"
     assert (compiled / "report.png").stat().st_size > 10_000
+    # The seconds of compile_onnx's phases (the bar over them is off with --no-progress).
+    assert list(report["compile_seconds"]) == ["import", "calibrate", "quantize", "evaluate"]
+    assert all(s >= 0 for s in report["compile_seconds"].values())
 
 
 def test_run_classifies_the_heldout_digits(compiled, heldout, tmp_path):

@@ -236,3 +236,62 @@ def test_a_database_of_older_kernels_gets_a_clear_error(tiny, tmp_path):
     records.write_text(text.replace(HOST_INTRIN, "intq_retired_intrinsic"))
     with pytest.raises(IntqError, match="'intq_retired_intrinsic'.*new --db folder"):
         D.open_database(db_path, create=False)
+
+
+def minutes_args(tiny, db, minutes):
+    args = tiny.tune_args(db, per_iter=2)
+    i = args.index("--trials")
+    return args[:i] + ["--minutes", str(minutes)] + args[i + 2 :]
+
+
+def test_tune_minutes_spends_its_budget_and_resumes(tiny, capsys, tmp_path):
+    """--minutes: the heaviest kernel by measured share goes first; the time spent is kept in
+    the database (a second run with the same budget measures nothing, a kill and a rerun
+    spend only what was left), and no candidate is measured twice."""
+    from tvm_intq.schedules.tune import budget as B
+
+    db_path = tmp_path / "db"
+    minutes = 1.0
+    cmd = [sys.executable, "-m", "tvm_intq.cli"] + minutes_args(tiny, db_path, minutes)
+    records = db_path / D.RECORDS
+    first = subprocess.Popen(
+        cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and first.poll() is None:
+            if records.is_file() and len(records.read_text().splitlines()) >= 1:
+                break
+            time.sleep(0.5)
+        assert first.poll() is None, "the tune finished before it could be killed"
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+        first.communicate()
+    tasks = D.extract_tasks(tiny.integer, HOST.target(), HOST.int8_dot)
+    key = B.job_key(tasks)
+    killed_at = B.spent_seconds(db_path, key)
+    assert 0 < killed_at < minutes * 60
+
+    t0 = time.monotonic()
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    wall = time.monotonic() - t0
+    assert second.returncode == 0, second.stderr[-3000:]
+    out = second.stdout
+    assert f"{(minutes * 60 - killed_at) / 60:.1f} of {minutes:g} minutes left" in out
+    assert "kernel shares measured on this machine" in out
+    spent = B.spent_seconds(db_path, key)
+    # The budget is spent (unless every search ran out of candidates), overrun by at most
+    # the batch in flight at the deadline (2 candidates here; slow on a busy 2-core machine).
+    assert spent <= minutes * 60 + 90, spent
+    assert spent >= minutes * 60 or "every kernel's search has ended" in out
+    assert wall < (minutes * 60 - killed_at) + 240  # quantizing + the shares + one batch
+    after = records_by_workload(db_path)
+    for recs in after.values():
+        assert len(measured_kernels(recs)) == len(recs)  # nothing measured twice
+
+    # Same budget again: nothing left to spend, nothing measured.
+    lines = records.read_text().splitlines()
+    assert cli.main(minutes_args(tiny, db_path, minutes)) == 0
+    assert f"{minutes:g} minutes already spent" in capsys.readouterr().out
+    assert records.read_text().splitlines() == lines

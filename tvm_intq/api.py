@@ -13,6 +13,7 @@ import numpy as np
 import tvm
 
 from tvm_intq.calibration import SampleSet, load_npz
+from tvm_intq.compiler.phases import Phases
 from tvm_intq.compiler.runner import check_inputs
 from tvm_intq.compiler.steps import (
     batch_size,
@@ -22,6 +23,7 @@ from tvm_intq.compiler.steps import (
     lower,
     prepare,
     quantize,
+    reuse_builds,
 )
 from tvm_intq.core.config import DEFAULT_CALIBRATOR, QuantConfig, parse_float_layers
 from tvm_intq.evaluation.evaluate import describe, evaluate
@@ -30,7 +32,9 @@ from tvm_intq.relay_passes import analyze
 from tvm_intq.search import float_layers, scheme_choice
 
 __all__ = [
+    "COMPILE_PHASES",
     "Compiled",
+    "Phases",
     "DEFAULT_CALIBRATOR",
     "QuantConfig",
     "batch_size",
@@ -82,6 +86,10 @@ def split_holdout(samples: SampleSet, fraction: float = 0.1) -> tuple[SampleSet,
     return head, tail
 
 
+#: The phases of :func:`compile_onnx` (``choose float layers`` only with ``float_layers``).
+COMPILE_PHASES = ("import", "calibrate", "choose float layers", "quantize", "evaluate")
+
+
 def compile_onnx(
     model_path,
     calib: SampleSet,
@@ -89,38 +97,73 @@ def compile_onnx(
     target="host",
     input_shapes: dict | None = None,
     eval_samples: SampleSet | None = None,
+    phases: Phases | None = None,
 ) -> Compiled:
-    """Import, calibrate, quantize to integers and evaluate an ONNX model (the report's data)."""
-    mod, info = import_model(model_path, input_shapes)
-    check_inputs(calib, info.inputs, "calibration data")
-    if eval_samples is None:
-        calib, eval_samples = split_holdout(calib)
-    prepared = prepare(mod)
-    float_layers.check_float_layers(config, prepared)
+    """Import, calibrate, quantize to integers and evaluate an ONNX model (the report's data).
+
+    ``phases``: the progress bar over the caller's phases, which must name
+    :data:`COMPILE_PHASES` (``tvm-intq compile`` adds its build); by default one of its own,
+    shown when ``config.progress``. The seconds of each phase are in the report
+    (``compile_seconds``)."""
+    own = phases is None
+    if own:
+        phases = Phases(COMPILE_PHASES, enabled=config.progress)
+    if not parse_float_layers(config.float_layers):
+        phases.skip("choose float layers")
+    try:
+        # The float program calibration builds is built once and run again by the evaluation
+        # (same module, same exposed tensors), and by the hybrid-precision search.
+        with reuse_builds():
+            compiled = _compile(
+                model_path, calib, config, target, input_shapes, eval_samples, phases
+            )
+    finally:
+        if own:
+            phases.close()
+    compiled.report["compile_seconds"] = dict(phases.seconds)
+    return compiled
+
+
+def _compile(model_path, calib, config, target, input_shapes, eval_samples, phases) -> Compiled:
+    with phases.phase("import"):
+        mod, info = import_model(model_path, input_shapes)
+        check_inputs(calib, info.inputs, "calibration data")
+        if eval_samples is None:
+            calib, eval_samples = split_holdout(calib)
+        prepared = prepare(mod)
+        float_layers.check_float_layers(config, prepared)
     choice = None
-    if config.scheme == "auto":  # a scheme per layer, by measured error (search.scheme_choice)
-        by_scheme = scheme_choice.calibrate_all(
-            prepared, calib, config.calibrator, config.progress, **config.calibrator_options
-        )
-        search = float_layers.search_module(model_path, input_shapes, info, prepared)
-        scheme, ranges, choice = scheme_choice.choose(search, by_scheme, calib)
-        config = replace(config, scheme=scheme)
-    else:
-        ranges = calibrate(
-            prepared,
-            calib,
-            config.calibrator,
-            config.scheme,
-            config.progress,
-            **config.calibrator_options,
-        )
-    selection = _float_layers(
-        model_path, input_shapes, info, prepared, ranges, config, eval_samples
-    )
+    with phases.phase("calibrate"):
+        if config.scheme == "auto":  # a scheme per layer, by measured error (search.scheme_choice)
+            by_scheme = scheme_choice.calibrate_all(
+                prepared, calib, config.calibrator, config.progress, **config.calibrator_options
+            )
+            search = float_layers.search_module(model_path, input_shapes, info, prepared)
+            scheme, ranges, choice = scheme_choice.choose(search, by_scheme, calib)
+            config = replace(config, scheme=scheme)
+        else:
+            ranges = calibrate(
+                prepared,
+                calib,
+                config.calibrator,
+                config.scheme,
+                config.progress,
+                **config.calibrator_options,
+            )
+    selection = None
+    if parse_float_layers(config.float_layers):
+        with phases.phase("choose float layers"):
+            selection = _float_layers(
+                model_path, input_shapes, info, prepared, ranges, config, eval_samples
+            )
     if selection is not None:
         config = replace(config, float_layers=selection.names)
-    qdq, integer = lower(prepared, ranges, config)
-    report = evaluate(prepared, qdq, integer, eval_samples, progress=config.progress, ranges=ranges)
+    with phases.phase("quantize"):
+        qdq, integer = lower(prepared, ranges, config)
+    with phases.phase("evaluate"):
+        report = evaluate(
+            prepared, qdq, integer, eval_samples, progress=config.progress, ranges=ranges
+        )
     report.update(
         model=str(model_path),
         target=target if isinstance(target, str) else target.name,

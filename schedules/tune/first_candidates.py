@@ -40,13 +40,14 @@ def first_candidates(task, intrin) -> list[s_tir.Schedule]:
     return [plain] + injective_candidates(task.mod, lanes)
 
 
-def measure_first_candidates(session, task, measured: set, budget: int) -> float | None:
+def measure_first_candidates(session, task, measured: set, budget: int) -> tuple:
     """Measure and record up to ``budget`` of :func:`first_candidates` (the kernel's trials
-    left), skipping kernels already ``measured``. Returns the best of their seconds (None if
-    all are already measured or failed)."""
-    best = None
-    for sch in first_candidates(task, session.intrin):
-        if budget <= 0:
+    left), skipping kernels already ``measured``. Returns ``(best, default)``: the best of
+    their seconds, and the seconds of the first (what compile builds without a record) if it
+    was measured now (each None if not measured, or failed)."""
+    best = default = None
+    for n, sch in enumerate(first_candidates(task, session.intrin)):
+        if budget <= 0 or session.stop.requested:
             break
         key = kernel_hash(sch.mod)
         if key in measured:
@@ -56,9 +57,10 @@ def measure_first_candidates(session, task, measured: set, budget: int) -> float
         secs = _measure(session, task, sch)
         if secs is None:  # no board, or its worker died of the Ctrl-C: measure it next time
             measured.discard(key)
-        elif secs < INVALID_SECONDS and (best is None or secs < best):
-            best = secs
-    return best
+        elif secs < INVALID_SECONDS:
+            default = secs if n == 0 else default
+            best = secs if best is None else min(best, secs)
+    return best, default
 
 
 def _measure(session, task, sch) -> float | None:
@@ -74,7 +76,7 @@ def _measure(session, task, sch) -> float | None:
         )
         secs = recorded_seconds(future.result())
         shutil.rmtree(Path(built.artifact_path).parent, ignore_errors=True)
-    if secs is None or session.stop.requested:
+    if secs is None or session.stop.discard:
         return None
     db = session.db
     db.commit_tuning_record(

@@ -91,7 +91,7 @@ class SkipMeasured(PySearchStrategy):
             if self.stop.requested:
                 return None
             cands = self.inner.generate_measure_candidates()
-            if cands is None:
+            if cands is None or self.stop.requested:  # a deadline may pass while it searched
                 return None
             fresh = [c for c in cands if kernel_hash(c.sch.mod) not in self.measured]
             self.stats["dropped"] += len(cands) - len(fresh)
@@ -129,13 +129,14 @@ class Progress(PyMeasureCallback):
 class CommitRecords(PyMeasureCallback):
     """MetaSchedule's AddToDatabase, except after a stop (after a Ctrl-C, that batch's build and
     run workers got the signal too, so its results may be spurious failures) and for results
-    that are no measurement (``NOT_MEASURED``): neither is recorded."""
+    that are no measurement (``NOT_MEASURED``): neither is recorded. A batch measured when a
+    ``--minutes`` deadline passed is recorded."""
 
     def __init__(self, database, mod, target, stop):
         self.database, self.mod, self.target, self.stop = database, mod, target, stop
 
     def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
-        if self.stop.requested:
+        if self.stop.discard:
             return
         workload = self.database.commit_workload(self.mod)
         for cand, res in zip(measure_candidates, runner_results):

@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import signal
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,11 +66,14 @@ from tvm_intq.schedules.tune.workers import (
 
 class StopToken:
     """Whether the tune must end after the batch in flight, and why: a Ctrl-C
-    (:meth:`interrupt`), or the runner's ``stop_reason`` (it cannot measure any more)."""
+    (:meth:`interrupt`), the runner's ``stop_reason`` (it cannot measure any more), or the
+    ``deadline`` of ``--minutes`` (a ``time.monotonic()`` value) passed. The batch in flight
+    is recorded after a deadline, not after the other two (:attr:`discard`)."""
 
-    def __init__(self, runner=None):
+    def __init__(self, runner=None, deadline: float | None = None):
         self.runner = runner
         self.interrupted = False
+        self.deadline = deadline
 
     def interrupt(self) -> None:
         self.interrupted = True
@@ -79,8 +83,18 @@ class StopToken:
         return getattr(self.runner, "stop_reason", None)
 
     @property
-    def requested(self) -> bool:
+    def discard(self) -> bool:
+        """The batch in flight is not to be recorded (its workers may have died of the
+        Ctrl-C, or its board is gone)."""
         return self.interrupted or self.reason is not None
+
+    @property
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
+
+    @property
+    def requested(self) -> bool:
+        return self.discard or self.out_of_time
 
 
 @dataclass
@@ -92,6 +106,7 @@ class TaskResult:
     best_us: float | None
     status: str  # "tuned", "skipped (already tuned)", "search ended early", "interrupted"
     dropped: int = 0  # candidates the search proposed that the database already held
+    default_us: float | None = None  # the kernel compile builds without a record, if measured
 
 
 @dataclass
@@ -114,57 +129,72 @@ class TuneSession:
     results: list = field(default_factory=list)
     best: float | None = None  # best seconds of the task being tuned (progress bar)
     task_label: str = ""
+    started: float | None = None  # --minutes: the bar counts seconds from here, not trials
+    measured: int = 0
+    on_measured: object = None  # --minutes: notes the time spent (a kill loses little)
 
     def on_update(self, n: int, best: float | None) -> None:
         if best is not None and (self.best is None or best < self.best):
             self.best = best
-        self.bar.update(n)
+        self.measured += n
+        if self.on_measured is not None:
+            self.on_measured()
+        if self.started is None:
+            self.bar.update(n)
+        else:
+            self.tick()
         self._show()
+
+    def tick(self) -> None:
+        """--minutes: the bar shows the seconds spent."""
+        self.bar.n = min(self.bar.total, int(time.monotonic() - self.started))
+        self.bar.refresh()
 
     def _show(self) -> None:
         best = "-" if self.best is None else f"{self.best * 1e6:.1f} us"
-        self.bar.set_postfix_str(f"{self.task_label} best {best}")
+        trials = f", {self.measured} trials" if self.started is not None else ""
+        self.bar.set_postfix_str(f"{self.task_label} best {best}{trials}")
 
-    def tune_task(self, i: int, count: int, task, recs: list) -> None:
-        """Tune task ``i`` of ``count`` up to ``trials`` records (``recs``: its records so far)."""
+    def tune_task(self, i: int, count: int, task, recs: list, trials: int | None = None):
+        """Tune task ``i`` of ``count`` up to ``trials`` records (default: the session's;
+        ``recs``: its records so far); appends and returns its :class:`TaskResult`."""
         db, target = self.db, self.target
+        trials = self.trials if trials is None else trials
         before = len(recs)
         self.best = D.best_seconds(db, task.mod, target)
         name = task.name if len(task.name) <= 40 else task.name[:37] + "..."
         self.task_label = f"task {i}/{count} {name}"
         self._show()
         measured = measured_kernels(recs)
-        seconds = measure_first_candidates(self, task, measured, self.trials - before)
+        seconds, default = measure_first_candidates(self, task, measured, trials - before)
         added = len(D.records_of(db, task.mod)) - before
         if added:
             self.on_update(added, seconds)
             recs = D.records_of(db, task.mod)
-        remaining = self.trials - len(recs)
+        remaining = trials - len(recs)
         stats = {"dropped": 0}
         if remaining > 0 and not self.stop.requested:
             self._search(i, task, recs, measured, remaining, stats)
         after = D.records_of(db, task.mod)
         best = _us(D.best_seconds(db, task.mod, target))
-        if self.stop.requested:  # the search was cut short: not a finished task
-            self.results.append(
-                TaskResult(
-                    task.name,
-                    task.weight,
-                    before,
-                    len(after),
-                    best,
-                    "interrupted",
-                    stats["dropped"],
-                )
+        if self.stop.requested and len(after) < trials:  # cut short: not a finished task
+            status = "budget spent" if self.stop.out_of_time else "interrupted"
+            result = TaskResult(
+                task.name, task.weight, before, len(after), best, status, stats["dropped"]
             )
-            return
-        D.note_task(self.folder, task, self.trials, len(after))
-        if len(after) < self.trials:
-            self.bar.update(self.trials - len(after))  # the budget this search could not use
-        status = "tuned" if len(after) >= self.trials else "search ended early"
-        self.results.append(
-            TaskResult(task.name, task.weight, before, len(after), best, status, stats["dropped"])
+            result.default_us = _us(default)
+            self.results.append(result)
+            return result
+        D.note_task(self.folder, task, trials, len(after))
+        if len(after) < trials and self.started is None:
+            self.bar.update(trials - len(after))  # the budget this search could not use
+        status = "tuned" if len(after) >= trials else "search ended early"
+        result = TaskResult(
+            task.name, task.weight, before, len(after), best, status, stats["dropped"]
         )
+        result.default_us = _us(default)
+        self.results.append(result)
+        return result
 
     def _search(self, i: int, task, recs, measured, remaining: int, stats: dict) -> None:
         strategy = SkipMeasured(evolutionary(self.per_iter), self.stop, measured, recs, stats)
@@ -202,8 +232,9 @@ def tune(
     mod: tvm.IRModule,
     spec,
     folder,
-    trials: int,
+    trials: int | None = None,
     *,
+    minutes: float | None = None,
     trials_per_iter: int | None = None,
     min_repeat_ms: int = 50,
     seed: int | None = None,
@@ -213,9 +244,14 @@ def tune(
     threads: int | None = None,
     echo=print,
 ) -> list[TaskResult]:
-    """Tune every kernel of ``mod`` (integer or float Relax module) for the target definition
-    ``spec`` to ``trials`` measured candidates per kernel, in the database folder ``folder``
-    (created if missing; resumed if it holds records). Returns one :class:`TaskResult` per task.
+    """Tune the kernels of ``mod`` (integer or float Relax module) for the target definition
+    ``spec`` in the database folder ``folder`` (created if missing; resumed if it holds
+    records). Returns one :class:`TaskResult` per task (per chunk, with ``minutes``).
+
+    ``trials``: measured candidates per kernel, every kernel in turn, heaviest first (by
+    FLOPs x calls). ``minutes``: a wall-clock budget spent where the model's time is
+    (:mod:`.budget`: measured shares, chunks of trials to the heaviest kernel); ``trials``
+    then caps each kernel (default: no cap).
 
     ``runner`` measures the candidates: None = wall time on this machine (host targets only);
     for a board, a :class:`~.runners.BoardsRunner` (wall time) or :class:`~.runners.CostRunner`
@@ -225,15 +261,39 @@ def tune(
     ``KeyboardInterrupt`` after a Ctrl-C; either way the database keeps every record measured
     so far.
     """
-    if trials < 1:
+    if minutes is None and trials is None:
+        raise ValueError("give trials (per kernel) or minutes (in all)")
+    if trials is not None and trials < 1:
         raise ValueError("trials must be at least 1")
+    if minutes is not None and minutes <= 0:
+        raise ValueError("minutes must be positive")
     target = spec.target()
-    intrin = dot_product_for(spec.int8_dot, target)
     folder = Path(folder)
     D.check_cost(folder, getattr(runner, "label", D.WALL_TIME))
     db = D.open_database(folder)
     tasks = D.extract_tasks(mod, target, spec.int8_dot)
     tasks.sort(key=lambda t: -_flops(t.mod) * t.weight)
+    if runner is None and not spec.is_host:
+        raise IntqError(
+            f"kernels for target {spec.name!r} run on a board: tune them there "
+            "(a BoardsRunner; tvm-intq tune --tracker HOST:PORT --key KEY)"
+        )
+    setup = functools.partial(
+        _session,
+        spec,
+        folder,
+        db,
+        runner=runner,
+        threads=threads,
+        seed=seed,
+        build_timeout=build_timeout,
+        min_repeat_ms=min_repeat_ms,
+        progress=progress,
+    )
+    if minutes is not None:
+        return _tune_minutes(
+            mod, spec, folder, db, tasks, minutes, trials, trials_per_iter, setup, echo
+        )
     notes = D.read_task_notes(folder)
     results, todo = [], []
     for t in tasks:
@@ -254,11 +314,47 @@ def tune(
     )
     if not todo:
         return results
-    if runner is None and not spec.is_host:
-        raise IntqError(
-            f"kernels for target {spec.name!r} run on a board: tune them there "
-            "(a BoardsRunner; tvm-intq tune --tracker HOST:PORT --key KEY)"
-        )
+    session = setup(
+        trials,
+        min(trials_per_iter or 32, trials),
+        StopToken(runner),
+        total=sum(trials - len(r) for _, r in todo),
+        unit="trial",
+        results=results,
+    )
+    with _graceful_interrupt(session.stop, echo):
+        try:
+            for i, (t, recs) in enumerate(todo):
+                if session.stop.requested:
+                    break
+                session.tune_task(len(tasks) - len(todo) + i + 1, len(tasks), t, recs)
+        finally:
+            session.bar.close()
+    _raise_if_stopped(session.stop, folder)
+    return results
+
+
+def _session(
+    spec,
+    folder,
+    db,
+    trials,
+    per_iter,
+    stop,
+    *,
+    total,
+    unit,
+    results,
+    runner,
+    threads,
+    seed,
+    build_timeout,
+    min_repeat_ms,
+    progress,
+) -> TuneSession:
+    """The builder, runner, cost model and progress bar of one tune."""
+    target = spec.target()
+    intrin = dot_product_for(spec.int8_dot, target)
     # Generous timeouts: a busy 2-core machine takes tens of seconds to start a build worker.
     builder = ms.builder.LocalBuilder(
         max_workers=1,
@@ -276,6 +372,7 @@ def tune(
                 number=3, repeat=1, min_repeat_ms=min_repeat_ms, enable_cpu_cache_flush=False
             ),
         )
+    stop.runner = runner if stop.runner is None else stop.runner
     if intrin is not None and intrin.scalable:
         # PerStoreFeature fails on scalable vector types ("Cannot compute compile-time storage
         # bytes"): the search ranks its proposals at random, the measurements still pick the best.
@@ -286,8 +383,15 @@ def tune(
             adaptive_training=True,
             num_tuning_cores=1,
         )
-    total = sum(trials - len(r) for _, r in todo)
-    session = TuneSession(
+    bar = tqdm(
+        total=total,
+        unit=unit,
+        desc="tuning",
+        disable=not progress,
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )
+    return TuneSession(
         target,
         intrin,
         folder,
@@ -296,35 +400,149 @@ def tune(
         runner,
         cost_model,
         trials,
-        min(trials_per_iter or 32, trials),
+        per_iter,
         seed,
-        StopToken(runner),
-        tqdm(
-            total=total,
-            unit="trial",
-            desc="tuning",
-            disable=not progress,
-            dynamic_ncols=True,
-            mininterval=0.5,
-        ),
+        stop,
+        bar,
         results,
     )
-    with _graceful_interrupt(session.stop, echo):
-        try:
-            for i, (t, recs) in enumerate(todo):
-                if session.stop.requested:
-                    break
-                session.tune_task(len(tasks) - len(todo) + i + 1, len(tasks), t, recs)
-        finally:
-            session.bar.close()
-    if session.stop.reason:
+
+
+def _raise_if_stopped(stop: StopToken, folder) -> None:
+    if stop.reason:
         raise IntqError(
-            f"{session.stop.reason}; {folder} keeps every record measured so far, "
-            "the same command resumes"
+            f"{stop.reason}; {folder} keeps every record measured so far, the same command resumes"
         )
-    if session.stop.requested:
+    if stop.interrupted:
         raise KeyboardInterrupt
-    return results
+
+
+def _tune_minutes(mod, spec, folder, db, tasks, minutes, cap, per_iter, setup, echo):
+    """``tune(minutes=...)``: :mod:`.budget`'s loop."""
+    from tvm_intq.schedules.tune import budget as B
+
+    target = spec.target()
+    key = B.job_key(tasks)
+    spent = B.spent_seconds(folder, key)
+    left = minutes * 60.0 - spent
+    cap = cap or 1 << 30
+    if left <= 0:
+        echo(f"{len(tasks)} tasks for {spec.name}: {minutes:g} minutes already spent in {folder}")
+        return []
+    started = time.monotonic()
+    stop = StopToken(deadline=started + left)
+    if spec.is_host and setup.keywords["runner"] is None:
+        # Each kernel as compile builds it now, timed once in the whole library.
+        held = db if db.get_all_tuning_records() else None
+        seconds = B.kernel_seconds(mod, spec, tasks, held, setup.keywords["threads"])
+        how = "measured on this machine"
+    else:  # a board: FLOPs stand in until a kernel's first candidates are measured
+        seconds = {t.name: max(_flops(t.mod), 1.0) * 1e-9 for t in tasks}
+        how = "estimated from FLOPs (a board)"
+    notes = D.read_task_notes(folder)
+    shares, by_name = {}, {t.name: t for t in tasks}
+    for t in tasks:
+        recs = D.records_of(db, t.mod)
+        ended = notes.get(D.workload_key(t.mod), {}).get("ended", False)
+        shares[t.name] = B.Share(seconds.get(t.name, 0.0), t.weight, exhausted=ended)
+        shares[t.name].exhausted |= len(recs) >= cap
+    echo(
+        f"{len(tasks)} tasks for {spec.name}: {left / 60:.1f} of {minutes:g} minutes left "
+        f"in {folder}; kernel shares {how}"
+    )
+    for line in B.share_lines(shares):
+        echo(line)
+    per_iter = per_iter or B.CHUNK // 2
+    session = setup(cap, per_iter, stop, total=int(left), unit="s", results=[])
+    session.started = started
+
+    def note():
+        B.note_spent(folder, key, spent + time.monotonic() - started)
+
+    session.on_measured = note
+    note()  # the shares' measurement counts too
+    index = {t.name: i + 1 for i, t in enumerate(tasks)}
+    try:
+        with _graceful_interrupt(session.stop, echo):
+            while not session.stop.requested:
+                name = B.pick(shares)
+                if name is None:
+                    echo("every kernel's search has ended")
+                    break
+                t, share = by_name[name], shares[name]
+                recs = D.records_of(db, t.mod)
+                before = D.best_seconds(db, t.mod, target)
+                result = session.tune_task(
+                    index[name], len(tasks), t, recs, min(cap, len(recs) + _chunk(session))
+                )
+                after = D.best_seconds(db, t.mod, target)
+                if result.status == "search ended early":
+                    _mark_ended(folder, D.workload_key(t.mod))
+                share.exhausted |= result.status == "search ended early"
+                share.exhausted |= result.records_after >= cap
+                # The share scales by the gain the runner measured (its seconds and
+                # time_evaluator's in the whole library differ for small kernels).
+                baseline = before
+                if baseline is None and result.default_us is not None:
+                    baseline = result.default_us * 1e-6
+                if after is not None and baseline and after < 0.97 * baseline:
+                    share.seconds *= after / baseline
+                    share.penalty = 1.0
+                else:
+                    share.penalty *= B.NO_GAIN
+                note()
+                session.tick()
+    finally:
+        note()
+        session.bar.close()
+    _raise_if_stopped(session.stop, folder)
+    echo(
+        f"spent {(time.monotonic() - started) / 60:.1f} minutes ({session.measured} trials); "
+        "kernel shares now:"
+    )
+    for line in B.share_lines(shares):
+        echo(line)
+    merged: dict[str, TaskResult] = {}  # one per task: its chunks as one
+    for r in session.results:
+        first = merged.get(r.name)
+        if first is not None:
+            r = TaskResult(
+                r.name,
+                r.weight,
+                first.records_before,
+                r.records_after,
+                r.best_us,
+                r.status,
+                first.dropped + r.dropped,
+            )
+        merged[r.name] = r
+    return list(merged.values())
+
+
+def _chunk(session: TuneSession) -> int:
+    """Trials for the next chunk: :data:`.budget.CHUNK`, fewer when the time left holds
+    fewer at the pace so far (a batch is measured whole, the deadline is only checked between
+    batches: this keeps the overrun near one trial's time)."""
+    from tvm_intq.schedules.tune.budget import CHUNK
+
+    if not session.measured or session.stop.deadline is None:
+        return CHUNK
+    pace = (time.monotonic() - session.started) / session.measured  # seconds per trial
+    left = session.stop.deadline - time.monotonic()
+    return max(1, min(CHUNK, int(left / pace)))
+
+
+def _mark_ended(folder, key: str) -> None:
+    """``tasks.json``: this kernel's search has nothing new to measure (``--minutes`` does not
+    pick it again)."""
+    import json
+
+    path = Path(folder) / D.TASKS
+    notes = D.read_task_notes(folder)
+    notes.setdefault(key, {})["ended"] = True
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(notes, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
 
 
 def tune_context(mod, target, space, strategy, name: str, logger, rand_state: int):

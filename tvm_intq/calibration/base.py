@@ -313,6 +313,11 @@ def get_calibrator(name: str, **options) -> Calibrator:
 # ---------------------------------------------------------------------------------------------
 RunFn = Callable[[dict[str, np.ndarray]], Mapping[str, np.ndarray]]
 
+#: Pass 1's outputs are kept for pass 2 up to this many bytes (the float model then runs once
+#: per batch instead of twice; batches beyond it are run again). light_resnet50 exposes ~45 MB
+#: of tensors per sample.
+DEFAULT_CACHE_BYTES = 1 << 30
+
 
 def collect_ranges(
     run: RunFn,
@@ -321,6 +326,7 @@ def collect_ranges(
     calibrator: Calibrator,
     symmetric: bool,
     progress: bool = True,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
 ) -> dict[str, tuple[float, float]]:
     """Run the float model over ``samples`` and return ``{tensor name: (lo, hi)}``.
 
@@ -330,16 +336,20 @@ def collect_ranges(
         ``run(feeds) -> {tensor name: array}`` evaluates the float model on one batch
         (``feeds`` as from :meth:`SampleSet.batches`) and returns every tensor to calibrate.
         Returned tensors must have the batch on axis 0: the padded rows of the last, partial
-        batch are dropped as ``tensor[:valid]``. It must return the same names every call.
+        batch are dropped as ``tensor[:valid]``. It must return the same names every call,
+        and arrays of its own (they may be kept for pass 2).
     samples, batch_size
         The calibration samples, fed ``batch_size`` at a time.
     calibrator
         Reduces each tensor's statistics to a range. If ``calibrator.needs_histogram`` the
-        samples are run twice (min/max, then histograms); otherwise once.
+        samples go through twice (min/max, then histograms); otherwise once.
     symmetric
         Passed to :meth:`Calibrator.compute_range`: the caller quantizes symmetrically.
     progress
         Show a tqdm bar per pass on stderr (``calibrate (pass k/n)``), counting samples.
+    cache_bytes
+        Pass 1's outputs, up to this many bytes, are kept and pass 2 reads them instead of
+        running the model again (the same arrays: the ranges do not depend on it).
 
     Raises
     ------
@@ -351,6 +361,8 @@ def collect_ranges(
 
     passes = 2 if calibrator.needs_histogram else 1
     stats: dict[str, TensorStats] = {}
+    kept: dict[int, Mapping[str, np.ndarray]] = {}
+    room = [cache_bytes if passes == 2 else 0]
 
     def sweep(k: int):
         bar = tqdm(
@@ -362,8 +374,15 @@ def collect_ranges(
         )
         start = 0
         try:
-            for feeds, valid in samples.batches(batch_size):
-                outputs = run(feeds)
+            for index, (feeds, valid) in enumerate(samples.batches(batch_size)):
+                outputs = kept.pop(index, None)
+                if outputs is None:
+                    outputs = run(feeds)
+                    if k == 1:
+                        size = sum(np.asarray(x).nbytes for x in outputs.values())
+                        if size <= room[0]:
+                            kept[index] = outputs
+                            room[0] -= size
                 for name, x in outputs.items():
                     yield name, _real_rows(name, np.asarray(x), valid, batch_size), start
                 start += valid

@@ -200,14 +200,19 @@ def check_labels_for_max_drop(args, calib, eval_samples) -> None:
         )
 
 
-def quantized_module(args, spec):
+def quantized_module(args, spec, phases=None):
     """``(module, info, precision)``: the Relax module ``compile`` (and ``tune``) builds from
-    the model arguments (pre-quantized, ``--fp32``, or quantized with ``--calib``)."""
+    the model arguments (pre-quantized, ``--fp32``, or quantized with ``--calib``).
+    ``phases``: the caller's :class:`~tvm_intq.compiler.phases.Phases` bar (compile's)."""
     from tvm_intq import api
     from tvm_intq.frontends import import_model, parse_input_shapes
     from tvm_intq.frontends.prequantized import is_prequantized_file
 
     shapes = parse_input_shapes(args.input_shape)
+    quantizing = not args.fp32 and not is_prequantized_file(args.model)
+    if phases is not None and not quantizing:  # nothing to calibrate: import is the phase
+        for name in api.COMPILE_PHASES[1:]:
+            phases.skip(name)
     if not args.fp32 and is_prequantized_file(args.model):
         return _prequantized_module(args, spec, shapes)
     if args.fp32:
@@ -218,7 +223,9 @@ def quantized_module(args, spec):
     eval_samples = api.load_samples(args.eval_data, info, "--eval") if args.eval_data else None
     check_labels_for_max_drop(args, calib, eval_samples)
     config = quant_config(args)
-    compiled = api.compile_onnx(args.model, calib, config, spec, shapes, eval_samples)
+    compiled = api.compile_onnx(
+        args.model, calib, config, spec, shapes, eval_samples, phases=phases
+    )
     print(summary(compiled.report))
     if getattr(args, "report", None):
         json_path, png = write_report(compiled.report, args.report)
@@ -306,11 +313,15 @@ def compile_database(args, spec, module):
         return None
     target = spec.target()
     tasks = D.extract_tasks(module, target, spec.int8_dot)
-    db = D.union(folders)
+    dbs = [D.open_database(f, create=False) for f in folders]
+    db = D.union_of(dbs)
     tuned, missing = D.coverage(db, tasks, target)
+    # Records match by workload, whatever model they were tuned on: each database's share.
+    each = [len(D.coverage(d, tasks, target)[0]) for d in dbs]
     print(
-        f"tuned kernels: {len(tuned)} of {len(tasks)} "
-        f"(databases: {', '.join(str(f) for f in folders)})"
+        f"tuned kernels: {len(tuned)} of {len(tasks)} (databases: "
+        + ", ".join(f"{f} {n}" for f, n in zip(folders, each))
+        + ")"
     )
     if missing:
         print(

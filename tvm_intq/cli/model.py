@@ -133,26 +133,38 @@ def cmd_compile(args) -> int:
     out = check_compile(args)
 
     from tvm_intq import api
+    from tvm_intq.compiler.phases import Phases
     from tvm_intq.deploy.library import save_library
+    from tvm_intq.frontends.prequantized import is_prequantized_file
     from tvm_intq.targets import get_target
 
     spec = get_target(args.target)
-    module, info, precision = quantized_module(args, spec)
-    database = compile_database(args, spec, module)
-    save_library(
-        api.build(module, spec, database=database),
-        spec,
-        out,
-        {
-            "model": str(args.model),
-            "target": spec.name,
-            "precision": precision,
-            "inputs": {k: list(v) for k, v in info.inputs.items()},
-            "input_dtypes": info.input_dtypes,
-            "outputs": info.outputs,
-        },
-    )
+    with Phases(
+        api.COMPILE_PHASES + ("tuning database", "build"), enabled=not args.no_progress
+    ) as phases:
+        if args.fp32 or is_prequantized_file(args.model):
+            with phases.phase("import"):
+                module, info, precision = quantized_module(args, spec, phases)
+        else:
+            module, info, precision = quantized_module(args, spec, phases)
+        with phases.phase("tuning database"):
+            database = compile_database(args, spec, module)
+        with phases.phase("build"):
+            save_library(
+                api.build(module, spec, database=database),
+                spec,
+                out,
+                {
+                    "model": str(args.model),
+                    "target": spec.name,
+                    "precision": precision,
+                    "inputs": {k: list(v) for k, v in info.inputs.items()},
+                    "input_dtypes": info.input_dtypes,
+                    "outputs": info.outputs,
+                },
+            )
     print(f"wrote {out} ({precision}, {spec.name})")
+    print(f"compile time: {phases.summary()}")
     return 0
 
 

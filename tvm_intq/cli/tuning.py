@@ -1,6 +1,7 @@
 """``tvm-intq tune`` and ``tvm-intq inspect``, and the tuning database of ``compile``.
 
     tvm-intq tune model.onnx --calib calib.npz --target host --trials 64 --db tuned/
+    tvm-intq tune model.onnx --calib calib.npz --target host --minutes 10 --db tuned/
     tvm-intq tune model.onnx --calib calib.npz --target aarch64 --trials 64 --db tuned-a76/ \
         --tracker 127.0.0.1:9190 --key rk3588        (measured on every board under the key)
     tvm-intq compile model.onnx --calib calib.npz --db tuned/ -o model.so
@@ -45,11 +46,21 @@ def add_parsers(sub) -> None:
     add_quant_args(t)
     add_hybrid_args(t)
     t.add_argument("--fp32", action="store_true", help="tune the float model instead")
-    t.add_argument(
+    budget = t.add_argument_group("budget (one of them, or both: --trials then caps each kernel)")
+    budget.add_argument(
         "--trials",
         type=int,
-        required=True,
+        default=None,
         help="measured candidates per kernel (tasks already holding that many records are skipped)",
+    )
+    budget.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        metavar="N",
+        help="wall-clock minutes of tuning in all, spent where the model's time is (each "
+        "kernel's measured share of a call); the minutes spent are kept in the database, so "
+        "the same command resumes after a Ctrl-C and a larger N continues",
     )
     t.add_argument(
         "--db",
@@ -123,8 +134,12 @@ def cmd_tune(args) -> int:
     check_data_args(args)
     check_quant_args(args)
     check_fp32(args)
-    if args.trials < 1:
+    if args.trials is None and args.minutes is None:
+        raise IntqError("tune needs a budget: --trials N (per kernel) or --minutes N (in all)")
+    if args.trials is not None and args.trials < 1:
         raise IntqError(f"--trials {args.trials}: must be at least 1")
+    if args.minutes is not None:
+        check_number(args.minutes, "--minutes", 0, low_open=True)
     if args.trials_per_iter is not None and args.trials_per_iter < 1:
         raise IntqError(f"--trials-per-iter {args.trials_per_iter}: must be at least 1")
     if args.seed is not None and args.seed < 0:
@@ -159,6 +174,7 @@ def cmd_tune(args) -> int:
             spec,
             args.db,
             args.trials,
+            minutes=args.minutes,
             trials_per_iter=args.trials_per_iter,
             seed=args.seed,
             progress=not args.no_progress,

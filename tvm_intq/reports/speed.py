@@ -249,3 +249,169 @@ def write_emulated(data: dict, folder) -> list[Path]:
         md,
         plot_emulated(data["targets"], folder / "emulated.png"),
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# The bench on real models (bench/run.py): one row per model
+# ---------------------------------------------------------------------------------------------
+SHORT = {
+    "onnxruntime fp32": "ORT fp32",
+    "onnxruntime int8": "ORT int8",
+    "tvm fp32": "TVM fp32",
+    "tvm-intq int8 no db": "tvm-intq no db",
+    "tvm-intq int8 tuned": "tvm-intq tuned",
+}
+
+
+def _ms(row: dict, config: str, threads: str) -> float | None:
+    r = row["latency"].get(config, {}).get(threads)
+    return None if r is None else r["median_ms"]
+
+
+def _cell(v, fmt="{:.3g}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def _ratio(num, den) -> str:
+    return "-" if num is None or den is None else f"{num / den:.2f}x"
+
+
+def models_bench_markdown(data: dict) -> str:
+    """The bench on real models (``bench/run.py``'s plain data) as a Markdown page: a latency
+    table per thread count, the speed-ups over ONNX Runtime, compile time and memory."""
+    minutes = f"{data['minutes']:g}"
+    configs = data["configs"]
+    heads = [SHORT.get(c, c) for c in configs]
+    heads[-1] += f" {minutes} min"
+    lines = [
+        "# tvm-intq vs ONNX Runtime and TVM on real models (batch 1, this machine)",
+        "",
+        f"ms per call, median of {data['rounds']} interleaved rounds. *tvm-intq no db*: "
+        "`tvm-intq compile` with no tuning database; *tuned*: after `tvm-intq tune "
+        f"--minutes {minutes} --threads 1` from an empty database. Speed-ups: the other's "
+        "ms / tvm-intq's ms (above 1: tvm-intq faster). Code version "
+        f"`{data['version']}`.",
+    ]
+    for t in (str(t) for t in data["threads"]):
+        lines += [
+            "",
+            f"## {t} thread{'s' if t != '1' else ''}",
+            "",
+            "| model | "
+            + " | ".join(heads)
+            + " | no db vs ORT int8 | no db vs ORT fp32 | tuned vs ORT int8 | tuned vs ORT fp32 |",
+            "|---|" + "---:|" * (len(configs) + 4),
+        ]
+        for row in data["rows"]:
+            ms = {c: _ms(row, c, t) for c in configs}
+            ours, tuned = ms.get("tvm-intq int8 no db"), ms.get("tvm-intq int8 tuned")
+            o8, o32 = ms.get("onnxruntime int8"), ms.get("onnxruntime fp32")
+            lines.append(
+                f"| {row['key']} | "
+                + " | ".join(_cell(ms[c]) for c in configs)
+                + f" | {_ratio(o8, ours)} | {_ratio(o32, ours)} | {_ratio(o8, tuned)} "
+                f"| {_ratio(o32, tuned)} |"
+            )
+    lines += [
+        "",
+        "## Compile",
+        "",
+        "Wall seconds / peak resident MB of the process; tvm-intq's compile calibrates, "
+        "quantizes, evaluates and builds (its phases below).",
+        "",
+        "| model | calibration samples | ORT quantize | TVM fp32 | tvm-intq no db | "
+        f"tune {minutes} min | tvm-intq tuned | tuned kernels |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+
+    def sm(facts):
+        return "-" if not facts else f"{facts['seconds']:.0f} s / {facts['peak_mb']:.0f} MB"
+
+    for row in data["rows"]:
+        c = row.get("compile", {})
+        cov = (c.get("tvm-intq int8 tuned") or {}).get("coverage") or "-"
+        cov = cov.split(" (")[0].replace("tuned kernels: ", "")
+        tune = c.get("tune")
+        lines.append(
+            f"| {row['key']} | {row['calibration']} | {sm(c.get('onnxruntime int8'))} | "
+            f"{sm(c.get('tvm fp32'))} | {sm(c.get('tvm-intq int8 no db'))} | "
+            f"{sm(tune)} | {sm(c.get('tvm-intq int8 tuned'))} | {cov} |"
+        )
+    lines += ["", "tvm-intq no db, compile phases:", ""]
+    for row in data["rows"]:
+        ph = (row.get("compile", {}).get("tvm-intq int8 no db") or {}).get("phases")
+        if ph:
+            lines.append(f"- {row['key']}: {ph}")
+    tuned = [
+        (row["key"], row["compile"]["tune"].get("summary"))
+        for row in data["rows"]
+        if row.get("compile", {}).get("tune", {}).get("summary")
+    ]
+    if tuned:
+        lines += ["", "Tuning:", ""] + [f"- {k}: {s}" for k, s in tuned]
+    errors = [(row["key"], n, e) for row in data["rows"] for n, e in row.get("errors", {}).items()]
+    if errors:
+        lines += ["", "Failed to run:", ""] + [f"- {k}, {n}: {e}" for k, n, e in errors]
+    m = data["machine"]
+    lines += [
+        "",
+        f"Machine: {m['cpu']} (LLVM: {m['llvm_cpu']}), {m['cores_available']} cores "
+        f"available, AVX512-VNNI: {'yes' if m['avx512_vnni'] else 'no'}; load average "
+        f"{', '.join(f'{x:.2f}' for x in m['load_average'])} at the start of the last run "
+        f"(each row's own in results.json); TVM {m['tvm']}, ONNX Runtime {m['onnxruntime']}, "
+        f"Python {m['python']}.",
+        "",
+        f"Timing: {data['timing']}.",
+        "",
+        f"Command: `{data['command']}`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot_models_bench(data: dict, path) -> Path:
+    """Bars per model: speed relative to ONNX Runtime int8 (its ms / the configuration's ms;
+    log scale, above 1 faster than it), one panel per thread count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, configs = data["rows"], data["configs"]
+    threads = [str(t) for t in data["threads"]]
+    width = 0.8 / len(configs)
+    fig, axes = plt.subplots(
+        len(threads), 1, figsize=(max(7, 0.9 * len(rows) + 2), 3.6 * len(threads)), squeeze=False
+    )
+    for ax, t in zip(axes[:, 0], threads):
+        for i, c in enumerate(configs):
+            xs, ys = [], []
+            for j, row in enumerate(rows):
+                ref, v = _ms(row, "onnxruntime int8", t), _ms(row, c, t)
+                if ref is not None and v is not None:
+                    xs.append(j + i * width)
+                    ys.append(ref / v)
+            label = SHORT.get(c, c) + (f" {data['minutes']:g} min" if c.endswith("tuned") else "")
+            ax.bar(xs, ys, width, label=label)
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_xticks([j + width * (len(configs) - 1) / 2 for j in range(len(rows))])
+        ax.set_xticklabels([r["key"] for r in rows], rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("ORT int8 ms / ms (higher: faster)", fontsize=8)
+        ax.set_title(f"batch 1, {t} thread{'s' if t != '1' else ''}", fontsize=9)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(configs), fontsize=7)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return save_figure(fig, path, dpi=110)
+
+
+def write_models_bench(data: dict, folder) -> list[Path]:
+    """``results.json``, ``results.md`` and ``results.png`` in ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    md = folder / "results.md"
+    md.write_text(models_bench_markdown(data))
+    out = [write_json(data, folder / "results.json"), md]
+    if data["rows"]:
+        out.append(plot_models_bench(data, folder / "results.png"))
+    return out

@@ -36,7 +36,7 @@ import tvm
 
 from tvm_intq.calibration import SampleSet
 from tvm_intq.compiler.runner import Runner
-from tvm_intq.compiler.steps import batch_size, build, input_names, prepare
+from tvm_intq.compiler.steps import batch_size, build_for_values, input_names, prepare
 from tvm_intq.core import metrics
 from tvm_intq.core.config import parse_float_layers
 from tvm_intq.errors import IntqError
@@ -63,7 +63,7 @@ class GatedRunner:
     def __init__(self, prepared, ranges, scheme, samples: SampleSet):
         mod, self.points = gated_module(prepared, ranges, scheme)
         self.inputs = input_names(prepared)
-        self.runner = Runner(build(mod, "host"), self.inputs + [GATES])
+        self.runner = Runner(build_for_values(mod), self.inputs + [GATES])
         self.samples = samples
         self.batch = batch_size(prepared)
 

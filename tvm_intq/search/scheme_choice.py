@@ -27,7 +27,7 @@ import numpy as np
 
 from tvm_intq.calibration import Calibrator, SampleSet, for_scheme, get_calibrator
 from tvm_intq.compiler.runner import Runner
-from tvm_intq.compiler.steps import batch_size, build, calibrate, input_names
+from tvm_intq.compiler.steps import batch_size, build_for_values, calibrate, input_names
 from tvm_intq.core import metrics
 from tvm_intq.core.schemes import PerLayer, get_scheme
 from tvm_intq.relay_passes import GateQuantization
@@ -94,7 +94,7 @@ def choose(
     """
     mod, points = multi_gated_module(prepared, ranges_by, candidates)
     k = len(candidates)
-    runner = Runner(build(mod, "host"), input_names(prepared) + [GATES])
+    runner = Runner(build_for_values(mod), input_names(prepared) + [GATES])
     few = samples.head(max_samples) if samples.num_samples > max_samples else samples
     batch = batch_size(prepared)
 
