@@ -59,14 +59,16 @@ def wheel_model(key: str) -> Path:
     return Path(rapidocr_onnxruntime.__file__).parent / "models" / MODELS[key].file
 
 
-def prepare(key: str, cache: Path = CACHE) -> Path:
-    """Path of the prepared float model (module docstring), made once and cached."""
-    spec = MODELS[key]
-    out = cache / f"{key}_{'x'.join(map(str, spec.shape))}.onnx"
+def prepare(key: str, cache: Path = CACHE, shape: tuple | None = None) -> Path:
+    """Path of the prepared float model (module docstring), made once and cached; ``shape``
+    fixes another input shape than :data:`MODELS`' (bench/run.py: smaller inputs, where every
+    instruction is counted under an emulator)."""
+    shape = tuple(shape or MODELS[key].shape)
+    out = cache / f"{key}_{'x'.join(map(str, shape))}.onnx"
     if out.exists():
         return out
     model = onnx.load(str(wheel_model(key)))
-    _fix_input_shape(model, spec.shape)
+    _fix_input_shape(model, shape)
     _constants_to_initializers(model)
     return ort_preprocess(version_converter.convert_version(model, 13), out)
 
