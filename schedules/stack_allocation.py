@@ -10,7 +10,9 @@ runtime's ``WorkspacePool`` (a list scanned for a free page of the right size, u
 device API's lock), on every call of the kernel, or on every task of a parallel loop when the
 buffer lives inside it. Measured on the bundled model (aarch64, Neoverse-N1, instruction
 counts): three such buffers (two 37 KB int64 epilogue products, one 12.5 KB accumulator
-tile), ~1.4 k instructions per inference in the pool.
+tile), ~1.4 k instructions per inference in the pool. Inside a parallel loop the buffer is
+allocated once per task (before main's 1395ad3 made small kernels serial, the bundled model's
+pool calls were 37 k instructions per inference, and thread-pool launches ~170 k more).
 
 :func:`StackAllocations` annotates every constant-size ``global`` allocation of at most
 :data:`MAX_STACK_BYTES` with ``disable_lower_builtin``: LowerTVMBuiltin then leaves it alone and
@@ -32,6 +34,13 @@ from tvm import tirx
 
 #: Largest buffer put on the stack, in bytes (module docstring).
 MAX_STACK_BYTES = 64 * 1024
+#: Storage scopes put on the stack. Not ``local``, though TVM's lowering sends every ``local``
+#: buffer to the pool too (it keeps only small ``global`` ones on the stack): measured on the
+#: bundled model (aarch64, Neoverse-N1), the packed conv kernels' ``int32[1]`` local
+#: accumulators on the stack save 2.5 k instructions of pool calls per inference but LLVM then
+#: compiles those kernels' loops into 5.8 k more instructions (+5.2 k llvm-mca cycles over
+#: the whole call): a question for their schedule, not for this pass.
+SCOPES = ("global",)
 #: tirx::transform::kDisableLowerTVMBuiltin
 DISABLE_LOWER_BUILTIN = "disable_lower_builtin"
 #: The TIR pipeline name :func:`register_pipeline` registers.
@@ -51,7 +60,7 @@ def _on_stack(alloc, max_bytes: int):
     buffer = alloc.buffer
     size = _constant_bytes(buffer)
     if (
-        buffer.scope() != "global"
+        buffer.scope() not in SCOPES
         or size is None
         or size > max_bytes
         or DISABLE_LOWER_BUILTIN in alloc.annotations
@@ -65,8 +74,8 @@ def _on_stack(alloc, max_bytes: int):
 
 
 def stack_allocations(func: tirx.PrimFunc, max_bytes: int = MAX_STACK_BYTES) -> tirx.PrimFunc:
-    """``func`` with its constant-size ``global`` buffers of at most ``max_bytes`` allocated on
-    the stack (module docstring)."""
+    """``func`` with its constant-size buffers of :data:`SCOPES` of at most ``max_bytes``
+    allocated on the stack (module docstring)."""
     body = tvm_ffi.structural_map(func.body, (tirx.AllocBuffer, lambda a: _on_stack(a, max_bytes)))
     return func if body.same_as(func.body) else func.with_body(body)
 

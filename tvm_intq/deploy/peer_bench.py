@@ -197,17 +197,24 @@ def peer_configs(
     """``({NAME: figures}, {NAME: why it failed})``: each peer model counted on ``target``'s
     emulated core (:func:`tvm_intq.targets.peers.peer_figures`) on ``inputs``. A peer whose
     run fails (an operator it lacks) is left out with the error as its note. ``cache``: a
-    folder keeping each peer's figures under a hash of everything they depend on (the model
-    file, the inputs, the core, the llvm-mca cores, the counting code), so re-running our side
-    of a table does not count the peers again (they do not change with our libraries)."""
+    folder keeping each peer's figures under a hash of what they depend on, so re-running our side
+    of a table does not count the peers again (they do not change with our libraries): the
+    model file, the inputs, the core, the llvm-mca cores, the peer runner, the peers' wheels
+    and the llvm-mca code."""
     import hashlib
     import json
 
     from tvm_intq.targets import peers as peers_module
-    from tvm_intq.targets.peers import peer_cpu, peer_figures
+    from tvm_intq.targets.peers import peer_cpu, peer_figures, peers_dir
 
+    # what a peer's figures depend on besides its model and inputs: the runner in the guest,
+    # the wheels it runs (VERSIONS lists them), and the block-to-cycles code
     code = Path(peers_module.__file__).parent
-    code_files = [code / "peers.py", code / "mca.py", code / "boards" / "peers" / "peer_runner.py"]
+    code_files = [
+        code / "boards" / "peers" / "peer_runner.py",
+        code / "mca.py",
+        peers_dir() / "VERSIONS",
+    ]
     configs, notes = {}, {}
     for name, model in models.items():
         h = hashlib.sha256(Path(model).read_bytes())
