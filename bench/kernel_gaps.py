@@ -1,9 +1,10 @@
 """Where tvm-intq int8 executes more instructions than LiteRT's XNNPACK int8, by kernel kind,
 on the emulated Neoverse-N1 (issue 19: what the kernels must close).
 
-    python bench/kernel_gaps.py [--out bench/results]
+    python bench/kernel_gaps.py [--models bundled palm_detection_lite ...] [--out bench/results]
 
-On the bundled model, one warm inference each, block profiles from the QEMU plugin:
+On models of bench/run.py that have a LiteRT int8 version (the bundled model, the MediaPipe
+detectors), one warm inference each, block profiles from the QEMU plugin:
 
 * ours: every kernel of the int8 library (:func:`tvm_intq.targets.mca.kernel_instructions`:
   instructions and mnemonics per kernel, by its symbol), grouped by kind from its name;
@@ -16,7 +17,7 @@ On the bundled model, one warm inference each, block profiles from the QEMU plug
   the rest is the interpreter, operator dispatch and Python;
 * the rest of each process (TVM's VM and runtime, libc; LiteRT's interpreter, Python) by file.
 
-Writes ``<out>/mnist_cnn/kernel_gaps.md`` and ``.json``.
+Writes ``<out>/<model>/kernel_gaps.md`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-MODEL = HERE / "models" / "mnist_cnn.int8.tflite"
+sys.path.insert(0, str(HERE))
 KINDS = (
     "conv (dense 3x3/1x1, epilogue included)",
     "depthwise conv",
@@ -73,13 +74,11 @@ def xnnpack_kind(mnemonics: dict) -> str:
     return KINDS[7]
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(HERE / "results"))
-    parser.add_argument("--work", default=str(HERE / "work" / "kernel_gaps"))
-    args = parser.parse_args(argv)
+def gaps(key: str, work: Path) -> dict:
+    """The figures of one model of bench/run.py (module docstring)."""
+    import run as bench_run
+
     from tvm_intq import api
-    from tvm_intq.demo import bundled
     from tvm_intq.deploy.board_bench import plan_bench
     from tvm_intq.frontends import import_model
     from tvm_intq.targets.boards import emulated_board
@@ -87,42 +86,43 @@ def main(argv=None) -> int:
     from tvm_intq.targets.mca import kernel_instructions
     from tvm_intq.targets.peers import function_profile, peer_cpu, peer_instructions
 
-    onnx = bundled("mnist_cnn.onnx")
-    _, info = import_model(onnx)
-    calib = api.load_samples(bundled("calib.npz"), info, "calibration data")
-    plan = plan_bench(onnx, calib, "aarch64", check_samples=1, out_dir=args.work)
+    m = bench_run.models()[key]
+    work.mkdir(parents=True, exist_ok=True)
+    model = m["onnx"](work) if callable(m["onnx"]) else m["onnx"]
+    calib_file = m["calib"](work) if callable(m["calib"]) else m["calib"]
+    _, info = import_model(model)
+    calib = api.load_samples(calib_file, info, "calibration data")
+    plan = plan_bench(model, calib, "aarch64", check_samples=1, out_dir=work)
     board, x = emulated_board("aarch64"), plan.batches[0]
     lib = plan.libraries["int8"]
     run = run_counted(lib, board, x, calls=WARMUP_CALLS + 2, blocks=True)
-    calls = len(run.per_call)
     ours = {k: 0.0 for k in KINDS}
     kernels = kernel_instructions(lib, run, board)
     for name, k in kernels.items():
         ours[our_kind(name)] += k["instructions"]
-    in_library = sum(n * e for (_, n), e in run.blocks.items()) / calls
-    ours[KINDS[7]] += run.warm_instructions(WARMUP_CALLS) - in_library
-    # the kernels' entry wrappers and the library's own glue are counted with the kernels;
-    # what is left in the library (none, up to rounding) goes with the runtime
-    ours[KINDS[7]] += in_library - sum(k["instructions"] for k in kernels.values())
+    total = run.warm_instructions(WARMUP_CALLS)
+    # everything outside the kernels (VM, runtime, libc), per warm call: the warm call's count
+    # less the kernels' share of the profile (which averages all calls)
+    ours[KINDS[7]] += total - sum(k["instructions"] for k in kernels.values())
 
-    count = peer_instructions(MODEL, x, "litert", peer_cpu("aarch64"), blocks=True)
+    count = peer_instructions(
+        m["peer_models"]["litert-int8"], x, "litert", peer_cpu("aarch64"), blocks=True
+    )
     theirs = {k: 0.0 for k in KINDS}
     functions = function_profile(count, "litert_common")
     for f in functions:
         theirs[xnnpack_kind(f["mnemonics"])] += f["instructions"]
-    in_xnn = sum(f["instructions"] for f in functions)
-    theirs[KINDS[7]] += count.instructions - in_xnn
-
-    data = {
-        "model": "mnist_cnn",
+    theirs[KINDS[7]] += count.instructions - sum(f["instructions"] for f in functions)
+    return {
+        "name": m["name"],
         "cpu": peer_cpu("aarch64"),
-        "tvm_intq_int8": {"instructions": run.warm_instructions(WARMUP_CALLS), "kinds": ours},
+        "tvm_intq_int8": {"instructions": total, "kinds": ours},
         "litert_int8": {"instructions": count.instructions, "kinds": theirs},
         "our_kernels": {
             k: {
                 "instructions": round(v["instructions"]),
                 "kind": our_kind(k),
-                "top_mnemonics": {m: round(c) for m, c in list(v["mnemonics"].items())[:8]},
+                "top_mnemonics": {mn: round(c) for mn, c in list(v["mnemonics"].items())[:8]},
             }
             for k, v in kernels.items()
         },
@@ -132,32 +132,37 @@ def main(argv=None) -> int:
                 "assembly": f["assembly"],
                 "instructions": round(f["instructions"]),
                 "kind": xnnpack_kind(f["mnemonics"]),
-                "top_mnemonics": {m: round(c) for m, c in list(f["mnemonics"].items())[:8]},
+                "top_mnemonics": {mn: round(c) for mn, c in list(f["mnemonics"].items())[:8]},
             }
             for f in functions[:20]
         ],
-        "command": "python bench/kernel_gaps.py " + " ".join(argv or sys.argv[1:]),
     }
+
+
+def markdown(data: dict) -> str:
+    ours, theirs = data["tvm_intq_int8"], data["litert_int8"]
     lines = [
-        f"# mnist_cnn: tvm-intq int8 against LiteRT (XNNPACK) int8 by kernel kind, emulated "
-        f"{data['cpu']}",
+        f"# {data['name']}: tvm-intq int8 against LiteRT (XNNPACK) int8 by kernel kind, "
+        f"emulated {data['cpu']}",
         "",
         "Instructions of one warm inference (QEMU plugin, block profiles). XNNPACK's kinds are "
         "read from what each function executes (bench/kernel_gaps.py: sdot = GEMM/IGEMM, "
-        "smull+saddw = depthwise, smax = pooling, sqrdmulh/mla = add/requantize, tbl = lookup).",
+        "smull+saddw = depthwise, tbl = lookup, sqrdmulh/mla/srshl = add/requantize, "
+        "else smax = pooling).",
         "",
         "| kind | tvm-intq int8 | LiteRT int8 | ours - theirs |",
         "|---|---:|---:|---:|",
     ]
     for k in KINDS:
-        lines.append(f"| {k} | {ours[k]:,.0f} | {theirs[k]:,.0f} | {ours[k] - theirs[k]:+,.0f} |")
+        a, b = ours["kinds"][k], theirs["kinds"][k]
+        lines.append(f"| {k} | {a:,.0f} | {b:,.0f} | {a - b:+,.0f} |")
     lines.append(
-        f"| total | {data['tvm_intq_int8']['instructions']:,} | {count.instructions:,} | "
-        f"{data['tvm_intq_int8']['instructions'] - count.instructions:+,} |"
+        f"| total | {ours['instructions']:,} | {theirs['instructions']:,} | "
+        f"{ours['instructions'] - theirs['instructions']:+,} |"
     )
     lines += ["", "Our kernels (instructions per inference, most executed mnemonics):", ""]
     lines += ["| kernel | kind | instructions | top mnemonics |", "|---|---|---:|---|"]
-    for k, v in data["our_kernels"].items():
+    for k, v in list(data["our_kernels"].items())[:25]:
         top = ", ".join(f"{m} {c:,}" for m, c in list(v["top_mnemonics"].items())[:5])
         lines.append(f"| {k} | {v['kind']} | {v['instructions']:,} | {top} |")
     lines += ["", "XNNPACK's functions (LiteRT's library; * hand-written assembly):", ""]
@@ -167,11 +172,23 @@ def main(argv=None) -> int:
         star = "*" if f["assembly"] else ""
         lines.append(f"| {f['start']}{star} | {f['kind']} | {f['instructions']:,} | {top} |")
     lines += ["", f"Command: `{data['command']}`", ""]
-    out = Path(args.out) / "mnist_cnn"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "kernel_gaps.json").write_text(json.dumps(data, indent=1) + "\n")
-    (out / "kernel_gaps.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["bundled"])
+    parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--work", default=str(HERE / "work" / "kernel_gaps"))
+    args = parser.parse_args(argv)
+    for key in args.models:
+        data = gaps(key, Path(args.work) / key)
+        data["command"] = f"python bench/kernel_gaps.py --models {key}"
+        out = Path(args.out) / data["name"]
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "kernel_gaps.json").write_text(json.dumps(data, indent=1) + "\n")
+        (out / "kernel_gaps.md").write_text(markdown(data))
+        print(markdown(data))
     return 0
 
 
