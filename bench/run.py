@@ -378,7 +378,7 @@ def emulated_model(key: str, args) -> dict:
     from tvm_intq.deploy.emulated_figures import bench_emulated
     from tvm_intq.frontends import import_model
     from tvm_intq.targets.boards import emulated_board
-    from tvm_intq.targets.mca import architecture
+    from tvm_intq.targets.mca import CORES, architecture
 
     m, work = _model(key, args)
     _, info = import_model(m["onnx"])
@@ -388,10 +388,13 @@ def emulated_model(key: str, args) -> dict:
     for target in args.emulated:
         print(f"emulated figures: {m['name']} on {target}", flush=True)
         peers = args.peers and architecture(emulated_board(target)) == "aarch64"
+        arch = architecture(emulated_board(target))
+        cores = [c for c in args.mca_cores if c in CORES[arch]] if args.mca_cores else None
         fig = bench_emulated(
             m["onnx"],
             calib,
             target,
+            cores=cores or None,
             out_dir=work / target,
             peers=peers,
             peer_models=peer_models,
@@ -576,6 +579,12 @@ def main(argv=None) -> int:
         help="targets whose emulated board gives deterministic figures (none: skip)",
     )
     p.add_argument("--parts", nargs="+", default=["host", "emulated"], choices=["host", "emulated"])
+    p.add_argument(
+        "--mca-cores",
+        nargs="+",
+        help="emulated part: llvm-mca cores to estimate (each target takes those of its "
+        "architecture; default: all of tvm_intq.targets.mca.CORES)",
+    )
     p.add_argument(
         "--no-peers",
         dest="peers",

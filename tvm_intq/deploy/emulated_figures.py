@@ -157,7 +157,9 @@ def emulated_figures(
             executed = executed_mnemonics(per_call, cpu)
             prog["dot_instructions"] = {m: round(executed[m]) for m in DOT_MACS if m in executed}
             prog["mca_whole_call"] = {}
-            for core in cores:
+            # the whole call (VM, runtime, libc) on the peers' core only: llvm-mca over
+            # every block a call ran takes minutes per core on the larger models
+            for core in [c for c in cores if c in PEER_CORES] or cores[:1]:
                 whole = whole_call_cycles(run, board, core)
                 prog["mca_whole_call"][core] = {
                     "total": whole["total"],
