@@ -29,7 +29,7 @@ Runtime (fp32, and ``quantize_static`` int8 on the same calibration samples), ``
 models LiteRT (the float file and its ai-edge-quantizer int8 version in bench/models/); the
 bundled model also has LiteRT versions there (tools/make_peer_tflite.py).
 
-The emulated-only models (``--models ... --parts emulated``): ``light_resnet50_64``,
+The emulated-only models (``--models ... --parts emulated``): ``light_resnet50_32``,
 ``det``/``rec``/``cls`` (PP-OCRv4, eval/), ``palm_detection_lite`` and
 ``face_detection_short_range`` (MediaPipe, tools/make_mediapipe_tflite.py), at input sizes that
 keep each model's counting run within minutes (each model's ``note``, printed with its table).
@@ -81,17 +81,18 @@ def models() -> dict:
             calib=lambda work: _random_images(work, "calib.npz", 16),
             eval=lambda work: _random_images(work, "eval.npz", 2),
         ),
-        # The same at 64x64: what the emulated part counts (ResNet-50 at 224x224 is 4.1 G
+        # The same at 32x32: what the emulated part counts (ResNet-50 at 224x224 is 4.1 G
         # multiply-accumulates: counting TVM's default fp32 schedules and the peers over it
-        # takes hours under qemu; 64x64 keeps the architecture, 1/12 of the work).
-        "light_resnet50_64": dict(
-            name="light_resnet50_64",
-            onnx=lambda work: _resized_input(_light("resnet50"), work, (1, 3, 64, 64)),
-            calib=lambda work: _random_images(work, "calib.npz", 16, (3, 64, 64)),
-            note="input 1x3x64x64 (224x224 in the model): the emulated counting stays within "
+        # takes hours under qemu; 32x32 keeps every layer, 1/49 of the work, 84 M).
+        "light_resnet50_32": dict(
+            name="light_resnet50_32",
+            onnx=lambda work: _resized_input(_light("resnet50"), work, (1, 3, 32, 32)),
+            calib=lambda work: _random_images(work, "calib.npz", 16, (3, 32, 32)),
+            note="onnx's light ResNet-50 (every weight 0.02), input 1x3x32x32 (224x224 in the "
+            "model: 49x the work), uniform random images: the emulated counting stays within "
             "minutes",
         ),
-        # PP-OCRv4 (eval/): detection at 128x128 (eval: 320x320), recognition of a 48x80 line
+        # PP-OCRv4 (eval/): detection at 96x96 (eval: 320x320), recognition of a 48x64 line
         # start (eval: 48x320), direction classification at its own 48x192.
         **{
             key: dict(
@@ -103,15 +104,15 @@ def models() -> dict:
             for key, shape, note in (
                 (
                     "det",
-                    (1, 3, 128, 128),
-                    "PP-OCRv4 det, input 1x3x128x128 (rapidocr: 736 "
-                    "on the short side; eval/: 320x320), rendered pages resized",
+                    (1, 3, 96, 96),
+                    "PP-OCRv4 det, input 1x3x96x96 (rapidocr: 736 on the short side; eval/: "
+                    "320x320), rendered pages resized: 50 M multiply-accumulates",
                 ),
                 (
                     "rec",
-                    (1, 3, 48, 80),
-                    "PP-OCRv4 rec, input 1x3x48x80 (rapidocr: 48x320), "
-                    "the first 80 columns of rendered text lines",
+                    (1, 3, 48, 64),
+                    "PP-OCRv4 rec, input 1x3x48x64 (rapidocr: 48x320), the first 64 columns "
+                    "of rendered text lines",
                 ),
                 (
                     "cls",
@@ -197,7 +198,7 @@ def _ocr_model(key: str, shape: tuple) -> Path:
 def _ocr_samples(key: str, shape: tuple, work: Path, n: int = 16) -> Path:
     """eval/'s rendered calibration inputs for ``key`` at ``shape``: pages resized (det), the
     first columns of each line (rec), as they are (cls)."""
-    path = work / "calib.npz"
+    path = work / f"calib_{'x'.join(map(str, shape))}.npz"
     if not path.exists():
         sys.path.insert(0, str(ROOT))
         from skimage.transform import resize
@@ -218,7 +219,7 @@ def _photos(work: Path, size: tuple, lo: float, n: int = 16) -> Path:
     the images tools/make_mediapipe_tflite.py calibrates LiteRT int8 on)."""
     from images import images
 
-    path = work / "calib.npz"
+    path = work / f"calib_{size[0]}x{size[1]}.npz"
     if not path.exists():
         np.savez(path, input=images(size, n, (lo, 1.0)))
     return path
