@@ -28,10 +28,19 @@ change to the kernels rebuilds them), and the table is made from every row in th
 for the current version and settings. Run it in pieces (``--models``) and the table grows.
 Results: ``bench/results/models/`` (results.json, results.md, results.png, with the command).
 
-``--parts emulated``: for the bundled model and light_resnet50, int8 vs fp32 built for each
-of ``--emulated`` (default aarch64 riscv64) and the deterministic figures ``tvm-intq bench
---target T`` gives (qemu instructions per inference, llvm-mca cycle estimates per core;
-:mod:`tvm_intq.deploy.emulated_figures`), in ``bench/results/<model>/emulated.*``.
+``--parts emulated``: for each of ``--emulated`` (default aarch64 riscv64), int8 vs fp32 built
+for that target and the deterministic figures ``tvm-intq bench --target T`` gives (qemu
+instructions per inference, llvm-mca cycle estimates per core;
+:mod:`tvm_intq.deploy.emulated_figures`), in ``bench/results/<model>/emulated.*``. On aarch64
+targets the same table has ONNX Runtime and LiteRT int8/fp32 on the same emulated core, counted
+the same way (``tvm-intq bench --peers``; ``--no-peers`` leaves them out): ONNX models get ONNX
+Runtime (fp32, and ``quantize_static`` int8 on the same calibration samples), ``.tflite``
+models LiteRT (the float file and its ai-edge-quantizer int8 version in bench/models/); the
+bundled model also has LiteRT versions there (tools/make_peer_tflite.py). Its models
+(:func:`models`; default: ``bundled`` and ``light_resnet50_32``): ``light_resnet50`` and
+``light_resnet50_32``, ``det``/``rec``/``cls`` (PP-OCRv4, eval/), ``palm_detection_lite`` and
+``face_detection_short_range`` (MediaPipe, tools/make_mediapipe_tflite.py), at input sizes that
+keep each model's counting run within minutes (each model's ``note``, printed with its table).
 """
 
 from __future__ import annotations
@@ -51,6 +60,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
+MODELS = HERE / "models"  # LiteRT versions of the models (tools/make_*_tflite.py)
+sys.path.insert(0, str(HERE))  # bench/images.py
 CLI = [sys.executable, "-m", "tvm_intq.cli"]
 
 
@@ -63,6 +74,11 @@ def models() -> dict:
             onnx=bundled("mnist_cnn.onnx"),
             calib=bundled("calib.npz"),
             eval=bundled("heldout.npz"),
+            # tools/make_peer_tflite.py: the same network and weights as LiteRT models
+            peer_models={
+                "litert-fp32": MODELS / "mnist_cnn.tflite",
+                "litert-int8": MODELS / "mnist_cnn.int8.tflite",
+            },
         ),
         # onnx's "light" ResNet-50: the real architecture, every weight 0.02 (timing only; no
         # labels). Calibration/timing inputs: uniform [0, 1) images, made once in bench/work.
@@ -72,6 +88,76 @@ def models() -> dict:
             calib=lambda work: _random_images(work, "calib.npz", 16),
             eval=lambda work: _random_images(work, "eval.npz", 2),
         ),
+        # The same at 32x32: what the emulated part counts (ResNet-50 at 224x224 is 4.1 G
+        # multiply-accumulates: counting TVM's default fp32 schedules and the peers over it
+        # takes hours under qemu; 32x32 keeps every layer, 1/49 of the work, 84 M).
+        "light_resnet50_32": dict(
+            name="light_resnet50_32",
+            onnx=lambda work: _resized_input(_light("resnet50"), work, (1, 3, 32, 32)),
+            calib=lambda work: _random_images(work, "calib.npz", 16, (3, 32, 32)),
+            note="onnx's light ResNet-50 (every weight 0.02), input 1x3x32x32 (224x224 in the "
+            "model: 49x the work), uniform random images: the emulated counting stays within "
+            "minutes",
+        ),
+        # PP-OCRv4 (eval/): detection at 96x96 (eval: 320x320), recognition of a 48x64 line
+        # start (eval: 48x320), direction classification at its own 48x192.
+        **{
+            key: dict(
+                name=f"ppocr_{key}",
+                onnx=lambda work, key=key, shape=shape: _ocr_model(key, shape),
+                calib=lambda work, key=key, shape=shape: _ocr_samples(key, shape, work),
+                note=note,
+            )
+            for key, shape, note in (
+                (
+                    "det",
+                    (1, 3, 96, 96),
+                    "PP-OCRv4 det, input 1x3x96x96 (rapidocr: 736 on the short side; eval/: "
+                    "320x320), rendered pages resized: 50 M multiply-accumulates",
+                ),
+                (
+                    "rec",
+                    (1, 3, 48, 64),
+                    "PP-OCRv4 rec, input 1x3x48x64 (rapidocr: 48x320), the first 64 columns "
+                    "of rendered text lines",
+                ),
+                (
+                    "cls",
+                    (1, 3, 48, 192),
+                    "PP-OCR mobile v2 direction classifier, its own input 1x3x48x192",
+                ),
+            )
+        },  # fmt: skip
+        # MediaPipe detectors (tools/make_mediapipe_tflite.py): float .tflite compiled by
+        # tvm-intq with its own calibration on scikit-image photographs (bench/images.py),
+        # LiteRT on the same float file and on ai-edge-quantizer's int8 version of it.
+        **{
+            key: dict(
+                name=key,
+                onnx=MODELS / f"{key}.tflite",
+                calib=lambda work, size=size, lo=lo: _photos(work, size, lo),
+                peer_models={
+                    "litert-fp32": MODELS / f"{key}.tflite",
+                    "litert-int8": MODELS / f"{key}.int8.tflite",
+                },
+                note=note,
+            )
+            for key, size, lo, note in (
+                (
+                    "palm_detection_lite",
+                    (192, 192),
+                    0.0,
+                    "MediaPipe palm detection (lite), its own input 1x192x192x3, RGB in [0, 1]",
+                ),
+                (
+                    "face_detection_short_range",
+                    (128, 128),
+                    -1.0,
+                    "MediaPipe face detection "
+                    "(short range), its own input 1x128x128x3, RGB in [-1, 1]",
+                ),
+            )
+        },  # fmt: skip
     }
 
 
@@ -86,6 +172,63 @@ def _random_images(work: Path, file: str, n: int, shape=(3, 224, 224)) -> Path:
     if not path.exists():
         x = np.random.default_rng(0).random((n,) + shape, dtype=np.float32)
         np.savez(path, **{"gpu_0/data_0": x})
+    return path
+
+
+def _resized_input(model: Path, work: Path, shape: tuple) -> Path:
+    """``model`` with its (only) image input fixed to ``shape`` and every other shape left to
+    inference: ONNX Runtime checks inputs against the declared shape."""
+    import onnx
+
+    out = work / f"{model.stem}_{'x'.join(map(str, shape))}.onnx"
+    if not out.exists():
+        m = onnx.load(str(model))
+        inits = {i.name for i in m.graph.initializer}
+        (inp,) = [i for i in m.graph.input if i.name not in inits]
+        for dim, value in zip(inp.type.tensor_type.shape.dim, shape):
+            dim.Clear()
+            dim.dim_value = value
+        del m.graph.value_info[:]
+        for o in m.graph.output:
+            o.type.tensor_type.ClearField("shape")
+        onnx.save(m, str(out))
+    return out
+
+
+def _ocr_model(key: str, shape: tuple) -> Path:
+    sys.path.insert(0, str(ROOT))
+    from eval import ocr_models
+
+    return ocr_models.prepare(key, shape=shape)
+
+
+def _ocr_samples(key: str, shape: tuple, work: Path, n: int = 16) -> Path:
+    """eval/'s rendered calibration inputs for ``key`` at ``shape``: pages resized (det), the
+    first columns of each line (rec), as they are (cls)."""
+    path = work / f"calib_{'x'.join(map(str, shape))}.npz"
+    if not path.exists():
+        sys.path.insert(0, str(ROOT))
+        from skimage.transform import resize
+
+        from eval.tasks import load_task
+
+        x = load_task(key, (n, 1)).calib["x"][:n]
+        if key == "det":
+            x = resize(x, (x.shape[0], x.shape[1], *shape[2:]), anti_aliasing=True)
+        else:
+            x = x[..., : shape[3]]
+        np.savez(path, x=np.ascontiguousarray(x, dtype=np.float32))
+    return path
+
+
+def _photos(work: Path, size: tuple, lo: float, n: int = 16) -> Path:
+    """scikit-image photographs at the model's input size, NHWC, in [lo, 1] (bench/images.py:
+    the images tools/make_mediapipe_tflite.py calibrates LiteRT int8 on)."""
+    from images import images
+
+    path = work / f"calib_{size[0]}x{size[1]}.npz"
+    if not path.exists():
+        np.savez(path, input=images(size, n, (lo, 1.0)))
     return path
 
 
@@ -179,26 +322,47 @@ def _ort_ready(model: Path, work: Path) -> Path:
 
 
 def emulated_model(key: str, args) -> dict:
-    """Deterministic figures on the emulated boards, as `tvm-intq bench --target T` gives them."""
+    """Deterministic figures on the emulated boards, as `tvm-intq bench --target T` gives them;
+    on aarch64 targets with ONNX Runtime and LiteRT on the same core (``--peers``)."""
     from tvm_intq import api
     from tvm_intq.deploy.emulated_figures import bench_emulated
     from tvm_intq.frontends import import_model
+    from tvm_intq.targets.boards import emulated_board
+    from tvm_intq.targets.mca import CORES, architecture
 
     m, work = _model(key, args)
     _, info = import_model(m["onnx"])
     calib = api.load_samples(m["calib"], info, "calibration data")
+    peer_models = {k: Path(v) for k, v in m.get("peer_models", {}).items()}
     targets = {}
     for target in args.emulated:
         print(f"emulated figures: {m['name']} on {target}", flush=True)
-        fig = bench_emulated(m["onnx"], calib, target, out_dir=work / target)
-        fig["command"] = f"tvm-intq bench {m['onnx']} --calib {m['calib']} --target {target}"
+        peers = args.peers and architecture(emulated_board(target)) == "aarch64"
+        arch = architecture(emulated_board(target))
+        cores = [c for c in args.mca_cores if c in CORES[arch]] if args.mca_cores else None
+        fig = bench_emulated(
+            m["onnx"],
+            calib,
+            target,
+            cores=cores or None,
+            out_dir=work / target,
+            peers=peers,
+            peer_models=peer_models,
+            on_event=lambda msg: print(f"  {msg}", flush=True),
+        )
+        flags = "".join(f" --peer-model {n}={_relative(str(p))}" for n, p in peer_models.items())
+        fig["command"] = f"tvm-intq bench {m['onnx']} --calib {m['calib']} --target {target}" + (
+            f" --peers{flags}" if peers else ""
+        )
+        if m.get("note"):
+            fig["note"] = m["note"]
         targets[target] = fig
     return _relative(
         {"model": m["name"], "onnx": m["onnx"], "targets": targets, "command": _command()}
     )
 
 
-EMULATED = ("bundled", "light_resnet50")
+EMULATED = ("bundled", "light_resnet50_32")  # the emulated part's default models
 
 
 def _model(key: str, args) -> tuple[dict, Path]:
@@ -206,7 +370,9 @@ def _model(key: str, args) -> tuple[dict, Path]:
     m = dict(models()[key])
     work = Path(args.work) / m["name"]
     work.mkdir(parents=True, exist_ok=True)
-    return {k: str(v(work) if callable(v) else v) for k, v in m.items()}, work
+    return {
+        k: v if isinstance(v, dict) else str(v(work) if callable(v) else v) for k, v in m.items()
+    }, work
 
 
 def _command() -> str:
@@ -507,6 +673,18 @@ def main(argv=None) -> int:
         help="targets whose emulated board gives deterministic figures (none: skip)",
     )
     p.add_argument("--parts", nargs="+", default=["host"], choices=["host", "emulated"])
+    p.add_argument(
+        "--mca-cores",
+        nargs="+",
+        help="emulated part: llvm-mca cores to estimate (each target takes those of its "
+        "architecture; default: all of tvm_intq.targets.mca.CORES)",
+    )
+    p.add_argument(
+        "--no-peers",
+        dest="peers",
+        action="store_false",
+        help="emulated part: leave out ONNX Runtime and LiteRT on the aarch64 core",
+    )
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--work", default=str(HERE / "work"))
     p.add_argument(
@@ -519,7 +697,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(HERE))
     from tvm_intq.reports.speed import models_bench_markdown, write_emulated, write_models_bench
 
-    every = catalogue.keys()
+    every = catalogue.keys() + [k for k in models() if k not in catalogue.keys()]
     wanted = []
     for key in args.models or every:
         group = [k for k in every if k.startswith(f"{key}_")] if key in ("ocr", "light") else [key]
@@ -557,8 +735,16 @@ def main(argv=None) -> int:
         print(models_bench_markdown(data))
         print("wrote " + ", ".join(map(str, written)))
     if "emulated" in args.parts and args.emulated:
-        for key in [k for k in wanted if k in EMULATED] or list(EMULATED):
+        for key in [k for k in wanted if k in models()] or list(EMULATED):
             data = emulated_model(key, args)
+            # targets measured by an earlier run and not by this one stay in the table
+            previous = Path(args.out) / data["model"] / "emulated.json"
+            if previous.is_file():
+                kept = json.loads(previous.read_text()).get("targets", {})
+                data["targets"] = {
+                    **{t: f for t, f in kept.items() if t not in data["targets"]},
+                    **data["targets"],
+                }
             written = write_emulated(data, Path(args.out) / data["model"])
             print("wrote " + ", ".join(map(str, written)))
     return 0

@@ -60,8 +60,9 @@ def wheel_model(key: str) -> Path:
 
 
 def prepare(key: str, cache: Path = CACHE, shape: tuple | None = None) -> Path:
-    """Path of the prepared float model (module docstring), made once and cached; ``shape``:
-    another input shape than :data:`MODELS`' (``bench/run.py``: det at 640x640)."""
+    """Path of the prepared float model (module docstring), made once and cached; ``shape``
+    fixes another input shape than :data:`MODELS`' (bench/run.py: det at 640x640 on the host,
+    smaller inputs where every instruction is counted under an emulator)."""
     shape = tuple(shape or MODELS[key].shape)
     out = cache / f"{key}_{'x'.join(map(str, shape))}.onnx"
     if out.exists():

@@ -10,6 +10,12 @@
       -> serial small kernels  no thread-pool hand-off for a kernel too small to split (.parallel)
       -> VM lowering           (TVM's default build pipeline)
 
+and, for the kernels, the TIR pipeline :func:`tir_pipeline` names: TVM's default CPU one with
+the kernels' small scratch buffers on the stack instead of TVM's workspace pool
+(:mod:`.stack_allocation`)::
+
+    tvm.compile(mod, target, relax_pipeline=build_pipeline(...), tir_pipeline=tir_pipeline())
+
 :func:`tuning_pipeline` is the part before the database: the kernels it leaves are the tuning
 tasks, and the keys of the database records, so tuning and compiling see the same kernels.
 """
@@ -24,6 +30,7 @@ from tvm_intq.schedules.float_schedule import FloatSchedule
 from tvm_intq.schedules.intrinsics import INTRINSICS, DotProduct, select
 from tvm_intq.schedules.pack_int8 import PackInt8ForDot
 from tvm_intq.schedules.parallel import MIN_SPLIT_ITERATIONS, split_small_kernels
+from tvm_intq.schedules.stack_allocation import register_pipeline
 
 #: ``int8_dot`` of a caller that names no target definition: whatever the target supports.
 ANY = None
@@ -100,3 +107,9 @@ def build_pipeline(
         passes.append(FloatSchedule())
     passes += [serial, relax.pipeline.default_build_pipeline()]
     return tvm.transform.Sequential(passes, name="intq_build")
+
+
+def tir_pipeline() -> str:
+    """The name of the TIR pipeline tvm-intq builds kernels with (registered on first use):
+    ``tvm.compile(..., tir_pipeline=tir_pipeline())``."""
+    return register_pipeline()

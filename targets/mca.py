@@ -121,6 +121,36 @@ def kernel_blocks(library, execution: Execution, arch: str, objdump: str):
     return out
 
 
+def kernel_instructions(library, execution: Execution, board) -> dict[str, dict]:
+    """``{kernel: {"instructions": per call, "mnemonics": {mnemonic: executions per call}}}``
+    of ``library``'s TVM kernels in a :func:`run_counted` block profile (``blocks=True``),
+    most executed first: which kernel executes what, e.g. how many of its instructions are
+    ``sdot`` or RVV widening multiply-adds. A kernel's entry wrapper (``__tvm_ffi_<kernel>``:
+    argument checks) counts with it."""
+    if execution.blocks is None:
+        raise IntqError("kernel_instructions needs a block profile: run_counted(..., blocks=True)")
+    _, objdump = llvm_tools()
+    arch = architecture(_board(board))
+    calls = len(execution.per_call)
+    insns, owner = _functions(Path(library), arch, objdump)
+    addresses = sorted(insns)
+    index = {a: i for i, a in enumerate(addresses)}
+    out: dict[str, dict] = {}
+    for (offset, n), executions in execution.blocks.items():
+        kernel = kernel_of(owner.get(offset, ""))
+        if kernel is None or offset not in index:
+            continue
+        entry = out.setdefault(kernel, {"instructions": 0.0, "mnemonics": {}})
+        entry["instructions"] += n * executions / calls
+        mix = entry["mnemonics"]
+        for a in addresses[index[offset] : index[offset] + n]:
+            m = insns[a].split(None, 1)[0]
+            mix[m] = mix.get(m, 0.0) + executions / calls
+    for entry in out.values():
+        entry["mnemonics"] = dict(sorted(entry["mnemonics"].items(), key=lambda kv: -kv[1]))
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["instructions"]))
+
+
 def mca_cycles(
     library, board, args, cpu: str, *, function: str = "main", execution: Execution | None = None
 ) -> dict[str, float]:

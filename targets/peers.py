@@ -45,6 +45,7 @@ kernels), where :func:`~tvm_intq.targets.mca.mca_cycles` covers our kernels only
 
 from __future__ import annotations
 
+import bisect
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -308,3 +309,54 @@ def peer_figures(
         out["mca_libraries"][core] = {k: round(v) for k, v in est["libraries"].items()}
         out["instructions_by_file"] = {k: round(v) for k, v in est["instructions"].items()}
     return out
+
+
+def function_profile(count: PeerCount, library: str, gap: int = 512) -> list[dict]:
+    """Where a peer's inference spends its instructions inside one of its libraries (the file
+    whose name contains ``library``, e.g. ``litert_common`` for LiteRT's XNNPACK), by function,
+    from a :func:`peer_instructions` block profile: the libraries are stripped, so a function is
+    an ``.eh_frame`` FDE's address range (``llvm-dwarfdump --eh-frame``), and code outside every
+    FDE (XNNPACK's hand-written assembly microkernels) is grouped into runs of blocks less than
+    ``gap`` bytes apart. Returns ``[{"start": address, "assembly": bool, "instructions": per
+    inference, "mnemonics": {mnemonic: executions}}]``, most executed first: the mnemonics
+    say what a function is (``sdot``: a GEMM microkernel; ``smull``/``saddw``: a depthwise
+    one; ``smax``: max pooling; ``sqrdmulh``: requantization)."""
+    import re
+
+    from tvm_intq.targets.mca import disassemble_blocks, llvm_tools
+
+    if count.blocks is None:
+        raise IntqError("function_profile needs a block profile: peer_instructions(blocks=True)")
+    path = next((f for f in count.blocks if library in Path(f).name), None)
+    if path is None:
+        raise IntqError(f"no executed library matching {library!r}: {list(count.blocks)}")
+    blocks = count.blocks[path]
+    dwarfdump = llvm_tools()[0].replace("llvm-mca", "llvm-dwarfdump")
+    out = subprocess.run([dwarfdump, "--eh-frame", path], capture_output=True, text=True).stdout
+    fdes = sorted(
+        (int(a, 16), int(b, 16))
+        for a, b in re.findall(r"FDE cie=\w+ pc=([0-9a-f]+)\.\.\.([0-9a-f]+)", out)
+    )
+    starts = [a for a, _ in fdes]
+    decoded = disassemble_blocks(path, blocks, count.cpu)
+    groups: dict[tuple[int, bool], dict] = {}
+    loose_end = None
+    for (address, n), executions in sorted(blocks.items()):
+        i = bisect.bisect_right(starts, address) - 1
+        if i >= 0 and address < fdes[i][1]:
+            key = (fdes[i][0], False)
+        else:
+            if loose_end is None or address - loose_end[1] > gap:
+                loose_end = [address, address]
+            loose_end[1] = address + 4 * n
+            key = (loose_end[0], True)
+        g = groups.setdefault(
+            key, {"start": key[0], "assembly": key[1], "instructions": 0.0, "mnemonics": {}}
+        )
+        g["instructions"] += n * executions
+        for text in decoded.get((address, n), ()):
+            m = text.split(None, 1)[0]
+            g["mnemonics"][m] = g["mnemonics"].get(m, 0.0) + executions
+    for g in groups.values():
+        g["mnemonics"] = dict(sorted(g["mnemonics"].items(), key=lambda kv: -kv[1]))
+    return sorted(groups.values(), key=lambda g: -g["instructions"])

@@ -922,6 +922,17 @@ def _reference_op_module():
                     "avg_pool2d[int32,trunc]",
                     R.nn.avg_pool2d(i, (2, 3), (1, 2), (1, 0, 1, 1), count_include_pad=True),
                 ),
+                # channels last, as the TFLite frontend imports pools
+                emit(
+                    "max_pool2d[NHWC]",
+                    R.nn.max_pool2d(q, (2, 2), (2, 1), (1, 0, 0, 1), layout="NHWC"),
+                ),
+                emit(
+                    "avg_pool2d[NHWC]",
+                    R.nn.avg_pool2d(
+                        i, (2, 2), (1, 2), (0, 1, 1, 0), layout="NHWC", count_include_pad=True
+                    ),
+                ),
                 emit(
                     "conv2d[groups,stride,dilation,pad]",
                     R.nn.conv2d(
@@ -1024,7 +1035,10 @@ def test_reference_matches_tvm_on_every_op():
     # avg_pool2d declared int32 is lowered to an int64 buffer (FoldToInteger casts its result
     # to int64 anyway, so the values are what counts).
     wrong = [(n, g.dtype, w.dtype) for n, g, w in zip(names, got, want) if g.dtype != w.dtype]
-    assert wrong == [("avg_pool2d[int32,trunc]", np.dtype("int64"), np.dtype("int32"))]
+    assert wrong == [
+        (name, np.dtype("int64"), np.dtype("int32"))
+        for name in ("avg_pool2d[int32,trunc]", "avg_pool2d[NHWC]")
+    ]
 
 
 def test_reference_names_an_unknown_op():

@@ -102,6 +102,15 @@ def test_litert_int8_block_profile_covers_the_inference_and_llvm_mca_models_it(e
     assert est["modelled"] > 0.95
     assert 0.1 * count.instructions < est["total"] < 3 * count.instructions
     assert sum(est["libraries"].values()) == pytest.approx(est["total"])
+    # by function (stripped library: .eh_frame functions, runs of assembly): the functions
+    # share out the library's instructions, and the most executed is XNNPACK's hand-written
+    # sdot GEMM microkernel
+    functions = peers.function_profile(count, "litert_common")
+    lib = next(f for f in count.blocks if "litert_common" in f)
+    in_lib = sum(n * e for (_, n), e in count.blocks[lib].items())
+    assert sum(f["instructions"] for f in functions) == pytest.approx(in_lib)
+    top = functions[0]
+    assert top["assembly"] and top["mnemonics"]["sdot"] > 0.5 * mix["sdot"]
 
 
 def test_peer_cpu_follows_the_target():

@@ -68,7 +68,7 @@ def add_parsers(sub) -> None:
         "time; without --key: instruction counts and llvm-mca cycles "
         "on the emulated board",
     )
-    s.add_argument("model", help="float ONNX model")
+    s.add_argument("model", help="float ONNX or .tflite model")
     s.add_argument(
         "--calib", required=True, help=".npz calibration data (first samples also check outputs)"
     )
@@ -96,6 +96,20 @@ def add_parsers(sub) -> None:
     s.add_argument("--input-shape", action="append", metavar="NAME:D1xD2x...")
     s.add_argument("--out", help="folder for the libraries (default: a temporary one)")
     s.add_argument("--json", help="write the result as JSON")
+    s.add_argument(
+        "--peers",
+        action="store_true",
+        help="without --key, aarch64 targets: also ONNX Runtime and LiteRT int8/fp32 on the "
+        "same emulated core, counted the same way (a peer that cannot load the model's "
+        "format is left out with a note)",
+    )
+    s.add_argument(
+        "--peer-model",
+        action="append",
+        metavar="NAME=FILE",
+        help="the model a peer runs (NAME: onnxruntime-int8, onnxruntime-fp32, litert-int8, "
+        "litert-fp32), e.g. a .tflite version of an ONNX model; repeatable",
+    )
     add_compile_args(s)
 
 
@@ -240,6 +254,8 @@ def cmd_bench(args) -> int:
     databases = [] if args.no_db else args.db
     if args.key is None:
         from tvm_intq.deploy.emulated_figures import bench_emulated
+        from tvm_intq.deploy.peer_bench import parse_peer_models
+        from tvm_intq.reports.speed import peers_markdown
 
         result = bench_emulated(
             args.model,
@@ -248,11 +264,20 @@ def cmd_bench(args) -> int:
             input_shapes=shapes,
             out_dir=args.out,
             databases=databases,
+            peers=args.peers,
+            peer_models=parse_peer_models(args.peer_model),
+            on_event=lambda msg: print(f"  {msg}", file=sys.stderr, flush=True),
         )
         print(emulated_markdown(result))
+        if args.peers:
+            print()
+            print(peers_markdown(result))
         if args.json:
             write_json(result, args.json)
         return 0
+
+    if args.peers or args.peer_model:
+        raise IntqError("--peers counts instructions on the emulated core: use it without --key")
 
     def event(msg):
         print(f"  {msg}", file=sys.stderr, flush=True)

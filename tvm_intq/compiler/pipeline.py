@@ -6,6 +6,9 @@ Registered with ``relax.pipeline.register_pipeline`` when :mod:`tvm_intq.compile
     ranges = tvm_intq.calibrate(tvm_intq.prepare(mod), samples)
     ex = tvm.compile(mod, target, relax_pipeline=relax.get_pipeline("intq", ranges=ranges))
 
+(``tir_pipeline="intq"`` as well builds the kernels as ``tvm-intq compile`` does, small scratch
+buffers on the stack: :func:`tvm_intq.schedules.tir_pipeline` registers that name.)
+
     mod (float)  -> [CanonicalizeForQuantization] -> Annotate(ranges, scheme) -> FoldToInteger
                  -> [CheckIntegerOnly] -> build pipeline (legalize, fuse, VM lowering)
     mod (QDQ)    -> CanonicalizeQDQ -> FoldToInteger -> ...          (ranges=None)
@@ -30,7 +33,7 @@ from tvm_intq.relay_passes import (
     FoldToInteger,
 )
 from tvm_intq.relay_passes.analysis.rebuild import bindings_of
-from tvm_intq.schedules import build_pipeline
+from tvm_intq.schedules import build_pipeline, tir_pipeline
 
 NAME = "intq"
 
@@ -64,3 +67,4 @@ def intq_pipeline(
 
 if NAME not in relax.pipeline.PIPELINE_MAP:  # importing twice (or reloading) must not fail
     relax.pipeline.register_pipeline(NAME)(intq_pipeline)
+tir_pipeline()  # the TIR pipeline of the same name

@@ -28,7 +28,7 @@ from tvm_intq.relay_passes import (
 )
 from tvm_intq.relay_passes.analysis.ir_utils import shape_of
 from tvm_intq.relay_passes.check_integer import check_integer_only
-from tvm_intq.schedules import build_pipeline
+from tvm_intq.schedules import build_pipeline, tir_pipeline
 from tvm_intq.targets import get_target
 
 
@@ -44,13 +44,15 @@ def build(mod: tvm.IRModule, target="host", database=None, float_schedule: bool 
     conv/dense use the target's dot-product instruction when it has one; ``database`` (a
     MetaSchedule database, see :mod:`tvm_intq.schedules`) supplies tuned kernels
     (:func:`~tvm_intq.schedules.build_pipeline`); ``float_schedule``: float convs get the
-    register-tiled schedule of :mod:`tvm_intq.schedules.float_schedule`.
+    register-tiled schedule of :mod:`tvm_intq.schedules.float_schedule`; kernels' small scratch
+    buffers live on the stack (:func:`~tvm_intq.schedules.tir_pipeline`).
     """
     spec = get_target(target) if isinstance(target, str) else target
     return tvm.compile(
         mod,
         spec.target(),
         relax_pipeline=build_pipeline(spec.int8_dot, database, float_schedule=float_schedule),
+        tir_pipeline=tir_pipeline(),
     )
 
 

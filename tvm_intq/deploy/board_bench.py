@@ -31,7 +31,8 @@ import numpy as np
 
 from tvm_intq import api
 from tvm_intq.calibration import SampleSet
-from tvm_intq.compiler.runner import check_inputs
+from tvm_intq.compiler.runner import Runner, check_inputs
+from tvm_intq.deploy.peer_bench import multiply_accumulates
 from tvm_intq.errors import IntqError
 from tvm_intq.evaluation.reference import run_reference
 from tvm_intq.files import atomic_path
@@ -139,6 +140,8 @@ class BenchPlan:
     expected: dict  # precision -> [[array per output] per batch]
     report: dict  # the quantization report on the check samples
     databases: list  # tuning database folders the libraries were built with
+    #: multiply-accumulates of one call of the int8 program: {"conv": n, "dense": n}
+    macs: dict | None = None
 
 
 def plan_bench(
@@ -186,19 +189,31 @@ def plan_bench(
         ]
     }
     if fp32:
-        import onnxruntime as ort
-
         libraries["fp32"] = out / f"{stem}.fp32.{spec.name}.so"
         with atomic_path(libraries["fp32"]) as tmp:
             spec.export(api.build(compiled.prepared, spec, database=db), tmp)
-        sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-        expected["fp32"] = [[np.asarray(o) for o in sess.run(None, f)] for f in feeds]
+        if Path(model).suffix == ".tflite":
+            # no ONNX Runtime for a .tflite: the float program TVM builds for the host
+            host = Runner(api.build(compiled.prepared, "host"), names)
+            expected["fp32"] = [[np.asarray(o) for o in host(f)] for f in feeds]
+        else:
+            import onnxruntime as ort
+
+            sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+            expected["fp32"] = [[np.asarray(o) for o in sess.run(None, f)] for f in feeds]
     report = {
         k: compiled.report.get(k)
         for k in ("output_sqnr_db", "integer_only", "scheme", "calibrator")
     }
     return BenchPlan(
-        str(model), spec.name, libraries, batches, expected, report, [str(f) for f in folders]
+        str(model),
+        spec.name,
+        libraries,
+        batches,
+        expected,
+        report,
+        [str(f) for f in folders],
+        multiply_accumulates(compiled.integer),
     )
 
 

@@ -18,13 +18,19 @@ module formats it.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from tvm_intq.deploy.board_bench import plan_bench
+from tvm_intq.errors import IntqError
 from tvm_intq.targets.boards import emulated_board
 from tvm_intq.targets.insn_count import WARMUP_CALLS, run_counted
-from tvm_intq.targets.mca import CORE_NOTES, CORES, architecture, mca_cycles
+from tvm_intq.targets.mca import CORE_NOTES, CORES, DOT_MACS, architecture, mca_cycles
 
+#: llvm-mca cores the peers' figures are estimated on by default: the Cortex-A76-class core
+#: the aarch64 target describes (the peers' whole-call estimate disassembles every block
+#: their libraries ran, which takes a minute per core on the larger models).
+PEER_CORES = ("neoverse-n1",)
 INSTRUCTIONS_LABEL = "qemu instructions executed per inference (warm call, 1 thread)"
 MCA_METHOD = (
     "llvm-mca estimate: per executed straight-line block, llvm-mca's steady-state "
@@ -56,23 +62,56 @@ def schedules_note(databases: list) -> str:
     )
 
 
+def emulated_cpu(board) -> str:
+    """The qemu ``-cpu`` the emulated ``board`` runs (``max`` when it names none)."""
+    args = list(board.emulator.qemu_args)
+    return args[args.index("-cpu") + 1] if "-cpu" in args else "max"
+
+
 def mca_label(core: str) -> str:
     note = CORE_NOTES.get(core)
     return f"llvm-mca estimate, {core}" + (f" ({note})" if note else "")
 
 
 def _is_conv(kernel: str) -> bool:
-    return "conv" in kernel
+    return "conv" in kernel or kernel.startswith("depthwise")
+
+
+def mac_peak(board, mnemonics: dict) -> int:
+    """Multiply-accumulates of one int8 instruction of the kind our conv kernels are built on
+    (``mnemonics``: what they executed): aarch64 ``smmla`` 32 if they use it, else ``sdot``
+    16; RVV: a widening multiply-add on int8 at LMUL 1, VLEN / 8 (16 at VLEN 128)."""
+    if architecture(board) == "riscv64":
+        args = " ".join(board.emulator.qemu_args)
+        vlen = (
+            int(args.split("vlen=", 1)[1].split(",", 1)[0].split()[0]) if "vlen=" in args else 128
+        )
+        return vlen // 8
+    return 32 if any(m in mnemonics for m in ("smmla", "ummla", "usmmla")) else 16
 
 
 def emulated_figures(
-    libraries: dict, target: str, inputs: list, *, cores=None, warmup: int = WARMUP_CALLS
+    libraries: dict,
+    target: str,
+    inputs: list,
+    *,
+    cores=None,
+    warmup: int = WARMUP_CALLS,
+    macs: dict | None = None,
 ) -> dict:
     """Figures for ``libraries`` (``{precision: library path}``, built for ``target``) called
     on ``inputs`` (numpy arrays of one batch, in parameter order); ``cores`` defaults to
-    :data:`~tvm_intq.targets.mca.CORES` of the target's architecture."""
+    :data:`~tvm_intq.targets.mca.CORES` of the target's architecture. ``macs``
+    (:func:`~tvm_intq.deploy.peer_bench.multiply_accumulates` of the int8 program) adds the
+    int8 conv kernels' MACs per executed instruction against the instruction's peak. On
+    aarch64 each program is also estimated over the whole call (``mca_whole_call``: runtime,
+    libc and kernels, as the peers are counted)."""
+    from tvm_intq.deploy.peer_bench import conv_efficiency
+    from tvm_intq.targets.mca import executed_mnemonics, kernel_instructions, whole_call_cycles
+
     board = emulated_board(target)
-    cores = tuple(cores or CORES[architecture(board)])
+    arch = architecture(board)
+    cores = tuple(cores or CORES[arch])
     out = {
         "board": board.name,
         "emulator": f"{board.emulator.qemu} {' '.join(board.emulator.qemu_args)}",
@@ -91,12 +130,45 @@ def emulated_figures(
                 "convs": sum(c for k, c in kernels.items() if _is_conv(k)),
                 "kernels": dict(sorted(kernels.items(), key=lambda kv: -kv[1])),
             }
-        out["programs"][precision] = {
+        kernels = kernel_instructions(library, run, board)
+        prog = out["programs"][precision] = {
             "library": str(library),
             "instructions": run.warm_instructions(warmup, f"{Path(library).name} on {board.name}"),
             "instructions_per_call": list(run.per_call),
             "mca_cycles": mca,
+            "kernel_instructions": {k: round(v["instructions"]) for k, v in kernels.items()},
         }
+        if precision == "int8" and macs:
+            mix: dict = {}
+            for k, v in kernels.items():
+                if _is_conv(k):
+                    for m, n in v["mnemonics"].items():
+                        mix[m] = mix.get(m, 0.0) + n
+            prog["conv_efficiency"] = conv_efficiency(
+                {k: v["instructions"] for k, v in kernels.items()}, macs, mac_peak(board, mix)
+            )
+            prog["macs"] = dict(macs)
+        if arch == "aarch64":
+            calls = len(run.per_call)
+            per_call = {
+                f: {key: e / calls for key, e in b.items()} for f, b in run.file_blocks.items()
+            }
+            cpu = emulated_cpu(board)
+            executed = executed_mnemonics(per_call, cpu)
+            prog["dot_instructions"] = {m: round(executed[m]) for m in DOT_MACS if m in executed}
+            prog["mca_whole_call"] = {}
+            # the whole call (VM, runtime, libc) on the peers' core only: llvm-mca over
+            # every block a call ran takes minutes per core on the larger models
+            for core in [c for c in cores if c in PEER_CORES] or cores[:1]:
+                whole = whole_call_cycles(run, board, core)
+                prog["mca_whole_call"][core] = {
+                    "total": whole["total"],
+                    "modelled": round(whole["modelled"], 4),
+                    "libraries": {k: round(v) for k, v in whole["libraries"].items()},
+                }
+                prog["instructions_by_file"] = {
+                    k: round(v) for k, v in whole["instructions"].items()
+                }
     progs = out["programs"]
     if "int8" in progs and "fp32" in progs:
         i8, f32 = progs["int8"], progs["fp32"]
@@ -128,10 +200,27 @@ def bench_emulated(
     cores=None,
     warmup: int = WARMUP_CALLS,
     databases: list | None = None,
+    peers: bool = False,
+    peer_models: dict | None = None,
+    peer_cores=None,
+    on_event=None,
 ) -> dict:
     """``tvm-intq bench --target T`` without ``--key``: build int8 and fp32 for ``target``
     exactly as the bench does (:func:`tvm_intq.deploy.board_bench.plan_bench`; ``databases``
-    as there) and return their figures, on the first held-out sample, with the model and target."""
+    as there) and return their figures, on the first held-out sample, with the model and
+    target. ``peers`` (aarch64 targets): ONNX Runtime and LiteRT int8/fp32 on the same emulated
+    core, counted the same way (:mod:`tvm_intq.deploy.peer_bench`; ``peer_models``: ``{NAME:
+    file}`` given for a peer), in ``configs`` beside ours and ``peer_notes`` for those left
+    out; their llvm-mca cycles on ``peer_cores`` (default: the Cortex-A76-class core of
+    :data:`PEER_CORES`)."""
+    from tvm_intq.deploy import peer_bench
+
+    work = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="tvm-intq-bench-"))
+    if peers and architecture(emulated_board(target)) != "aarch64":
+        raise IntqError(
+            f"--peers: ONNX Runtime and LiteRT are counted on an emulated ARM core; target "
+            f"{target} has no peer (no aarch64 emulated board)"
+        )
     plan = plan_bench(
         model,
         calib,
@@ -140,13 +229,40 @@ def bench_emulated(
         check_samples=1,
         config=config,
         input_shapes=input_shapes,
-        out_dir=out_dir,
+        out_dir=work,
         databases=databases,
     )
-    return {
+    inputs = plan.batches[0]
+    figures = emulated_figures(
+        plan.libraries, target, inputs, cores=cores, warmup=warmup, macs=plan.macs
+    )
+    out = {
         "model": str(model),
         "target": target,
         "quantization": plan.report,
         "schedules": schedules_note(plan.databases),
-        **emulated_figures(plan.libraries, target, plan.batches[0], cores=cores, warmup=warmup),
+        **figures,
     }
+    if peers:
+        from tvm_intq import api
+
+        cores_peer = tuple(peer_cores or PEER_CORES)
+        missing = [c for c in cores_peer if c not in figures["mca_labels"]]
+        if missing:
+            raise IntqError(f"peer cores {missing} are not among the cores estimated: {cores}")
+        calib_part, _ = api.split_holdout(calib)
+        models, notes = peer_bench.peer_models(model, calib_part, work, peer_models)
+        configs, failed = peer_bench.peer_configs(
+            models, inputs, target, cores_peer, on_event=on_event, cache=work / "peers"
+        )
+        notes.update(failed)
+        ours = peer_bench.our_configs(figures)
+        for fig in ours.values():
+            fig["mca_cycles"] = {c: v for c, v in fig["mca_cycles"].items() if c in cores_peer}
+        ordered = {**ours, **configs}
+        out["configs"] = {n: ordered[n] for n in peer_bench.CONFIGS if n in ordered}
+        out["peer_notes"] = notes
+        out["peer_cores"] = list(cores_peer)
+        out["cpu"] = emulated_cpu(emulated_board(target))
+        out["against_best_peer"] = {c: peer_bench.compare(out["configs"], c) for c in cores_peer}
+    return out

@@ -167,13 +167,29 @@ def _matmul(call, a, b):
 def _pool_geometry(call, x):
     a = call.attrs
     k = _ints(a.pool_size)
+    spatial = "DHW"[3 - len(k) :]
     _require(
-        str(a.layout) == "NC" + "DHW"[3 - len(k) :] and not bool(a.ceil_mode),
-        f"{call.op.name} with ceil_mode or layout {a.layout}",
+        str(a.layout) in ("NC" + spatial, "N" + spatial + "C")
+        and str(a.out_layout) == str(a.layout)
+        and not bool(a.ceil_mode),
+        f"{call.op.name} with ceil_mode or layout {a.layout} -> {a.out_layout}",
     )
     return a, k, _ints(a.strides), _ints(a.dilation)
 
 
+def _channels_first(pool):
+    """``pool`` (computing on NC + spatial) for either layout: a channels-last pool (NHWC, as
+    the TFLite frontend imports one) moves the channels next to the batch and back."""
+
+    def run(call, x):
+        if str(call.attrs.layout).endswith("C"):
+            return np.moveaxis(pool(call, np.moveaxis(x, -1, 1)), 1, -1)
+        return pool(call, x)
+
+    return run
+
+
+@_channels_first
 def _max_pool(call, x):
     """Padding holds the dtype's minimum, as topi pads a max pool."""
     a, k, st, dil = _pool_geometry(call, x)
@@ -182,6 +198,7 @@ def _max_pool(call, x):
     return np.max(np.stack([v for _, v in _windows(x, k, st, dil)]), axis=0)
 
 
+@_channels_first
 def _avg_pool(call, x):
     """The count_include_pad form FoldToInteger emits: window sum / k; on integers with TVM's
     truncating division (FoldToInteger's sums are multiples of k, so it is exact)."""

@@ -76,23 +76,85 @@ def emulated_markdown(fig: dict) -> str:
                 [progs[p]["mca_cycles"][core][part] for p in precisions],
                 ratio and ratio["mca_cycles"][core][part],
             )
+    eff = progs.get("int8", {}).get("conv_efficiency")
+    if eff:
+        lines.append(
+            f"| int8 conv kernels: MACs per executed instruction (peak {eff['peak']}) | "
+            f"{eff['macs_per_instruction']:.2f} ({eff['peak_fraction']:.0%} of peak) |"
+            + (" - | - |" if ratio else "")
+        )
     lines += ["", f"Method: {fig['mca_method']}."]
+    if eff:
+        lines.append(
+            f"Conv kernels: {eff['macs']:,} multiply-accumulates of the model's convolutions "
+            f"over the {eff['instructions']:,} instructions the int8 conv kernels (padding and "
+            f"epilogues included) executed; peak: {eff['peak']} MACs per instruction (aarch64 "
+            "sdot 16, smmla 32; RVV widening multiply-add on int8 at LMUL 1: VLEN/8)."
+        )
     if fig.get("schedules"):
         lines.append(f"Schedules: {fig['schedules']}.")
     return "\n".join(lines)
 
 
+def peers_markdown(fig: dict) -> str:
+    """tvm-intq against ONNX Runtime and LiteRT on the same emulated core
+    (:func:`tvm_intq.deploy.emulated_figures.bench_emulated` with ``peers=True``): one row per
+    configuration, instructions and llvm-mca cycles over the whole call, and each against
+    tvm-intq int8; then the peers left out and why."""
+    cores = fig["peer_cores"]
+    configs = fig["configs"]
+    ours = configs.get("tvm-intq-int8")
+    lines = [
+        f"Against ONNX Runtime and LiteRT on the same emulated core ({fig['cpu']}), one warm "
+        "inference, 1 thread, the whole call counted (runtime, libc, kernels):",
+        "",
+        "| configuration | instructions | int8 dot-product instructions | "
+        + " | ".join(f"llvm-mca cycles, {c}" for c in cores)
+        + " | instructions / tvm-intq int8 | "
+        + " | ".join(f"{c} cycles / tvm-intq int8" for c in cores)
+        + " |",
+        "|---|---:|---:|" + "---:|" * (2 * len(cores) + 1),
+    ]
+    for name, f in configs.items():
+        dots = ", ".join(f"{n:,} {m}" for m, n in f.get("dot_instructions", {}).items()) or "-"
+        cyc = " | ".join(f"{f['mca_cycles'][c]:,}" for c in cores)
+        if ours:
+            rel = f"{f['instructions'] / ours['instructions']:.2f}x | " + " | ".join(
+                f"{f['mca_cycles'][c] / ours['mca_cycles'][c]:.2f}x" for c in cores
+            )
+        else:
+            rel = " | ".join("-" for _ in range(len(cores) + 1))
+        lines.append(f"| {name} | {f['instructions']:,} | {dots} | {cyc} | {rel} |")
+    for core, cmp in fig.get("against_best_peer", {}).items():
+        if cmp:
+            lines.append(
+                f"\nBest peer int8 ({cmp['best_peer']}) against tvm-intq int8 on {core}: "
+                f"{cmp['instructions']:.2f}x the instructions, "
+                + (f"{cmp['mca_cycles']:.2f}x the cycles" if cmp["mca_cycles"] else "cycles -")
+                + " (above 1: tvm-intq int8 executes fewer)."
+            )
+    for name, why in fig.get("peer_notes", {}).items():
+        lines.append(f"\n- {name} left out: {why}")
+    return "\n".join(lines)
+
+
 def plot_emulated(figs: dict, path) -> Path:
     """Bars: how many times fewer instructions / estimated cycles int8 needs than fp32, per
-    figure, one panel per target (``figs``: ``{target: emulated figures}``)."""
+    figure, one panel per target (``figs``: ``{target: emulated figures}``); for a target with
+    peers a second panel: each configuration's instructions and llvm-mca cycles (whole call)
+    over tvm-intq int8's (above 1: tvm-intq int8 executes fewer)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figs = {t: f for t, f in figs.items() if f.get("fp32_over_int8")}
-    fig, axes = plt.subplots(1, len(figs), figsize=(6.5 * len(figs), 4.5), squeeze=False)
-    for ax, (target, f) in zip(axes[0], figs.items()):
+    panels = [(t, f, "ratio") for t, f in figs.items() if f.get("fp32_over_int8")]
+    panels += [(t, f, "peers") for t, f in figs.items() if f.get("configs")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+    for ax, (target, f, kind) in zip(axes[0], panels):
+        if kind == "peers":
+            _peers_panel(ax, target, f)
+            continue
         r = f["fp32_over_int8"]
         labels = ["qemu\ninstructions"] + [
             f"{c}\n{part}" for c in f["mca_labels"] for part in ("total", "convs")
@@ -116,6 +178,32 @@ def plot_emulated(figs: dict, path) -> Path:
         ax.set_title(f"{target} ({f['board']})", fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path, dpi=120)
+
+
+def _peers_panel(ax, target: str, f: dict) -> None:
+    configs, core = f["configs"], f["peer_cores"][0]
+    ours = configs.get("tvm-intq-int8")
+    if not ours:
+        return
+    names = list(configs)
+    width = 0.4
+    for k, (what, color) in enumerate((("instructions", "tab:blue"), ("cycles", "tab:orange"))):
+        values = [
+            c["instructions"] / ours["instructions"]
+            if what == "instructions"
+            else c["mca_cycles"][core] / ours["mca_cycles"][core]
+            for c in configs.values()
+        ]
+        bars = ax.bar([i + k * width for i in range(len(names))], values, width, color=color)
+        ax.bar_label(bars, fmt="%.2fx", fontsize=6)
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xticks([i + width / 2 for i in range(len(names))])
+    ax.set_xticklabels(names, fontsize=7, rotation=30)
+    ax.set_xlabel(
+        f"blue: instructions (qemu); orange: llvm-mca cycles on {core}, whole call", fontsize=7
+    )
+    ax.set_ylabel("over tvm-intq int8 (above 1: ours fewer)")
+    ax.set_title(f"{target}: against ONNX Runtime and LiteRT on {f['cpu']}", fontsize=9)
 
 
 def boards_table(rows: list[dict]) -> str:
@@ -233,14 +321,13 @@ def write_emulated(data: dict, folder) -> list[Path]:
         "",
     ]
     for target, fig in data["targets"].items():
-        lines += [
-            f"## {target}",
-            "",
-            emulated_markdown(fig),
-            "",
-            f"Same figures: `{fig['command']}`",
-            "",
-        ]
+        lines += [f"## {target}", ""]
+        if fig.get("note"):
+            lines += [fig["note"], ""]
+        lines += [emulated_markdown(fig), ""]
+        if fig.get("configs"):
+            lines += [peers_markdown(fig), ""]
+        lines += [f"Same figures: `{fig['command']}`", ""]
     lines += [f"Command: `{data['command']}`", ""]
     md = folder / "emulated.md"
     md.write_text("\n".join(lines))
