@@ -385,6 +385,19 @@ def _bn_affine(c):
     return lambda r: ((r[:, None] - m) / d) * g + b  # (256, C): one table per channel
 
 
+def _prelu(c):
+    a = np.asarray(c.inits["a"], F32).astype(np.float64).reshape(-1)
+    return lambda r: np.where(r[:, None] >= 0, r[:, None], a * r[:, None])
+
+
+def _split_conv(x, qz, r, c):
+    """conv -> the second half of its channels, sliced as int8 codes -> 1x1 conv."""
+    px, pc, out = (qz.qp(r, n) for n in r)
+    qx = quantize_input(x, px)
+    qc = conv_layer(qx, px, c.inits["W"], c.inits["B"], pc, pads=(1, 1, 1, 1))
+    return conv_layer(qc[:, 3:], pc, c.inits["W2"], c.inits["B2"], out)
+
+
 RNG = np.random.default_rng(7)
 
 
@@ -557,6 +570,23 @@ CASES = {
         kind="lut_channel",
         sqnr=25,
     ),
+    # YOLO's C2f: a conv's output split in two, a conv on one half (SplitToSlices)
+    "split_conv": Case(
+        [
+            conv_node(out="c", pads=[1, 1, 1, 1]),
+            helper.make_node("Split", ["c"], ["a", "b"], axis=1),
+            helper.make_node("Conv", ["b", "W2", "B2"], ["y"]),
+        ],
+        {"W": _w(6, 4, 3, 3), "B": _w(6, amp=1), "W2": _w(5, 3, 1, 1, amp=0.6), "B2": _w(5)},
+        kind="split_conv",
+    ),
+    # a slope per channel (DecomposePRelu: max(x, 0) + a * min(x, 0), one table per channel)
+    "prelu": Case(
+        [helper.make_node("PRelu", ["x", "a"], ["y"])],
+        {"a": RNG.uniform(0.05, 0.5, (4, 1, 1))},
+        kind="lut_channel",
+        sqnr=25,
+    ),
 }
 
 EXPECTED = {
@@ -585,6 +615,8 @@ EXPECTED = {
     "hardswish": _lut(lambda r: r * np.clip(r + 3.0, 0.0, 6.0) / 6.0),
     "silu": _lut(lambda r: r * intmath.sigmoid(r)),
     "batchnorm_affine": _lut(_bn_affine, per_channel=True),
+    "split_conv": _split_conv,
+    "prelu": _lut(_prelu, per_channel=True),
 }
 
 PARAMS = [pytest.param(n, s, id=f"{n}-{s}") for n in CASES for s in SCHEMES]
@@ -637,6 +669,13 @@ def check_concat_ir(imod):
     assert requantizes(imod) in (3, 4)
     (cat,) = calls_of(imod, "relax.concat")
     assert str(cat.ty.dtype) == "int8"
+
+
+def check_split_conv_ir(imod):
+    check_convs(imod, 2)
+    assert requantizes(imod) == 2 and "relax.split" not in ops_of(imod)
+    (part,) = calls_of(imod, "relax.strided_slice")
+    assert str(part.args[0].ty.dtype) == str(part.ty.dtype) == "int8"
 
 
 def check_maxpool_ir(imod):
@@ -698,6 +737,7 @@ IR_CHECKS = {
     "softmax": check_softmax_ir,
     "lut": check_lut_ir,
     "lut_channel": functools.partial(check_lut_ir, channels=4),
+    "split_conv": check_split_conv_ir,
 }
 
 

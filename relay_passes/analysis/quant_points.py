@@ -212,7 +212,9 @@ def analyze(func: relax.Function) -> QuantPlan:
             node = Node(b.var, call, "passthrough", -1)
         elif _is_epilogue(call, name, first, nodes, users):
             node = Node(b.var, call, "epilogue", first.group)
-        elif _anchor(call):
+        elif _anchor(call) and not (name in BINARY and _cluster_root(args, nodes) is not None):
+            # (a sum of two functions of one tensor, PReLU's max(x, 0) + a * min(x, 0), is
+            # one lookup table, not an add of two activations)
             node = Node(b.var, call, "anchor", next_group)
         elif (
             (name in UNARY or name in BINARY)
