@@ -315,17 +315,18 @@ def _residual(x, qz, r, c):
 
 
 def _concat(x, qz, r, c):
-    px, p1, p2, out = (qz.qp(r, n) for n in r)
+    px, p1, p2, cat, out = (qz.qp(r, n) for n in r)
     qx = quantize_input(x, px)
     parts = [
         conv_layer(qx, px, c.inits[w], c.inits[b], p, pads=(1, 1, 1, 1))
         for w, b, p in (("W1", "B1", p1), ("W2", "B2", p2))
     ]
     parts = [
-        q if p == out else intmath.rescale_requant(p.scale, p.zero_point, out).apply(q)
+        q if p == cat else intmath.rescale_requant(p.scale, p.zero_point, cat).apply(q)
         for q, p in zip(parts, (p1, p2))
     ]
-    return np.concatenate(parts, axis=1)
+    table = intmath.lut(lambda v: np.maximum(v, 0.0), cat, out)
+    return intmath.apply_lut(np.concatenate(parts, axis=1), table, None)
 
 
 def _maxpool(x, qz, r, c):
@@ -470,7 +471,10 @@ CASES = {
         [
             conv_node("W1", "B1", "c1", pads=[1, 1, 1, 1]),
             conv_node("W2", "B2", "c2", pads=[1, 1, 1, 1]),
-            helper.make_node("Concat", ["c1", "c2"], ["y"], axis=1),
+            helper.make_node("Concat", ["c1", "c2"], ["cat"], axis=1),
+            # something integer reads the concat (a concat on the way to the output keeps its
+            # parts' scales instead: test_detection_head.py)
+            helper.make_node("Relu", ["cat"], ["y"]),
         ],
         {
             "W1": _w(3, 4, 3, 3, amp=0.05),
