@@ -28,6 +28,7 @@ from tvm_intq.evaluation.evaluate import describe, evaluate
 from tvm_intq.frontends import ModelInfo, import_model
 from tvm_intq.relay_passes import analyze
 from tvm_intq.search import float_layers, scheme_choice
+from tvm_intq.search.budget import Budget
 
 __all__ = [
     "Compiled",
@@ -89,21 +90,26 @@ def compile_onnx(
     target="host",
     input_shapes: dict | None = None,
     eval_samples: SampleSet | None = None,
+    log=None,
 ) -> Compiled:
-    """Import, calibrate, quantize to integers and evaluate an ONNX model (the report's data)."""
+    """Import, calibrate, quantize to integers and evaluate an ONNX model (the report's data).
+    ``log(line)`` gets the searches' line per candidate (``scheme="auto"``,
+    ``float_layers="auto"``), which share ``config.search_minutes``."""
+    budget = Budget(config.search_minutes, log)
     mod, info = import_model(model_path, input_shapes)
     check_inputs(calib, info.inputs, "calibration data")
     if eval_samples is None:
         calib, eval_samples = split_holdout(calib)
     prepared = prepare(mod)
     float_layers.check_float_layers(config, prepared)
+    sanity: list[str] = []  # degenerate outputs on the calibration data (one line each)
     choice = None
     if config.scheme == "auto":  # a scheme per layer, by measured error (search.scheme_choice)
         by_scheme = scheme_choice.calibrate_all(
             prepared, calib, config.calibrator, config.progress, **config.calibrator_options
         )
         search = float_layers.search_module(model_path, input_shapes, info, prepared)
-        scheme, ranges, choice = scheme_choice.choose(search, by_scheme, calib)
+        scheme, ranges, choice = scheme_choice.choose(search, by_scheme, calib, budget=budget)
         config = replace(config, scheme=scheme)
     else:
         ranges = calibrate(
@@ -112,21 +118,32 @@ def compile_onnx(
             config.calibrator,
             config.scheme,
             config.progress,
+            warnings=sanity,
+            output_names=info.outputs,
             **config.calibrator_options,
         )
     selection = _float_layers(
-        model_path, input_shapes, info, prepared, ranges, config, eval_samples
+        model_path, input_shapes, info, prepared, ranges, config, eval_samples, budget
     )
     if selection is not None:
         config = replace(config, float_layers=selection.names)
     qdq, integer = lower(prepared, ranges, config)
-    report = evaluate(prepared, qdq, integer, eval_samples, progress=config.progress, ranges=ranges)
+    report = evaluate(
+        prepared,
+        qdq,
+        integer,
+        eval_samples,
+        progress=config.progress,
+        ranges=ranges,
+        output_names=info.outputs,
+    )
     report.update(
         model=str(model_path),
         target=target if isinstance(target, str) else target.name,
         scheme=getattr(config.scheme, "name", config.scheme),
         calibrator=config.calibrator,
     )
+    report["calibration_warnings"] = sanity
     if choice is not None:
         report["scheme_choice"] = choice
     if selection is not None:
@@ -135,7 +152,7 @@ def compile_onnx(
     return Compiled(info, prepared, qdq, integer, report)
 
 
-def _float_layers(model_path, input_shapes, info, prepared, ranges, config, samples):
+def _float_layers(model_path, input_shapes, info, prepared, ranges, config, samples, budget):
     """The :class:`~tvm_intq.search.float_layers.Selection` of float layers ``config`` asks for
     (None: none)."""
     wanted = parse_float_layers(config.float_layers)
@@ -152,7 +169,7 @@ def _float_layers(model_path, input_shapes, info, prepared, ranges, config, samp
         target = float_layers.Target(config.max_drop, config.min_sqnr)
         search = float_layers.search_module(model_path, input_shapes, info, prepared)
         return float_layers.select_float_layers(
-            search, ranges, config.scheme, samples, target, describe=label
+            search, ranges, config.scheme, samples, target, describe=label, budget=budget
         )
     if wanted:
         return float_layers.explicit_selection(wanted, label)

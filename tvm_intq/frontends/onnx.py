@@ -6,6 +6,7 @@ line naming the file, the input or the operator, before TVM sees it.
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from onnx import TensorProto
 from tvm_intq.errors import IntqError
 from tvm_intq.frontends.model_info import ModelInfo, first_line, fmt_dims
 from tvm_intq.frontends.onnx_clean import clean, repair_types, upgrade_opset
+from tvm_intq.frontends.quiet import quiet_tvm
 
 
 def load_onnx(path: str | Path) -> onnx.ModelProto:
@@ -117,21 +119,26 @@ def _from_onnx(model: onnx.ModelProto, info: ModelInfo):
     from tvm.relax.frontend.onnx import from_onnx
 
     path = info.path
-    try:
-        mod = from_onnx(
-            model,
-            shape_dict={k: list(v) for k, v in info.inputs.items()},
-            dtype_dict=info.input_dtypes,
-        )
-        # What TVM cannot lower (symbolic shapes left by the frontend) shows here, not later
-        # inside the flow with a traceback.
-        tvm.relax.transform.LegalizeOps()(mod)
-    except tvm.error.OpNotImplemented as err:
-        raise IntqError(f"{path}: {first_line(err)}") from None
-    except Exception as err:  # the frontend raises many kinds; the message is what matters
-        raise IntqError(
-            f"{path}: TVM's ONNX frontend cannot import this model: {first_line(err)}"
-        ) from None
+    error = None
+    with quiet_tvm():
+        try:
+            mod = from_onnx(
+                model,
+                shape_dict={k: list(v) for k, v in info.inputs.items()},
+                dtype_dict=info.input_dtypes,
+            )
+            # What TVM cannot lower (symbolic shapes left by the frontend) shows here, not
+            # later inside the flow with a traceback.
+            tvm.relax.transform.LegalizeOps()(mod)
+        except tvm.error.OpNotImplemented as err:
+            error = f"{path}: {first_line(err)}"
+        except Exception as err:  # the frontend raises many kinds; the message is what matters
+            error = f"{path}: TVM's ONNX frontend cannot import this model: {first_line(err)}"
+        # A failed import leaves a BlockBuilder in a reference cycle; freed here, its
+        # "destroyed with remaining blocks" warning stays inside the quiet block.
+        gc.collect()
+    if error is not None:
+        raise IntqError(error)
     return mod
 
 
