@@ -7,6 +7,7 @@ from tvm import relax
 
 from tvm_intq.errors import IntqError
 from tvm_intq.relay_passes.analysis.ir_utils import is_float, op_name, returned_vars
+from tvm_intq.relay_passes.analysis.quant_points import is_passthrough
 from tvm_intq.relay_passes.analysis.rebuild import bindings_of
 
 # Float values may enter only through the input quantize and leave through the output
@@ -14,19 +15,45 @@ from tvm_intq.relay_passes.analysis.rebuild import bindings_of
 _BOUNDARY = {"relax.quantize", "relax.dequantize"}
 
 
+def output_tail(func) -> set:
+    """The bindings after the program's last integer values: dequantizes, concats and data
+    movement whose results reach the outputs only through each other (a detection head's
+    parts, each dequantized with its own scale and concatenated in the output)."""
+    outputs = returned_vars(func.body.body)
+    bindings = bindings_of(func)
+    readers: dict = {}
+    for b in bindings:
+        for v in relax.analysis.free_vars(b.value):
+            readers.setdefault(v, []).append(b.var)
+    tail: set = set()
+    for b in reversed(bindings):
+        value = b.value
+        name = op_name(value)
+        moves = (
+            name in ("relax.dequantize", "relax.concat")
+            or isinstance(value, (relax.Tuple, relax.TupleGetItem))
+            or (name is not None and is_passthrough(value))
+        )
+        users = readers.get(b.var, [])
+        if moves and (b.var in outputs or users) and all(u in tail for u in users):
+            tail.add(b.var)
+    return tail
+
+
 def float_ops(mod: tvm.IRModule) -> list[str]:
     """``"<tensor> = <op>"`` for every float computation of ``main`` other than the
-    quantize of a graph input and the dequantize of a graph output."""
+    quantize of a graph input and the output tail (:func:`output_tail`: the dequantize of
+    a graph output, and the concat and data movement of dequantized parts after it)."""
     func = mod["main"]
-    outputs = returned_vars(func.body.body)
     params = set(func.params)
+    tail = output_tail(func)
     left = []
     for b in bindings_of(func):
         value = b.value
         name = op_name(value) or type(value).__name__
         if name == "relax.quantize" and value.args[0] in params:
             continue
-        if name == "relax.dequantize" and b.var in outputs:
+        if b.var in tail:
             continue
         touches_float = is_float(b.var) or any(
             isinstance(a, relax.Var) and is_float(a) for a in getattr(value, "args", [])

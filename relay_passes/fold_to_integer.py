@@ -8,7 +8,12 @@ from tvm import relax
 
 from tvm_intq.core import intmath
 from tvm_intq.relay_passes.analysis.ir_utils import const_value, op_name, shape_of
-from tvm_intq.relay_passes.analysis.lookup_tables import NUMPY_OPS, build_table, region_function
+from tvm_intq.relay_passes.analysis.lookup_tables import (
+    NUMPY_OPS,
+    affine_of,
+    build_table,
+    region_function,
+)
 from tvm_intq.relay_passes.analysis.quant_points import CLAMPS, clamp_bounds, is_passthrough
 from tvm_intq.relay_passes.analysis.rebuild import rewrite_main
 from tvm_intq.relay_passes.ops import integer_kernels as K
@@ -192,8 +197,13 @@ def _fold_softmax(bb, st, v, out, name):
     return K.softmax(bb, x[0], axis, intmath.softmax_int(x[1], out), name)
 
 
-def _fold_lut(bb, st, v, out, name):
-    """An elementwise region on one dequantized tensor -> one lookup table (S2 Eq. 16)."""
+#: A per-channel table costs 256 bytes a channel; past this many channels an affine region
+#: is one requantize with a multiplier and offset per element instead.
+MAX_TABLE_CHANNELS = 64
+
+
+def _region_source(st, v):
+    """The one dequantized tensor the elementwise region ending at ``v`` reads, or None."""
     sources = set()
 
     def find(var):
@@ -211,15 +221,31 @@ def _fold_lut(bb, st, v, out, name):
     find(v)
     if len(sources) != 1 or None in sources:
         return None
-    src = sources.pop()
-    fn = region_function(v, src, st.lookup)
+    return sources.pop()
+
+
+def _fold_lut(bb, st, v, out, name):
+    """An elementwise region on one dequantized tensor -> one lookup table (S2 Eq. 16), or,
+    when it is affine and a table would not do (constants along several axes, or too many
+    channels), one requantize with per-element constants."""
+    src = _region_source(st, v)
+    fn = None if src is None else region_function(v, src, st.lookup)
     if fn is None:
         return None
     xq, p = st.dq[src]
     table, axis = build_table(fn, p, out, len(shape_of(src)))
-    if table is None:
-        return None
-    return K.lookup(bb, xq, table, axis, name)
+    if table is not None and (table.ndim == 1 or table.shape[1] <= MAX_TABLE_CHANNELS):
+        return K.lookup(bb, xq, table, axis, name)
+    affine = affine_of(fn, p, len(shape_of(src)))
+    if affine is None:
+        return None if table is None else K.lookup(bb, xq, table, axis, name)
+    a, b = affine
+    shape = shape_of(v)
+    if shape_of(src) != shape:  # constants broadcast the tensor out to their shape
+        xq = bb.emit(relax.op.broadcast_to(xq, shape))
+    ndim = len(shape)
+    a, b = (c.reshape((1,) * (ndim - c.ndim) + c.shape) for c in (a, b))
+    return K.requantize(bb, xq, intmath.affine_requant(p, a, b, out), name)
 
 
 def _fold_requantize(bb, st, v, out, name):
@@ -280,6 +306,7 @@ class FoldToInteger:
           quantize(avg_pool(dq(x))), quantize(mean)   ->  (window_sum(x)*MUL + ADD) >> S
           quantize(softmax(dq(x)))                    ->  integer softmax (exp table + division)
           quantize(f(dq(x))), f elementwise           ->  take(T, x + 128), T[i] = Q(f(R(i)))
+          quantize(a*dq(x) + b), a, b constant        ->  (x*MUL + ADD) >> S, per element
 
       with MUL/ADD/S per output channel from :mod:`tvm_intq.core.intmath`. A weight is
       ``dequantize(Qw, sw, 0, axis)`` of a constant int8 ``Qw`` (OIHW for conv2d), with one

@@ -72,7 +72,9 @@ class GateQuantization:
             with bb.dataflow():
 
                 def gate(i, j):
-                    return bb.emit(relax.op.take(gates, relax.const(i * k + j, "int64"), axis=0))
+                    return bb.emit(
+                        relax.op.take(gates, relax.const(i * k + j, "int64"), axis=0, mode="clip")
+                    )
 
                 def mix(exact, deltas, i):  # exact + sum_j gate(i, j) * delta_j
                     out = exact

@@ -315,17 +315,18 @@ def _residual(x, qz, r, c):
 
 
 def _concat(x, qz, r, c):
-    px, p1, p2, out = (qz.qp(r, n) for n in r)
+    px, p1, p2, cat, out = (qz.qp(r, n) for n in r)
     qx = quantize_input(x, px)
     parts = [
         conv_layer(qx, px, c.inits[w], c.inits[b], p, pads=(1, 1, 1, 1))
         for w, b, p in (("W1", "B1", p1), ("W2", "B2", p2))
     ]
     parts = [
-        q if p == out else intmath.rescale_requant(p.scale, p.zero_point, out).apply(q)
+        q if p == cat else intmath.rescale_requant(p.scale, p.zero_point, cat).apply(q)
         for q, p in zip(parts, (p1, p2))
     ]
-    return np.concatenate(parts, axis=1)
+    table = intmath.lut(lambda v: np.maximum(v, 0.0), cat, out)
+    return intmath.apply_lut(np.concatenate(parts, axis=1), table, None)
 
 
 def _maxpool(x, qz, r, c):
@@ -383,6 +384,19 @@ def _bn_affine(c):
     d = np.sqrt(v + F32(1e-5))  # float32, like the folded constant
     g, b, m, d = (t.astype(np.float64) for t in (g, b, m, d))
     return lambda r: ((r[:, None] - m) / d) * g + b  # (256, C): one table per channel
+
+
+def _prelu(c):
+    a = np.asarray(c.inits["a"], F32).astype(np.float64).reshape(-1)
+    return lambda r: np.where(r[:, None] >= 0, r[:, None], a * r[:, None])
+
+
+def _split_conv(x, qz, r, c):
+    """conv -> the second half of its channels, sliced as int8 codes -> 1x1 conv."""
+    px, pc, out = (qz.qp(r, n) for n in r)
+    qx = quantize_input(x, px)
+    qc = conv_layer(qx, px, c.inits["W"], c.inits["B"], pc, pads=(1, 1, 1, 1))
+    return conv_layer(qc[:, 3:], pc, c.inits["W2"], c.inits["B2"], out)
 
 
 RNG = np.random.default_rng(7)
@@ -457,7 +471,10 @@ CASES = {
         [
             conv_node("W1", "B1", "c1", pads=[1, 1, 1, 1]),
             conv_node("W2", "B2", "c2", pads=[1, 1, 1, 1]),
-            helper.make_node("Concat", ["c1", "c2"], ["y"], axis=1),
+            helper.make_node("Concat", ["c1", "c2"], ["cat"], axis=1),
+            # something integer reads the concat (a concat on the way to the output keeps its
+            # parts' scales instead: test_detection_head.py)
+            helper.make_node("Relu", ["cat"], ["y"]),
         ],
         {
             "W1": _w(3, 4, 3, 3, amp=0.05),
@@ -557,6 +574,23 @@ CASES = {
         kind="lut_channel",
         sqnr=25,
     ),
+    # YOLO's C2f: a conv's output split in two, a conv on one half (SplitToSlices)
+    "split_conv": Case(
+        [
+            conv_node(out="c", pads=[1, 1, 1, 1]),
+            helper.make_node("Split", ["c"], ["a", "b"], axis=1),
+            helper.make_node("Conv", ["b", "W2", "B2"], ["y"]),
+        ],
+        {"W": _w(6, 4, 3, 3), "B": _w(6, amp=1), "W2": _w(5, 3, 1, 1, amp=0.6), "B2": _w(5)},
+        kind="split_conv",
+    ),
+    # a slope per channel (DecomposePRelu: max(x, 0) + a * min(x, 0), one table per channel)
+    "prelu": Case(
+        [helper.make_node("PRelu", ["x", "a"], ["y"])],
+        {"a": RNG.uniform(0.05, 0.5, (4, 1, 1))},
+        kind="lut_channel",
+        sqnr=25,
+    ),
 }
 
 EXPECTED = {
@@ -585,6 +619,8 @@ EXPECTED = {
     "hardswish": _lut(lambda r: r * np.clip(r + 3.0, 0.0, 6.0) / 6.0),
     "silu": _lut(lambda r: r * intmath.sigmoid(r)),
     "batchnorm_affine": _lut(_bn_affine, per_channel=True),
+    "split_conv": _split_conv,
+    "prelu": _lut(_prelu, per_channel=True),
 }
 
 PARAMS = [pytest.param(n, s, id=f"{n}-{s}") for n in CASES for s in SCHEMES]
@@ -637,6 +673,13 @@ def check_concat_ir(imod):
     assert requantizes(imod) in (3, 4)
     (cat,) = calls_of(imod, "relax.concat")
     assert str(cat.ty.dtype) == "int8"
+
+
+def check_split_conv_ir(imod):
+    check_convs(imod, 2)
+    assert requantizes(imod) == 2 and "relax.split" not in ops_of(imod)
+    (part,) = calls_of(imod, "relax.strided_slice")
+    assert str(part.args[0].ty.dtype) == str(part.ty.dtype) == "int8"
 
 
 def check_maxpool_ir(imod):
@@ -698,6 +741,7 @@ IR_CHECKS = {
     "softmax": check_softmax_ir,
     "lut": check_lut_ir,
     "lut_channel": functools.partial(check_lut_ir, channels=4),
+    "split_conv": check_split_conv_ir,
 }
 
 

@@ -89,6 +89,30 @@ def test_min_sqnr_target_on_the_small_model(small):
     assert sqnr_db(ref, got) >= 29.0
 
 
+def test_search_budget_stops_with_the_best_measured_and_says_so(small):
+    """No time at all: the ranking stops at once and the all-int8 result comes back, marked;
+    every candidate still logs a line."""
+    from tvm_intq.search.budget import Budget
+
+    prepared, ranges, samples, *_ = small
+    lines = []
+    budget = Budget(0.0, lines.append)
+    target = float_layers.Target(min_sqnr=99.0)
+    sel = float_layers.select_float_layers(
+        prepared, ranges, "hybrid-asym", samples, target, budget=budget
+    )
+    assert sel.budget_exhausted and sel.layers == [] and sel.hybrid == sel.int8
+    assert any("time is up" in line for line in lines)
+    # With time: one line per candidate, and no layer whose gain was not positive is kept.
+    lines.clear()
+    sel = float_layers.select_float_layers(
+        prepared, ranges, "hybrid-asym", samples, float_layers.Target(min_sqnr=30.0),
+        budget=Budget(None, lines.append),
+    )  # fmt: skip
+    assert sum("float alone" in line for line in lines) == len(sel.ranking)
+    assert all(layer["sqnr_gain_db"] > 0 for layer in sel.layers)
+
+
 def test_targets_need_a_goal_and_labels(small):
     prepared, ranges, samples, *_ = small
     with pytest.raises(IntqError, match="--max-drop.*--min-sqnr"):

@@ -30,6 +30,7 @@ from tvm_intq.evaluation.evaluate import describe, evaluate
 from tvm_intq.frontends import ModelInfo, import_model
 from tvm_intq.relay_passes import analyze
 from tvm_intq.search import float_layers, scheme_choice
+from tvm_intq.search.budget import Budget
 
 __all__ = [
     "COMPILE_PHASES",
@@ -98,13 +99,15 @@ def compile_onnx(
     input_shapes: dict | None = None,
     eval_samples: SampleSet | None = None,
     phases: Phases | None = None,
+    log=None,
 ) -> Compiled:
     """Import, calibrate, quantize to integers and evaluate an ONNX model (the report's data).
 
     ``phases``: the progress bar over the caller's phases, which must name
     :data:`COMPILE_PHASES` (``tvm-intq compile`` adds its build); by default one of its own,
     shown when ``config.progress``. The seconds of each phase are in the report
-    (``compile_seconds``)."""
+    (``compile_seconds``). ``log(line)`` gets the searches' line per candidate
+    (``scheme="auto"``, ``float_layers="auto"``), which share ``config.search_minutes``."""
     own = phases is None
     if own:
         phases = Phases(COMPILE_PHASES, enabled=config.progress)
@@ -115,7 +118,7 @@ def compile_onnx(
         # (same module, same exposed tensors), and by the hybrid-precision search.
         with reuse_builds():
             compiled = _compile(
-                model_path, calib, config, target, input_shapes, eval_samples, phases
+                model_path, calib, config, target, input_shapes, eval_samples, phases, log
             )
     finally:
         if own:
@@ -124,7 +127,10 @@ def compile_onnx(
     return compiled
 
 
-def _compile(model_path, calib, config, target, input_shapes, eval_samples, phases) -> Compiled:
+def _compile(
+    model_path, calib, config, target, input_shapes, eval_samples, phases, log
+) -> Compiled:
+    budget = Budget(config.search_minutes, log)
     with phases.phase("import"):
         mod, info = import_model(model_path, input_shapes)
         check_inputs(calib, info.inputs, "calibration data")
@@ -132,6 +138,7 @@ def _compile(model_path, calib, config, target, input_shapes, eval_samples, phas
             calib, eval_samples = split_holdout(calib)
         prepared = prepare(mod)
         float_layers.check_float_layers(config, prepared)
+    sanity: list[str] = []  # degenerate outputs on the calibration data (one line each)
     choice = None
     with phases.phase("calibrate"):
         if config.scheme == "auto":  # a scheme per layer, by measured error (search.scheme_choice)
@@ -139,7 +146,7 @@ def _compile(model_path, calib, config, target, input_shapes, eval_samples, phas
                 prepared, calib, config.calibrator, config.progress, **config.calibrator_options
             )
             search = float_layers.search_module(model_path, input_shapes, info, prepared)
-            scheme, ranges, choice = scheme_choice.choose(search, by_scheme, calib)
+            scheme, ranges, choice = scheme_choice.choose(search, by_scheme, calib, budget=budget)
             config = replace(config, scheme=scheme)
         else:
             ranges = calibrate(
@@ -148,13 +155,15 @@ def _compile(model_path, calib, config, target, input_shapes, eval_samples, phas
                 config.calibrator,
                 config.scheme,
                 config.progress,
+                warnings=sanity,
+                output_names=info.outputs,
                 **config.calibrator_options,
             )
     selection = None
     if parse_float_layers(config.float_layers):
         with phases.phase("choose float layers"):
             selection = _float_layers(
-                model_path, input_shapes, info, prepared, ranges, config, eval_samples
+                model_path, input_shapes, info, prepared, ranges, config, eval_samples, budget
             )
     if selection is not None:
         config = replace(config, float_layers=selection.names)
@@ -162,7 +171,13 @@ def _compile(model_path, calib, config, target, input_shapes, eval_samples, phas
         qdq, integer = lower(prepared, ranges, config)
     with phases.phase("evaluate"):
         report = evaluate(
-            prepared, qdq, integer, eval_samples, progress=config.progress, ranges=ranges
+            prepared,
+            qdq,
+            integer,
+            eval_samples,
+            progress=config.progress,
+            ranges=ranges,
+            output_names=info.outputs,
         )
     report.update(
         model=str(model_path),
@@ -170,6 +185,7 @@ def _compile(model_path, calib, config, target, input_shapes, eval_samples, phas
         scheme=getattr(config.scheme, "name", config.scheme),
         calibrator=config.calibrator,
     )
+    report["calibration_warnings"] = sanity
     if choice is not None:
         report["scheme_choice"] = choice
     if selection is not None:
@@ -178,7 +194,7 @@ def _compile(model_path, calib, config, target, input_shapes, eval_samples, phas
     return Compiled(info, prepared, qdq, integer, report)
 
 
-def _float_layers(model_path, input_shapes, info, prepared, ranges, config, samples):
+def _float_layers(model_path, input_shapes, info, prepared, ranges, config, samples, budget):
     """The :class:`~tvm_intq.search.float_layers.Selection` of float layers ``config`` asks for
     (None: none)."""
     wanted = parse_float_layers(config.float_layers)
@@ -195,7 +211,7 @@ def _float_layers(model_path, input_shapes, info, prepared, ranges, config, samp
         target = float_layers.Target(config.max_drop, config.min_sqnr)
         search = float_layers.search_module(model_path, input_shapes, info, prepared)
         return float_layers.select_float_layers(
-            search, ranges, config.scheme, samples, target, describe=label
+            search, ranges, config.scheme, samples, target, describe=label, budget=budget
         )
     if wanted:
         return float_layers.explicit_selection(wanted, label)

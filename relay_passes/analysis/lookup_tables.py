@@ -109,3 +109,22 @@ def build_table(fn, inp: intmath.QParams, out: intmath.QParams, ndim: int):
     if len(varying) > 1:
         return None, None
     return y.reshape(256, -1), varying[0]
+
+
+def affine_of(fn, inp: intmath.QParams, ndim: int, tolerance: float = 1e-6):
+    """``(a, b)`` with ``fn(r) == a * r + b`` on every real value the int8 input can hold
+    (checked on all 256 codes, or 16 spread over them when the constants are large), the
+    arrays shaped as the region's constants broadcast; None when ``fn`` is not affine there
+    (a clamp, a sigmoid, ...)."""
+    b = np.asarray(fn(np.zeros(1)), np.float64)[0]
+    a = np.asarray(fn(np.ones(1)), np.float64)[0] - b
+    codes = np.arange(intmath.QMIN, intmath.QMAX + 1)
+    if a.size * 256 > 4_000_000:
+        codes = np.linspace(intmath.QMIN, intmath.QMAX, 16).round()
+    r = inp.dequantize(codes).astype(np.float64)
+    got = np.asarray(fn(r), np.float64)
+    want = a * r.reshape((-1,) + (1,) * ndim) + b
+    scale = np.maximum(np.abs(want), np.abs(b) + np.abs(a) + 1e-30)
+    if got.shape != want.shape or not np.all(np.abs(got - want) <= tolerance * scale):
+        return None
+    return a, b

@@ -10,11 +10,15 @@ Every tensor-valued binding of ``main`` gets a *role*:
   conv/dense), relu, clip, maximum/minimum with a scalar (ReLU6 after import);
 * ``elementwise`` — part of a lookup-table cluster: elementwise ops whose only non-constant
   input is one quantized tensor (sigmoid, tanh, x*sigmoid(x), hardswish's decomposition, a
-  BatchNorm affine with per-channel constants, ...). A whole cluster becomes one table;
+  BatchNorm affine with per-channel constants, ...). A whole cluster becomes one table, or one
+  requantize with constants per element when it is affine (a detection head's
+  ``(anchors - d) * strides``);
 * ``passthrough`` — moves or selects int8 values without arithmetic (reshape, transpose, max
   pool, pad with 0, nearest resize, slices): it keeps its input's scale and zero point;
 * ``float`` — anything else; its output is still quantized so the rest of the graph stays
-  integer, and the integer-only check reports it.
+  integer, and the integer-only check reports it;
+* ``tail`` — a concat on the way to a graph output (through data movement only): its parts
+  keep their own scales up to the output (see :func:`_mark_output_tail`).
 
 A *quantization point* is a tensor whose value is stored as int8: a graph input, and the
 last tensor of each anchor group, cluster or float op that is used outside it.
@@ -82,6 +86,8 @@ BINARY = {
     "relax.maximum",
     "relax.minimum",
 }
+#: Elementwise ops that keep a function of one tensor affine, whatever their constants' shape.
+AFFINE = {"relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.negative"}
 CLAMPS = {"relax.nn.relu", "relax.nn.relu6", "relax.clip", "relax.maximum", "relax.minimum"}
 LINEAR = {"relax.nn.conv2d", "relax.nn.conv2d_transpose", "relax.matmul"}
 
@@ -212,17 +218,22 @@ def analyze(func: relax.Function) -> QuantPlan:
             node = Node(b.var, call, "passthrough", -1)
         elif _is_epilogue(call, name, first, nodes, users):
             node = Node(b.var, call, "epilogue", first.group)
-        elif _anchor(call):
+        elif _anchor(call) and not (name in BINARY and _cluster_root(args, nodes) is not None):
+            # (a sum of two functions of one tensor, PReLU's max(x, 0) + a * min(x, 0), is
+            # one lookup table, not an add of two activations)
             node = Node(b.var, call, "anchor", next_group)
         elif (
             (name in UNARY or name in BINARY)
             and args
             and consts_ok
             and _cluster_root(args, nodes) is not None
-            and all(
-                channel_axis_of(const_value(a), len(call.ty.shape)) is not False
-                for a in call.args
-                if const_value(a) is not None
+            and (
+                name in AFFINE  # any constant: an affine region folds to one requantize
+                or all(
+                    channel_axis_of(const_value(a), len(call.ty.shape)) is not False
+                    for a in call.args
+                    if const_value(a) is not None
+                )
             )
         ):
             root = _cluster_root(args, nodes)
@@ -240,9 +251,10 @@ def analyze(func: relax.Function) -> QuantPlan:
     for var, node in nodes.items():
         node.users = users.get(var, [])
     outputs = returned_vars(func.body.body)
+    _mark_output_tail(nodes)
     points = list(params)
     for var, node in nodes.items():
-        if node.role in ("input", "passthrough"):
+        if node.role in ("input", "passthrough", "tail"):
             continue
         inside = [
             u for u in node.users if nodes.get(u) is not None and nodes[u].group == node.group
@@ -250,6 +262,29 @@ def analyze(func: relax.Function) -> QuantPlan:
         if var in outputs or len(inside) < len(node.users) or not node.users:
             points.append(var)
     return QuantPlan(nodes, points, outputs)
+
+
+def _mark_output_tail(nodes: dict) -> None:
+    """Give the role ``tail`` to each concat whose value reaches the graph's outputs only
+    through data movement and other such concats.
+
+    A detection head concatenates parts of very different ranges into its output (box
+    coordinates in pixels, 0-320, beside class probabilities, 0-1); one scale for the whole
+    would leave the small part a few int8 steps (0 dB). Nothing integer reads such a concat:
+    its parts stay quantization points with their own scales, and the concat (with the data
+    movement after it) runs on their dequantized values, the output tail of the program
+    (:func:`~tvm_intq.relay_passes.check_integer.float_ops` does not count it as float)."""
+    reaches = {}  # var -> does it reach the outputs only through data movement?
+    for var in reversed(list(nodes)):
+        node = nodes[var]
+        readers = [nodes.get(u) for u in node.users]
+        # (no reader: returned, through the alias ``gv`` the dataflow block outputs)
+        reaches[var] = all(
+            r is not None and reaches.get(r.var, False) and r.role in ("passthrough", "tail")
+            for r in readers
+        )
+        if reaches[var] and node.role == "anchor" and op_name(node.call) == "relax.concat":
+            node.role, node.group = "tail", -1
 
 
 def _cluster_root(args, nodes):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from tvm_intq.calibration import CALIBRATORS
@@ -57,7 +58,15 @@ def add_hybrid_args(p):
     g.add_argument(
         "--min-sqnr",
         type=float,
-        help="with --float-layers auto: output SQNR of at least this many dB",
+        help="with --float-layers auto: SQNR of at least this many dB on every output and "
+        "every part a detection head concatenates into one (boxes, scores)",
+    )
+    g.add_argument(
+        "--search-minutes",
+        type=float,
+        default=10.0,
+        help="time limit of the searches (--scheme auto, --float-layers auto) together; they "
+        "stop with the best configuration measured (default 10; 0: no limit)",
     )
 
 
@@ -74,6 +83,7 @@ def quant_config(args):
         float_layers=getattr(args, "float_layers", None) or [],
         max_drop=getattr(args, "max_drop", None),
         min_sqnr=getattr(args, "min_sqnr", None),
+        search_minutes=getattr(args, "search_minutes", 10.0) or None,
     )
 
 
@@ -160,6 +170,9 @@ def add_compile_args(c) -> None:
         action="store_true",
         help="ignore tuning databases (kernels get the default schedules)",
     )
+    c.add_argument(
+        "-v", "--verbose", action="store_true", help="name every kernel without a tuned record"
+    )
 
 
 def check_db_args(args) -> None:
@@ -224,7 +237,7 @@ def quantized_module(args, spec, phases=None):
     check_labels_for_max_drop(args, calib, eval_samples)
     config = quant_config(args)
     compiled = api.compile_onnx(
-        args.model, calib, config, spec, shapes, eval_samples, phases=phases
+        args.model, calib, config, spec, shapes, eval_samples, phases=phases, log=progress_line
     )
     print(summary(compiled.report))
     if getattr(args, "report", None):
@@ -292,6 +305,11 @@ def _prequantized_module(args, spec, shapes):
     return module, info, "int8"
 
 
+def progress_line(line: str) -> None:
+    """A search's line per candidate, on stderr (results go to stdout)."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def compile_database(args, spec, module):
     """The database ``compile`` applies, after printing which kernels it covers."""
     from tvm_intq.schedules import database as D
@@ -323,9 +341,9 @@ def compile_database(args, spec, module):
         + ", ".join(f"{f} {n}" for f, n in zip(folders, each))
         + ")"
     )
-    if missing:
+    if missing:  # the names run to kilobytes on a real model: one line, names with -v
         print(
-            f"no tuned record for {len(missing)} kernel(s), default schedules used: "
-            + ", ".join(missing)
+            f"no tuned record for {len(missing)} kernel(s), default schedules used"
+            + (": " + ", ".join(missing) if getattr(args, "verbose", False) else " (-v names them)")
         )
     return db

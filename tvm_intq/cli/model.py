@@ -17,6 +17,7 @@ from tvm_intq.cli.args import (
     check_db_args,
     check_labels_for_max_drop,
     compile_database,
+    progress_line,
     quant_config,
     quantized_module,
     samples_for,
@@ -252,7 +253,7 @@ def cmd_eval(args) -> int:
     eval_samples = api.load_samples(args.eval_data, info, "--eval") if args.eval_data else None
     check_labels_for_max_drop(args, calib, eval_samples)
     compiled = api.compile_onnx(
-        args.model, calib, quant_config(args), args.target, shapes, eval_samples
+        args.model, calib, quant_config(args), args.target, shapes, eval_samples, log=progress_line
     )
     print(summary(compiled.report))
     if args.per_layer:

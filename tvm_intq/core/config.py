@@ -25,6 +25,9 @@ class QuantConfig:
     float_layers: list | str = field(default_factory=list)
     max_drop: float | None = None
     min_sqnr: float | None = None
+    #: Time limit of the searches (``scheme="auto"``, ``float_layers="auto"``) together, in
+    #: minutes; None: none (see :mod:`tvm_intq.search.budget`).
+    search_minutes: float | None = 10.0
 
 
 def parse_float_layers(value) -> list[str] | str:

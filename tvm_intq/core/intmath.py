@@ -555,3 +555,38 @@ def window_counts(in_shape, pool_size, strides, dilation, padding) -> np.ndarray
     win = win[tuple(slice(None, None, s) for s in strides)]
     win = win[(Ellipsis,) + tuple(slice(None, None, d) for d in dil)]
     return win.sum(axis=tuple(range(n, 2 * n)))
+
+
+def affine_requant(
+    inp: QParams, a: np.ndarray, b: np.ndarray, out: QParams, lo: int = QMIN, hi: int = QMAX
+) -> Requant:
+    """Requantization of an elementwise affine function ``y = a * x + b`` of an int8 tensor,
+    with constants ``a``, ``b`` that broadcast against it (any shape: one per element, per
+    channel, per anchor): the multiply/add/subtract chains of a detection head's box decoding
+    (``(anchors - d) * stride``) and a BatchNorm affine.
+
+    ``Q_out = round(m * Q_in + c)`` with ``m = s_in a / s_out`` and
+    ``c = b / s_out + zp_out - m zp_in``: ``MUL = ±round(|m| 2^S)`` (the sign of ``a``),
+    ``ADD = round(2^S (b / s_out + zp_out)) - MUL zp_in + 2^(S-1)``, so the input zero point
+    costs no rounding (S2 Eqs. 11-14 with an elementwise multiplier).
+    """
+    a, b = _least_shape(np.asarray(a, np.float64)), _least_shape(np.asarray(b, np.float64))
+    m = float(inp.scale) * a / out.scale
+    offset = b / out.scale + out.zero_point
+    # One shift for all (the largest |m| keeps 31 bits): MUL then varies only where ``a``
+    # does, and a constant of one value per anchor costs one int64 (ADD), not three.
+    _, _, shifts = fixed_point(np.abs(m), offset, 256.0, pure_shift=False)
+    shift = np.int64(shifts.min())
+    mul = np.rint(np.abs(m) * np.exp2(shift)).astype(np.int64)
+    mul = np.where(m < 0, -mul, mul)
+    add = np.rint(offset * np.exp2(shift)).astype(np.int64) - mul * int(inp.zero_point)
+    add = add + rounding_constant(shift)
+    return Requant(mul, add, shift.reshape((1,) * max(mul.ndim, add.ndim)), lo, hi)
+
+
+def _least_shape(x: np.ndarray) -> np.ndarray:
+    """``x`` with every axis along which it does not vary cut to length 1."""
+    for axis in range(x.ndim):
+        if x.shape[axis] > 1 and np.all(x == x.take([0], axis=axis)):
+            x = x.take([0], axis=axis)
+    return x

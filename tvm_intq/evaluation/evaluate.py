@@ -12,6 +12,7 @@ from tvm_intq.core import metrics
 from tvm_intq.relay_passes import analyze, float_ops
 from tvm_intq.relay_passes.analysis.accumulators import accumulator_report
 from tvm_intq.relay_passes.analysis.ir_utils import const_value, op_name
+from tvm_intq.relay_passes.analysis.output_parts import output_parts
 from tvm_intq.relay_passes.analysis.quant_points import tensor_args
 from tvm_intq.relay_passes.analysis.rebuild import bindings_of
 
@@ -78,12 +79,15 @@ def evaluate(
     progress: bool = False,
     ranges: dict | None = None,
     histograms: int = 4,
+    output_names: list | None = None,
 ) -> dict:
     """Integer program vs float on ``samples``: output and per-layer error (S2 Eqs. 23-25:
     Manhattan, Euclidean, SQNR of each layer's output against float), top-1 when the samples
     carry ``labels``, weight bytes, the float ops left, each accumulator's worst case
     (``accumulators``) and, for the ``histograms`` worst layers, the histogram of their float
-    values with the clipping range (``ranges``, else the representable one)."""
+    values with the clipping range (``ranges``, else the representable one). Every output is
+    measured, and each part a detection head concatenates into one (``outputs``; the lowest
+    of them all is ``worst_part``); ``output_sqnr_db`` is the first output's, whole."""
     plan = analyze(prepared["main"])
     points = [v for v in plan.points]
     names = [v.name for v in points]
@@ -129,11 +133,14 @@ def evaluate(
             }
         )
     left = float_ops(integer)
+    errors = metrics.output_errors(f_out, i_out, part_masks(prepared, f_out), output_names)
     report = {
         "integer_only": not left,
         "float_ops": left,
         "layers": layers,
         "output_sqnr_db": _finite(metrics.sqnr_db(f_out[0], i_out[0])),
+        "outputs": errors,
+        "worst_part": metrics.worst_part(errors),
         "weights_bytes": {"fp32": constant_bytes(prepared), "int8": constant_bytes(integer)},
         "num_eval_samples": samples.num_samples,
         "accumulators": accumulator_report(integer),
@@ -144,6 +151,15 @@ def evaluate(
         labels = np.asarray(labels).reshape(-1)
         report["top1"] = {"fp32": top1(f_out[0], labels), "int8": top1(i_out[0], labels)}
     return report
+
+
+def part_masks(prepared, outputs) -> list:
+    """``[(part name, mask), ...]`` (or None) per output of ``prepared`` over the arrays
+    ``outputs`` (samples stacked on axis 0), for :func:`~tvm_intq.core.metrics.output_errors`."""
+    masks = []
+    for parts, out in zip(output_parts(prepared["main"]), outputs):
+        masks.append(None if parts is None else list(zip(parts.names, parts.masks(out.shape))))
+    return masks
 
 
 def _worst_histograms(layers, f_t, qparams, ranges, count: int, bins: int = 128) -> list[dict]:

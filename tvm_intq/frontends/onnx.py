@@ -6,6 +6,7 @@ line naming the file, the input or the operator, before TVM sees it.
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ from onnx import TensorProto
 
 from tvm_intq.errors import IntqError
 from tvm_intq.frontends.model_info import ModelInfo, first_line, fmt_dims
+from tvm_intq.frontends.onnx_clean import clean, repair_types, upgrade_opset
+from tvm_intq.frontends.quiet import quiet_tvm
 
 
 def load_onnx(path: str | Path) -> onnx.ModelProto:
@@ -27,6 +30,7 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         raise IntqError(f"{path}: not a readable ONNX model ({first_line(err)})") from None
     if not model.graph.node:
         raise IntqError(f"{path}: not a readable ONNX model (the graph has no nodes)")
+    repair_types(model)  # a shape-less output type stops the checker, not the runtimes
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as err:
@@ -91,24 +95,51 @@ def import_onnx(path: str | Path, input_shapes: dict | None = None):
 
 
 def import_proto(model: onnx.ModelProto, path: str | Path, input_shapes: dict | None = None):
-    """Import a loaded ONNX model (``path`` names it in errors): ``(Relax IRModule, ModelInfo)``."""
-    from tvm.relax.frontend.onnx import from_onnx
+    """Import a loaded ONNX model (``path`` names it in errors): ``(Relax IRModule, ModelInfo)``.
 
+    The model is cleaned first (:mod:`.onnx_clean`: inputs fixed to their static shapes,
+    shape arithmetic folded, Constant nodes and Identity chains gone); a model of opset < 13
+    that TVM's frontend still rejects is tried again converted to opset 13."""
     info = model_info(model, str(path), input_shapes)
     check_constant_indices(model, str(path), info)
+    cleaned = clean(model, info.inputs)
     try:
-        mod = from_onnx(
-            model,
-            shape_dict={k: list(v) for k, v in info.inputs.items()},
-            dtype_dict=info.input_dtypes,
-        )
-    except tvm.error.OpNotImplemented as err:
-        raise IntqError(f"{path}: {first_line(err)}") from None
-    except Exception as err:  # the frontend raises many kinds; the message is what matters
-        raise IntqError(
-            f"{path}: TVM's ONNX frontend cannot import this model: {first_line(err)}"
-        ) from None
-    return mod, info
+        return _from_onnx(cleaned, info), info
+    except IntqError:
+        upgraded = upgrade_opset(cleaned)
+        if upgraded is None:
+            raise
+    try:
+        return _from_onnx(upgraded, info), info
+    except IntqError:
+        return _from_onnx(cleaned, info), info  # raises again: the error at the model's opset
+
+
+def _from_onnx(model: onnx.ModelProto, info: ModelInfo):
+    from tvm.relax.frontend.onnx import from_onnx
+
+    path = info.path
+    error = None
+    with quiet_tvm():
+        try:
+            mod = from_onnx(
+                model,
+                shape_dict={k: list(v) for k, v in info.inputs.items()},
+                dtype_dict=info.input_dtypes,
+            )
+            # What TVM cannot lower (symbolic shapes left by the frontend) shows here, not
+            # later inside the flow with a traceback.
+            tvm.relax.transform.LegalizeOps()(mod)
+        except tvm.error.OpNotImplemented as err:
+            error = f"{path}: {first_line(err)}"
+        except Exception as err:  # the frontend raises many kinds; the message is what matters
+            error = f"{path}: TVM's ONNX frontend cannot import this model: {first_line(err)}"
+        # A failed import leaves a BlockBuilder in a reference cycle; freed here, its
+        # "destroyed with remaining blocks" warning stays inside the quiet block.
+        gc.collect()
+    if error is not None:
+        raise IntqError(error)
+    return mod
 
 
 def check_constant_indices(model: onnx.ModelProto, path: str, info: ModelInfo) -> None:

@@ -67,9 +67,11 @@ def summary(report: dict) -> str:
             if report["output_sqnr_db"] is not None
             else "output SQNR: not measured (give --eval data)"
         ),
+        *_part_lines(report),
         "weights: "
         + ", ".join(f"{k} {v:,} B" for k, v in report["weights_bytes"].items() if v is not None),
     ]
+    lines += [f"warning: {w}" for w in report.get("calibration_warnings", [])]
     if "top1" in report:
         lines.append(
             f"top-1: fp32 {100 * report['top1']['fp32']:.2f} %, "
@@ -89,6 +91,23 @@ def summary(report: dict) -> str:
             + (f"can overflow int32: {', '.join(over)}" if over else "none can overflow int32")
         )
     return "\n".join(lines)
+
+
+def _part_lines(report: dict) -> list[str]:
+    """Each output's SQNR and its parts' (a detection head's boxes and scores), when the model
+    has more than one output or concatenates parts into one; the worst named."""
+    outputs = report.get("outputs") or []
+    if len(outputs) <= 1 and not any(o["parts"] for o in outputs):
+        return []
+    lines = []
+    for o in outputs:
+        parts = ", ".join(f"{p['name']} {p['sqnr_db']:.1f}" for p in o["parts"])
+        lines.append(
+            f"  {o['name']}: {o['sqnr_db']:.1f} dB" + (f" (parts: {parts})" if parts else "")
+        )
+    w = report["worst_part"]
+    where = w["output"] + (f" / {w['part']}" if w["part"] else "")
+    return lines + [f"worst output part: {where} {w['sqnr_db']:.1f} dB"]
 
 
 def layer_table(report: dict) -> str:

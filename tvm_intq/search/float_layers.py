@@ -42,6 +42,8 @@ from tvm_intq.core.config import parse_float_layers
 from tvm_intq.errors import IntqError
 from tvm_intq.frontends.onnx import import_proto, load_onnx
 from tvm_intq.relay_passes import GateQuantization, analyze
+from tvm_intq.relay_passes.analysis.output_parts import output_parts
+from tvm_intq.search.budget import Budget, timed
 
 GATES = "quant_gates"
 
@@ -69,8 +71,8 @@ class GatedRunner:
 
     def outputs(
         self, float_points=(), all_float: bool = False, samples: SampleSet | None = None
-    ) -> np.ndarray:
-        """The first output over all samples (or ``samples``) with ``float_points`` float."""
+    ) -> list[np.ndarray]:
+        """Every output over all samples (or ``samples``) with ``float_points`` float."""
         g = (
             np.zeros(len(self.points), np.float32)
             if all_float
@@ -78,17 +80,46 @@ class GatedRunner:
         )
         for p in float_points:
             g[self.points.index(p)] = 0.0
-        parts = []
-        for feeds, valid in (samples or self.samples).batches(self.batch):
-            feeds = dict(feeds, **{GATES: g})
-            parts.append(self.runner(feeds)[0][:valid])
-        return np.concatenate(parts, axis=0)
+        return run_outputs(self.runner, samples or self.samples, self.batch, {GATES: g})
+
+
+def run_outputs(runner, samples: SampleSet, batch: int, extra: dict) -> list[np.ndarray]:
+    """Every output of ``runner`` over ``samples`` (stacked on axis 0), ``extra`` fed too."""
+    chunks = []
+    for feeds, valid in samples.batches(batch):
+        chunks.append([o[:valid] for o in runner(dict(feeds, **extra))])
+    return [np.concatenate(c, axis=0) for c in zip(*chunks)]
+
+
+class Scorer:
+    """The error the searches minimise: the lowest SQNR over every output of the model and
+    every part a detection head concatenates into one (:mod:`~tvm_intq.relay_passes.analysis.
+    output_parts`), so that the class scores beside the boxes count as much as the boxes."""
+
+    def __init__(self, prepared):
+        self.parts = output_parts(prepared["main"])
+
+    def __call__(self, outs, refs, labels=None) -> dict:
+        masks = [
+            None if p is None else list(zip(p.names, p.masks(o.shape)))
+            for p, o in zip(self.parts, refs)
+        ]
+        errors = metrics.output_errors(refs, outs, masks)
+        worst = metrics.worst_part(errors)
+        m = {"sqnr_db": worst["sqnr_db"], "output_sqnr_db": errors[0]["sqnr_db"]}
+        if len(errors) > 1 or errors[0]["parts"]:
+            m["worst_part"] = worst
+        if labels is not None:
+            m["top1"] = float(np.mean(outs[0].reshape(len(labels), -1).argmax(1) == labels))
+            m["top1_fp32"] = float(np.mean(refs[0].reshape(len(labels), -1).argmax(1) == labels))
+        return m
 
 
 @dataclass
 class Target:
     """What hybrid precision must reach: top-1 within ``max_drop`` points of float (labels
-    needed) and/or output SQNR of at least ``min_sqnr`` dB."""
+    needed) and/or an SQNR of at least ``min_sqnr`` dB on every output and on every part a
+    detection head concatenates into one (:class:`Scorer`)."""
 
     max_drop: float | None = None
     min_sqnr: float | None = None
@@ -113,7 +144,7 @@ class Target:
         if self.max_drop is not None:
             parts.append(f"top-1 within {self.max_drop:g} points of float")
         if self.min_sqnr is not None:
-            parts.append(f"output SQNR >= {self.min_sqnr:g} dB")
+            parts.append(f"SQNR of every output part >= {self.min_sqnr:g} dB")
         return " and ".join(parts)
 
 
@@ -126,6 +157,7 @@ class Selection:
     ranking: list = field(default_factory=list)  # every point's gain, best first
     int8: dict = field(default_factory=dict)  # metrics of the all-int8 simulation
     hybrid: dict = field(default_factory=dict)  # metrics of the chosen set (simulation)
+    budget_exhausted: bool = False  # the time ran out before the target held
 
     @property
     def names(self) -> list[str]:
@@ -138,15 +170,8 @@ class Selection:
             "simulated_int8": self.int8,
             "simulated_hybrid": self.hybrid,
             "ranking": self.ranking,
+            "budget_exhausted": self.budget_exhausted,
         }
-
-
-def _measure(out, ref, labels) -> dict:
-    m = {"sqnr_db": float(min(max(metrics.sqnr_db(ref, out), -999.0), 999.0))}
-    if labels is not None:
-        m["top1"] = float(np.mean(out.reshape(len(labels), -1).argmax(1) == labels))
-        m["top1_fp32"] = float(np.mean(ref.reshape(len(labels), -1).argmax(1) == labels))
-    return m
 
 
 def select_float_layers(
@@ -158,13 +183,17 @@ def select_float_layers(
     candidates=None,
     describe=None,
     rank_samples: int = 256,
+    budget: Budget | None = None,
 ) -> Selection:
     """The fewest quantization points to keep float so that ``target`` holds (module
     docstring), measured on ``samples``. ``prepared`` may take more samples per call than
     the model (see :func:`search_module`): only its tensor names must match ``ranges``.
     ``candidates`` limits the points considered; ``describe(name)`` labels a point's layer.
-    The ranking (one run per point) uses the first ``rank_samples`` samples; the float set is
-    grown and pruned on all of them."""
+    The ranking (one run per point) uses the first ``rank_samples`` samples, fewer when the
+    ``budget`` (:class:`~tvm_intq.search.budget.Budget`) would not hold them; the float set is
+    grown (only from layers whose measured gain is positive) and pruned on all of them. When
+    the budget runs out first, the best set measured so far is returned, and says so."""
+    budget = budget or Budget(None)
     labels = samples.extras.get("labels")
     if target.max_drop is not None and labels is None:
         raise IntqError(
@@ -172,29 +201,44 @@ def select_float_layers(
             "in the --eval .npz); use --min-sqnr without labels"
         )
     labels = None if labels is None else np.asarray(labels).reshape(-1)
-    runner = GatedRunner(prepared, ranges, scheme, samples)
-    ref = runner.outputs(all_float=True)
+    runner, seconds = timed(GatedRunner, prepared, ranges, scheme, samples)
+    budget.say("float layers", f"gated model compiled ({seconds:.0f} s)")
+    score = Scorer(prepared)
+    ref, seconds = timed(runner.outputs, all_float=True)
+    per_sample = seconds / max(samples.num_samples, 1)
     cands = list(runner.points if candidates is None else candidates)
 
     def measure(points):
-        return _measure(runner.outputs(points), ref, labels)
+        return score(runner.outputs(points), ref, labels)
 
     base = measure(())
     sel = Selection(target=target.describe(), int8=base)
+    budget.say("float layers", f"all int8: {_describe_measure(base)}")
     if target.met(base):
         sel.hybrid = base
         return sel
-    few = samples.head(rank_samples) if samples.num_samples > rank_samples else samples
+    n_rank = budget.samples_for(len(cands) + 1, per_sample, 0.5, rank_samples)
+    few = samples.head(n_rank) if samples.num_samples > n_rank else samples
     n_few = few.num_samples
     few_labels = None if labels is None else labels[:n_few]
-    few_base = _measure(runner.outputs((), samples=few), ref[:n_few], few_labels)
+    few_ref = [r[:n_few] for r in ref]
+    few_base = score(runner.outputs((), samples=few), few_ref, few_labels)
     gains = []
-    for p in cands:
-        m = _measure(runner.outputs((p,), samples=few), ref[:n_few], few_labels)
+    for i, p in enumerate(cands):
+        if budget.expired():
+            budget.say("float layers", f"time is up: ranked {i} of {len(cands)} layers")
+            break
+        m = score(runner.outputs((p,), samples=few), few_ref, few_labels)
         gain = {"name": p, "sqnr_gain_db": round(m["sqnr_db"] - few_base["sqnr_db"], 3)}
         if labels is not None:
             gain["top1_gain"] = round(100.0 * (m["top1"] - few_base["top1"]), 2)
         gains.append(gain)
+        budget.say(
+            "float layers",
+            f"{i + 1}/{len(cands)} {p} float alone: {gain['sqnr_gain_db']:+.1f} dB"
+            + (f", top-1 {gain['top1_gain']:+.1f}" if "top1_gain" in gain else "")
+            + f" ({n_few} samples)",
+        )
     key = (
         (lambda g: (g.get("top1_gain", 0.0), g["sqnr_gain_db"]))
         if target.max_drop is not None
@@ -202,28 +246,41 @@ def select_float_layers(
     )
     gains.sort(key=key, reverse=True)
     sel.ranking = gains
-    chosen = []
-    m = base
-    for g in gains:
+    # A layer whose float version measured no better than int8 is never kept float for it.
+    useful = [g for g in gains if g.get("top1_gain", 0.0) > 0 or g["sqnr_gain_db"] > 0]
+    chosen, m = [], base
+    best = (base, [])  # the best set measured, should time run out before the target holds
+    for g in useful:
+        if budget.expired():
+            break
         chosen.append(g["name"])
         m = measure(chosen)
+        budget.say("float layers", f"+ {g['name']} ({len(chosen)} float): {_describe_measure(m)}")
+        if _better(m, best[0], target):
+            best = (m, list(chosen))
         if target.met(m):
             break
     if not target.met(m):
-        raise IntqError(
-            f"hybrid precision: {target.describe()} is not reached even with "
-            f"{len(chosen)} layers in float"
-        )
+        if not budget.exhausted:
+            raise IntqError(
+                f"hybrid precision: {target.describe()} is not reached even with "
+                f"{len(chosen)} layers in float (every layer whose float gain was positive)"
+            )
+        m, chosen = best
+        sel.budget_exhausted = True
     for name in list(reversed(chosen))[1:]:  # the last one added was needed to get there
+        if budget.expired():
+            break
         trial = [c for c in chosen if c != name]
         mt = measure(trial)
-        if target.met(mt):
+        if target.met(mt) or (sel.budget_exhausted and not _better(m, mt, target)):
             chosen, m = trial, mt
+            budget.say("float layers", f"- {name} not needed: {_describe_measure(mt)}")
     sel.hybrid = m
     by_name = {g["name"]: g for g in gains}
     for name in chosen:
         g = by_name[name]
-        reason = f"kept float alone: output SQNR {g['sqnr_gain_db']:+.1f} dB"
+        reason = f"kept float alone: worst output part {g['sqnr_gain_db']:+.1f} dB"
         if "top1_gain" in g:
             reason += f", top-1 {g['top1_gain']:+.1f} points"
         sel.layers.append(
@@ -235,6 +292,20 @@ def select_float_layers(
             }
         )
     return sel
+
+
+def _describe_measure(m: dict) -> str:
+    text = f"worst output part {m['sqnr_db']:.1f} dB"
+    if "top1" in m:
+        text += f", top-1 {100 * m['top1']:.2f} % (float {100 * m['top1_fp32']:.2f} %)"
+    return text
+
+
+def _better(a: dict, b: dict, target: Target) -> bool:
+    """Is measurement ``a`` closer to ``target`` than ``b``?"""
+    if target.max_drop is not None and a.get("top1") != b.get("top1"):
+        return a["top1"] > b["top1"]
+    return a["sqnr_db"] > b["sqnr_db"]
 
 
 def explicit_selection(names, describe=None) -> Selection:

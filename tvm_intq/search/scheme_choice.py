@@ -13,8 +13,9 @@ it); the gates ``g`` are an input, so one-hot rows select one scheme per point a
 configuration costs one run, not a compile
 (:class:`~tvm_intq.relay_passes.GateQuantization`, the same pass hybrid precision uses).
 
-The search, on the calibration samples (unlabelled: the measure is the output SQNR against the
-float model, so no held-out data is used to choose): every uniform configuration first, the
+The search, on the calibration samples (unlabelled: the measure is the SQNR against the float
+model of the worst output part, :class:`~tvm_intq.search.float_layers.Scorer`, so no held-out
+data is used to choose): every uniform configuration first, the
 best as the start, then one sweep of coordinate descent over the points in program order,
 each point switching to the candidate that raises the output SQNR most. Every integer kernel
 takes any mix of scales (a requantize multiplier is only a pure shift where both sides are
@@ -28,9 +29,10 @@ import numpy as np
 from tvm_intq.calibration import Calibrator, SampleSet, for_scheme, get_calibrator
 from tvm_intq.compiler.runner import Runner
 from tvm_intq.compiler.steps import batch_size, build_for_values, calibrate, input_names
-from tvm_intq.core import metrics
 from tvm_intq.core.schemes import PerLayer, get_scheme
 from tvm_intq.relay_passes import GateQuantization
+from tvm_intq.search.budget import Budget, timed
+from tvm_intq.search.float_layers import Scorer, run_outputs
 
 CANDIDATES = ("symmetric", "hybrid-asym", "pow2")
 GATES = "scheme_gates"
@@ -84,50 +86,75 @@ def multi_gated_module(prepared, ranges_by: dict, candidates=CANDIDATES):
 
 
 def choose(
-    prepared, ranges_by: dict, samples: SampleSet, candidates=CANDIDATES, max_samples: int = 256
+    prepared,
+    ranges_by: dict,
+    samples: SampleSet,
+    candidates=CANDIDATES,
+    max_samples: int = 256,
+    budget: Budget | None = None,
 ) -> tuple[PerLayer, dict, dict]:
-    """Search a scheme per point (module docstring) on up to ``max_samples`` of ``samples``.
+    """Search a scheme per point (module docstring) on up to ``max_samples`` of ``samples``
+    (fewer when the ``budget``, :class:`~tvm_intq.search.budget.Budget`, would not hold them;
+    when its time is out the descent stops where it is).
 
     Returns ``(PerLayer scheme, merged ranges, report)``: the ranges of each point come from
     its chosen scheme's calibration; the report lists the choice per point and the simulated
-    output SQNR of each uniform configuration and of the choice.
+    worst-output-part SQNR of each uniform configuration and of the choice. The choice is
+    never below the best uniform configuration: the descent starts there and only moves up.
     """
-    mod, points = multi_gated_module(prepared, ranges_by, candidates)
+    budget = budget or Budget(None)
+    (mod, points), seconds = timed(multi_gated_module, prepared, ranges_by, candidates)
     k = len(candidates)
-    runner = Runner(build_for_values(mod), input_names(prepared) + [GATES])
-    few = samples.head(max_samples) if samples.num_samples > max_samples else samples
+    runner, build_s = timed(lambda: Runner(build_for_values(mod), input_names(prepared) + [GATES]))
+    budget.say("scheme auto", f"gated model compiled ({seconds + build_s:.0f} s)")
     batch = batch_size(prepared)
 
-    def run(choice) -> np.ndarray:
+    def run(choice, few) -> list[np.ndarray]:
         g = np.zeros(len(points) * k, np.float32)
         for i, j in enumerate(choice):
             if j is not None:
                 g[i * k + j] = 1.0
-        parts = []
-        for feeds, valid in few.batches(batch):
-            parts.append(runner(dict(feeds, **{GATES: g}))[0][:valid])
-        return np.concatenate(parts)
+        return run_outputs(runner, few, batch, {GATES: g})
 
-    ref = run([None] * len(points))
+    probe = samples.head(min(batch * 2, samples.num_samples))
+    _, seconds = timed(run, [None] * len(points), probe)
+    runs = 1 + k + (k - 1) * len(points)
+    n = budget.samples_for(runs, seconds / probe.num_samples, 0.5, max_samples)
+    few = samples.head(n) if samples.num_samples > n else samples
+    ref = run([None] * len(points), few)
+    scorer = Scorer(prepared)
     sqnr = {}
 
     def score(choice) -> float:
         key = tuple(choice)
         if key not in sqnr:
-            sqnr[key] = float(min(metrics.sqnr_db(ref, run(choice)), 999.0))
+            sqnr[key] = scorer(run(choice, few), ref)["sqnr_db"]
         return sqnr[key]
 
-    uniform = {c: score([j] * len(points)) for j, c in enumerate(candidates)}
+    uniform = {}
+    for j, c in enumerate(candidates):
+        uniform[c] = score([j] * len(points))
+        budget.say("scheme auto", f"all {c}: worst output part {uniform[c]:.1f} dB")
     start = max(range(k), key=lambda j: uniform[candidates[j]])
     choice = [start] * len(points)
     best = score(choice)
+    stopped = None
     for i in range(len(points)):
+        if budget.expired():
+            stopped = i
+            budget.say("scheme auto", f"time is up after {i} of {len(points)} points")
+            break
         for j in range(k):
             if j == choice[i]:
                 continue
             trial = choice[:i] + [j] + choice[i + 1 :]
             if score(trial) > best + 1e-6:
                 choice, best = trial, score(trial)
+        budget.say(
+            "scheme auto",
+            f"{i + 1}/{len(points)} {points[i]}: {candidates[choice[i]]} "
+            f"(worst output part {best:.1f} dB)",
+        )
     chosen = {p: candidates[j] for p, j in zip(points, choice)}
     scheme = PerLayer(chosen, default=candidates[start])
     ranges = {t: ranges_by[chosen.get(t, candidates[start])][t] for t in ranges_by[candidates[0]]}
@@ -137,4 +164,6 @@ def choose(
         "simulated_output_sqnr_db": {"uniform": uniform, "auto": best},
         "search_samples": few.num_samples,
     }
+    if stopped is not None:
+        report["budget_exhausted_after_points"] = stopped
     return scheme, ranges, report
