@@ -81,12 +81,15 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# Tests run in TEST_WORKERS processes (pytest-xdist), each test file in one of them (its
+# module fixtures, e.g. a compiled model, built once); CI's machine has 2 cores.
+TEST_WORKERS ?= 2
 test: lint system-deps boards
-	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Integration tests (boards, tuning, whole-model compiles) carry the `integration` marker.
 test-fast: lint
-	$(VENV)/bin/python -m pytest -q -m "not integration" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not integration" $(PYTEST_ARGS)
 
 # Benchmark (not part of test) on real models (PP-OCRv4, the light zoo, bundled, unseen): ONNX
 # Runtime fp32/int8 vs TVM fp32 vs tvm-intq int8 without a database and after --minutes of
