@@ -263,61 +263,16 @@ def calibration_part(calib: Path, work: Path) -> Path:
 
 
 def ort_int8(model: Path, calib: Path, work: Path) -> Path:
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    """ONNX Runtime's int8 version of ``model`` calibrated on the samples of ``calib`` (an
+    .npz), written to ``work``/ort_int8.onnx: :func:`tvm_intq.deploy.peer_bench.ort_int8_model`,
+    the int8 model the emulated peers run too."""
+    from tvm_intq.calibration import SampleSet
+    from tvm_intq.deploy.peer_bench import ort_int8_model
 
     out = work / "ort_int8.onnx"
-    if out.exists():
-        return out
-    pre = work / "ort_pre.onnx"
-    quant_pre_process(str(_ort_ready(model, work)), str(pre))
-    data = np.load(calib)
-    name, x = data.files[0], data[data.files[0]]
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.samples = iter(x[i : i + 1] for i in range(len(x)))
-
-        def get_next(self):
-            s = next(self.samples, None)
-            return None if s is None else {name: s}
-
-    quantize_static(
-        str(pre),
-        str(out),
-        Reader(),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QInt8,
-        weight_type=QuantType.QInt8,
-    )
-    return out
-
-
-def _ort_ready(model: Path, work: Path) -> Path:
-    """``model`` as quantize_static can take it: per-channel QDQ needs opset >= 13 (the axis of
-    DequantizeLinear), and no graph input may be an initializer (IR version 3 lists every
-    weight as an input, as onnx's light models do: ORT's optimizer folds those weights away
-    but keeps the inputs, and calibration then demands a feed for each)."""
-    import onnx
-    from onnx import version_converter
-
-    m = onnx.load(str(model))
-    inits = {i.name for i in m.graph.initializer}
-    opset = max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))
-    if opset >= 13 and not any(i.name in inits for i in m.graph.input):
-        return model
-    keep = [i for i in m.graph.input if i.name not in inits]
-    del m.graph.input[:]
-    m.graph.input.extend(keep)
-    m.ir_version = max(m.ir_version, 4)  # the first to allow initializers off the inputs
-    out = work / "ort_ready.onnx"
-    onnx.save(version_converter.convert_version(m, max(opset, 13)), str(out))
+    if not out.exists():
+        made = ort_int8_model(model, SampleSet(dict(np.load(calib))), work)
+        made.replace(out)
     return out
 
 
