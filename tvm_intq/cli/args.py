@@ -246,17 +246,9 @@ def quantized_module(args, spec, phases=None):
     return compiled.integer, info, "int8"
 
 
-def _prequantized_module(args, spec, shapes):
-    """A model quantized already: its own scales. Quantization flags would be ignored, so
-    they are refused; ``--eval`` measures the integer program against the model computed in
-    float (its QDQ form), and ``--report`` writes what the report can say without a float
-    model of ours."""
-    from tvm_intq import api
-    from tvm_intq.evaluation.evaluate import evaluate_prequantized
-    from tvm_intq.frontends.prequantized import prequantized_modules
-    from tvm_intq.relay_passes import float_ops
-    from tvm_intq.relay_passes.check_integer import check_integer_only
-
+def check_prequantized_flags(args) -> None:
+    """A model quantized already keeps its own scales: quantization flags would be ignored,
+    so they are refused (before any work: ``compile`` checks this with its other flags)."""
     ignored = [
         flag
         for flag, value in (
@@ -275,6 +267,20 @@ def _prequantized_module(args, spec, shapes):
             f"{args.model} is already quantized (QDQ/QOperator nodes, pt2e quantize/"
             f"dequantize): its own scales are used; drop {', '.join(ignored)}"
         )
+
+
+def _prequantized_module(args, spec, shapes):
+    """A model quantized already: its own scales. Quantization flags would be ignored, so
+    they are refused; ``--eval`` measures the integer program against the model computed in
+    float (its QDQ form), and ``--report`` writes what the report can say without a float
+    model of ours."""
+    from tvm_intq import api
+    from tvm_intq.evaluation.evaluate import evaluate_prequantized
+    from tvm_intq.frontends.prequantized import prequantized_modules
+    from tvm_intq.relay_passes import float_ops
+    from tvm_intq.relay_passes.check_integer import check_integer_only
+
+    check_prequantized_flags(args)
     qdq, module, info = prequantized_modules(args.model, shapes)
     if args.integer_only:
         check_integer_only(module)

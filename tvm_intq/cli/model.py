@@ -16,6 +16,7 @@ from tvm_intq.cli.args import (
     add_quant_args,
     check_db_args,
     check_labels_for_max_drop,
+    check_prequantized_flags,
     compile_database,
     progress_line,
     quant_config,
@@ -107,6 +108,7 @@ def check_compile(args):
     """Everything ``compile`` can check before it imports the model: ``(library, sidecar,
     report)`` paths."""
     from tvm_intq.deploy.sidecar import sidecar_path
+    from tvm_intq.frontends.prequantized import is_prequantized_file
     from tvm_intq.targets import get_target
 
     check_model_file(args.model)
@@ -115,6 +117,8 @@ def check_compile(args):
     check_fp32(args)
     check_db_args(args)
     get_target(args.target)
+    if not args.fp32 and is_prequantized_file(args.model):
+        check_prequantized_flags(args)
     reads = model_inputs(args)
     out = check_output_file(args.output, "-o", reads)
     sidecar = check_output_file(sidecar_path(out), "-o (its sidecar)", reads)
