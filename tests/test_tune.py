@@ -295,3 +295,21 @@ def test_tune_minutes_spends_its_budget_and_resumes(tiny, capsys, tmp_path):
     assert cli.main(minutes_args(tiny, db_path, minutes)) == 0
     assert f"{minutes:g} minutes already spent" in capsys.readouterr().out
     assert records.read_text().splitlines() == lines
+
+
+def test_kernel_shares_time_a_kernel_that_divides_by_a_tensor():
+    """--minutes times every kernel in this process before tuning; an integer division by a
+    tensor (PP-OCRv4 rec has one) must not divide by zero there (SIGFPE ended the tune)."""
+    from tvm_intq.schedules.tune import budget as B
+
+    bb = relax.BlockBuilder()
+    a = relax.Var("a", relax.TensorType((4, 16), "int32"))
+    b = relax.Var("b", relax.TensorType((4, 16), "int32"))
+    with bb.function("main", [a, b]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.floor_divide(relax.op.multiply(a, a), b))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    tasks = D.extract_tasks(mod, HOST.target(), HOST.int8_dot)
+    seconds = B.kernel_seconds(mod, HOST, tasks, threads=1)
+    assert set(seconds) == {t.name for t in tasks} and all(s > 0 for s in seconds.values())

@@ -52,12 +52,13 @@ def measuring_worker(threads: int | None) -> None:
 
 
 def candidate_input(shape, dtype, rng) -> np.ndarray:
-    """Values for one buffer of a candidate kernel. Small non-negative integers: values do not
-    change what a kernel does (no data-dependent control flow), and shift amounts must stay
-    below the bit width."""
+    """Values for one buffer of a candidate kernel. Small positive integers: values do not
+    change what a kernel does (no data-dependent control flow), shift amounts must stay below
+    the bit width, and a kernel that divides by a tensor (a Div of integer tensors) must not
+    divide by zero (SIGFPE kills the process timing it)."""
     dtype = np.dtype(str(dtype))
     shape = tuple(int(d) for d in shape)
-    return (rng.integers(0, 8, shape) if dtype.kind in "iub" else rng.random(shape)).astype(dtype)
+    return (rng.integers(1, 9, shape) if dtype.kind in "iub" else rng.random(shape)).astype(dtype)
 
 
 def local_arguments(device, args_info, alloc_repeat):
