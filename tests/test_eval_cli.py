@@ -157,3 +157,19 @@ def test_compile_takes_the_hybrid_flags(tmp_path, heldout):
     report = json.loads((tmp_path / "r.json").read_text())
     assert [f["name"] for f in report["float_layers"]] == ["relu_0"]
     assert not report["integer_only"]
+
+
+def test_summary_names_the_widest_accumulator_and_the_widest_biased_one(evaluated):
+    """The int32 claim is about the accumulator; the bias (which can be many accumulator
+    units wide) is reported apart, as the int64 requantize's."""
+    from tvm_intq.reports.quantization import summary
+
+    _, _, report = evaluated
+    acc = report["accumulators"]
+    widest = max(acc, key=lambda a: a["acc_bits"])
+    biased = max(acc, key=lambda a: a["with_bias_bits"])
+    line = next(x for x in summary(report).splitlines() if x.startswith("accumulators:"))
+    assert line == (
+        f"accumulators: widest {widest['acc_bits']} bits ({widest['name']}); none can overflow "
+        f"int32; with the bias (int64): {biased['with_bias_bits']} bits ({biased['name']})"
+    )
