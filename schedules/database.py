@@ -122,14 +122,22 @@ def _warn(message: str) -> None:
     logging.getLogger("tvm_intq.database").warning("tvm-intq: warning: %s", message)
 
 
-def check_database(folder, writable: bool) -> tuple[Scan, Scan]:
+def check_database(folder, writable: bool, unreplayable=()) -> tuple[Scan, Scan]:
     """Scan the two files of a database and report every damaged line, by line number. A
     read leaves the files as they are; a writer (``tune``, which appends) moves the damaged
     lines to ``<file>.damaged`` beside them (rewriting each file whole, temporary file then
-    rename) and ends an unterminated last line, so no new record is glued onto it."""
+    rename) and ends an unterminated last line, so no new record is glued onto it. The record
+    lines ``unreplayable`` (:func:`_unreplayable`) count as damaged."""
     folder = Path(folder)
     workloads = scan(folder / WORKLOADS)
     records = scan(folder / RECORDS, workloads=len(workloads.good) + len(workloads.damaged))
+    if unreplayable:
+        records = Scan(
+            records.path,
+            [(k, t) for k, t in records.good if k not in unreplayable],
+            sorted(set(records.damaged) | set(unreplayable)),
+            records.unterminated,
+        )
     damaged = [s for s in (workloads, records) if s.damaged]
     if not damaged:
         if writable:
@@ -155,6 +163,24 @@ def check_database(folder, writable: bool) -> tuple[Scan, Scan]:
         write_text(folder / WORKLOADS, wl_text)
         write_text(folder / RECORDS, rec_text)
     return workloads, records
+
+
+def _unreplayable(folder: Path) -> list[int]:
+    """Line numbers of the records whose trace does not replay on their workload. TVM's loader
+    stops at the first such record, which would make the whole database unreadable;
+    MetaSchedule can measure and commit one (an ``RFactor`` of a sum, seen on aarch64)."""
+    workloads = scan(folder / WORKLOADS)
+    records = scan(folder / RECORDS, workloads=len(workloads.good) + len(workloads.damaged))
+    by_index = {k - 1: ms.database.Workload.from_json(json.loads(t)) for k, t in workloads.good}
+    bad = []
+    for k, text in records.good:
+        index, record = json.loads(text)
+        if index in by_index:
+            try:
+                ms.database.TuningRecord.from_json(record, by_index[index])
+            except RuntimeError:
+                bad.append(k)
+    return bad
 
 
 def _set_aside(path: Path, lines: list) -> None:
@@ -185,9 +211,10 @@ def open_database(
                 f"{folder}: not a tuning database ({' and '.join(missing)} missing); "
                 "make one with tvm-intq tune"
             )
-    workloads, records = check_database(folder, writable)
     register()  # the records' traces name our tensor intrinsics
-    try:
+
+    def load(unreplayable=()):
+        workloads, records = check_database(folder, writable, unreplayable)
         if writable or not (workloads.damaged or records.damaged):
             return _json_database(folder)
         # A read of a damaged database: the good lines, from a copy (TVM reads files only).
@@ -196,7 +223,22 @@ def open_database(
             (Path(tmp) / WORKLOADS).write_text(wl_text)
             (Path(tmp) / RECORDS).write_text(rec_text)
             return _in_memory(_json_database(Path(tmp)))
-    except RuntimeError as err:  # TVM replays every record's trace when it loads them
+
+    try:
+        try:
+            return load()
+        except RuntimeError as err:  # TVM replays every record's trace when it loads them
+            bad = [] if "is not registered" in str(err) else _unreplayable(folder)
+            if not bad or len(bad) == len(scan(folder / RECORDS).good):
+                raise  # none to blame, or all of them: the kernels changed (below)
+            lines = ", ".join(map(str, bad))
+            _warn(
+                f"{folder / RECORDS}: line{'s' if len(bad) > 1 else ''} {lines}: a trace "
+                "that does not replay on its kernel (MetaSchedule measured it, then cannot "
+                "apply it again)"
+            )
+            return load(bad)
+    except RuntimeError as err:
         if "is not registered" in str(err):
             intrin = str(err).split("TensorIntrin")[-1].split("is not registered")[0].strip(" '")
             why = (

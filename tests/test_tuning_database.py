@@ -106,3 +106,28 @@ def test_shipped_database_covers_the_bundled_model_and_is_exact():
     for i in range(len(x)):
         got = vm["main"](tvm.runtime.tensor(x[i : i + 1])).numpy()
         np.testing.assert_array_equal(got, run_reference(integer, {"input": x[i : i + 1]}))
+
+
+def test_a_record_whose_trace_does_not_replay_is_set_aside_not_fatal(tmp_path, caplog):
+    """MetaSchedule committed a measured trace it could not apply again (an RFactor of a sum,
+    aarch64); TVM's loader stopped at it and the whole database became unreadable."""
+    import shutil
+
+    db = tmp_path / "db"
+    shutil.copytree(D.SHIPPED / "host" / "mnist_cnn", db)
+    lines = (db / D.RECORDS).read_text().splitlines()
+    k = next(i for i, line in enumerate(lines) if '["GetSBlock",[],["root","main"]' in line)
+    lines[k] = lines[k].replace(
+        '["GetSBlock",[],["root","main"]', '["GetSBlock",[],["no","main"]', 1
+    )
+    (db / D.RECORDS).write_text("\n".join(lines) + "\n")
+    before = (db / D.RECORDS).read_bytes()
+
+    read = D.open_database(db, create=False, writable=False)
+    assert len(read.get_all_tuning_records()) == len(lines) - 1
+    assert (db / D.RECORDS).read_bytes() == before  # a read never writes
+    assert f"line {k + 1}: a trace that does not replay on its kernel" in caplog.text
+
+    written = D.open_database(db, create=False, writable=True)  # a tune's
+    assert len(written.get_all_tuning_records()) == len(lines) - 1
+    assert (db / (D.RECORDS + ".damaged")).read_text() == lines[k] + "\n"
