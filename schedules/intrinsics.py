@@ -60,9 +60,13 @@ class DotProduct:
     #: The weights are stored ``k, lanes`` (each input channel's ``lanes`` weights one
     #: vector), not ``lanes, k`` (each channel's ``k`` bytes one word, as VNNI/sdot take them).
     k_major: bool = False
-    #: Most groups of ``rows`` pixels the default schedule accumulates at once (register
-    #: blocking): their accumulators must fit the vector registers with the operands.
+    #: Most accumulator vectors (groups of ``rows`` pixels x blocks of ``lanes`` channels) the
+    #: default schedule keeps at once (register blocking): they must fit the vector registers
+    #: with the operands.
     max_tile: int = 8
+    #: Most blocks of ``lanes`` output channels in one register tile: each activation word
+    #: loaded then feeds that many instructions (``ld1r`` + 4 ``sdot`` on ARM).
+    channel_blocks: int = 1
     #: TVM vectorizes loops for the instruction's targets with LLVM scalable vectors (RVV:
     #: ``vscale``-sized chunks): MetaSchedule's feature extractor cannot size them, so tuning
     #: cannot use the XGBoost cost model (schedules/tune/session.py).
@@ -137,6 +141,9 @@ INTRINSICS: dict[str, DotProduct] = {
             weight_dtype="int8",
             llvm_features=("dotprod",),
             instruction="sdot",
+            # 32 NEON registers: 16 accumulators, 4 weight vectors, 4 activation words.
+            max_tile=16,
+            channel_blocks=4,
         ),
         # Per pixel and input channel one widening multiply-add over 16 output channels: the
         # weights are stored widened to int16 (vwmacc.vx at SEW 16); 4 pixels share each weight

@@ -414,11 +414,18 @@ def _epilogue_args(plan: _Plan, lanes: int):
     # A multiplier that fits int32 is passed as int32: its int64 product then compiles to a
     # 32x32->64 multiply (x86 vpmuldq: one uop, vpmullq's 64x64 takes three).
     mul32 = bool(np.all(np.abs(np.asarray(rq.mul)) < 2**31))
-    args = [per_channel(rq.mul, "int32" if mul32 else "int64")] + [
-        per_channel(v, "int64") for v in (rq.add, rq.shift, rq.lo, rq.hi)
-    ]
+    args = [per_channel(rq.mul, "int32" if mul32 else "int64"), per_channel(rq.add, "int64")]
+    # Every shift >= 32 (a multiplier below 1/2, as most convs have): the kernel keeps the
+    # product's high word and shifts and clips it in int32 (packed_kernels._epilogue).
+    high_word = mul32 and bool(np.all(np.asarray(rq.shift) >= 32))
+    if high_word:
+        args += [per_channel(np.asarray(rq.shift) - 32, "int32")]
+        args += [per_channel(v, "int32") for v in (rq.lo, rq.hi)]
+    else:
+        args += [per_channel(v, "int64") for v in (rq.shift, rq.lo, rq.hi)]
+    kwargs = {"high_word": high_word}
     if plan.lookup is None:
-        return args, {}, ""
+        return args, kwargs, ""
     table, offsets = plan.lookup
     # The index clip of take(mode="clip") is only emitted when an index can leave the table
     # (it costs a compare and select per output on a scalar gather).
@@ -429,6 +436,7 @@ def _epilogue_args(plan: _Plan, lanes: int):
     return (
         args,
         dict(
+            kwargs,
             table=relax.const(table),
             table_offset=per_channel(offsets, "int32"),
             clip_index=not inside,

@@ -267,6 +267,7 @@ def conv2d_requant(
     table=None,
     table_offset=None,
     clip_index=True,
+    high_word=False,
 ):
     """Packed conv (or dense: 1x1 over ``M`` rows) + the layer's requantize (and lookup,
     :func:`_epilogue`) in the accumulator's blocked layout ``N, O/L, OH, OW, L`` (see
@@ -288,6 +289,7 @@ def conv2d_requant(
         table,
         table_offset,
         clip_index,
+        high_word,
     )
 
 
@@ -307,6 +309,7 @@ def depthwise_requant(
     table=None,
     table_offset=None,
     clip_index=True,
+    high_word=False,
 ):
     """Depthwise int8 conv (``groups == channels``, ``w``: ``C, KH, KW`` int8) + the layer's
     requantize (and lookup, :func:`_epilogue`), ``NCHW`` in and out, for the targets that do not
@@ -343,7 +346,9 @@ def depthwise_requant(
         )
 
     acc = te.compute(tuple(out_shape), taps, name=DEPTHWISE_BLOCK)
-    return _epilogue(acc, lambda i: i[1], mul, add, shift, lo, hi, table, table_offset, clip_index)
+    return _epilogue(
+        acc, lambda i: i[1], mul, add, shift, lo, hi, table, table_offset, clip_index, high_word
+    )
 
 
 def pack_blocked(x: te.Tensor, lanes: int):
@@ -390,6 +395,7 @@ def depthwise_blocked(
     table=None,
     table_offset=None,
     clip_index=True,
+    high_word=False,
 ):
     """Depthwise int8 conv + the layer's requantize (and lookup, :func:`_epilogue`) in a packed
     conv's blocked layout: ``xb`` is ``N, C/L, H, W, L`` as :func:`conv2d_requant` writes it
@@ -442,13 +448,16 @@ def depthwise_blocked(
         table,
         table_offset,
         clip_index,
+        high_word,
     )
 
 
-def _epilogue(acc, channel, mul, add, shift, lo, hi, table, table_offset, clip_index):
+def _epilogue(acc, channel, mul, add, shift, lo, hi, table, table_offset, clip_index, high_word):
     """The layer's requantize of an int32 ``acc``,
     ``q = int8(clip((int64(acc) * MUL + ADD) >> S, lo, hi))`` with the constants of output
     channel ``channel(index)`` (int64 vectors, ``mul`` possibly int32), as :data:`REQUANT_BLOCK`.
+    With ``high_word`` (every ``S >= 32``), ``shift``, ``lo`` and ``hi`` are int32 and ``shift``
+    holds ``S - 32``: the same integers, with the shift and clip in 32 bits.
 
     With ``table`` (a flat int8 lookup table) the kernel writes ``table[q + table_offset[o]]``
     instead (with ``clip_index``, the index clipped to the table, as the graph's
@@ -457,7 +466,12 @@ def _epilogue(acc, channel, mul, add, shift, lo, hi, table, table_offset, clip_i
 
     def requant(*i):
         o = channel(i)
-        v = (acc[i].astype("int64") * mul[o].astype("int64") + add[o]) >> shift[o]
+        v = acc[i].astype("int64") * mul[o].astype("int64") + add[o]
+        if high_word:
+            # x >> S == (x >> 32) >> (S - 32) exactly, and x >> 32 fits int32: the shift and
+            # clip run on int32 lanes (no 64-bit arithmetic shift or compare in AVX2 or NEON).
+            v = (v >> 32).astype("int32")
+        v = v >> shift[o]
         return te.max(te.min(v, hi[o]), lo[o]).astype("int8")
 
     q = te.compute(acc.shape, requant, name=REQUANT_BLOCK, tag="elemwise")

@@ -73,6 +73,8 @@ CASES = {
         shape=(1, 17, 8, 7), out_channels=20, dilation=2, pad=2, relu=True
     ),
     "dense": dict(shape=(3, 37), out_channels=10, dense=True),
+    # 8 blocks of sdot's 4 channels, width 8: a register tile of 4 columns x 4 channel blocks
+    "channel-blocks": dict(shape=(1, 8, 5, 8), out_channels=32),
     # a 1-channel input; a lookup table and a requantize after it, applied in the kernel
     "1-channel-lookup": dict(
         shape=(1, 1, 9, 7),

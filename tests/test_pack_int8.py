@@ -14,7 +14,7 @@ from tvm import relax
 
 from tvm_intq.core import intmath
 from tvm_intq.evaluation.reference import run_reference
-from tvm_intq.relay_passes.analysis.ir_utils import shape_of
+from tvm_intq.relay_passes.analysis.ir_utils import const_value, shape_of
 from tvm_intq.relay_passes.ops import integer_kernels as K
 from tvm_intq.schedules import build_pipeline
 from tvm_intq.schedules.default_schedule import DefaultDotSchedule
@@ -47,13 +47,14 @@ def int8_layer(
     relu=False,
     lookup=None,
     rescale=None,
+    out_scale=0.1,
 ):
     """``main(x int8) -> int8``: one conv2d (or dense) layer as FoldToInteger writes it;
     ``lookup`` ("shared" or "per-channel"): then a random lookup table, as for a nonlinear
     layer after it; ``rescale`` ("tensor" or "channel"): then a requantize of the looked-up
     values (to the scale of a concat, say)."""
     rng = np.random.default_rng(seed)
-    inp, out = intmath.QParams(0.05, zp_in), intmath.QParams(0.1, 3)
+    inp, out = intmath.QParams(0.05, zp_in), intmath.QParams(out_scale, 3)
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType(shape, "int8"))
     with bb.function("main", [x]):
@@ -384,6 +385,25 @@ def test_packed_kernels_match_reference_bit_for_bit(case):
     ex = compile_and_compare(mod, case["shape"])
     asm = ex.mod.imports[0].inspect_source("asm")
     assert X86.instruction in asm
+
+
+def test_requantize_keeps_the_high_word_only_when_every_shift_allows_it():
+    """Every S >= 32 (multipliers below 1/2): the kernel shifts and clips the product's high
+    word in int32, its constants other than ADD int32; a channel with S < 32 (an output scale
+    finer than input x weight scale) keeps the int64 form. Bit-exact both ways."""
+    for out_scale, high_word in ((0.1, True), (0.001, False)):
+        mod = int8_layer((1, 8, 6, 6), 16, out_scale=out_scale, lookup="shared")
+        call = next(
+            b.value
+            for b in PackInt8ForDot(VNNI)(mod)["main"].body.blocks[0].bindings
+            if isinstance(b.value, relax.Call)
+            and b.value.op.name == "relax.call_tir"
+            and b.value.args[0].name_hint.startswith("conv2d")
+        )
+        constants = [const_value(a) for a in call.args[1].fields]
+        int64 = [c for c in constants if c is not None and c.dtype == np.int64]
+        assert len(int64) == (1 if high_word else 4), out_scale  # ADD alone, or ADD, S, lo, hi
+        compile_and_compare(mod, (1, 8, 6, 6))
 
 
 @pytest.mark.parametrize("name", sorted(X86_CPUS))
