@@ -313,3 +313,20 @@ def test_kernel_shares_time_a_kernel_that_divides_by_a_tensor():
     tasks = D.extract_tasks(mod, HOST.target(), HOST.int8_dot)
     seconds = B.kernel_seconds(mod, HOST, tasks, threads=1)
     assert set(seconds) == {t.name for t in tasks} and all(s > 0 for s in seconds.values())
+
+
+def test_the_first_candidate_of_every_kernel_is_what_compile_builds(tiny):
+    """Tuning measures the untuned kernel first, so a database never holds only kernels
+    worse than compiling without one. For kernels without a conv it measured the plain loop
+    nest, while compile builds apply_elementwise's parallel, inlined one: a 2-minute tune made
+    PP-OCRv4 det slower than no tuning."""
+    from tvm_intq.schedules.default_schedule import DefaultDotSchedule
+    from tvm_intq.schedules.tune.first_candidates import first_candidates
+
+    intrin = dot_product_for(HOST.int8_dot, HOST.target())
+    tasks = D.extract_tasks(tiny.integer, HOST.target(), HOST.int8_dot)
+    assert any(not has_default(t.mod["main"]) for t in tasks)  # kernels without a conv too
+    for t in tasks:
+        first = first_candidates(t, intrin)[0].mod["main"]
+        built = DefaultDotSchedule(intrin)(t.mod)["main"]
+        assert tvm_ffi.structural_equal(first.body, built.body), t.name

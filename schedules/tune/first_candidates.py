@@ -11,7 +11,12 @@ from pathlib import Path
 from tvm import s_tir
 from tvm.s_tir import meta_schedule as ms
 
-from tvm_intq.schedules.default_schedule import apply_default, has_default, injective_candidates
+from tvm_intq.schedules.default_schedule import (
+    apply_default,
+    apply_elementwise,
+    has_default,
+    injective_candidates,
+)
 from tvm_intq.schedules.tune.search import kernel_hash
 from tvm_intq.schedules.tune.workers import INVALID_SECONDS, recorded_seconds
 
@@ -25,8 +30,9 @@ def plain_trace(sch: s_tir.Schedule) -> None:
 
 def first_candidates(task, intrin) -> list[s_tir.Schedule]:
     """The fixed schedule of :mod:`..default_schedule` for a packed or depthwise conv; for any
-    other kernel, the kernel as legalized (no schedule) and its
-    :func:`..default_schedule.injective_candidates`."""
+    other kernel, its :func:`..default_schedule.apply_elementwise` schedule where compile
+    applies one (an int8 target other than RVV), the kernel as legalized (no schedule) and
+    its :func:`..default_schedule.injective_candidates`. The first is what compile builds."""
     if intrin is not None and has_default(task.mod["main"]):
         sch = s_tir.Schedule(task.mod)
         try:
@@ -37,7 +43,18 @@ def first_candidates(task, intrin) -> list[s_tir.Schedule]:
     plain = s_tir.Schedule(task.mod)
     plain_trace(plain)
     lanes = 16 if intrin is None else intrin.lanes
-    return [plain] + injective_candidates(task.mod, lanes)
+    candidates = [plain] + injective_candidates(task.mod, lanes)
+    if intrin is not None and not intrin.scalable:  # as DefaultDotSchedule does
+        # Without it, a 2-minute tune of PP-OCRv4 det recorded the plain loop nest of a
+        # fused resize kernel (the only candidate it measured): serial, it made the tuned
+        # library slower than the untuned one (2 threads: 23.2 against 14.9 ms).
+        sch = s_tir.Schedule(task.mod)
+        try:
+            apply_elementwise(sch)
+            candidates.insert(0, sch)
+        except (RuntimeError, ValueError):
+            pass  # compile leaves it as legalized too: the plain kernel is its default
+    return candidates
 
 
 def measure_first_candidates(session, task, measured: set, budget: int) -> tuple:
