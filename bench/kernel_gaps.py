@@ -45,7 +45,7 @@ KINDS = (
 def our_kind(kernel: str) -> str:
     if kernel.startswith("conv2d"):
         return KINDS[0]
-    if kernel.startswith("depthwise"):
+    if "depthwise" in kernel:  # also fused with the packing and unpacking around it
         return KINDS[1]
     if kernel.startswith("dense"):
         return KINDS[6]
