@@ -85,6 +85,7 @@ def _fold_linear(bb, st: _State, v, out: intmath.QParams, name: str):
             return None
         lo, hi = intmath.relu_bounds(out, lo_real, hi_real)
         ar = intmath.add_requant(a[1], b[1], out, lo, hi, subtract=name_op == "relax.subtract")
+        ar = intmath.narrow_add_requant(ar)  # the same output on every code pair
         return K.add(bb, a[0], b[0], ar, name)
     if name_op not in ("relax.nn.conv2d", "relax.nn.conv2d_transpose", "relax.matmul"):
         return None

@@ -664,6 +664,9 @@ def check_data_movement_ir(imod):
 def check_add_ir(imod):
     check_convs(imod, 1)
     assert requantizes(imod) == 2  # the conv's requantize, then the add's
+    # the add's arithmetic in int32 (intmath.narrow_add_requant)
+    (shift,) = calls_of(imod, "relax.right_shift")
+    assert str(shift.ty.dtype) == "int32"
 
 
 def check_concat_ir(imod):

@@ -269,6 +269,29 @@ def test_add_requant_equals_float_formula_on_all_code_pairs(seed):
     assert np.count_nonzero(got != want) == 0
 
 
+def test_narrowed_add_requant_fits_int32_and_equals_the_int64_one_on_all_code_pairs():
+    rng = np.random.default_rng(17)
+    qa, qb = (q.ravel() for q in np.meshgrid(np.arange(QMIN, QMAX + 1), np.arange(QMIN, QMAX + 1)))
+    narrowed = 0
+    for i in range(40):
+        a, b, o = (
+            QParams(float(np.exp(rng.uniform(-5, 1))), int(rng.integers(-128, 128)))
+            for _ in range(3)
+        )
+        lo, hi = (QMIN, QMAX) if i % 2 else intmath.relu_bounds(o)
+        ar = intmath.add_requant(a, b, o, lo, hi, subtract=i % 3 == 0)
+        assert not ar.fits_int32()  # 31-bit multipliers: the int64 form
+        small = intmath.narrow_add_requant(ar)
+        if small != ar:
+            narrowed += 1
+            assert small.fits_int32() and small.shift < ar.shift
+            # every partial sum, computed exactly, is within int32
+            y = qa.astype(np.int64) * small.mul_a + qb.astype(np.int64) * small.mul_b
+            assert np.abs(y).max() < 2**31 and np.abs(y + small.add).max() < 2**31
+            np.testing.assert_array_equal(small.apply(qa, qb), ar.apply(qa, qb))
+    assert narrowed >= 36  # ~98 % of random scale triples narrow
+
+
 def test_add_requant_ties_and_equal_scales():
     p = QParams(0.1, 3)
     ar = intmath.add_requant(p, p, QParams(0.2, 3))  # (a + b) / 2: half-way sums are ties

@@ -100,12 +100,13 @@ def matmul_activations(
 
 def add(bb, a, b, ar: intmath.AddRequant, name: str):
     """``(Qa*MA + Qb*MB + ADD) >> S`` for an elementwise add/subtract (``MB < 0``) of two int8
-    tensors."""
-    xa = bb.emit(R.multiply(bb.emit(R.astype(a, "int64")), _const(ar.mul_a, "int64")))
-    xb = bb.emit(R.multiply(bb.emit(R.astype(b, "int64")), _const(ar.mul_b, "int64")))
+    tensors, in int32 where it fits (:func:`~tvm_intq.core.intmath.narrow_add_requant`)."""
+    wide = "int32" if ar.fits_int32() else "int64"
+    xa = bb.emit(R.multiply(bb.emit(R.astype(a, wide)), _const(ar.mul_a, wide)))
+    xb = bb.emit(R.multiply(bb.emit(R.astype(b, wide)), _const(ar.mul_b, wide)))
     x = bb.emit(R.add(xa, xb))
-    x = bb.emit(R.add(x, _const(ar.add, "int64")))
-    x = bb.emit(R.right_shift(x, _const(ar.shift, "int64")))
+    x = bb.emit(R.add(x, _const(ar.add, wide)))
+    x = bb.emit(R.right_shift(x, _const(ar.shift, wide)))
     x = bb.emit(R.clip(x, ar.lo, ar.hi))
     return bb.emit(R.astype(x, "int8"), name)
 
