@@ -393,13 +393,41 @@ def apply_elementwise(sch: s_tir.Schedule) -> None:
             outer = 0
             while outer < min(len(loops), len(kinds)) and kinds[outer] == tirx.IterVar.DataPar:
                 outer += 1
-            if outer >= 2:
+            if _whole_axes(sch, loops, kinds, outer):
+                _accumulate_in_register(sch, block, loops, outer)
+            elif outer >= 2:
                 sch.parallel(sch.fuse(*loops[: outer - 1]))
             continue
         if len(loops) >= 2 and _extent(sch, loops[-1]) <= _SHORT_INNER:
             sch.unroll(loops[-1])
         if len(loops) >= 3:
             sch.parallel(sch.fuse(*loops[:-2]))
+
+
+#: A reduction over at least this many values per output reduces whole axes (a global pool, a
+#: mean, softmax's sums), not a window (a 7x7 pool: 49).
+_WHOLE_AXES = 64
+
+
+def _whole_axes(sch, loops, kinds, outer: int) -> bool:
+    """A reduction's loops are its output loops then :data:`_WHOLE_AXES` or more reduced
+    values, one loop per axis (as legalized)."""
+    if outer == 0 or len(loops) != len(kinds):
+        return False
+    reduced = 1
+    for loop in loops[outer:]:
+        reduced *= _extent(sch, loop)
+    return reduced >= _WHOLE_AXES and tirx.IterVar.DataPar not in kinds[outer:]
+
+
+def _accumulate_in_register(sch, block, loops, outer: int) -> None:
+    """Each output's sum in a register, written back once, the reduced axes fused into one
+    long loop that LLVM vectorizes. As legalized, every step loads and stores the output
+    element: PP-OCRv4 det's 96x80x80 global sum took 683 us of its 25 ms, 19 us so."""
+    sch.fuse(*loops[outer:])
+    out = sch.fuse(*loops[:outer])
+    sch.parallel(out)
+    sch.reverse_compute_at(sch.cache_write(block, 0, "local"), out)
 
 
 def schedule_default(func: tirx.PrimFunc, intrin: DotProduct) -> tirx.PrimFunc:

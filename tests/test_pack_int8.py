@@ -524,6 +524,35 @@ def test_kernels_without_a_conv_are_scheduled_and_exact(shape, caplog):
     assert "schedule failed" not in caplog.text
 
 
+def test_a_sum_over_whole_axes_accumulates_in_a_register_and_is_exact():
+    """A global average pool's sum keeps each channel's sum in a local buffer written back
+    once, its 12x12 reduced values one loop (what LLVM vectorizes); the same integers."""
+    shape, p = (1, 16, 12, 12), intmath.QParams(0.05, -5)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "int8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            rq = intmath.rescale_requant(p.scale, p.zero_point, p, count=144)
+            gv = bb.emit_output(K.mean(bb, x, [2, 3], True, rq, "gap"))
+        bb.emit_func_output(gv)
+    mod = bb.get()
+    with HOST.target():
+        scheduled = DefaultDotSchedule(X86)(relax.get_pipeline("zero")(PackInt8ForDot(X86)(mod)))
+    (kernel,) = [f for gv, f in scheduled.functions_items() if "sum" in gv.name_hint]
+    sch = tvm.s_tir.Schedule(kernel)
+    (total,) = [
+        b
+        for b in sch.get_child_blocks(sch.get_sblock("root"))
+        if any(iv.iter_type != tvm.tirx.IterVar.DataPar for iv in sch.get(b).iter_vars)
+    ]
+    region = sch.get(total).writes[0]
+    loops = [(int(sch.get(lp).extent), int(sch.get(lp).kind)) for lp in sch.get_loops(total)]
+    assert region.source.scope() == "local"
+    kind = tvm.tirx.ForKind
+    assert loops == [(16, kind.PARALLEL), (144, kind.SERIAL)], loops
+    compile_and_compare(mod, shape)
+
+
 def test_target_without_an_int8_instruction_is_untouched_and_exact():
     mod = int8_layer((1, 8, 6, 6), 16)
     sse4 = tvm.target.Target({"kind": "llvm", "mcpu": "nehalem"})  # no AVX2, no VNNI
