@@ -369,9 +369,11 @@ def apply_elementwise(sch: s_tir.Schedule) -> None:
     consumer (one pass over memory; unscheduled, each stage writes a whole intermediate
     tensor), a reduction's elementwise epilogue inlined into it; then each loop nest left
     parallel over its outer loops (serial for a kernel too small to split, :mod:`.parallel`),
-    a short innermost loop unrolled, and the innermost contiguous loop left to LLVM's loop
-    vectorizer, which also forms gathers, interleaved accesses and widening casts where
-    TVM's ``vectorize`` would scalarize a lookup's whole loop body."""
+    a short innermost loop unrolled, and the innermost contiguous loop split at a padding's
+    borders (:func:`_partition_padding`) and left to LLVM's loop vectorizer, which also forms
+    gathers, interleaved accesses and widening casts where TVM's ``vectorize`` would
+    scalarize a lookup's whole loop body. A sum over whole axes accumulates in a register
+    (:func:`_accumulate_in_register`)."""
     for block in reversed(_blocks(sch)):
         if not _reduces(sch, block) and not _duplicated(sch, block):
             try:
@@ -398,10 +400,47 @@ def apply_elementwise(sch: s_tir.Schedule) -> None:
             elif outer >= 2:
                 sch.parallel(sch.fuse(*loops[: outer - 1]))
             continue
+        inner = loops[-1]
         if len(loops) >= 2 and _extent(sch, loops[-1]) <= _SHORT_INNER:
             sch.unroll(loops[-1])
+            inner = loops[-2]
         if len(loops) >= 3:
             sch.parallel(sch.fuse(*loops[:-2]))
+        _partition_padding(sch, block, inner)
+
+
+def _partition_padding(sch, block, loop) -> None:
+    """Split ``loop`` where the block's comparisons of its variable with a constant change
+    outcome (a padded packing's borders): the interior loop's conditions then simplify away
+    and LLVM vectorizes it. With a condition guarding a load, LLVM cannot speculate the load
+    and leaves the loop scalar: PP-OCRv4 det's input quantize+pack took 12 us per 10k values,
+    its FPN's resize+add+pack kernels 2.3 and 1.6 ms, 3.2 us and 0.9 and 0.6 ms so."""
+    b, loop_var = sch.get(block), sch.get(loop).loop_var
+    realize = []
+    tvm_ffi.structural_walk(
+        sch.mod["main"].body,
+        [(s_tir.SBlockRealize, lambda r: realize.append(r) if r.block.same_as(b) else None)],
+    )
+    if len(realize) != 1:
+        return
+    bound = [iv.var for iv, v in zip(b.iter_vars, realize[0].iter_values) if v.same_as(loop_var)]
+    if len(bound) != 1:
+        return
+    var, extent, cuts = bound[0], _extent(sch, loop), set()
+
+    def compare(node):
+        # where the outcome flips: v < c and v >= c at c, v <= c and v > c at c + 1
+        # (mirrored with the constant on the left)
+        left = node.a.same_as(var)
+        const = node.b if left else node.a
+        if (left or node.b.same_as(var)) and isinstance(const, tirx.IntImm):
+            at_c = (tirx.LT, tirx.GE) if left else (tirx.LE, tirx.GT)
+            cuts.add(int(const) + (0 if isinstance(node, at_c) else 1))
+
+    tvm_ffi.structural_walk(b.body, [(t, compare) for t in (tirx.LT, tirx.LE, tirx.GT, tirx.GE)])
+    edges = [0, *sorted(c for c in cuts if 0 < c < extent), extent]
+    if len(edges) > 2:  # the last part's extent is inferred
+        sch.loop_partition(loop, [hi - lo for lo, hi in zip(edges, edges[1:-1])] + [None])
 
 
 #: A reduction over at least this many values per output reduces whole axes (a global pool, a

@@ -524,6 +524,23 @@ def test_kernels_without_a_conv_are_scheduled_and_exact(shape, caplog):
     assert "schedule failed" not in caplog.text
 
 
+def test_a_padded_packing_runs_its_interior_without_conditions_and_is_exact():
+    """The packing of a conv's padded input (6 columns, one of padding each side) loops over
+    its border columns and its interior apart: conditions (which keep LLVM from vectorizing a
+    load) remain only at the borders. The same integers."""
+    mod = int8_layer((1, 8, 6, 6), 16)
+    with HOST.target():
+        scheduled = DefaultDotSchedule(X86)(relax.get_pipeline("zero")(PackInt8ForDot(X86)(mod)))
+    (kernel,) = [f for gv, f in scheduled.functions_items() if gv.name_hint == "pack_int8"]
+    sch = tvm.s_tir.Schedule(kernel)
+    columns = []
+    for name in ("pack_int8_xx0", "pack_int8_xx1", "pack_int8_xx2"):
+        xx = sch.get(sch.get_loops(sch.get_sblock(name))[-2])
+        columns.append((int(xx.min), int(xx.extent)))
+    assert columns == [(0, 1), (1, 6), (7, 1)]
+    compile_and_compare(mod, (1, 8, 6, 6))
+
+
 def test_a_sum_over_whole_axes_accumulates_in_a_register_and_is_exact():
     """A global average pool's sum keeps each channel's sum in a local buffer written back
     once, its 12x12 reduced values one loop (what LLVM vectorizes); the same integers."""
