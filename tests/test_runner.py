@@ -1,4 +1,5 @@
-"""The runner's thread setting (tvm_intq/compiler/runner.py): one thread, no TVM thread pool."""
+"""The runner (tvm_intq/compiler/runner.py): its inputs, and its thread setting (one thread,
+no TVM thread pool)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
+import tvm
+from tvm import relax
 
-from tvm_intq.compiler.runner import set_threads
+from tvm_intq.compiler.runner import Runner, set_threads
 
 # A kernel with a parallel loop, run in a fresh process (TVM's pool is per process and starts
 # on the first parallel launch) that begins with TVM_NUM_THREADS=2; prints how many OS threads
@@ -57,3 +61,26 @@ def test_one_thread_runs_parallel_loops_inline_without_a_pool():
 def test_threads_must_be_positive():
     with pytest.raises(ValueError):
         set_threads(0)
+
+
+def _double():
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((2, 3), "float32"))
+    with bb.function("main", [x]):
+        bb.emit_func_output(bb.emit(relax.op.multiply(x, relax.const(2.0, "float32"))))
+    return tvm.compile(bb.get(), "llvm")
+
+
+def test_inputs_read_in_place_or_through_a_staging_buffer_give_each_call_its_own_values():
+    run = Runner(_double(), ["x"])
+    base = np.empty(64 + 7, np.float32)
+    for i in range(3):
+        # unaligned (a slice 4 bytes into an array), then aligned or not: whatever numpy gives
+        x = base[1 + i : 7 + i].reshape(2, 3)
+        x[...] = np.arange(6, dtype=np.float32).reshape(2, 3) + 10 * i
+        (y,) = run({"x": x})
+        np.testing.assert_array_equal(y, 2 * x)
+        x[...] = -1  # the output is the runner's copy, not a view of anything reused
+        assert (y >= 0).all()
+    transposed = (np.arange(6, dtype=np.float32).reshape(3, 2) + 100).T  # not contiguous
+    np.testing.assert_array_equal(run({"x": transposed})[0], 2 * transposed)
