@@ -395,7 +395,7 @@ def apply_elementwise(sch: s_tir.Schedule) -> None:
             outer = 0
             while outer < min(len(loops), len(kinds)) and kinds[outer] == tirx.IterVar.DataPar:
                 outer += 1
-            if _whole_axes(sch, loops, kinds, outer):
+            if _whole_axes(sch, block, loops, kinds, outer):
                 _accumulate_in_register(sch, block, loops, outer)
             elif outer >= 2:
                 sch.parallel(sch.fuse(*loops[: outer - 1]))
@@ -448,10 +448,11 @@ def _partition_padding(sch, block, loop) -> None:
 _WHOLE_AXES = 64
 
 
-def _whole_axes(sch, loops, kinds, outer: int) -> bool:
-    """A reduction's loops are its output loops then :data:`_WHOLE_AXES` or more reduced
-    values, one loop per axis (as legalized)."""
-    if outer == 0 or len(loops) != len(kinds):
+def _whole_axes(sch, block, loops, kinds, outer: int) -> bool:
+    """A reduction of one tensor (a conv or a matmul reads two: their reductions keep the
+    loops LLVM vectorizes across outputs) whose loops are its output loops then
+    :data:`_WHOLE_AXES` or more reduced values, one loop per axis (as legalized)."""
+    if outer == 0 or len(loops) != len(kinds) or len(sch.get(block).reads) != 1:
         return False
     reduced = 1
     for loop in loops[outer:]:
