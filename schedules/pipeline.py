@@ -4,9 +4,10 @@
       -> PackInt8ForDot        int8 conv2d/dense in the target's dot-product layout (if it has one)
       -> legalize, fuse        (TVM's "zero" pipeline: one kernel per integer layer)
       -> apply the database    tuned kernels (MetaSchedule records), when a database is given
-      -> DefaultDotSchedule    packed kernels without a record: a fixed tensorized schedule
       -> FloatSchedule         only for the float programs calibration and evaluation run on
                                the host (.float_schedule): float convs accumulate in registers
+      -> DefaultDotSchedule    packed kernels without a record: a fixed tensorized schedule;
+                               every other kernel: the elementwise one
       -> serial small kernels  no thread-pool hand-off for a kernel too small to split (.parallel)
       -> VM lowering           (TVM's default build pipeline)
 
@@ -102,10 +103,9 @@ def build_pipeline(
     passes = [tuning_pipeline(int8_dot), count]
     if database is not None:
         passes.append(_ApplyDatabase(database))
-    passes.append(_DefaultSchedule(int8_dot))
-    if float_schedule:
+    if float_schedule:  # before the default schedules, which would take the float convs too
         passes.append(FloatSchedule())
-    passes += [serial, relax.pipeline.default_build_pipeline()]
+    passes += [_DefaultSchedule(int8_dot), serial, relax.pipeline.default_build_pipeline()]
     return tvm.transform.Sequential(passes, name="intq_build")
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import tvm
+import tvm_ffi
 from onnx import TensorProto, helper, numpy_helper
 
 from tvm_intq import api
@@ -17,7 +18,7 @@ from tvm_intq.demo import bundled
 from tvm_intq.frontends import import_model
 from tvm_intq.relay_passes import ExposeTensors, analyze
 from tvm_intq.schedules.float_schedule import FloatSchedule
-from tvm_intq.schedules.pipeline import tuning_pipeline
+from tvm_intq.schedules.pipeline import build_pipeline, tuning_pipeline
 from tvm_intq.targets import get_target
 
 HOST = get_target("host")
@@ -72,14 +73,25 @@ def _both(path, x):
 
 
 def _scheduled_kernels(exposed):
+    """The kernels the float schedule takes, each checked to be in the build as scheduled (a
+    pass scheduling them before it, as the int8 default schedule did, would hide them)."""
     with HOST.target():
-        fused = tuning_pipeline(HOST.int8_dot)(exposed)
-        done = FloatSchedule()(fused)
-    return sorted(
+        alone = FloatSchedule()(tuning_pipeline(HOST.int8_dot)(exposed))
+        built = build_pipeline(HOST.int8_dot, float_schedule=True)(exposed)
+    names = sorted(
         gv.name_hint
-        for gv, f in done.functions_items()
+        for gv, f in alone.functions_items()
         if isinstance(f, tvm.tirx.PrimFunc) and f.attrs.get("tirx.is_scheduled", False)
     )
+    for name in names:  # the same blocks (the float schedule's accumulator and its init)
+        assert _blocks(built[name]) == _blocks(alone[name]), name
+    return names
+
+
+def _blocks(func) -> set[str]:
+    found = set()
+    tvm_ffi.structural_walk(func.body, [(tvm.s_tir.SBlock, lambda b: found.add(b.name_hint))])
+    return found
 
 
 def test_odd_shapes_bit_identical(tmp_path):
