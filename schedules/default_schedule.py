@@ -400,6 +400,8 @@ def apply_elementwise(sch: s_tir.Schedule) -> None:
             elif outer >= 2:
                 sch.parallel(sch.fuse(*loops[: outer - 1]))
             continue
+        if not loops:
+            continue  # a scalar (the searches' gates)
         inner = loops[-1]
         if len(loops) >= 2 and _extent(sch, loops[-1]) <= _SHORT_INNER:
             sch.unroll(loops[-1])

@@ -541,6 +541,18 @@ def test_a_padded_packing_runs_its_interior_without_conditions_and_is_exact():
     compile_and_compare(mod, (1, 8, 6, 6))
 
 
+def test_a_kernel_of_a_scalar_is_scheduled():
+    """A 0-d tensor's kernel (the searches' gates) has a block and no loop."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((), "float32"))
+    with bb.function("main", [x]):
+        bb.emit_func_output(bb.emit(relax.op.multiply(x, relax.const(3.0, "float32"))))
+    with HOST.target():
+        scheduled = DefaultDotSchedule(X86)(relax.get_pipeline("zero")(bb.get()))
+    (kernel,) = [f for gv, f in scheduled.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert kernel.attrs["tirx.is_scheduled"]
+
+
 def test_a_sum_over_whole_axes_accumulates_in_a_register_and_is_exact():
     """A global average pool's sum keeps each channel's sum in a local buffer written back
     once, its 12x12 reduced values one loop (what LLVM vectorizes); the same integers."""
