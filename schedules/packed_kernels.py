@@ -369,10 +369,20 @@ def pack_blocked(x: te.Tensor, lanes: int):
     )
 
 
+def float32_exact(taps: int) -> bool:
+    """True when a sum of ``taps`` products of an 8-bit activation (int8 or uint8) and an int8
+    weight is exact in float32 in any order: every partial sum below ``2**24`` in magnitude."""
+    return taps * 256 * 128 < 2**24
+
+
 def depthwise_weight(w: np.ndarray, lanes: int, dtype: str) -> np.ndarray:
     """Depthwise weights ``C, KH, KW`` int8 -> ``C/L, KH, KW, L`` of ``dtype`` (zero-padded
-    channels): a tap's ``L`` channels are one vector, as the blocked activations'."""
+    channels): a tap's ``L`` channels are one vector, as the blocked activations'. ``float32``
+    (x86: the multiply-adds on the FMA units) only where every sum is exact in float32:
+    :func:`float32_exact`; int32 otherwise."""
     c, kh, kw = w.shape
+    if dtype == "float32" and not float32_exact(kh * kw):
+        dtype = "int32"
     padded = np.zeros((ceil_div(c, lanes) * lanes, kh, kw), dtype)
     padded[:c] = w
     return np.ascontiguousarray(padded.reshape(-1, lanes, kh, kw).transpose(0, 2, 3, 1))
@@ -413,13 +423,18 @@ def depthwise_blocked(
     kh, kw = (int(d) for d in w.shape[1:3])
     (sh, sw), (dh, dw) = strides, dilation
     oh, ow = out_hw
-    if any(padding):
+    exact_float = w.dtype == "float32"
+    if exact_float and not float32_exact(kh * kw):
+        raise ValueError(f"a {kh}x{kw} depthwise conv's sums are not exact in float32")
+    if any(padding) or exact_float:
+        # float32 weights: the plane is converted once here, not at each of its kh*kw reads.
+        plane = "float32" if exact_float else xb.dtype
         xp = te.compute(
             (n, cb, h + top + bottom, wd + left + right, lanes),
             lambda b, c, y, xx, li: tirx.if_then_else(
                 tirx.all(y >= top, y < top + h, xx >= left, xx < left + wd),
-                xb[b, c, y - top, xx - left, li],
-                pad_value[()],
+                xb[b, c, y - top, xx - left, li].astype(plane),
+                pad_value[()].astype(plane),
             ),
             name=PAD_BLOCK,
             tag="injective",
@@ -427,14 +442,22 @@ def depthwise_blocked(
     else:
         xp = xb
 
+    def tap(b, c, y, xx, li, ry, rx, dtype):
+        x = xp[b, c, y * sh + ry * dh, xx * sw + rx * dw, li]
+        return x.astype(dtype) * w[c, ry, rx, li].astype(dtype)
+
     def taps(b, c, y, xx, li):
         # One expression, not a reduction: the tile's pixels and lanes vectorize around it.
-        return sum(
-            xp[b, c, y * sh + ry * dh, xx * sw + rx * dw, li].astype("int32")
-            * w[c, ry, rx, li].astype("int32")
-            for ry in range(kh)
-            for rx in range(kw)
-        )
+        if not exact_float:
+            return sum(
+                tap(b, c, y, xx, li, ry, rx, "int32") for ry in range(kh) for rx in range(kw)
+            )
+        # Each row a chain of FMAs of its own (kh independent chains per pixel hide the FMA
+        # latency); the sums are integers below 2**24, exact in float32 in any order.
+        rows = [
+            sum(tap(b, c, y, xx, li, ry, rx, "float32") for rx in range(kw)) for ry in range(kh)
+        ]
+        return sum(rows).astype("int32")
 
     acc = te.compute((n, cb, oh, ow, lanes), taps, name=DEPTHWISE_BLOCKED)
     return _epilogue(

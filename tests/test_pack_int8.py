@@ -673,3 +673,74 @@ def test_injective_candidates_are_exact_and_read_blocks_in_order():
     # A kernel with a reduction (a float conv) has none: MetaSchedule tiles those.
     conv = next(t for t in tasks if t.name.startswith("conv2d_packed"))
     assert injective_candidates(conv.mod, X86.lanes) == []
+
+
+def test_float32_depthwise_sums_are_exact_up_to_the_bound():
+    """x86's depthwise multiply-adds run in float32 (:func:`.packed_kernels.float32_exact`):
+    exact while every partial sum of 8-bit x int8 products stays below 2**24. At the widest
+    kernel that allows (511 taps, sums reaching 16.7 M) the kernel's accumulator equals the
+    integer one; one tap more is refused and the weights stay int32."""
+    from tvm import te
+
+    from tvm_intq.schedules import packed_kernels as P
+
+    taps, lanes = 511, 8
+    assert P.float32_exact(taps) and not P.float32_exact(taps + 1)
+    rng = np.random.default_rng(0)
+    # Near the extreme (uint8 activations, as VNNI's): every product about 255 * 127, so the
+    # running sums pass 2**23, where float32 has no bit to spare; a few other taps keep the
+    # low bits busy.
+    w = np.where(rng.random((lanes, 1, taps)) < 0.95, 127, rng.integers(-127, 128)).astype(np.int8)
+    x = np.full((1, 1, 1, taps, lanes), 255, np.uint8)
+    x[..., :7, :] = rng.integers(0, 256, (7, lanes))
+    acc = np.einsum("t l, l t -> l", x[0, 0, 0].astype(np.int64), w[:, 0].astype(np.int64))
+    assert np.abs(acc).max() > 2**23
+    wf = P.depthwise_weight(w, lanes, "float32")
+    assert wf.dtype == np.float32
+    assert (
+        P.depthwise_weight(np.zeros((8, 1, taps + 1), np.int8), lanes, "float32").dtype == np.int32
+    )
+    # Requantized by add = -acc, shift 0: every output 0 where the sum was exact.
+    xb = te.placeholder(x.shape, "uint8", "xb")
+    zp = te.placeholder((), "uint8", "zp")
+    wt = te.placeholder(wf.shape, "float32", "w")
+    vecs = {n: te.placeholder((lanes,), "int64", n) for n in ("mul", "add", "shift", "lo", "hi")}
+    out = P.depthwise_blocked(
+        xb,
+        zp,
+        wt,
+        *vecs.values(),
+        in_hw=(1, taps),
+        padding=(0, 0, 0, 0),
+        strides=(1, 1),
+        dilation=(1, 1),
+        out_hw=(1, 1),
+    )
+    func = te.create_prim_func([xb, zp, wt, *vecs.values(), out])
+    f = tvm.compile(tvm.IRModule({"main": func}), HOST.target())
+    args = [
+        x,
+        np.int8(0),
+        wf,
+        np.ones(lanes),
+        -acc,
+        np.zeros(lanes),
+        np.full(lanes, -128),
+        np.full(lanes, 127),
+    ]
+    dtypes = ["uint8", "uint8", "float32"] + ["int64"] * 5
+    result = tvm.runtime.tensor(np.ones((1, 1, 1, 1, lanes), np.int8))
+    f["main"](*[tvm.runtime.tensor(np.asarray(a, d)) for a, d in zip(args, dtypes)], result)
+    np.testing.assert_array_equal(result.numpy(), 0)
+    with pytest.raises(ValueError, match="not exact in float32"):
+        P.depthwise_blocked(
+            te.placeholder((1, 1, 1, taps + 1, lanes), "int8"),
+            zp,
+            te.placeholder((1, 1, taps + 1, lanes), "float32"),
+            *vecs.values(),
+            in_hw=(1, taps + 1),
+            padding=(0, 0, 0, 0),
+            strides=(1, 1),
+            dilation=(1, 1),
+            out_hw=(1, 1),
+        )
