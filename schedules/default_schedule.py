@@ -195,6 +195,10 @@ def apply_default(sch: s_tir.Schedule, intrin: DotProduct) -> None:
 #: Output pixels of a depthwise conv computed per tile (their accumulators stay in
 #: registers, and each weight vector loaded is used that many times), largest dividing OW.
 _DEPTHWISE_TILES = (4, 3, 2, 1)
+#: The same for a depthwise conv written as a reduction over its taps (float32 on x86): tap
+#: by tap over the tile, 8 accumulators and the row's activation vectors fit AVX2's 16
+#: registers.
+_DEPTHWISE_REDUCTION_TILES = (8, 7, 6, 5, 4, 3, 2, 1)
 
 
 def _apply_depthwise_nchw(sch: s_tir.Schedule, intrin: DotProduct) -> None:
@@ -248,7 +252,7 @@ def _apply_depthwise_blocked(sch: s_tir.Schedule, intrin: DotProduct) -> None:
     if BLOCK_PACK in present:
         sch.compute_inline(sch.get_sblock(BLOCK_PACK, func_name="main"))
     conv = sch.get_sblock(DEPTHWISE_BLOCKED, func_name="main")
-    n, c, y, x, lane = sch.get_loops(conv)
+    n, c, y, x, lane, *taps = sch.get_loops(conv)  # taps: a reduction's (float32) ry, rx
     channel = sch.fuse(n, c)
     sch.parallel(channel)
     vectorize = (lambda loop: None) if intrin.scalable else sch.vectorize
@@ -257,8 +261,11 @@ def _apply_depthwise_blocked(sch: s_tir.Schedule, intrin: DotProduct) -> None:
         sch.compute_at(pad, channel)
         vectorize(sch.get_loops(pad)[-1])
     width = _extent(sch, x)
-    tile = next(t for t in _DEPTHWISE_TILES if width % t == 0)
+    tiles = _DEPTHWISE_REDUCTION_TILES if taps else _DEPTHWISE_TILES
+    tile = next(t for t in tiles if width % t == 0)
     xo, xi = sch.split(x, [None, tile])
+    if taps:
+        sch.reorder(xo, *taps, xi, lane)
     for name in (REQUANT_BLOCK, LOOKUP_BLOCK):
         if name in present:
             block = sch.get_sblock(name, func_name="main")
@@ -276,12 +283,17 @@ def _apply_depthwise_blocked(sch: s_tir.Schedule, intrin: DotProduct) -> None:
                 sch.unroll(loop)
     sch.unroll(xi)
     vectorize(lane)
+    if taps:
+        sch.unroll(taps[-1])
     _inline_tail(sch)
     tail = _blocks(sch)[-1]
     if _name(sch, tail) not in (REQUANT_BLOCK, LOOKUP_BLOCK):
         loops = sch.get_loops(tail)
         if len(loops) >= 2:
             sch.parallel(sch.fuse(*loops[:2]))
+    if taps:
+        # Last: TVM vectorizes the lanes of a reduction only while it still has its init.
+        sch.decompose_reduction(conv, taps[0])
 
 
 def _inline_tail(sch: s_tir.Schedule) -> None:

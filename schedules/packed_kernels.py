@@ -442,24 +442,32 @@ def depthwise_blocked(
     else:
         xp = xb
 
-    def tap(b, c, y, xx, li, ry, rx, dtype):
-        x = xp[b, c, y * sh + ry * dh, xx * sw + rx * dw, li]
-        return x.astype(dtype) * w[c, ry, rx, li].astype(dtype)
+    def window(b, c, y, xx, li, ry, rx):
+        return xp[b, c, y * sh + ry * dh, xx * sw + rx * dw, li]
 
-    def taps(b, c, y, xx, li):
+    if exact_float:
+        # A reduction over the taps (float32, exact): the schedule runs it tap by tap over a
+        # tile of pixels whose accumulators stay in registers, each weight vector loaded once
+        # per tile (PP-OCR cls's 5x5: 36 -> 25 us).
+        ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+        acc = te.compute(
+            (n, cb, oh, ow, lanes),
+            lambda b, c, y, xx, li: te.sum(
+                window(b, c, y, xx, li, ry, rx) * w[c, ry, rx, li], axis=[ry, rx]
+            ),
+            name=DEPTHWISE_BLOCKED,
+        )
+    else:
         # One expression, not a reduction: the tile's pixels and lanes vectorize around it.
-        if not exact_float:
-            return sum(
-                tap(b, c, y, xx, li, ry, rx, "int32") for ry in range(kh) for rx in range(kw)
-            )
-        # Each row a chain of FMAs of its own (kh independent chains per pixel hide the FMA
-        # latency); the sums are integers below 2**24, exact in float32 in any order.
-        rows = [
-            sum(tap(b, c, y, xx, li, ry, rx, "float32") for rx in range(kw)) for ry in range(kh)
-        ]
-        return sum(rows).astype("int32")
-
-    acc = te.compute((n, cb, oh, ow, lanes), taps, name=DEPTHWISE_BLOCKED)
+        acc = te.compute(
+            (n, cb, oh, ow, lanes),
+            lambda b, c, y, xx, li: sum(
+                window(b, c, y, xx, li, ry, rx).astype("int32") * w[c, ry, rx, li].astype("int32")
+                for ry in range(kh)
+                for rx in range(kw)
+            ),
+            name=DEPTHWISE_BLOCKED,
+        )
     return _epilogue(
         acc,
         lambda i: i[1] * lanes + i[-1],
@@ -476,7 +484,7 @@ def depthwise_blocked(
 
 
 def _epilogue(acc, channel, mul, add, shift, lo, hi, table, table_offset, clip_index, high_word):
-    """The layer's requantize of an int32 ``acc``,
+    """The layer's requantize of an int32 ``acc`` (or a float32 one holding exact integers),
     ``q = int8(clip((int64(acc) * MUL + ADD) >> S, lo, hi))`` with the constants of output
     channel ``channel(index)`` (int64 vectors, ``mul`` possibly int32), as :data:`REQUANT_BLOCK`.
     With ``high_word`` (every ``S >= 32``), ``shift``, ``lo`` and ``hi`` are int32 and ``shift``
@@ -489,7 +497,7 @@ def _epilogue(acc, channel, mul, add, shift, lo, hi, table, table_offset, clip_i
 
     def requant(*i):
         o = channel(i)
-        v = acc[i].astype("int64") * mul[o].astype("int64") + add[o]
+        v = acc[i].astype("int32").astype("int64") * mul[o].astype("int64") + add[o]
         if high_word:
             # x >> S == (x >> 32) >> (S - 32) exactly, and x >> 32 fits int32: the shift and
             # clip run on int32 lanes (no 64-bit arithmetic shift or compare in AVX2 or NEON).
