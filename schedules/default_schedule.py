@@ -38,6 +38,7 @@ import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
+from tvm_intq.schedules.float_schedule import block_realize
 from tvm_intq.schedules.intrinsics import DotProduct, register
 from tvm_intq.schedules.packed_kernels import (
     BLOCK_PACK,
@@ -441,14 +442,10 @@ def _partition_padding(sch, block, loop) -> None:
     and leaves the loop scalar: PP-OCRv4 det's input quantize+pack took 12 us per 10k values,
     its FPN's resize+add+pack kernels 2.3 and 1.6 ms, 3.2 us and 0.9 and 0.6 ms so."""
     b, loop_var = sch.get(block), sch.get(loop).loop_var
-    realize = []
-    tvm_ffi.structural_walk(
-        sch.mod["main"].body,
-        [(s_tir.SBlockRealize, lambda r: realize.append(r) if r.block.same_as(b) else None)],
-    )
-    if len(realize) != 1:
+    realize = block_realize(sch, block)
+    if realize is None:
         return
-    bound = [iv.var for iv, v in zip(b.iter_vars, realize[0].iter_values) if v.same_as(loop_var)]
+    bound = [iv.var for iv, v in zip(b.iter_vars, realize.iter_values) if v.same_as(loop_var)]
     if len(bound) != 1:
         return
     var, extent, cuts = bound[0], _extent(sch, loop), set()
@@ -502,6 +499,26 @@ def schedule_default(func: tirx.PrimFunc, intrin: DotProduct) -> tirx.PrimFunc:
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
+def elementwise_default(
+    mod: tvm.IRModule, intrin: DotProduct, name: str = "kernel"
+) -> s_tir.Schedule | None:
+    """What compile gives a kernel without a conv (``mod``'s ``main``) on ``intrin``'s target:
+    :func:`apply_elementwise`'s schedule, or None where the kernel stays as legalized (still
+    exact): on RVV, where LLVM's scalable vectorization of the plain loops did better (the
+    bundled model: +0.6 % instructions with this schedule, the residual add and the concat
+    +7 % and +28 %), or where the schedule cannot take it. Tuning measures it first
+    (:mod:`.tune.first_candidates`): the two must not drift apart."""
+    if intrin.scalable:
+        return None
+    sch = s_tir.Schedule(mod)
+    try:
+        apply_elementwise(sch)
+    except (RuntimeError, ValueError) as err:
+        log.info("%s: no elementwise schedule (%s)", name, err)
+        return None
+    return sch
+
+
 @tvm.transform.module_pass(opt_level=0, name="DefaultDotSchedule")
 class DefaultDotSchedule:
     """Schedule every packed or depthwise int8 kernel of the module not scheduled yet (no tuning
@@ -521,17 +538,9 @@ class DefaultDotSchedule:
             ):
                 continue
             if not has_default(func):
-                if self.intrin.scalable:
-                    # RVV: LLVM's scalable vectorization of the plain loops did better (the
-                    # bundled model: +0.6 % instructions with this schedule, the residual add
-                    # and the concat +7 % and +28 %).
-                    continue
-                try:
-                    sch = s_tir.Schedule(tvm.IRModule({"main": func}))
-                    apply_elementwise(sch)
+                sch = elementwise_default(tvm.IRModule({"main": func}), self.intrin, gv.name_hint)
+                if sch is not None:
                     updates[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
-                except (RuntimeError, ValueError) as err:  # stays as legalized: still exact
-                    log.info("%s: no elementwise schedule (%s)", gv.name_hint, err)
                 continue
             try:
                 updates[gv] = schedule_default(func, self.intrin)

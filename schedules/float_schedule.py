@@ -70,16 +70,23 @@ def _reduction_block(sch: s_tir.Schedule):
     if any(sch.get(lp).kind != tirx.ForKind.SERIAL for lp in loops):
         return None
     # Loop i binds block variable i, as legalization leaves it (the reorder relies on it).
-    realize = []
-    tvm_ffi.structural_walk(
-        sch.mod["main"].body,
-        [(s_tir.SBlockRealize, lambda r: realize.append(r) if r.block.same_as(b) else None)],
-    )
-    if len(realize) != 1 or any(
-        not value.same_as(sch.get(lp).loop_var) for value, lp in zip(realize[0].iter_values, loops)
+    realize = block_realize(sch, block)
+    if realize is None or any(
+        not value.same_as(sch.get(lp).loop_var) for value, lp in zip(realize.iter_values, loops)
     ):
         return None
     return block
+
+
+def block_realize(sch: s_tir.Schedule, block) -> s_tir.SBlockRealize | None:
+    """The ``SBlockRealize`` that binds ``block``'s variables to loop expressions in ``main``
+    (None if there is not exactly one)."""
+    b, found = sch.get(block), []
+    tvm_ffi.structural_walk(
+        sch.mod["main"].body,
+        [(s_tir.SBlockRealize, lambda r: found.append(r) if r.block.same_as(b) else None)],
+    )
+    return found[0] if len(found) == 1 else None
 
 
 def _uses(expr, var) -> bool:

@@ -13,7 +13,7 @@ from tvm.s_tir import meta_schedule as ms
 
 from tvm_intq.schedules.default_schedule import (
     apply_default,
-    apply_elementwise,
+    elementwise_default,
     has_default,
     injective_candidates,
 )
@@ -30,9 +30,9 @@ def plain_trace(sch: s_tir.Schedule) -> None:
 
 def first_candidates(task, intrin) -> list[s_tir.Schedule]:
     """The fixed schedule of :mod:`..default_schedule` for a packed or depthwise conv; for any
-    other kernel, its :func:`..default_schedule.apply_elementwise` schedule where compile
-    applies one (an int8 target other than RVV), the kernel as legalized (no schedule) and
-    its :func:`..default_schedule.injective_candidates`. The first is what compile builds."""
+    other kernel, :func:`..default_schedule.elementwise_default`'s schedule where compile
+    applies one, the kernel as legalized (no schedule) and its
+    :func:`..default_schedule.injective_candidates`. The first is what compile builds."""
     if intrin is not None and has_default(task.mod["main"]):
         sch = s_tir.Schedule(task.mod)
         try:
@@ -44,16 +44,12 @@ def first_candidates(task, intrin) -> list[s_tir.Schedule]:
     plain_trace(plain)
     lanes = 16 if intrin is None else intrin.lanes
     candidates = [plain] + injective_candidates(task.mod, lanes)
-    if intrin is not None and not intrin.scalable:  # as DefaultDotSchedule does
-        # Without it, a 2-minute tune of PP-OCRv4 det recorded the plain loop nest of a
-        # fused resize kernel (the only candidate it measured): serial, it made the tuned
-        # library slower than the untuned one (2 threads: 23.2 against 14.9 ms).
-        sch = s_tir.Schedule(task.mod)
-        try:
-            apply_elementwise(sch)
-            candidates.insert(0, sch)
-        except (RuntimeError, ValueError):
-            pass  # compile leaves it as legalized too: the plain kernel is its default
+    # What compile builds. Without it, a 2-minute tune of PP-OCRv4 det recorded the plain
+    # loop nest of a fused resize kernel (the only candidate it measured): serial, it made the
+    # tuned library slower than the untuned one (2 threads: 23.2 against 14.9 ms).
+    default = None if intrin is None else elementwise_default(task.mod, intrin)
+    if default is not None:
+        candidates.insert(0, default)
     return candidates
 
 

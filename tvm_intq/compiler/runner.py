@@ -50,7 +50,8 @@ class Runner:
     def _input(self, name: str, x) -> tvm.runtime.Tensor:
         """``x`` through DLPack when TVM's kernels can read it in place (contiguous, 64-byte
         aligned), else copied into this input's staging buffer: a fresh aligned buffer per
-        call cost 9 us of the unseen CNN's 160 us, the copy into a kept one 1.6 us."""
+        call cost 9 us of the unseen CNN's 160 us, the copy into a kept one 1.6 us
+        (``tvm.runtime.tensor``'s copy: 19 us for the bundled model's 3 KB input)."""
         x = np.asarray(x)
         if x.flags.c_contiguous and x.ctypes.data % 64 == 0:
             return tvm_ffi.from_dlpack(x, require_alignment=64)
@@ -68,18 +69,6 @@ def _aligned_empty(shape, dtype) -> np.ndarray:
     buf = np.empty(nbytes + 64, np.uint8)
     start = -buf.ctypes.data % 64
     return buf[start : start + nbytes].view(dtype).reshape(shape)
-
-
-def device_tensor(x) -> tvm.runtime.Tensor:
-    """``x`` as a TVM CPU tensor through DLPack, without ``tvm.runtime.tensor``'s copy (19 us
-    for the bundled model's 3 KB input, a quarter of its run; DLPack: under 1 us). TVM's
-    kernels assume 64-byte aligned buffers, so an array that is not gets one aligned copy."""
-    x = np.ascontiguousarray(x)
-    if x.ctypes.data % 64:
-        aligned = _aligned_empty(x.shape, x.dtype)
-        aligned[...] = x
-        x = aligned
-    return tvm_ffi.from_dlpack(x, require_alignment=64)
 
 
 def _flatten(value) -> list[np.ndarray]:
@@ -121,7 +110,7 @@ def run_all(
 
 def latency_ms(runner: Runner, feeds: dict, number: int = 10, repeat: int = 5) -> dict:
     """Median and p90 wall time of one call of ``main`` (after a warm-up call), in ms."""
-    args = [device_tensor(feeds[n]) for n in runner.input_names]
+    args = [runner._input(n, feeds[n]) for n in runner.input_names]
     runner.vm["main"](*args)
     timer = runner.vm.time_evaluator("main", tvm.cpu(), number=number, repeat=repeat)
     results = np.asarray(timer(*args).results) * 1e3
