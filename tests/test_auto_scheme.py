@@ -7,11 +7,13 @@ from conftest import run_vm, three_conv_model
 
 import tvm_intq
 from tvm_intq.calibration import SampleSet
+from tvm_intq.compiler.runner import Runner
 from tvm_intq.core import intmath
 from tvm_intq.core.metrics import sqnr_db
 from tvm_intq.core.schemes import PerLayer, get_scheme
 from tvm_intq.relay_passes import Annotate, float_ops
 from tvm_intq.search import scheme_choice
+from tvm_intq.search.float_layers import run_outputs
 
 pytestmark = [
     pytest.mark.integration,
@@ -74,6 +76,59 @@ def test_choice_is_at_least_the_best_uniform_scheme_and_folds_to_integers(small)
     got = np.concatenate([run_vm(integer, x[i : i + 2]) for i in range(0, 8, 2)])
     ref = np.concatenate([run_vm(prepared, x[i : i + 2]) for i in range(0, 8, 2)])
     assert sqnr_db(ref, got) >= sim["auto"] - 3.0
+
+
+def _integer_sqnr(prepared, scheme, ranges, samples) -> float:
+    _, integer = tvm_intq.lower(prepared, ranges, tvm_intq.QuantConfig(scheme=scheme))
+    ref, got = (
+        run_outputs(Runner(tvm_intq.build(m), ["x"]), samples, 2, {})[0]
+        for m in (prepared, integer)
+    )
+    return sqnr_db(ref, got)
+
+
+def test_choice_is_checked_as_integers_on_samples_the_descent_did_not_see(small):
+    """The kept configuration is the best of the descent's choice and every uniform scheme as
+    integer programs, measured on the 16 calibration samples after the 16 searched; the
+    report's figure is the returned program's own on those samples."""
+    prepared, samples, by = small
+    scheme, ranges, report = scheme_choice.choose(prepared, by, samples, max_samples=16)
+    assert (report["search_samples"], report["check_samples"]) == (16, 16)
+    ints = report["integer_output_sqnr_db"]
+    kept = ints["auto"] if report["kept"] == "auto" else ints["uniform"][report["kept"]]
+    assert kept >= max(ints["uniform"].values())
+    got = _integer_sqnr(prepared, scheme, ranges, samples.after(16))
+    assert got == pytest.approx(kept, abs=1e-4)
+    assert (
+        got
+        >= max(
+            _integer_sqnr(prepared, get_scheme(c), by[c], samples.after(16))
+            for c in scheme_choice.CANDIDATES
+        )
+        - 1e-4
+    )
+
+
+def test_a_choice_worse_as_integers_than_a_uniform_scheme_is_not_kept(small, monkeypatch):
+    """The simulation can overrate a mixed choice (its integer program drifts from the QDQ
+    model, and the descent keeps the best of many noisy scores): when the choice's integer
+    program is worse than a uniform one, the uniform scheme is what comes back."""
+    prepared, samples, by = small
+    real = scheme_choice.lower
+
+    def spoiled(prepared, ranges, config):  # the mixed choice's program gets 8x coarser scales
+        if len(set(config.scheme.choices.values())) > 1:
+            ranges = {t: (8 * lo, 8 * hi) for t, (lo, hi) in ranges.items()}
+        return real(prepared, ranges, config)
+
+    monkeypatch.setattr(scheme_choice, "lower", spoiled)
+    scheme, ranges, report = scheme_choice.choose(prepared, by, samples, max_samples=16)
+    assert len(set(report["choice"].values())) == 1
+    ints = report["integer_output_sqnr_db"]
+    best = max(ints["uniform"], key=ints["uniform"].get)
+    assert ints["auto"] < ints["uniform"][best] and report["kept"] == best
+    assert set(report["choice"].values()) == {best} and ranges == by[best]
+    assert scheme.for_tensor("anything").name == best
 
 
 def test_per_layer_scheme_defaults_and_lookup():

@@ -84,6 +84,12 @@ class SampleSet:
             raise IntqError(f"number of samples must be at least 1, got {n}")
         return SampleSet({k: a[:n] for k, a in self._arrays.items()}, self.extras)
 
+    def after(self, n: int) -> SampleSet:
+        """The samples after the first ``n`` (none left: an error); extras are kept as they are."""
+        if n >= self._num_samples:
+            raise IntqError(f"no samples after the first {n} of {self._num_samples}")
+        return SampleSet({k: a[n:] for k, a in self._arrays.items()}, self.extras)
+
     def batches(self, batch_size: int) -> Iterator[tuple[dict[str, np.ndarray], int]]:
         """Yield ``(feeds, valid)`` for consecutive batches of ``batch_size`` samples.
 
