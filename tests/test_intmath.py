@@ -292,6 +292,31 @@ def test_narrowed_add_requant_fits_int32_and_equals_the_int64_one_on_all_code_pa
     assert narrowed >= 36  # ~98 % of random scale triples narrow
 
 
+def test_product_requant_stays_in_int32_and_within_a_rounding_of_the_real_product():
+    """``((Qa - za)(Qb - zb) * MUL + ADD) >> S`` on all 65,536 code pairs: no partial result
+    leaves int32, and the output is the rounded real product ``sa*sb/so * P + zo`` but where
+    that sits within 1/64 of a step of a rounding boundary (the int32 multiplier's error)."""
+    rng = np.random.default_rng(5)
+    qa, qb = (q.ravel() for q in np.meshgrid(np.arange(QMIN, QMAX + 1), np.arange(QMIN, QMAX + 1)))
+    for _ in range(40):
+        a, b, o = (
+            QParams(float(np.exp(rng.uniform(-5, 1))), int(rng.integers(-128, 128)))
+            for _ in range(3)
+        )
+        rq = intmath.product_requant(a, b, o)
+        p = (qa.astype(np.int64) - a.zero_point) * (qb.astype(np.int64) - b.zero_point)
+        assert np.abs(p * rq.mul).max() + abs(int(rq.add)) < 2**31
+        m = a.scale * b.scale / o.scale
+        real = m * p + o.zero_point
+        inside = (real > QMIN - 1) & (real < QMAX + 1)  # outputs the clip leaves alone
+        assert np.abs(p * (rq.mul / 2.0**rq.shift - m))[inside].max() < 1 / 64
+        exact = np.clip(np.floor(real + 0.5), QMIN, QMAX)
+        got = rq.apply(p).astype(np.int64)
+        near = np.abs(real + 0.5 - np.rint(real + 0.5)) < 1 / 64
+        assert np.all((got == exact) | near)
+        assert np.all(np.abs(got - exact) <= 1)
+
+
 def test_add_requant_ties_and_equal_scales():
     p = QParams(0.1, 3)
     ar = intmath.add_requant(p, p, QParams(0.2, 3))  # (a + b) / 2: half-way sums are ties

@@ -87,15 +87,38 @@ def conv2d_transpose(
     return requantize(bb, acc, rq, name)
 
 
+def _centred(bb, x, p: intmath.QParams):
+    """``Qx - zx`` in int32 (9 bits)."""
+    return bb.emit(R.subtract(bb.emit(R.astype(x, "int32")), _const(p.zero_point, "int32")))
+
+
 def matmul_activations(
     bb, a, pa: intmath.QParams, b, pb: intmath.QParams, rq: intmath.Requant, name: str
 ):
-    """A product of two int8 activations: zero points subtracted first (the operands then fit
-    9 bits), int32 matmul, one requantize (:func:`tvm_intq.core.intmath.matmul_requant`)."""
-    xa = bb.emit(R.subtract(bb.emit(R.astype(a, "int32")), _const(pa.zero_point, "int32")))
-    xb = bb.emit(R.subtract(bb.emit(R.astype(b, "int32")), _const(pb.zero_point, "int32")))
-    acc = bb.emit(R.matmul(xa, xb, out_dtype="int32"))
+    """A matrix product of two int8 activations: zero points subtracted first (the operands
+    then fit 9 bits), int32 matmul, one requantize
+    (:func:`tvm_intq.core.intmath.matmul_requant`)."""
+    acc = bb.emit(R.matmul(_centred(bb, a, pa), _centred(bb, b, pb), out_dtype="int32"))
     return requantize(bb, acc, rq, name)
+
+
+def multiply_activations(
+    bb, a, pa: intmath.QParams, b, pb: intmath.QParams, rq: intmath.Requant, name: str
+):
+    """An elementwise (broadcasting) product of two int8 activations:
+    ``((Qa - za) * (Qb - zb) * MUL + ADD) >> S`` in int32
+    (:func:`tvm_intq.core.intmath.product_requant`)."""
+    x = bb.emit(R.multiply(_centred(bb, a, pa), _centred(bb, b, pb)))
+    x = bb.emit(R.multiply(x, _const(int(rq.mul), "int32")))
+    return _shift_and_clip(bb, x, int(rq.add), int(rq.shift), rq.lo, rq.hi, "int32", name)
+
+
+def _shift_and_clip(bb, x, add: int, shift: int, lo: int, hi: int, dtype: str, name: str):
+    """``clip((x + add) >> shift, lo, hi)`` in ``dtype``, cast to int8."""
+    x = bb.emit(R.add(x, _const(add, dtype)))
+    x = bb.emit(R.right_shift(x, _const(shift, dtype)))
+    x = bb.emit(R.clip(x, lo, hi))
+    return bb.emit(R.astype(x, "int8"), name)
 
 
 def add(bb, a, b, ar: intmath.AddRequant, name: str):
@@ -105,10 +128,7 @@ def add(bb, a, b, ar: intmath.AddRequant, name: str):
     xa = bb.emit(R.multiply(bb.emit(R.astype(a, wide)), _const(ar.mul_a, wide)))
     xb = bb.emit(R.multiply(bb.emit(R.astype(b, wide)), _const(ar.mul_b, wide)))
     x = bb.emit(R.add(xa, xb))
-    x = bb.emit(R.add(x, _const(ar.add, wide)))
-    x = bb.emit(R.right_shift(x, _const(ar.shift, wide)))
-    x = bb.emit(R.clip(x, ar.lo, ar.hi))
-    return bb.emit(R.astype(x, "int8"), name)
+    return _shift_and_clip(bb, x, ar.add, ar.shift, ar.lo, ar.hi, wide, name)
 
 
 _AVG_POOLS = {2: R.nn.avg_pool2d, 3: R.nn.avg_pool3d}

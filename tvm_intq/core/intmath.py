@@ -241,12 +241,14 @@ def fixed_point(
     acc_bound: np.ndarray,
     integer_offset: np.ndarray | None = None,
     pure_shift: bool = True,
+    headroom: int = INT64_HEADROOM,
 ):
     """Choose ``S`` and ``MUL = round(real * 2^S)``, ``ADD = round(offset * 2^S) + 2^(S-1)``.
 
     Approximates ``round(real * acc + offset)`` by ``(acc * MUL + ADD) >> S``. ``S`` is the
     largest shift with ``|MUL| < 2^31`` for which ``acc_bound * |MUL| + |ADD|`` stays below
-    ``2^62`` (so int64 never overflows for any accumulator with ``|acc| <= acc_bound``).
+    ``headroom`` (``2^62``: int64 never overflows for any accumulator with
+    ``|acc| <= acc_bound``; ``2^31``: nor does int32).
     ``integer_offset`` (times ``MUL``) is added exactly, in integers: it carries the input
     zero-point correction ``-zp_in * sum(Qw)`` so that it costs no rounding. With
     ``pure_shift`` an exact power-of-two multiplier becomes a pure shift (below).
@@ -277,7 +279,7 @@ def fixed_point(
         mul = np.rint(real * np.exp2(shift)).astype(np.int64)
         add_real = offset * np.exp2(shift) + mul.astype(np.float64) * int_off
         worst = acc_bound * np.abs(mul) + np.abs(add_real) + np.exp2(shift)
-        over = worst >= INT64_HEADROOM
+        over = worst >= headroom
         if not over.any():
             break
         if np.any(shift[over] == 0):
@@ -387,6 +389,24 @@ def matmul_requant(
         a.scale * b.scale / out.scale, out.zero_point, float(k) * 255.0 * 255.0
     )
     return Requant(mul, add, shift, lo, hi)
+
+
+def product_requant(a: QParams, b: QParams, out: QParams) -> Requant:
+    """Requantization of an elementwise product of two activations, ``(Qa - za) * (Qb - zb)``,
+    in int32: :func:`matmul_requant`'s ``round(sa*sb/so * P + zo)`` with ``MUL`` as wide as
+    int32 leaves room for (``|P|`` below 2^16: ~15 bits, a rounding error under 1/128 of a
+    step), so that the whole requantize runs on 32-bit lanes (AVX2, NEON and RVV have no
+    64-bit multiply-high or compare)."""
+    bound = _centred_bound(a.zero_point) * _centred_bound(b.zero_point)
+    mul, add, shift = fixed_point(
+        a.scale * b.scale / out.scale, out.zero_point, bound, headroom=2**31
+    )
+    return Requant(mul, add, shift)
+
+
+def _centred_bound(zero_point: int) -> int:
+    """The largest ``|Q - zp|`` of an int8 code ``Q``."""
+    return max(zero_point - QMIN, QMAX - zero_point)
 
 
 @dataclass(frozen=True)
