@@ -155,7 +155,11 @@ class TvmIntq:
         counts = {}
         for s in choice.get("choice", {}).values():
             counts[s] = counts.get(s, 0) + 1
-        return self.run(integer), {"integer_only": not float_ops(integer), "schemes": counts}
+        facts = {"integer_only": not float_ops(integer), "schemes": counts}
+        if "kept" in choice:  # what the check on integer programs kept (scheme_choice.choose)
+            facts["kept"] = choice["kept"]
+            facts["checked_sqnr_db"] = choice["integer_output_sqnr_db"]
+        return self.run(integer), facts
 
     def hybrid(self, search_samples: int, min_sqnr: float | None) -> tuple[np.ndarray, dict]:
         """Hybrid precision from the percentile calibration: the fewest float layers that bring

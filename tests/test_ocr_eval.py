@@ -75,3 +75,28 @@ def test_cls_model_int8_close_to_float(tmp_path):
     float_top1, int8_top1 = task.score(ref)["top1"], task.score(out)["top1"]
     assert float_top1 >= 95.0
     assert int8_top1 >= float_top1 - 3.2
+
+
+def test_the_table_says_what_auto_kept_and_its_integer_figures():
+    from tvm_intq.reports.accuracy import accuracy_markdown
+
+    checked = {"auto": 19.5, "uniform": {"symmetric": 18.0, "hybrid-asym": 21.0, "pow2": 10.0}}
+    auto = {"top1": 89.0, "sqnr_db": 20.0, "schemes": {"hybrid-asym": 3}}
+    row = {
+        "model": "m",
+        "metric": "top1",
+        "file": "m.onnx",
+        "data": {"calib": "c", "eval": "e"},
+        "columns": {
+            "float": {"top1": 90.0, "sqnr_db": 999.0},
+            "auto": dict(auto, kept="hybrid-asym", checked_sqnr_db=checked),
+        },
+    }
+    text = accuracy_markdown({"rows": [row], "command": "make eval"})
+    assert (
+        "- auto: hybrid-asym x3 (kept: hybrid-asym; worst-part SQNR as integers on calibration "
+        "samples the search did not use: descent's choice 19.5 dB, symmetric 18.0 dB, "
+        "hybrid-asym 21.0 dB, pow2 10.0 dB)"
+    ) in text
+    row["columns"]["auto"] = auto  # a row from before the check
+    assert "- auto: hybrid-asym x3\n" in accuracy_markdown({"rows": [row], "command": "x"})

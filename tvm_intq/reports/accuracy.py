@@ -124,7 +124,17 @@ def accuracy_markdown(data: dict) -> str:
             )
         auto = r["columns"].get("auto", {})
         if auto.get("schemes"):
-            lines.append("- auto: " + ", ".join(f"{k} x{v}" for k, v in auto["schemes"].items()))
+            line = "- auto: " + ", ".join(f"{k} x{v}" for k, v in auto["schemes"].items())
+            checked = auto.get("checked_sqnr_db")
+            if checked:  # the search's choice and each uniform scheme, as integer programs
+                tried = {"descent's choice": checked["auto"], **checked["uniform"]}
+                line += (
+                    f" (kept: {auto['kept']}; worst-part SQNR as integers on calibration samples"
+                    " the search did not use: "
+                    + ", ".join(f"{k} {v:.1f} dB" for k, v in tried.items())
+                    + ")"
+                )
+            lines.append(line)
         lines += [f"- {s}" for s in accuracy_checks(r)] + [""]
     if data.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in data["notes"]] + [""]
