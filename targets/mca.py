@@ -63,7 +63,9 @@ _MATTR = {"aarch64": "+neon,+dotprod,+i8mm", "riscv64": "+m,+a,+f,+d,+c,+v"}
 
 _INSN = re.compile(r"^\s*([0-9a-f]+):\s+(.+)$")
 _SYMBOL = re.compile(r"^([0-9a-f]+) <(.+)>:$")
-_TARGET = re.compile(r"(?:0x)?[0-9a-f]+ <[^>]*>")  # a branch target as objdump prints it
+# A branch target as objdump prints it: an address (not the end of a register name: RISC-V's
+# `jalr ra, 0(ra)` prints as `jalr ra <f>`) and its symbol.
+_TARGET = re.compile(r"(?<![\w(])(?:0x)?[0-9a-f]+ <[^>]*>")
 _ANNOTATION = re.compile(r"\s*<[^>]*>")  # what remains: symbol of an offset
 _COMMENT = {"aarch64": re.compile(r"\s+//.*$"), "riscv64": re.compile(r"\s+#.*$")}
 
@@ -97,11 +99,17 @@ def _functions(library: Path, arch: str, objdump: str) -> tuple[dict[int, str], 
         if m := _SYMBOL.match(line):
             function = m[2]
         elif (m := _INSN.match(line)) and function is not None:
-            text = _ANNOTATION.sub("", _TARGET.sub(".", m[2].replace("\t", " ")))
-            text = _COMMENT[arch].sub("", text).strip()
-            insns[int(m[1], 16)] = text
+            insns[int(m[1], 16)] = instruction_text(m[2], arch)
             owner[int(m[1], 16)] = function
     return insns, owner
+
+
+def instruction_text(printed: str, arch: str) -> str:
+    """An instruction as llvm-objdump prints it -> the text llvm-mca assembles: branch
+    targets become ``.`` (the block is timed as straight-line code), symbol annotations and
+    comments go."""
+    text = _ANNOTATION.sub("", _TARGET.sub(".", printed.replace("\t", " ")))
+    return _COMMENT[arch].sub("", text).strip()
 
 
 def kernel_blocks(library, execution: Execution, arch: str, objdump: str):

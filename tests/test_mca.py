@@ -11,7 +11,14 @@ from test_insn_count import require_counting
 from tvm_intq.errors import IntqError
 from tvm_intq.targets.boards import get_board
 from tvm_intq.targets.insn_count import run_counted
-from tvm_intq.targets.mca import CORES, architecture, llvm_tools, mca_cycles
+from tvm_intq.targets.mca import (
+    CORES,
+    architecture,
+    instruction_text,
+    llvm_tools,
+    mca_cycles,
+    region_cycles,
+)
 
 pytestmark = pytest.mark.integration  # whole models, boards or processes
 
@@ -84,3 +91,22 @@ def test_int8_conv_fewer_cycles_than_fp32_on_cortex_a76_class(tmp_path):
     print(totals)
     for core in ("cortex-a76", "neoverse-n1"):
         assert totals["int8"][core] < totals["float32"][core], totals
+
+
+@pytest.mark.parametrize(
+    "printed, arch, text",
+    [
+        ("jalr\tra <__tvm_set_raised_12>", "riscv64", "jalr ra"),  # jalr ra, 0(ra)
+        ("jalr\t-0x322(ra) <memset@plt>", "riscv64", "jalr -0x322(ra)"),
+        ("bnez\ta5, 0x7d5a0 <f_compute_+0x60>", "riscv64", "bnez a5, ."),
+        ("ld\ta0, 0x10(sp)  # 0x8c7f4", "riscv64", "ld a0, 0x10(sp)"),
+        ("b.ne\t0x1a6fb <k+0x1c>", "aarch64", "b.ne ."),
+        ("ldr\tq0, [x1, #16]   // =0x10", "aarch64", "ldr q0, [x1, #16]"),
+    ],
+)
+def test_objdump_text_becomes_what_llvm_mca_assembles(printed, arch, text):
+    """Branch targets become ``.``, annotations and comments go, and a register name ending in
+    a hex digit before a symbol (``jalr ra <f>``) is not taken for an address: PP-OCR cls's
+    riscv64 build had one such call, and ``jalr r.`` stopped the emulated figures."""
+    assert instruction_text(printed, arch) == text
+    assert region_cycles([[text]], arch, CORES[arch][-1])[0] is not None  # llvm-mca models it
