@@ -214,6 +214,20 @@ def test_forward_is_the_integer_program_on_other_layers(kind, tmp_path):
     np.testing.assert_array_equal(ours, theirs)
 
 
+def test_a_product_of_two_activations_is_the_programs_int32_requantize(tmp_path, monkeypatch):
+    """FoldToInteger multiplies two activations with one int32 requantize, not a 256x256
+    table; the forward pass must too (a table and the requantize differ by one step on a few
+    code pairs, which 4 samples rarely show)."""
+    from tvm_intq.qat import integer_layers
+
+    def no_table(*_):
+        raise AssertionError("a product of two activations went through a lookup table")
+
+    monkeypatch.setattr(integer_layers, "lookup2", no_table)
+    ours, theirs = tiny_outputs("pools", tmp_path)  # (AvgPool(c1) - c2) * c2
+    np.testing.assert_array_equal(ours, theirs)
+
+
 def test_transposed_conv_and_upsampling_equal_the_compiled_program(tmp_path):
     """conv2d_transpose is an integer layer of the program (zero point subtracted before the
     product): the forward pass computes it the same way, so the outputs are equal."""

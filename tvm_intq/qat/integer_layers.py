@@ -95,6 +95,15 @@ def matmul_activations(
     return rq.apply(_to_int(acc)).astype(np.int64)
 
 
+def multiply_activations(
+    a: np.ndarray, pa: QParams, b: np.ndarray, pb: QParams, out: QParams
+) -> np.ndarray:
+    """An elementwise product of two activations (a squeeze-excite gate), zero points
+    subtracted first, one int32 requantize (:func:`intmath.product_requant`)."""
+    product = (a - pa.zero_point) * (b - pb.zero_point)
+    return intmath.product_requant(pa, pb, out).apply(product).astype(np.int64)
+
+
 def add(
     a: np.ndarray,
     pa: QParams,

@@ -315,6 +315,9 @@ class QatModel(nn.Module):
         if name == "relax.nn.softmax":
             x, px = q(call.args[0])
             return L.softmax(x, px, out, int(call.attrs.axis) % x.ndim)
+        if name == "relax.multiply" and len(tensor_args(call)) == 2:  # as FoldToInteger
+            (a, pa), (b, pb) = q(call.args[0]), q(call.args[1])
+            return L.multiply_activations(a, pa, b, pb, out)
         if name in NUMPY_OPS and len(tensor_args(call)) == 2:
             (a, pa), (b, pb) = q(call.args[0]), q(call.args[1])
             if var not in self._tables:
