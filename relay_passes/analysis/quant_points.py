@@ -4,8 +4,9 @@ Every tensor-valued binding of ``main`` gets a *role*:
 
 * ``anchor`` — an op with an integer kernel of its own: conv2d, conv2d_transpose, dense/matmul
   with a constant weight, matmul of two activations, add of two activations, concat, average
-  pool, mean (global average pool), softmax, and any other elementwise op of two different
-  activations (a 256x256 lookup table);
+  pool, mean (global average pool), softmax, a product of two activations (one int32
+  requantize) and any other elementwise op of two different activations (a 256x256 lookup
+  table);
 * ``epilogue`` — folded into the requantize of the anchor before it: a bias add (after
   conv/dense), relu, clip, maximum/minimum with a scalar (ReLU6 after import);
 * ``elementwise`` — part of a lookup-table cluster: elementwise ops whose only non-constant
@@ -241,7 +242,8 @@ def analyze(func: relax.Function) -> QuantPlan:
                 clusters[root] = next_group
             node = Node(b.var, call, "elementwise", clusters[root], root)
         elif name in BINARY and len(args) == 2 and len(call.args) == 2:
-            # Two different activations (LRN's x / norm, a gate): a 256x256 lookup table.
+            # Two different activations: a product (a gate) is one int32 requantize, anything
+            # else (LRN's x / norm) a 256x256 lookup table.
             node = Node(b.var, call, "anchor", next_group)
         else:
             node = Node(b.var, call, "float", next_group)
