@@ -176,31 +176,22 @@ def _fold_pool(bb, st, v, out, name):
     return K.avg_pool(bb, xq, p, call.attrs, rq, name)
 
 
-def _fold_product(bb, st, v, out, name):
-    """A product of two dequantized tensors (a squeeze-excite gate times its features, x times
-    sigmoid(x) from two branches) -> ``(Qa - za) * (Qb - zb)`` and one requantize in int32
-    (S2 Eq. 6 with a one-term sum; :func:`~tvm_intq.core.intmath.product_requant`): a few
-    vector instructions per 8 outputs where a 256x256 table costs a gather per output from
-    64 KB, twice L1 (PP-OCR cls: 12 % of its time in those gathers)."""
-    call = st.lookup(v)
-    if op_name(call) != "relax.multiply" or len(call.args) != 2:
-        return None
-    a, b = st.dequantized(call.args[0]), st.dequantized(call.args[1])
-    if a is None or b is None:
-        return None
-    rq = intmath.product_requant(a[1], b[1], out)
-    return K.multiply_activations(bb, a[0], a[1], b[0], b[1], rq, name)
-
-
 def _fold_binary(bb, st, v, out, name):
-    """An elementwise op of two dequantized tensors -> one 256x256 table (the 2-D form of
-    S2 Eq. 16): multiply, divide, maximum, power, ... of two activations."""
+    """An elementwise op of two dequantized tensors. A product (a squeeze-excite gate times its
+    features) -> ``(Qa - za) * (Qb - zb)`` and one requantize in int32 (S2 Eq. 6 with a
+    one-term sum; :func:`~tvm_intq.core.intmath.product_requant`): a few vector instructions
+    per 8 outputs where a 256x256 table costs a gather per output from 64 KB, twice L1
+    (PP-OCR cls: 12 % of its time in those gathers). Divide, maximum, power, ... -> one
+    256x256 table (the 2-D form of S2 Eq. 16)."""
     call = st.lookup(v)
     if op_name(call) not in NUMPY_OPS or len(call.args) != 2:
         return None
     a, b = st.dequantized(call.args[0]), st.dequantized(call.args[1])
     if a is None or b is None:
         return None
+    if op_name(call) == "relax.multiply":
+        rq = intmath.product_requant(a[1], b[1], out)
+        return K.multiply_activations(bb, a[0], a[1], b[0], b[1], rq, name)
     table = intmath.lut2(lambda ra, rb: NUMPY_OPS[op_name(call)](call, ra, rb), a[1], b[1], out)
     return K.lookup2(bb, a[0], b[0], table, name)
 
@@ -282,7 +273,6 @@ FOLDERS = (
     _fold_pool,
     _fold_softmax,
     _fold_lut,
-    _fold_product,
     _fold_binary,
 )
 

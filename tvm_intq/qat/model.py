@@ -315,11 +315,10 @@ class QatModel(nn.Module):
         if name == "relax.nn.softmax":
             x, px = q(call.args[0])
             return L.softmax(x, px, out, int(call.attrs.axis) % x.ndim)
-        if name == "relax.multiply" and len(tensor_args(call)) == 2:  # as FoldToInteger
-            (a, pa), (b, pb) = q(call.args[0]), q(call.args[1])
-            return L.multiply_activations(a, pa, b, pb, out)
         if name in NUMPY_OPS and len(tensor_args(call)) == 2:
             (a, pa), (b, pb) = q(call.args[0]), q(call.args[1])
+            if name == "relax.multiply":  # as FoldToInteger: one int32 requantize, no table
+                return L.multiply_activations(a, pa, b, pb, out)
             if var not in self._tables:
                 self._tables[var] = intmath.lut2(
                     lambda ra, rb: NUMPY_OPS[name](call, ra, rb), pa, pb, out
