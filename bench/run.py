@@ -493,10 +493,11 @@ def build_configs(key: str, files: dict, work: Path, args) -> tuple[dict, dict]:
         "tvm-intq int8 no db": (lib_dir / "int8_nodb.so", data + ["--no-db"]),
     }
     db = lib_dir / f"int8_{args.minutes:g}min_db"
-    compiles["tvm-intq int8 tuned"] = (
-        lib_dir / f"int8_{args.minutes:g}min.so",
-        data + ["--db", db],
-    )
+    if args.minutes > 0:
+        compiles["tvm-intq int8 tuned"] = (
+            lib_dir / f"int8_{args.minutes:g}min.so",
+            data + ["--db", db],
+        )
     for name, (lib, extra) in compiles.items():
         if name == "tvm-intq int8 tuned" and not lib.exists():
             out, secs, mb = timed(
@@ -614,7 +615,12 @@ def main(argv=None) -> int:
         help=f"models to bench (default: all): {', '.join(catalogue.keys())}; "
         "'ocr' and 'light' name each group",
     )
-    p.add_argument("--minutes", type=float, default=10.0, help="tuning budget per model")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=10.0,
+        help="tuning budget per model (0: no tuned column, the no-db table alone)",
+    )
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--seconds", type=float, default=3.0, help="timing per configuration")
     p.add_argument(
@@ -672,7 +678,7 @@ def main(argv=None) -> int:
         data = _relative(
             {
                 "rows": rows,
-                "configs": list(CONFIGS),
+                "configs": [c for c in CONFIGS if args.minutes > 0 or not c.endswith("tuned")],
                 "threads": args.threads,
                 "minutes": args.minutes,
                 "rounds": args.rounds,

@@ -269,17 +269,27 @@ def _ratio(num, den) -> str:
 
 def models_bench_markdown(data: dict) -> str:
     """The bench on real models (``bench/run.py``'s plain data) as a Markdown page: a latency
-    table per thread count, the speed-ups over ONNX Runtime, compile time and memory."""
+    table per thread count, the speed-ups over ONNX Runtime, compile time and memory. Without
+    a ``tvm-intq int8 tuned`` configuration (``--minutes 0``) the tuned columns are left out."""
     minutes = f"{data['minutes']:g}"
     configs = data["configs"]
-    heads = [SHORT.get(c, c) for c in configs]
-    heads[-1] += f" {minutes} min"
+    mine = ["tvm-intq int8 no db"] + [c for c in configs if c == "tvm-intq int8 tuned"]
+    heads = [SHORT.get(c, c) + (f" {minutes} min" if c.endswith("tuned") else "") for c in configs]
+    ratio_heads = [
+        f"{'tuned' if c.endswith('tuned') else 'no db'} vs {peer}"
+        for c in mine
+        for peer in ("ORT int8", "ORT fp32")
+    ]
+    tuned_text = (
+        f"; *tuned*: after `tvm-intq tune --minutes {minutes} --threads 1` from an empty database"
+        if len(mine) > 1
+        else ""
+    )
     lines = [
         "# tvm-intq vs ONNX Runtime and TVM on real models (batch 1, this machine)",
         "",
         f"ms per call, median of {data['rounds']} interleaved rounds. *tvm-intq no db*: "
-        "`tvm-intq compile` with no tuning database; *tuned*: after `tvm-intq tune "
-        f"--minutes {minutes} --threads 1` from an empty database. Speed-ups: the other's "
+        f"`tvm-intq compile` with no tuning database{tuned_text}. Speed-ups: the other's "
         "ms / tvm-intq's ms (above 1: tvm-intq faster). Code version "
         f"`{data['version']}`.",
     ]
@@ -288,21 +298,20 @@ def models_bench_markdown(data: dict) -> str:
             "",
             f"## {t} thread{'s' if t != '1' else ''}",
             "",
-            "| model | "
-            + " | ".join(heads)
-            + " | no db vs ORT int8 | no db vs ORT fp32 | tuned vs ORT int8 | tuned vs ORT fp32 |",
-            "|---|" + "---:|" * (len(configs) + 4),
+            "| model | " + " | ".join(heads + ratio_heads) + " |",
+            "|---|" + "---:|" * (len(heads) + len(ratio_heads)),
         ]
         for row in data["rows"]:
             ms = {c: _ms(row, c, t) for c in configs}
-            ours, tuned = ms.get("tvm-intq int8 no db"), ms.get("tvm-intq int8 tuned")
-            o8, o32 = ms.get("onnxruntime int8"), ms.get("onnxruntime fp32")
+            ratios = [
+                _ratio(ms.get(peer), ms.get(c))
+                for c in mine
+                for peer in ("onnxruntime int8", "onnxruntime fp32")
+            ]
             lines.append(
-                f"| {row['key']} | "
-                + " | ".join(_cell(ms[c]) for c in configs)
-                + f" | {_ratio(o8, ours)} | {_ratio(o32, ours)} | {_ratio(o8, tuned)} "
-                f"| {_ratio(o32, tuned)} |"
+                f"| {row['key']} | " + " | ".join([_cell(ms[c]) for c in configs] + ratios) + " |"
             )
+    tune_heads = f" | tune {minutes} min | tvm-intq tuned | tuned kernels" if len(mine) > 1 else ""
     lines += [
         "",
         "## Compile",
@@ -310,9 +319,8 @@ def models_bench_markdown(data: dict) -> str:
         "Wall seconds / peak resident MB of the process; tvm-intq's compile calibrates, "
         "quantizes, evaluates and builds (its phases below).",
         "",
-        "| model | calibration samples | ORT quantize | TVM fp32 | tvm-intq no db | "
-        f"tune {minutes} min | tvm-intq tuned | tuned kernels |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        f"| model | calibration samples | ORT quantize | TVM fp32 | tvm-intq no db{tune_heads} |",
+        "|---|---|---:|---:|---:|" + ("---:|---:|---|" if len(mine) > 1 else ""),
     ]
 
     def sm(facts):
@@ -323,10 +331,11 @@ def models_bench_markdown(data: dict) -> str:
         cov = (c.get("tvm-intq int8 tuned") or {}).get("coverage") or "-"
         cov = cov.split(" (")[0].replace("tuned kernels: ", "")
         tune = c.get("tune")
+        cells = f" {sm(tune)} | {sm(c.get('tvm-intq int8 tuned'))} | {cov} |"
+        cells = cells if len(mine) > 1 else ""
         lines.append(
             f"| {row['key']} | {row['calibration']} | {sm(c.get('onnxruntime int8'))} | "
-            f"{sm(c.get('tvm fp32'))} | {sm(c.get('tvm-intq int8 no db'))} | "
-            f"{sm(tune)} | {sm(c.get('tvm-intq int8 tuned'))} | {cov} |"
+            f"{sm(c.get('tvm fp32'))} | {sm(c.get('tvm-intq int8 no db'))} |{cells}"
         )
     lines += ["", "tvm-intq no db, compile phases:", ""]
     for row in data["rows"]:
