@@ -39,7 +39,13 @@ from tvm import s_tir, tirx
 from tvm.ir.expr import TensorLoad
 
 from tvm_intq.schedules.float_schedule import block_realize
-from tvm_intq.schedules.intrinsics import DotProduct, register
+from tvm_intq.schedules.intrinsics import (
+    LOOKUP_ENTRIES,
+    LOOKUP_LANES,
+    DotProduct,
+    permutes_tables,
+    register,
+)
 from tvm_intq.schedules.packed_kernels import (
     BLOCK_PACK,
     CONV_BLOCK,
@@ -105,6 +111,26 @@ def _gathers(block) -> bool:
         for r in read.region:
             tvm_ffi.structural_walk(r.min, [(TensorLoad, found.append)])
     return bool(found)
+
+
+def _permutable(sch, block) -> bool:
+    """True when ``block`` is a lookup stage the target can gather with byte permutes (the
+    current target has AVX-512 VBMI, :func:`~.intrinsics.permutes_tables`) from a table of
+    :data:`~.intrinsics.LOOKUP_ENTRIES` (a per-channel table, several in one buffer, cannot)."""
+    if _name(sch, block) != LOOKUP_BLOCK or not permutes_tables():
+        return False
+    tables = [r.source for r in sch.get(block).reads if r.source.dtype == "int8"]
+    return any(len(b.shape) == 1 and int(b.shape[0]) == LOOKUP_ENTRIES for b in tables)
+
+
+def _lookup_lanes(sch, block, loop) -> bool:
+    """Vectorize ``loop``, a pixel's :data:`~.intrinsics.LOOKUP_LANES` channels, of a
+    :func:`_permutable` lookup stage: :mod:`.table_lookup` turns the vector gather into
+    permutes (a scalar gather otherwise: TVM scalarizes it at codegen). True when it did."""
+    if _extent(sch, loop) != LOOKUP_LANES or not _permutable(sch, block):
+        return False
+    sch.vectorize(loop)
+    return True
 
 
 def _inline_epilogue(sch, keep) -> list:
@@ -184,7 +210,8 @@ def apply_default(sch: s_tir.Schedule, intrin: DotProduct) -> None:
                 continue
             if not gather:  # vectorized along a pixel's L channels
                 sch.vectorize(loops[-1])
-            for loop in loops[2 : len(loops) - (not gather)]:
+            lanes = not gather or _lookup_lanes(sch, block, loops[-1])
+            for loop in loops[2 : len(loops) - lanes]:
                 sch.unroll(loop)
             continue
         if len(loops) >= 3:  # vectorized along the innermost: a pixel's L channels
@@ -270,15 +297,17 @@ def _apply_depthwise_blocked(sch: s_tir.Schedule, intrin: DotProduct) -> None:
     for name in (REQUANT_BLOCK, LOOKUP_BLOCK):
         if name in present:
             block = sch.get_sblock(name, func_name="main")
-            if name == LOOKUP_BLOCK and _name(sch, _blocks(sch)[-1]) != LOOKUP_BLOCK:
+            last = _name(sch, _blocks(sch)[-1]) == LOOKUP_BLOCK
+            if name == LOOKUP_BLOCK and not last and not _permutable(sch, block):
                 # A scalar gather either way: done where the result is unpacked, it saves a
                 # pass over the tensor (the 5x5 of PP-OCR cls: 83 -> 72 us).
                 sch.compute_inline(block)
                 continue
             sch.reverse_compute_at(block, xo)
             tile_loops = sch.get_loops(block)[3:]  # channel, y, xo, then the tile's
-            if name == REQUANT_BLOCK:
-                vectorize(tile_loops[-1])
+            if name == REQUANT_BLOCK or _lookup_lanes(sch, block, tile_loops[-1]):
+                if name == REQUANT_BLOCK:
+                    vectorize(tile_loops[-1])
                 tile_loops = tile_loops[:-1]
             for loop in tile_loops:
                 sch.unroll(loop)

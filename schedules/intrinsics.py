@@ -388,3 +388,24 @@ def select(names, target) -> DotProduct | None:
             register()
             return intrin
     return None
+
+
+#: A lookup table gathered with byte permutes (:mod:`.table_lookup`): its entries (any index
+#: into it is one byte), the lanes the default schedule vectorizes (a pixel's channels in the
+#: VNNI layout) and the CPU features it takes (AVX-512 VBMI's ``vpermi2b``).
+LOOKUP_ENTRIES = 256
+LOOKUP_LANES = 16
+LOOKUP_FEATURES = ("avx512vbmi", "avx512bw")
+
+
+def permutes_tables(target=None) -> bool:
+    """True when the LLVM ``target`` (default: the current one) has
+    :data:`LOOKUP_FEATURES`."""
+    import tvm
+
+    target = target or tvm.target.Target.current(allow_none=True)
+    if target is None or target.kind.name != "llvm":
+        return False
+    from tvm.target import codegen
+
+    return all(bool(codegen.target_has_features(f, target)) for f in LOOKUP_FEATURES)

@@ -115,8 +115,12 @@ def register_pipeline(max_bytes: int = MAX_STACK_BYTES) -> str:
         return PIPELINE
 
     def factory():
+        from tvm_intq.schedules.table_lookup import TableLookupPermute
+
         lower, finalize_host, finalize_device = tvm.tirx.get_tir_pipeline("s_tir")
-        seq = tvm.transform.Sequential([lower, StackAllocations(max_bytes)], name=PIPELINE)
+        seq = tvm.transform.Sequential(
+            [lower, TableLookupPermute, StackAllocations(max_bytes)], name=PIPELINE
+        )
         return seq, finalize_host, finalize_device
 
     compilation_pipeline.register_tir_pipeline(PIPELINE, factory)
