@@ -43,8 +43,8 @@ from tvm_intq.schedules.intrinsics import (
     LOOKUP_ENTRIES,
     LOOKUP_LANES,
     DotProduct,
-    permutes_tables,
     register,
+    table_permutes,
 )
 from tvm_intq.schedules.packed_kernels import (
     BLOCK_PACK,
@@ -115,21 +115,32 @@ def _gathers(block) -> bool:
 
 def _permutable(sch, block) -> bool:
     """True when ``block`` is a lookup stage the target can gather with byte permutes (the
-    current target has AVX-512 VBMI, :func:`~.intrinsics.permutes_tables`) from a table of
+    current target has AVX-512 VBMI or NEON, :func:`~.intrinsics.table_permutes`) from a table of
     :data:`~.intrinsics.LOOKUP_ENTRIES` (a per-channel table, several in one buffer, cannot)."""
-    if _name(sch, block) != LOOKUP_BLOCK or not permutes_tables():
+    if _name(sch, block) != LOOKUP_BLOCK or table_permutes() is None:
         return False
     tables = [r.source for r in sch.get(block).reads if r.source.dtype == "int8"]
     return any(len(b.shape) == 1 and int(b.shape[0]) == LOOKUP_ENTRIES for b in tables)
 
 
-def _lookup_lanes(sch, block, loop) -> bool:
-    """Vectorize ``loop``, a pixel's :data:`~.intrinsics.LOOKUP_LANES` channels, of a
-    :func:`_permutable` lookup stage: :mod:`.table_lookup` turns the vector gather into
-    permutes (a scalar gather otherwise: TVM scalarizes it at codegen). True when it did."""
-    if _extent(sch, loop) != LOOKUP_LANES or not _permutable(sch, block):
+def _lookup_lanes(sch, block, loops) -> bool:
+    """Vectorize :data:`~.intrinsics.LOOKUP_LANES` lanes of a :func:`_permutable` lookup stage
+    whose innermost ``loops`` are a pixel loop then a pixel's channels: the channels where they
+    are that many (VNNI's 16), else as many adjacent pixels' channels as make them (ARM's 4
+    channels x 4 pixels: adjacent in the blocked layout), the rest of the pixels outside.
+    :mod:`.table_lookup` turns the vector gather into permutes (a scalar gather otherwise: TVM
+    scalarizes it at codegen). True when it did: the vector loop is then the innermost."""
+    if len(loops) < 2 or not _permutable(sch, block):
         return False
-    sch.vectorize(loop)
+    pixels, lanes = loops[-2], loops[-1]
+    n = _extent(sch, lanes)
+    if n == LOOKUP_LANES:
+        sch.vectorize(lanes)
+        return True
+    group = LOOKUP_LANES // n
+    if LOOKUP_LANES % n or _extent(sch, pixels) % group:
+        return False
+    sch.vectorize(sch.fuse(sch.split(pixels, [None, group])[1], lanes))
     return True
 
 
@@ -210,8 +221,9 @@ def apply_default(sch: s_tir.Schedule, intrin: DotProduct) -> None:
                 continue
             if not gather:  # vectorized along a pixel's L channels
                 sch.vectorize(loops[-1])
-            lanes = not gather or _lookup_lanes(sch, block, loops[-1])
-            for loop in loops[2 : len(loops) - lanes]:
+            vector = not gather or _lookup_lanes(sch, block, loops)
+            loops = sch.get_loops(block)
+            for loop in loops[2 : len(loops) - vector]:
                 sch.unroll(loop)
             continue
         if len(loops) >= 3:  # vectorized along the innermost: a pixel's L channels
@@ -305,10 +317,11 @@ def _apply_depthwise_blocked(sch: s_tir.Schedule, intrin: DotProduct) -> None:
                 continue
             sch.reverse_compute_at(block, xo)
             tile_loops = sch.get_loops(block)[3:]  # channel, y, xo, then the tile's
-            if name == REQUANT_BLOCK or _lookup_lanes(sch, block, tile_loops[-1]):
-                if name == REQUANT_BLOCK:
-                    vectorize(tile_loops[-1])
+            if name == REQUANT_BLOCK:
+                vectorize(tile_loops[-1])
                 tile_loops = tile_loops[:-1]
+            elif _lookup_lanes(sch, block, tile_loops):
+                tile_loops = sch.get_loops(block)[3:-1]
             for loop in tile_loops:
                 sch.unroll(loop)
     sch.unroll(xi)

@@ -391,21 +391,26 @@ def select(names, target) -> DotProduct | None:
 
 
 #: A lookup table gathered with byte permutes (:mod:`.table_lookup`): its entries (any index
-#: into it is one byte), the lanes the default schedule vectorizes (a pixel's channels in the
-#: VNNI layout) and the CPU features it takes (AVX-512 VBMI's ``vpermi2b``).
+#: into it is one byte) and the lanes the default schedule vectorizes (a pixel's channels in
+#: the VNNI layout, 4 pixels' in ARM's).
 LOOKUP_ENTRIES = 256
 LOOKUP_LANES = 16
-LOOKUP_FEATURES = ("avx512vbmi", "avx512bw")
+#: The CPU features of the permutes, by architecture: AVX-512 VBMI's ``vpermi2b``, NEON's
+#: ``tbl``/``tbx``.
+LOOKUP_FEATURES = {"x86": ("avx512vbmi", "avx512bw"), "aarch64": ("neon",)}
 
 
-def permutes_tables(target=None) -> bool:
-    """True when the LLVM ``target`` (default: the current one) has
-    :data:`LOOKUP_FEATURES`."""
+def table_permutes(target=None) -> str | None:
+    """The architecture key of :data:`LOOKUP_FEATURES` whose features the LLVM ``target``
+    (default: the current one) has, or None."""
     import tvm
 
     target = target or tvm.target.Target.current(allow_none=True)
     if target is None or target.kind.name != "llvm":
-        return False
+        return None
     from tvm.target import codegen
 
-    return all(bool(codegen.target_has_features(f, target)) for f in LOOKUP_FEATURES)
+    for arch, features in LOOKUP_FEATURES.items():
+        if all(bool(codegen.target_has_features(f, target)) for f in features):
+            return arch
+    return None

@@ -18,7 +18,7 @@ from test_rpc import free_port, kill_group, start_tracker_cli
 from tvm_intq import api
 from tvm_intq.demo import bundled
 from tvm_intq.evaluation.reference import run_reference
-from tvm_intq.schedules import build_pipeline
+from tvm_intq.schedules import build_pipeline, tir_pipeline
 from tvm_intq.schedules.intrinsics import select
 from tvm_intq.targets import get_target, rpc
 from tvm_intq.targets.boards import get_board
@@ -89,6 +89,10 @@ CASES = {
     "conv-depthwise-lookup": dict(
         shape=(1, 5, 10, 7), channels=6, stride=2, kernel=5, zp_in=-128, lookup="per-channel"
     ),
+    # one lookup table for every channel (SiLU, hardswish, ... after a conv or a depthwise
+    # conv): gathered with tbl/tbx on ARM (schedules/table_lookup.py), 4 pixels x 4 channels
+    "channel-blocks-shared-lookup": dict(shape=(1, 8, 5, 8), out_channels=32, lookup="shared"),
+    "depthwise-shared-lookup": dict(shape=(1, 8, 8, 8), channels=8, zp_in=3, lookup="shared"),
     # a transposed conv: one packed stride-1 conv over its input, depth to space after it
     # (for i8mm and RVV from their multi-row layouts)
     "transposed-3x3s2-outpad": dict(
@@ -96,7 +100,11 @@ CASES = {
     ),
 }
 #: Cases built by conv_depthwise and transposed_layer, the others by int8_layer.
-BUILDERS = {"conv-depthwise-lookup": conv_depthwise, "transposed-3x3s2-outpad": transposed_layer}
+BUILDERS = {
+    "conv-depthwise-lookup": conv_depthwise,
+    "depthwise-shared-lookup": conv_depthwise,
+    "transposed-3x3s2-outpad": transposed_layer,
+}
 # (target compiled for, board run on): each target on the board that emulates its core.
 RUNS = [
     ("aarch64", "aarch64-emu"),
@@ -115,12 +123,19 @@ def libraries(tmp_path_factory):
         if (target, case) not in cache:
             spec = get_target(target)
             mod = BUILDERS.get(case, int8_layer)(**CASES[case])
-            ex = tvm.compile(mod, spec.target(), relax_pipeline=build_pipeline(spec.int8_dot))
+            ex = tvm.compile(  # as tvm-intq compile builds (compiler.steps.build)
+                mod,
+                spec.target(),
+                relax_pipeline=build_pipeline(spec.int8_dot),
+                tir_pipeline=tir_pipeline(),
+            )
             intrin = select(spec.int8_dot, spec.target())
             asm = ex.mod.imports[0].inspect_source("asm")
             assert re.search(rf"\b{re.escape(intrin.instruction)}\b", asm), (
                 f"{target}/{case}: no {intrin.instruction} in the kernels"
             )
+            if target == "aarch64" and "shared-lookup" in case:  # table_lookup's tbl/tbx
+                assert re.search(r"\btbx\b", asm), f"{target}/{case}: the lookup is not tbx"
             path = tmp_path_factory.mktemp(f"{target}-{case}") / "layer.so"
             spec.export(ex, path)
             cache[target, case] = (path, mod)
