@@ -423,7 +423,9 @@ CASES = {
         [conv_node(pads=[1, 1, 1, 1], group=4)], {"W": _w(4, 1, 3, 3), "B": _w(4, amp=1)}
     ),
     "grouped": Case(
-        [conv_node(pads=[1, 1, 1, 1], group=2)], {"W": _w(6, 2, 3, 3), "B": _w(6, amp=1)}
+        [conv_node(pads=[1, 1, 1, 1], group=2)],
+        {"W": _w(6, 2, 3, 3), "B": _w(6, amp=1)},
+        kind="grouped",
     ),
     "conv_relu": Case(
         [conv_node(out="c", pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])],
@@ -645,6 +647,17 @@ def check_conv_ir(imod):
     assert requantizes(imod) == 1  # one requantize: (acc*MUL + ADD) >> S
 
 
+def check_grouped_ir(imod):
+    """A grouped (not depthwise) conv: one conv per group over its 2 of the 4 input channels,
+    each requantized, their int8 results concatenated (convs the packed kernels take)."""
+    check_convs(imod, 2)
+    for c in calls_of(imod, "relax.nn.conv2d"):
+        assert int(c.attrs.groups) == 1 and int(c.args[0].ty.shape[1]) == 2
+    assert requantizes(imod) == 2
+    (concat,) = calls_of(imod, "relax.concat")
+    assert str(concat.ty.dtype) == "int8"
+
+
 def check_dense_ir(imod):
     mm = calls_of(imod, "relax.matmul")
     assert [(str(c.args[0].ty.dtype), str(c.args[1].ty.dtype), str(c.ty.dtype)) for c in mm] == [
@@ -744,6 +757,7 @@ IR_CHECKS = {
     "lut": check_lut_ir,
     "lut_channel": functools.partial(check_lut_ir, channels=4),
     "split_conv": check_split_conv_ir,
+    "grouped": check_grouped_ir,
 }
 
 
