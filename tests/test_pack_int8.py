@@ -337,16 +337,23 @@ def test_rewrite_packs_kernel_windows_of_few_channel_inputs():
         assert shape_of(pack)[1:] == shape, channels
 
 
-def test_rewrite_gives_depthwise_convs_their_kernel_and_leaves_grouped_ones():
+def test_rewrite_gives_depthwise_convs_their_kernel_and_grouped_ones_a_kernel_per_group():
     """Pad, requantize and lookup inside the depthwise kernel, in the blocked layout of the
     packed convs (an input from elsewhere is blocked first), unpacked after it; where the
-    instruction's lanes are too few channels for a vector (i8mm) it keeps ``NCHW``."""
+    instruction's lanes are too few channels for a vector (i8mm) it keeps ``NCHW``. A grouped
+    conv, folded as a conv per group (``integer_kernels.conv2d``), is a packed kernel per
+    group."""
     packed = PackInt8ForDot(VNNI)(int8_layer((1, 8, 6, 6), 8, groups=8, lookup="shared"))
     assert ops(packed) == ["pack_blocked", "depthwise_int8_requant_lookup", "unpack"]
     i8mm = PackInt8ForDot(INTRINSICS["arm-i8mm"])(int8_layer((1, 8, 6, 6), 8, groups=8))
     assert ops(i8mm) == ["depthwise_int8_requant"]
-    mod = int8_layer((1, 8, 6, 6), 8, groups=2)
-    assert ops(PackInt8ForDot(VNNI)(mod)) == ops(mod)
+    grouped = ops(PackInt8ForDot(VNNI)(int8_layer((1, 8, 6, 6), 8, groups=2)))
+    assert grouped == 2 * [
+        "relax.strided_slice",
+        "pack_int8",
+        "conv2d_packed_int8_requant",
+        "unpack",
+    ] + ["relax.concat"]
 
 
 @pytest.mark.parametrize(
