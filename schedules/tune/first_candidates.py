@@ -5,6 +5,7 @@ LLVM's vectorized plain loops), and the search starts from them."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -28,11 +29,17 @@ def plain_trace(sch: s_tir.Schedule) -> None:
     sch.get_sblock("root", func_name="main")
 
 
-def first_candidates(task, intrin) -> list[s_tir.Schedule]:
+def first_candidates(task, intrin, target=None) -> list[s_tir.Schedule]:
     """The fixed schedule of :mod:`..default_schedule` for a packed or depthwise conv; for any
     other kernel, :func:`..default_schedule.elementwise_default`'s schedule where compile
     applies one, the kernel as legalized (no schedule) and its
-    :func:`..default_schedule.injective_candidates`. The first is what compile builds."""
+    :func:`..default_schedule.injective_candidates`. The first is what compile builds for
+    ``target`` (the schedule asks the target what it has: table permutes)."""
+    with target if target is not None else contextlib.nullcontext():
+        return _first_candidates(task, intrin)
+
+
+def _first_candidates(task, intrin) -> list[s_tir.Schedule]:
     if intrin is not None and has_default(task.mod["main"]):
         sch = s_tir.Schedule(task.mod)
         try:
@@ -59,7 +66,7 @@ def measure_first_candidates(session, task, measured: set, budget: int) -> tuple
     their seconds, and the seconds of the first (what compile builds without a record) if it
     was measured now (each None if not measured, or failed)."""
     best = default = None
-    for n, sch in enumerate(first_candidates(task, session.intrin)):
+    for n, sch in enumerate(first_candidates(task, session.intrin, session.target)):
         if budget <= 0 or session.stop.requested:
             break
         key = kernel_hash(sch.mod)
