@@ -435,9 +435,9 @@ def apply_elementwise(sch: s_tir.Schedule) -> None:
     consumer (one pass over memory; unscheduled, each stage writes a whole intermediate
     tensor), a reduction's elementwise epilogue inlined into it; then each loop nest left
     parallel over its outer loops (serial for a kernel too small to split, :mod:`.parallel`),
-    a short innermost loop unrolled, and the innermost contiguous loop split at a padding's
-    borders (:func:`_partition_padding`) and left to LLVM's loop vectorizer, which also forms
-    gathers, interleaved accesses and widening casts where TVM's ``vectorize`` would
+    a short innermost loop unrolled, the rows and the innermost contiguous loop split at a
+    padding's borders (:func:`_partition_padding`), that loop left to LLVM's loop vectorizer,
+    which forms interleaved accesses and widening casts where TVM's ``vectorize`` would
     scalarize a lookup's whole loop body. A sum over whole axes accumulates in a register
     (:func:`_accumulate_in_register`)."""
     for block in reversed(_blocks(sch)):
