@@ -369,11 +369,16 @@ def register() -> None:
 
 def supported(intrin: DotProduct, target) -> bool:
     """True when the LLVM ``target`` has every CPU feature the intrinsic needs."""
+    return _has_features(target, intrin.llvm_features)
+
+
+def _has_features(target, features) -> bool:
+    """True when ``target`` is an LLVM target with every one of the CPU ``features``."""
     if target is None or target.kind.name != "llvm":
         return False
     from tvm.target import codegen
 
-    return all(bool(codegen.target_has_features(f, target)) for f in intrin.llvm_features)
+    return all(bool(codegen.target_has_features(f, target)) for f in features)
 
 
 def select(names, target) -> DotProduct | None:
@@ -406,11 +411,4 @@ def table_permutes(target=None) -> str | None:
     import tvm
 
     target = target or tvm.target.Target.current(allow_none=True)
-    if target is None or target.kind.name != "llvm":
-        return None
-    from tvm.target import codegen
-
-    for arch, features in LOOKUP_FEATURES.items():
-        if all(bool(codegen.target_has_features(f, target)) for f in features):
-            return arch
-    return None
+    return next((a for a, f in LOOKUP_FEATURES.items() if _has_features(target, f)), None)
