@@ -52,19 +52,19 @@ def conv2d(bb, x, inp: intmath.QParams, attrs, qw: np.ndarray, rq: intmath.Requa
     for g in range(groups):
         xg = bb.emit(R.strided_slice(x, axes=[1], begin=[g * per_group], end=[(g + 1) * per_group]))
         channels = slice(g * outs, (g + 1) * outs)
-        rq_g = _channels(rq, channels, qw.shape[0])
+        rq_g = _channels(rq, channels)
         parts.append(_conv2d_requant(bb, xg, inp, attrs, qw[channels], 1, rq_g, f"{name}_g{g}"))
     return bb.emit(R.concat(parts, axis=1), name)
 
 
-def _channels(rq: intmath.Requant, channels: slice, total: int) -> intmath.Requant:
-    """``rq`` for the output channels ``channels`` of ``total`` (its per-channel arrays cut
-    along the axis that holds them; per-tensor values as they are)."""
+def _channels(rq: intmath.Requant, channels: slice) -> intmath.Requant:
+    """``rq`` of a conv's NCHW accumulator for the output channels ``channels``: its
+    per-channel arrays (``1, O, 1, 1``, ``intmath.conv_requant``) cut along axis 1, per-tensor
+    values (size 1 there) as they are."""
 
     def cut(v):
         v = np.asarray(v)
-        axes = [a for a, n in enumerate(v.shape) if n == total and total > 1]
-        return np.take(v, range(total)[channels], axis=axes[0]) if axes else v
+        return v[:, channels] if v.ndim > 1 and v.shape[1] > 1 else v
 
     return intmath.Requant(cut(rq.mul), cut(rq.add), cut(rq.shift), rq.lo, rq.hi)
 
