@@ -273,7 +273,8 @@ def models_bench_markdown(data: dict) -> str:
     a ``tvm-intq int8 tuned`` configuration (``--minutes 0``) the tuned columns are left out."""
     minutes = f"{data['minutes']:g}"
     configs = data["configs"]
-    mine = ["tvm-intq int8 no db"] + [c for c in configs if c == "tvm-intq int8 tuned"]
+    tuned = "tvm-intq int8 tuned" in configs
+    mine = ["tvm-intq int8 no db"] + (["tvm-intq int8 tuned"] if tuned else [])
     heads = [SHORT.get(c, c) + (f" {minutes} min" if c.endswith("tuned") else "") for c in configs]
     ratio_heads = [
         f"{'tuned' if c.endswith('tuned') else 'no db'} vs {peer}"
@@ -282,7 +283,7 @@ def models_bench_markdown(data: dict) -> str:
     ]
     tuned_text = (
         f"; *tuned*: after `tvm-intq tune --minutes {minutes} --threads 1` from an empty database"
-        if len(mine) > 1
+        if tuned
         else ""
     )
     lines = [
@@ -311,7 +312,7 @@ def models_bench_markdown(data: dict) -> str:
             lines.append(
                 f"| {row['key']} | " + " | ".join([_cell(ms[c]) for c in configs] + ratios) + " |"
             )
-    tune_heads = f" | tune {minutes} min | tvm-intq tuned | tuned kernels" if len(mine) > 1 else ""
+    tune_heads = f" | tune {minutes} min | tvm-intq tuned | tuned kernels" if tuned else ""
     lines += [
         "",
         "## Compile",
@@ -320,7 +321,7 @@ def models_bench_markdown(data: dict) -> str:
         "quantizes, evaluates and builds (its phases below).",
         "",
         f"| model | calibration samples | ORT quantize | TVM fp32 | tvm-intq no db{tune_heads} |",
-        "|---|---|---:|---:|---:|" + ("---:|---:|---|" if len(mine) > 1 else ""),
+        "|---|---|---:|---:|---:|" + ("---:|---:|---|" if tuned else ""),
     ]
 
     def sm(facts):
@@ -331,8 +332,7 @@ def models_bench_markdown(data: dict) -> str:
         cov = (c.get("tvm-intq int8 tuned") or {}).get("coverage") or "-"
         cov = cov.split(" (")[0].replace("tuned kernels: ", "")
         tune = c.get("tune")
-        cells = f" {sm(tune)} | {sm(c.get('tvm-intq int8 tuned'))} | {cov} |"
-        cells = cells if len(mine) > 1 else ""
+        cells = f" {sm(tune)} | {sm(c.get('tvm-intq int8 tuned'))} | {cov} |" if tuned else ""
         lines.append(
             f"| {row['key']} | {row['calibration']} | {sm(c.get('onnxruntime int8'))} | "
             f"{sm(c.get('tvm fp32'))} | {sm(c.get('tvm-intq int8 no db'))} |{cells}"
@@ -342,13 +342,13 @@ def models_bench_markdown(data: dict) -> str:
         ph = (row.get("compile", {}).get("tvm-intq int8 no db") or {}).get("phases")
         if ph:
             lines.append(f"- {row['key']}: {ph}")
-    tuned = [
+    summaries = [
         (row["key"], row["compile"]["tune"].get("summary"))
         for row in data["rows"]
         if row.get("compile", {}).get("tune", {}).get("summary")
     ]
-    if tuned:
-        lines += ["", "Tuning:", ""] + [f"- {k}: {s}" for k, s in tuned]
+    if summaries:
+        lines += ["", "Tuning:", ""] + [f"- {k}: {s}" for k, s in summaries]
     errors = [(row["key"], n, e) for row in data["rows"] for n, e in row.get("errors", {}).items()]
     if errors:
         lines += ["", "Failed to run:", ""] + [f"- {k}, {n}: {e}" for k, n, e in errors]
